@@ -1,0 +1,392 @@
+"""Shared plumbing of xval: configuration, user errors, crash-safe files, locks and the feature dataset.
+
+Everything here is a small function without hidden state, used by the scripts on top:
+preprocessing_ravdess.py, xval_instance.py, training.py and results_to_excel.py.
+"""
+import configparser
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_PATH = PROJECT_DIR / "config.ini"
+CONFIG_ENV_VAR = "XVAL_CONFIG"  # path of another config.ini (tests and multi-dataset setups use it)
+TEMP_MARKER = ".xvaltmp-"  # every temporary file xval writes has this in its name
+
+# ----------------------------------------------------------------------------------------------------------------
+# Constants shared by training, the engine and the spreadsheet
+
+TASK_TYPES = ("classification", "regression")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad", "adamax")
+CLASSIFICATION_METRICS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro")
+REGRESSION_METRICS = ("loss", "rmse", "mae", "r2", "pearson_r", "ccc")
+HIGHER_IS_BETTER = {"loss": False, "rmse": False, "mae": False, "accuracy": True, "balanced_accuracy": True,
+                    "f1_macro": True, "precision_macro": True, "recall_macro": True, "r2": True,
+                    "pearson_r": True, "ccc": True}
+MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}
+# what training.py may monitor for early stopping and best-model selection, by task type
+MONITORABLE = {"classification": ("val_loss", "val_accuracy"), "regression": ("val_loss", "val_mae", "val_rmse")}
+SPLITS = ("train", "val", "test")
+
+
+class XvalError(Exception):
+    """A mistake of the user's (input, configuration, data) explained in one line: what, where, how to fix it."""
+
+
+def exit_on_user_error(main, debug=False):
+    """Run main(); turn an XvalError (and Ctrl-C) into one line on stderr and exit code 2 (130), unless debug."""
+    try:
+        return main()
+    except XvalError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: config.ini, checked against one schema
+
+PATH = "path"  # a path, relative to the folder of config.ini
+CONFIG_SCHEMA = {
+    "paths": {"ravdess_folder": PATH, "demo_folder": PATH, "features_folder": PATH, "experiment_folder": PATH},
+    "preprocessing": {"sample_rate": int, "clip_seconds": float, "cut_mode": ("start", "center"),
+                      "vocal_channel": ("speech", "song", "all")},
+    "features": {"type": ("stft", "mfcc", "mel"), "n_fft": int, "win_length": int, "hop_length": int,
+                 "window": str, "n_mels": int, "n_mfcc": int, "fmin": float, "fmax": float,
+                 "power_law_compression": float},
+    "folds": {"folds_seed": int, "validation_share": float},
+    "training": {"batch_size": int, "num_epochs": int, "learning_rate": float, "optimizer": OPTIMIZERS,
+                 "early_stopping": bool, "patience": int, "save_best_model_metric": str,
+                 "save_best_model_mode": ("min", "max", "auto"), "regularization_lambda": float, "seed": int},
+}
+_POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("features", "n_fft"),
+             ("features", "win_length"), ("features", "hop_length"), ("features", "n_mels"),
+             ("features", "n_mfcc"), ("training", "batch_size"), ("training", "num_epochs"),
+             ("training", "learning_rate"), ("features", "power_law_compression")}
+
+
+def config_path_in_use(path=None):
+    """The config.ini to read: the argument, else $XVAL_CONFIG, else the one next to this file."""
+    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
+
+
+def _parse_config_value(raw, kind, config_dir, where):
+    """One config value from its text; kind is int, float, bool, str, PATH or a tuple of allowed strings."""
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                raise ValueError
+            return lowered in ("true", "yes", "1", "on")
+        if kind in (int, float):
+            return kind(raw)
+    except ValueError:
+        name = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        raise XvalError(f"{where} = {raw!r} is not {name}: fix that line") from None
+    if kind == PATH:
+        return (config_dir / os.path.expanduser(raw)).resolve()
+    if isinstance(kind, tuple) and raw not in kind:
+        raise XvalError(f"{where} = {raw!r} is not one of {', '.join(kind)}: fix that line")
+    return raw
+
+
+def load_config(path=None):
+    """Read config.ini into {section: {key: typed value}}; every key of CONFIG_SCHEMA must be there and typed right.
+
+    Paths come back absolute (relative ones are taken from the folder of config.ini, never the current directory).
+    Raises XvalError naming the file, section and key of the first problem.
+    """
+    path = config_path_in_use(path)
+    if not path.is_file():
+        raise XvalError(f"config file {path} does not exist: restore config.ini from git or set {CONFIG_ENV_VAR}")
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0]
+        raise XvalError(f"config file {path} cannot be parsed ({first_line}): fix its syntax") from None
+    config = {}
+    for section, keys in CONFIG_SCHEMA.items():
+        if not parser.has_section(section):
+            raise XvalError(f"{path}: section [{section}] is missing: add it (see config.ini in the repository)")
+        config[section] = {}
+        for key, kind in keys.items():
+            where = f"{path} [{section}] {key}"
+            if not parser.has_option(section, key):
+                raise XvalError(f"{where} is missing: add it (see config.ini in the repository)")
+            value = _parse_config_value(parser.get(section, key), kind, path.parent, where)
+            if (section, key) in _POSITIVE and value <= 0:
+                raise XvalError(f"{where} = {value} must be greater than 0: fix that line")
+            config[section][key] = value
+    share = config["folds"]["validation_share"]
+    if not 0 < share < 1:
+        raise XvalError(f"{path} [folds] validation_share = {share} must be between 0 and 1: fix that line")
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Crash-safe files: write a temporary file, fsync it, rename it over the final name
+
+HOST = socket.gethostname()
+
+
+def temp_path_for(final_path):
+    """A temporary path next to final_path, same suffix (Keras picks the format by it), marked as ours."""
+    final_path = Path(final_path)
+    return final_path.with_name(f".{final_path.stem}{TEMP_MARKER}{HOST}-{os.getpid()}{final_path.suffix}")
+
+
+def _fsync_dir(folder):
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit_temp_file(temp, final_path, replace=True):
+    """fsync temp and rename it to final_path; with replace=False an existing final_path wins and temp is dropped.
+
+    Returns True when final_path now holds temp's content.
+    """
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    final_path = Path(final_path)
+    if replace:
+        os.replace(temp, final_path)
+        committed = True
+    else:
+        try:
+            os.link(temp, final_path)  # fails if final_path exists: never overwrite
+            committed = True
+        except FileExistsError:
+            committed = False
+        os.unlink(temp)
+    _fsync_dir(final_path.parent)
+    return committed
+
+
+def atomic_write_bytes(path, data, replace=True):
+    """Write data to path so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        return commit_temp_file(temp, path, replace=replace)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def atomic_write_text(path, text, replace=True):
+    """atomic_write_bytes for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+def to_jsonable(value):
+    """Numpy scalars and arrays to plain Python; NaN and infinity to None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path, data, replace=True):
+    """Write data as indented, strict JSON (NaN becomes null) atomically."""
+    text = json.dumps(to_jsonable(data), indent=1, allow_nan=False, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n", replace=replace)
+
+
+def read_json(path):
+    """Parse a JSON file; a broken one is an XvalError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise XvalError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): "
+                        "restore it or delete it to recompute") from None
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder):
+    """Delete temporary files under folder left by xval processes of this host that are gone (killed or crashed).
+
+    Returns the removed paths. Temporary files of live processes and of other hosts are left alone.
+    """
+    removed = []
+    prefix = f"{TEMP_MARKER}{HOST}-"
+    for temp in Path(folder).rglob(f"*{TEMP_MARKER}*"):
+        pid_text = temp.name.split(prefix, 1)[-1].split(".", 1)[0] if prefix in temp.name else ""
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+                removed.append(temp)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locks: a flock'ed mutex for short critical sections, and claim files (host + PID) for instances
+
+@contextlib.contextmanager
+def file_mutex(path):
+    """Hold an exclusive flock on path (created if needed) for the with block; released even if killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _process_start_time(pid):
+    """Start time of pid in clock ticks since boot (Linux), or None; tells a reused PID from the original."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def lock_owner_alive(owner):
+    """Whether the process described by a claim file's content still runs (assumed so for other hosts)."""
+    if owner.get("host") != HOST:
+        return True
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return False
+    started = owner.get("start_time")
+    return started is None or _process_start_time(pid) in (None, started)
+
+
+def claim(lock_path):
+    """Claim lock_path for this process. Returns None on success, else the live owner's {host, pid, since}.
+
+    A claim whose process is gone (same host, PID not running) is stale and taken over.
+    """
+    lock_path = Path(lock_path)
+    with file_mutex(lock_path.parent / ".claims.mutex"):
+        if lock_path.exists():
+            try:
+                owner = json.loads(lock_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == HOST and owner.get("pid") == os.getpid():
+                return None
+            if owner and lock_owner_alive(owner):
+                return owner
+        me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(lock_path, me)
+    return None
+
+
+def release(lock_path):
+    """Remove a claim of this process (someone else's claim is left alone)."""
+    lock_path = Path(lock_path)
+    with file_mutex(lock_path.parent / ".claims.mutex"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = json.loads(lock_path.read_text(encoding="utf-8"))
+            if owner.get("host") == HOST and owner.get("pid") == os.getpid():
+                lock_path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature dataset: {name}_predictors.npz and {name}_target.npz, one array per foldable item
+
+def dataset_paths(features_folder, dataset):
+    """Paths of a dataset's predictors, target and metadata files."""
+    folder = Path(features_folder)
+    return {"predictors": folder / f"{dataset}_predictors.npz", "target": folder / f"{dataset}_target.npz",
+            "metadata": folder / f"{dataset}_metadata.json"}
+
+
+def load_dataset(features_folder, dataset):
+    """Load a dataset without pickle: (predictors, targets), each {item: array}, same items in sorted order.
+
+    predictors[item] is float32 (clips, frames, bins); targets[item] is (clips, classes) one-hot or (clips,) float.
+    """
+    paths = dataset_paths(features_folder, dataset)
+    for kind in ("predictors", "target"):
+        if not paths[kind].is_file():
+            raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: run "
+                            f"python3 preprocessing_ravdess.py --dataset {dataset} (or fix the dataset name)")
+    arrays = {}
+    for kind in ("predictors", "target"):
+        try:
+            with np.load(paths[kind], allow_pickle=False) as archive:
+                arrays[kind] = {item: archive[item] for item in archive.files}
+        except (OSError, ValueError) as error:
+            raise XvalError(f"{paths[kind]} cannot be read ({error}): rerun preprocessing_ravdess.py "
+                            f"--dataset {dataset} --force") from None
+    predictors, targets = arrays["predictors"], arrays["target"]
+    if set(predictors) != set(targets):
+        raise XvalError(f"dataset '{dataset}': predictors and target files hold different items "
+                        f"({sorted(set(predictors) ^ set(targets))}): rerun preprocessing with --force")
+    items = sorted(predictors)
+    return {item: predictors[item] for item in items}, {item: targets[item] for item in items}
+
+
+def check_dataset(predictors, targets, dataset, task_type):
+    """Check a loaded dataset fits task_type; returns the non-empty items. Raises XvalError on the first problem."""
+    for item in predictors:
+        x, y = predictors[item], targets[item]
+        if len(x) != len(y):
+            raise XvalError(f"dataset '{dataset}', item {item}: {len(x)} predictor clips but {len(y)} targets: "
+                            "rerun preprocessing with --force")
+        if x.ndim != 3:
+            raise XvalError(f"dataset '{dataset}', item {item}: predictors have shape {x.shape}, expected "
+                            "(clips, frames, bins): rerun preprocessing with --force")
+        if not np.all(np.isfinite(x)):
+            raise XvalError(f"dataset '{dataset}', item {item}: predictors contain NaN or infinite values: "
+                            "check the audio and feature settings, then rerun preprocessing with --force")
+        if not np.all(np.isfinite(y)):
+            raise XvalError(f"dataset '{dataset}', item {item}: target contains NaN or infinite values")
+        if task_type == "classification" and (y.ndim != 2 or y.shape[1] < 2 or
+                                              not np.all(np.isin(y, (0, 1))) or np.any(y.sum(axis=1) != 1)):
+            raise XvalError(f"dataset '{dataset}', item {item}: task_type 'classification' needs a one-hot target "
+                            f"(clips, classes), this one has shape {y.shape}: use a dataset preprocessed with "
+                            "--target emotion, or task_type = 'regression'")
+        if task_type == "regression" and not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+            raise XvalError(f"dataset '{dataset}', item {item}: task_type 'regression' needs one number per clip, "
+                            f"this target has shape {y.shape}: use a dataset preprocessed with --target intensity, "
+                            "or task_type = 'classification'")
+    shapes = {x.shape[1:] for x in predictors.values() if len(x)}
+    if len(shapes) > 1:
+        raise XvalError(f"dataset '{dataset}': items have different (frames, bins) {sorted(shapes)}: "
+                        "rerun preprocessing with --force")
+    return [item for item in predictors if len(predictors[item])]
