@@ -1,0 +1,82 @@
+"""Model architectures. Each public function here is an `architecture` an instance can name.
+
+How to write a model (EXAMPLE_model below is the template):
+- Signature: `def MY_model(input_shape, output_size, task_type, <training parameters>, <own keywords>=default)`.
+  * input_shape (frames, bins), output_size (number of classes, or 1 for regression) and task_type
+    ("classification" | "regression") come from the data and the instance; never hard-code them (no fixed 8).
+  * An argument without a default must be a training parameter of config.ini [training] (for instance
+    regularization_lambda): xval passes the instance's resolved value, so an override really reaches the layers.
+  * Every keyword default becomes a parameter of its own that instances can override by name
+    ('filters = (32, 64)'). Defaults must be literals (numbers, strings, booleans, None, tuples, lists), since
+    xval reads them without importing TensorFlow, to validate every instance before any training starts.
+- Return an uncompiled keras.Model whose input is (frames, bins) and whose output is softmax over output_size
+  classes for classification, one linear unit for regression. xval adds the input normalisation (statistics of
+  the training items) in front of it, compiles, trains and saves it.
+"""
+import keras
+from keras import layers, regularizers
+
+
+def output_layer(output_size, task_type):
+    """The last layer: softmax over output_size classes, or one linear unit for regression."""
+    if task_type == "regression":
+        return layers.Dense(1, activation="linear", name="prediction")
+    return layers.Dense(output_size, activation="softmax", name="prediction")
+
+
+def EXAMPLE_model(input_shape, output_size, task_type, regularization_lambda,
+                  filters=(16, 32), kernel_size=3, pool_size=2, dropout=0.3, dense_units=64):
+    """A small CNN over a (frames, bins) feature map: conv/pool blocks, global average pooling, a dense layer.
+
+    Args:
+        input_shape: (frames, bins) of one clip.
+        output_size: classes (classification) or 1 (regression).
+        task_type: "classification" or "regression".
+        regularization_lambda: L2 weight on every kernel (from config.ini [training], overridable).
+        filters: channels of each conv block, one block per entry.
+        kernel_size, pool_size: square conv kernel and max-pool size, in (frames, bins) cells.
+        dropout: dropout rate before and after the dense layer.
+        dense_units: width of the dense layer.
+    Returns: an uncompiled keras.Model, (batch, frames, bins) -> (batch, output_size).
+    """
+    l2 = regularizers.L2(regularization_lambda)
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.Reshape((*input_shape, 1))(inputs)
+    for channels in filters:
+        x = layers.Conv2D(channels, kernel_size, padding="same", activation="relu", kernel_regularizer=l2)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(pool_size, padding="same")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(dense_units, activation="relu", kernel_regularizer=l2)(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = output_layer(output_size, task_type)(x)
+    return keras.Model(inputs, outputs, name="EXAMPLE_model")
+
+
+def POOLED_STATS_model(input_shape, output_size, task_type, regularization_lambda,
+                       hidden_units=(128, 64), dropout=0.3):
+    """An MLP over the mean, variance and maximum of every bin over time: suits MFCC input.
+
+    Built from stock layers only, so the saved .hdf5 reloads without custom objects or unsafe deserialisation.
+
+    Args:
+        input_shape: (frames, bins) of one clip.
+        output_size, task_type: as in EXAMPLE_model.
+        regularization_lambda: L2 weight on every kernel.
+        hidden_units: width of each hidden layer.
+        dropout: dropout rate after each hidden layer.
+    Returns: an uncompiled keras.Model, (batch, frames, bins) -> (batch, output_size).
+    """
+    l2 = regularizers.L2(regularization_lambda)
+    inputs = keras.Input(shape=tuple(input_shape))
+    mean = layers.GlobalAveragePooling1D()(inputs)
+    squared_mean = layers.GlobalAveragePooling1D()(layers.Multiply()([inputs, inputs]))
+    variance = layers.Subtract()([squared_mean, layers.Multiply()([mean, mean])])
+    maximum = layers.GlobalMaxPooling1D()(inputs)
+    x = layers.Concatenate()([mean, variance, maximum])
+    for units in hidden_units:
+        x = layers.Dense(units, activation="relu", kernel_regularizer=l2)(x)
+        x = layers.Dropout(dropout)(x)
+    outputs = output_layer(output_size, task_type)(x)
+    return keras.Model(inputs, outputs, name="POOLED_STATS_model")

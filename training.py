@@ -1,0 +1,292 @@
+"""Train, select, save and evaluate one fold of one instance, in a process of its own.
+
+xval_instance.py starts `python3 training.py JOB.json` for every fold, so that the memory TensorFlow takes (host
+and GPU) is given back when the fold ends and a crash stays contained. JOB.json (written by xval_instance, kept
+in the experiment's logs/ so a fold can be rerun by hand) holds the dataset, the fold's items, the resolved
+parameters and the output paths. The fold:
+  1. loads the dataset and splits it by item (train / validation / test actors);
+  2. builds the model from define_models, with the input normalised by statistics of the training items only;
+  3. compiles it (loss by task_type), trains with early stopping, keeps the weights of the best epoch on the
+     configured metric, and stops with a clear error on a NaN loss;
+  4. saves the best model as .hdf5 (atomically), then evaluates it on train, validation and test with
+     scikit-learn metrics and writes the fold result JSON (atomically, after the model).
+Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
+"""
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+from utility_functions import (MONITORABLE, SPLITS, XvalError, atomic_write_json, check_dataset,
+                               commit_temp_file, load_dataset, read_json, temp_path_for)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; oneDNN stays on (it is faster)
+ERROR_PREFIX = "xval-error: "
+EPOCH_PREFIX = "xval-epoch: "
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics, from predictions, with scikit-learn (never from the Keras loss)
+
+def concordance_correlation(y_true, y_pred):
+    """Lin's concordance correlation coefficient of two 1-D arrays; None where undefined (constant inputs)."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    covariance = np.mean((y_true - y_true.mean()) * (y_pred - y_pred.mean()))
+    denominator = y_true.var() + y_pred.var() + (y_true.mean() - y_pred.mean()) ** 2
+    return float(2 * covariance / denominator) if denominator > 0 else None
+
+
+def classification_metrics(y_true, probabilities):
+    """Metrics of class indices y_true (n,) against class probabilities (n, classes); plus the confusion matrix."""
+    labels = np.arange(probabilities.shape[1])
+    probabilities = np.clip(probabilities, 1e-7, 1)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 +- 1e-7
+    y_pred = probabilities.argmax(axis=1)
+    scores = {
+        "loss": skm.log_loss(y_true, probabilities, labels=labels),
+        "accuracy": skm.accuracy_score(y_true, y_pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
+        "f1_macro": skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        "precision_macro": skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        "recall_macro": skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+    }
+    return {name: float(value) for name, value in scores.items()}, skm.confusion_matrix(y_true, y_pred, labels=labels)
+
+
+def regression_metrics(y_true, y_pred):
+    """Metrics of targets y_true (n,) against predictions y_pred (n,); None where a metric is undefined."""
+    constant = np.ptp(y_true) == 0 or np.ptp(y_pred) == 0
+    return {
+        "loss": float(skm.mean_squared_error(y_true, y_pred)),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "r2": float(skm.r2_score(y_true, y_pred)) if np.ptp(y_true) > 0 else None,
+        "pearson_r": None if constant else float(stats.pearsonr(y_true, y_pred)[0]),
+        "ccc": concordance_correlation(y_true, y_pred),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data of one fold
+
+def stack_items(predictors, targets, items):
+    """Concatenate the clips of items: x (clips, frames, bins) float32, y, and the item of every clip (clips,)."""
+    x = np.concatenate([predictors[item] for item in items]).astype(np.float32, copy=False)
+    y = np.concatenate([targets[item] for item in items]).astype(np.float32, copy=False)
+    owner = np.concatenate([[item] * len(predictors[item]) for item in items])
+    return x, y, owner
+
+
+def normalisation_statistics(x_train):
+    """Mean and variance of every bin over all training clips and frames: two (bins,) float32 arrays."""
+    return x_train.mean(axis=(0, 1)), np.maximum(x_train.var(axis=(0, 1)), 1e-8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keras: model, optimiser, callbacks (keras is imported in main(), after the process is set up)
+
+def build_model(keras, define_models, parameters, input_shape, output_size, mean, variance):
+    """The instance's architecture with a fixed Normalization layer in front, so the saved model takes raw features."""
+    architecture = parameters["architecture"]
+    function = getattr(define_models, architecture)
+    arguments = [name for name in function.__code__.co_varnames[:function.__code__.co_argcount]]
+    keywords = {name: parameters[name] for name in arguments if name in parameters and
+                name not in ("input_shape", "output_size", "task_type")}
+    try:
+        core = function(tuple(input_shape), output_size, parameters["task_type"], **keywords)
+    except Exception as error:
+        raise XvalError(f"architecture '{architecture}' raised {type(error).__name__} while building the model: "
+                        f"{str(error).splitlines()[0] if str(error) else ''} (fix define_models.{architecture} "
+                        "or the parameters it was given)") from error
+    if not isinstance(core, keras.Model):
+        raise XvalError(f"architecture '{architecture}' returned {type(core).__name__}, not a keras.Model: "
+                        f"make define_models.{architecture} return the model it builds")
+    inputs = keras.Input(shape=tuple(input_shape), name="features")
+    normalised = keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="normalisation")(inputs)
+    return keras.Model(inputs, core(normalised), name=f"{architecture}_normalised")
+
+
+def make_optimizer(keras, name, learning_rate):
+    """A Keras optimiser by its config name, with the instance's learning rate."""
+    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD,
+               "rmsprop": keras.optimizers.RMSprop, "nadam": keras.optimizers.Nadam,
+               "adagrad": keras.optimizers.Adagrad, "adamax": keras.optimizers.Adamax}
+    return classes[name](learning_rate=learning_rate)
+
+
+def monitor_mode(monitor, configured_mode):
+    """min or max for a monitored metric: the configured one, or for auto max on accuracy and min otherwise."""
+    if configured_mode != "auto":
+        return configured_mode
+    return "max" if "accuracy" in monitor else "min"
+
+
+def make_callbacks(keras, monitor, mode, parameters, parent_pid):
+    """Callbacks: best weights in memory, early stopping, NaN stop, one progress line per epoch, orphan stop."""
+
+    class BestWeights(keras.callbacks.Callback):
+        """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths)."""
+
+        def __init__(self):
+            super().__init__()
+            self.best_value, self.best_epoch, self.best_weights = None, None, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is None or not np.isfinite(value):
+                return
+            if self.best_value is None or (value < self.best_value if mode == "min" else value > self.best_value):
+                self.best_value, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+
+    class StopOnNaN(keras.callbacks.Callback):
+        """Stop at the first non-finite loss with an error, instead of training on for nothing."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                raise XvalError(f"training loss became {loss} at epoch {epoch + 1}: lower learning_rate "
+                                f"(now {parameters['learning_rate']}) or check the features")
+
+    class ProgressAndOrphanCheck(keras.callbacks.Callback):
+        """Print one parseable line per epoch; end the process if the routine that started it is gone."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = " ".join(f"{key}={value:.4f}" for key, value in (logs or {}).items()
+                             if isinstance(value, (int, float)) and key != "learning_rate")
+            print(f"{EPOCH_PREFIX}{epoch + 1}/{parameters['num_epochs']} {shown}", flush=True)
+            if parent_pid and os.getppid() != parent_pid:
+                print(f"{ERROR_PREFIX}the routine that started this fold is gone; stopping", file=sys.stderr)
+                os._exit(3)
+
+    best = BestWeights()
+    callbacks = [StopOnNaN(), best, ProgressAndOrphanCheck()]
+    if parameters["early_stopping"]:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
+    return callbacks, best
+
+
+def die_with_parent():
+    """Ask Linux to kill this process when its parent dies (a killed routine leaves no orphan fold)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def predict_and_score(model, task_type, x, y, owner, batch_size):
+    """Predictions of the model on one split and its metrics: (metrics, predictions, confusion matrix or None)."""
+    output = model.predict(x, batch_size=batch_size, verbose=0)
+    if task_type == "classification":
+        y_true = y.argmax(axis=1)
+        scores, confusion = classification_metrics(y_true, output.astype(np.float64))
+        y_pred = output.argmax(axis=1)
+    else:
+        y_true, y_pred, confusion = y.reshape(-1), output.reshape(-1), None
+        scores = regression_metrics(y_true, y_pred)
+    predictions = {"item": owner.tolist(), "y_true": y_true.tolist(), "y_pred": y_pred.tolist()}
+    return scores, predictions, confusion
+
+
+def run_fold(job):
+    """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result."""
+    started = time.monotonic()
+    parameters, task_type = job["parameters"], job["parameters"]["task_type"]
+    import keras  # here, not at the top: the process is set up first (environment, death signal)
+    import define_models
+    if job.get("allow_memory_growth", True):
+        import tensorflow as tf
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    keras.utils.set_random_seed(parameters["seed"])
+
+    predictors, targets = load_dataset(job["features_folder"], job["dataset"])
+    check_dataset({item: predictors[item] for item in job["all_items"]},
+                  {item: targets[item] for item in job["all_items"]}, job["dataset"], task_type)
+    data = {split: stack_items(predictors, targets, job[f"{split}_items"]) for split in SPLITS}
+    del predictors, targets
+    if task_type == "regression":
+        data = {split: (x, y.reshape(-1), owner) for split, (x, y, owner) in data.items()}
+    x_train, y_train, _ = data["train"]
+    output_size = y_train.shape[1] if task_type == "classification" else 1
+
+    mean, variance = normalisation_statistics(x_train)
+    model = build_model(keras, define_models, parameters, x_train.shape[1:], output_size, mean, variance)
+    if task_type == "classification":
+        loss, keras_metrics = "categorical_crossentropy", ["accuracy"]
+    else:
+        loss = "mean_squared_error"
+        keras_metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
+    model.compile(optimizer=make_optimizer(keras, parameters["optimizer"], parameters["learning_rate"]),
+                  loss=loss, metrics=keras_metrics)
+
+    monitor = parameters["save_best_model_metric"]
+    if monitor not in MONITORABLE[task_type]:
+        raise XvalError(f"save_best_model_metric '{monitor}' is not available for {task_type}: "
+                        f"use one of {', '.join(MONITORABLE[task_type])}")
+    mode = monitor_mode(monitor, parameters["save_best_model_mode"])
+    callbacks, best = make_callbacks(keras, monitor, mode, parameters, job.get("parent_pid"))
+    x_val, y_val, _ = data["val"]
+    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=parameters["num_epochs"],
+                        batch_size=parameters["batch_size"], shuffle=True, verbose=0, callbacks=callbacks)
+    if best.best_weights is None:
+        raise XvalError(f"no epoch gave a finite {monitor}: lower learning_rate or check the features")
+    model.set_weights(best.best_weights)
+
+    temp = temp_path_for(job["model_path"])
+    model.save(temp)  # .hdf5: Keras 3 writes the legacy HDF5 format, optimizer state included
+    commit_temp_file(temp, job["model_path"])
+
+    result = {"fold": job["fold"], "parameter_hash": job["parameter_hash"],
+              "train_items": job["train_items"], "val_items": job["val_items"], "test_items": job["test_items"],
+              "metrics": {}, "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+              "best_epoch": best.best_epoch, "epochs_run": len(history.history["loss"]),
+              "monitor": monitor, "monitor_mode": mode, "model_file": job["model_file"],
+              "predictions": {}, "confusion_matrix": {}}
+    for split in SPLITS:
+        x, y, owner = data[split]
+        scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, parameters["batch_size"])
+        result["metrics"][split] = scores
+        if split == "test":
+            result["predictions"]["test"] = predictions
+            if confusion is not None:
+                result["confusion_matrix"]["test"] = confusion.tolist()
+    if task_type == "regression":
+        del result["confusion_matrix"]
+    result["seconds"] = round(time.monotonic() - started, 3)
+    atomic_write_json(job["result_path"], result)
+    return result
+
+
+def main(argv=None):
+    """Entry point: python3 training.py JOB.json. Exit 0 on success, 1 with an `xval-error:` line otherwise."""
+    argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
+    if len(argv) != 1:
+        print(f"{ERROR_PREFIX}usage: python3 training.py JOB.json (xval_instance.py writes the job)", file=sys.stderr)
+        return 2
+    try:
+        job = read_json(argv[0])
+        result = run_fold(job)
+    except XvalError as error:
+        traceback.print_exc()
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as error:  # an unexpected failure: full traceback in the log, one line for the routine
+        traceback.print_exc()
+        print(f"{ERROR_PREFIX}{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    print(f"xval-done: fold {result['fold']} test {result['metrics']['test']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,670 @@
+"""The experiment engine: a routine script's settings in, one complete results folder out.
+
+A routine script (xval_routine_example.py, copied per experiment) ends with run_routine(...). It:
+  1. reads the command line (which instances, which GPU);
+  2. resolves every selected instance's parameter strings over the defaults (config.ini [training] plus the
+     architecture's keyword defaults) and refuses any typo, unknown name or wrong type before anything is written;
+  3. checks the dataset and makes (or reuses) the experiment's k-fold split over the foldable items (actors);
+  4. runs every fold of every instance as its own process (training.py), resuming where a run left off;
+  5. assembles each instance's results JSON and rebuilds the spreadsheet after each instance.
+This module imports neither TensorFlow nor define_models: the architectures' signatures are read from the source,
+so validation is instant and the parent process stays small however many instances it runs.
+"""
+import ast
+import builtins
+import difflib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import KFold, train_test_split
+
+import results_to_excel
+from training import EPOCH_PREFIX, ERROR_PREFIX
+from utility_functions import (HOST, MAIN_METRIC, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SPLITS, TASK_TYPES,
+                               XvalError, atomic_write_json, atomic_write_text, check_dataset, claim,
+                               config_path_in_use, dataset_paths, exit_on_user_error, file_mutex, load_config,
+                               load_dataset, read_json, release, remove_stale_temp_files)
+
+MODELS_FILE = PROJECT_DIR / "define_models.py"
+TRAINING_SCRIPT = PROJECT_DIR / "training.py"
+MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
+DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architecture's first three arguments
+NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate finished folds
+SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max", "round", "int", "float", "str",
+                                                          "bool", "list", "tuple", "dict", "range", "len", "sum")}
+PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "librosa", "scikit-learn", "pandas", "soundfile",
+                     "xlsxwriter", "matplotlib", "h5py")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_command_line(argv, instance_ids, default_gpu, script_name):
+    """[FIRST [LAST [GPU]]] -> (selected instance ids, gpu). One id alone selects that instance only."""
+    usage = (f"usage: python3 {script_name} [FIRST_INSTANCE [LAST_INSTANCE [GPU_ID]]]  "
+             f"(instances defined: {', '.join(map(str, instance_ids))})")
+    if len(argv) > 3:
+        raise XvalError(f"too many arguments ({len(argv)}, at most 3) — {usage}")
+    try:
+        numbers = [int(text) for text in argv]
+    except ValueError:
+        raise XvalError(f"arguments must be whole numbers, got {' '.join(argv)!r} — {usage}") from None
+    first = numbers[0] if numbers else min(instance_ids)
+    last = numbers[1] if len(numbers) > 1 else (first if numbers else max(instance_ids))
+    if first > last:
+        raise XvalError(f"first instance {first} is after last instance {last} — {usage}")
+    selected = [instance for instance in instance_ids if first <= instance <= last]
+    if not selected:
+        raise XvalError(f"no instance between {first} and {last} — {usage}")
+    gpu = numbers[2] if len(numbers) > 2 else default_gpu
+    return selected, gpu
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameters: strings over defaults
+
+def architecture_signatures(models_file=MODELS_FILE):
+    """Read define_models.py without importing it: {architecture: {"required": [names], "defaults": {name: value}}}.
+
+    An architecture is a public top-level function whose first arguments are input_shape, output_size, task_type.
+    """
+    try:
+        tree = ast.parse(Path(models_file).read_text(encoding="utf-8"), filename=str(models_file))
+    except SyntaxError as error:
+        raise XvalError(f"{models_file} line {error.lineno}: {error.msg}: fix the syntax") from None
+    signatures = {}
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+            continue
+        names = [argument.arg for argument in node.args.args]
+        if tuple(names[:3]) != DATA_ARGUMENTS:
+            continue
+        defaults = {}
+        for argument, default in zip(node.args.args[len(names) - len(node.args.defaults):], node.args.defaults):
+            try:
+                defaults[argument.arg] = ast.literal_eval(default)
+            except ValueError:
+                raise XvalError(f"{models_file} line {default.lineno}: the default of {node.name}'s argument "
+                                f"'{argument.arg}' is not a literal: write it as a number, string, tuple or list")
+        for argument, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
+            if default is not None:
+                defaults[argument.arg] = ast.literal_eval(default)
+        required = [name for name in names[3:] + [a.arg for a in node.args.kwonlyargs] if name not in defaults]
+        signatures[node.name] = {"required": required, "defaults": defaults}
+    return signatures
+
+
+def parse_parameter_string(text, where):
+    """'name = value' -> (name, value): one Python assignment to one name, the value a Python expression."""
+    if not isinstance(text, str):
+        raise XvalError(f"{where}: {text!r} is not a string: write parameters as 'name = value' strings")
+    try:
+        statements = ast.parse(text.strip(), mode="exec").body
+    except SyntaxError as error:
+        raise XvalError(f"{where}: {text!r} is not a Python assignment ({error.msg}): write it as "
+                        "'name = value', with strings quoted") from None
+    if len(statements) != 1 or not isinstance(statements[0], ast.Assign) or len(statements[0].targets) != 1 \
+            or not isinstance(statements[0].targets[0], ast.Name):
+        raise XvalError(f"{where}: {text!r} is not one assignment to one name: write it as 'name = value'")
+    expression = ast.Expression(statements[0].value)
+    namespace = {"__builtins__": SAFE_BUILTINS}  # an explicit dict: never locals()
+    try:
+        value = eval(compile(expression, where, "eval"), namespace)
+    except Exception as error:
+        raise XvalError(f"{where}: the value of {text!r} cannot be evaluated ({type(error).__name__}: {error}): "
+                        "quote strings, e.g. optimizer = \"adam\"") from None
+    return statements[0].targets[0].id, value
+
+
+def coerce_to_default_type(value, default, where):
+    """value converted to the type of default where that is unambiguous ('"0.001"' -> 0.001); XvalError otherwise."""
+    def refuse():
+        raise XvalError(f"{where}: {value!r} ({type(value).__name__}) does not fit the default {default!r} "
+                        f"({type(default).__name__}): give a {type(default).__name__}")
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        refuse()
+    if isinstance(value, bool):  # True is an int to Python, never a number here
+        refuse()
+    if isinstance(default, int):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                value_number = float(value)
+            except ValueError:
+                refuse()
+            value = value_number
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        refuse()
+    if isinstance(default, float):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                refuse()
+        refuse()
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        refuse()
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        refuse()
+    if type(value) is not type(default):
+        refuse()
+    return value
+
+
+def closest(name, known):
+    """A hint naming the closest known names to a misspelt one."""
+    matches = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(matches)}?" if matches else f"known names: {', '.join(sorted(known))}"
+
+
+def check_training_values(parameters, where):
+    """Value checks beyond the type: choices and ranges of the training parameters."""
+    def fail(message):
+        raise XvalError(f"{where}: {message}")
+    if parameters["optimizer"] not in OPTIMIZERS:
+        fail(f"optimizer {parameters['optimizer']!r} is unknown: use one of {', '.join(OPTIMIZERS)}")
+    allowed = MONITORABLE[parameters["task_type"]]
+    if parameters["save_best_model_metric"] not in allowed:
+        fail(f"save_best_model_metric {parameters['save_best_model_metric']!r} is not available for "
+             f"{parameters['task_type']}: use one of {', '.join(allowed)}")
+    if parameters["save_best_model_mode"] not in ("min", "max", "auto"):
+        fail(f"save_best_model_mode {parameters['save_best_model_mode']!r} must be min, max or auto")
+    for name in ("batch_size", "num_epochs", "learning_rate"):
+        if parameters[name] <= 0:
+            fail(f"{name} = {parameters[name]} must be greater than 0")
+    for name in ("patience", "regularization_lambda"):
+        if parameters[name] < 0:
+            fail(f"{name} = {parameters[name]} must not be negative")
+
+
+def resolve_instance(parameter_strings, training_defaults, signatures, where):
+    """One instance's resolved parameters: defaults, then its strings in order. Refuses any doubt with XvalError."""
+    if not isinstance(parameter_strings, (list, tuple)):
+        raise XvalError(f"{where}: the value must be a list of 'name = value' strings, not "
+                        f"{type(parameter_strings).__name__}")
+    overrides = {}
+    for position, text in enumerate(parameter_strings, 1):
+        name, value = parse_parameter_string(text, f"{where}, parameter {position}")
+        if name in overrides:
+            raise XvalError(f"{where}: {name} is assigned twice: keep one of the two strings")
+        overrides[name] = value
+    missing = [name for name in MANDATORY_PARAMETERS if name not in overrides]
+    if missing:
+        raise XvalError(f"{where}: mandatory parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                        f"missing: add e.g. 'task_type = \"classification\"', 'architecture = \"EXAMPLE_model\"'")
+    task_type, architecture = overrides["task_type"], overrides["architecture"]
+    if task_type not in TASK_TYPES:
+        raise XvalError(f"{where}: task_type {task_type!r} is unknown: use \"classification\" or \"regression\"")
+    if architecture not in signatures:
+        raise XvalError(f"{where}: architecture {architecture!r} is not a model function of define_models.py: "
+                        f"{closest(str(architecture), signatures)}")
+    signature = signatures[architecture]
+    for name in signature["required"]:
+        if name not in training_defaults:
+            raise XvalError(f"define_models.{architecture}: argument '{name}' has no default and is not a "
+                            "config.ini [training] parameter: give it a default value")
+    for name in signature["defaults"]:
+        if name in training_defaults:
+            raise XvalError(f"define_models.{architecture}: argument '{name}' has a default but config.ini "
+                            f"[training] defines it too: remove the default so there is one place for it")
+    defaults = {**training_defaults, **signature["defaults"]}
+    parameters = {"comment_1": "", "comment_2": "", "task_type": task_type, "architecture": architecture,
+                  **defaults}
+    for name, value in overrides.items():
+        if name not in parameters:
+            raise XvalError(f"{where}: unknown parameter '{name}' for architecture {architecture}: "
+                            f"{closest(name, parameters)}")
+        if name in ("comment_1", "comment_2"):
+            parameters[name] = value if isinstance(value, str) else str(value)
+        elif name not in ("task_type", "architecture"):
+            parameters[name] = coerce_to_default_type(value, defaults[name], f"{where}, {name}")
+    parameters = json.loads(json.dumps(parameters))  # tuples become lists: what is hashed is what is saved
+    check_training_values(parameters, where)
+    return parameters
+
+
+def parameter_hash(parameters, dataset, num_folds):
+    """A stable SHA-256 of what determines an instance's results (its resolved parameters, dataset, folds)."""
+    hashed = {name: value for name, value in parameters.items() if name not in NOT_HASHED}
+    text = json.dumps({"parameters": hashed, "dataset": dataset, "num_folds": num_folds}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folds: a k-fold partition of the foldable items, made once per experiment
+
+def make_folds(items, num_folds, seed, validation_share):
+    """K folds over items: each item is tested exactly once; validation items come from each fold's training items.
+
+    Returns [{"fold": 1.., "train_items", "val_items", "test_items"}], every list sorted.
+    """
+    items = sorted(items)
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise XvalError(f"num_folds = {num_folds!r} must be a whole number of at least 2")
+    if num_folds > len(items):
+        raise XvalError(f"num_folds = {num_folds} is more than the {len(items)} items (actors) with data: "
+                        f"use at most {len(items)}")
+    if len(items) - len(items) // num_folds - (1 if len(items) % num_folds else 0) < 2:
+        raise XvalError(f"num_folds = {num_folds} leaves fewer than 2 training items per fold for "
+                        "training and validation: use fewer folds")
+    folds = []
+    splitter = KFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for fold, (train_index, test_index) in enumerate(splitter.split(items), 1):
+        pool = [items[i] for i in train_index]
+        n_val = min(max(1, round(validation_share * len(pool))), len(pool) - 1)
+        train, val = train_test_split(pool, test_size=n_val, random_state=seed + fold)
+        folds.append({"fold": fold, "train_items": sorted(train), "val_items": sorted(val),
+                      "test_items": sorted(items[i] for i in test_index)})
+    return folds
+
+
+def folds_for_experiment(experiment_dir, dataset, items, num_folds, folds_settings):
+    """The experiment's folds.json: created once (under a lock), then reused; other settings are refused."""
+    wanted = {"dataset": dataset, "num_folds": num_folds, "items": sorted(items),
+              "folds_seed": folds_settings["folds_seed"], "validation_share": folds_settings["validation_share"]}
+    path = experiment_dir / "folds.json"
+    with file_mutex(experiment_dir / "locks" / "folds.mutex"):
+        if path.exists():
+            saved = read_json(path)
+            for key, value in wanted.items():
+                if saved.get(key) != value:
+                    raise XvalError(f"{path} was made with {key} = {saved.get(key)!r}, this run has {value!r}: "
+                                    "all instances of an experiment share one split, so use another "
+                                    "num_experiment (or restore the setting)")
+            return saved["folds"]
+        folds = make_folds(items, num_folds, folds_settings["folds_seed"], folds_settings["validation_share"])
+        atomic_write_json(path, {**wanted, "folds": folds})
+        return folds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The experiment folder
+
+def instance_files(experiment_dir, dataset, experiment, instance, num_folds):
+    """Every path of one instance, by name."""
+    stem = f"{dataset}_exp{experiment}_run{instance}"
+    results = experiment_dir / "results"
+    return {
+        "result": results / f"results_{stem}.json",
+        "parameters": results / "parameters" / f"parameters_{stem}.txt",
+        "lock": experiment_dir / "locks" / f"run{instance}.lock",
+        "fold_results": [results / "folds" / f"results_{stem}_fold{f}.json" for f in range(1, num_folds + 1)],
+        "models": [experiment_dir / "models" / f"model_{stem}_fold{f}.hdf5" for f in range(1, num_folds + 1)],
+        "logs": [experiment_dir / "logs" / f"{stem}_fold{f}.log" for f in range(1, num_folds + 1)],
+        "jobs": [experiment_dir / "logs" / f"{stem}_fold{f}.job.json" for f in range(1, num_folds + 1)],
+    }
+
+
+def check_writable(folder):
+    """Create folder if needed and prove it writable, or explain."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise XvalError(f"experiment folder {folder} is not writable ({error.strerror}): choose another "
+                        "experiment_folder or fix its permissions") from None
+
+
+def snapshot_code(experiment_dir, routine_file, config_file):
+    """Copy the scripts, config.ini and the routine into code/<time>_<pid>/, with git state and package versions."""
+    target = experiment_dir / "code" / f"{time.strftime('%Y%m%d-%H%M%S')}_{HOST}_{os.getpid()}"
+    staging = target.with_name(f".{target.name}.xvaltmp-{HOST}-{os.getpid()}")
+    staging.mkdir(parents=True)
+    for script in sorted(PROJECT_DIR.glob("*.py")):
+        shutil.copy2(script, staging / script.name)
+    shutil.copy2(config_file, staging / "config.ini")
+    if routine_file and Path(routine_file).is_file():
+        shutil.copy2(routine_file, staging / f"routine_{Path(routine_file).name}")
+    git = shutil.which("git")
+    if git and (PROJECT_DIR / ".git").exists():
+        for name, arguments in (("git_commit.txt", ["rev-parse", "HEAD"]), ("git_diff.patch", ["diff", "HEAD"]),
+                                ("git_status.txt", ["status", "--short"])):
+            completed = subprocess.run([git, "-C", str(PROJECT_DIR), *arguments], capture_output=True, text=True)
+            (staging / name).write_text(completed.stdout or completed.stderr, encoding="utf-8")
+    versions = {"python": sys.version, "platform": platform.platform(), "command": sys.argv}
+    for package in PACKAGES_RECORDED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    (staging / "versions.json").write_text(json.dumps(versions, indent=1), encoding="utf-8")
+    os.rename(staging, target)
+    return target
+
+
+def summarise_folds(folds):
+    """{split: {metric: {"mean", "std"}}} over folds; std with ddof=1 (None for one fold); None values skipped."""
+    summary = {}
+    for split in SPLITS:
+        summary[split] = {}
+        names = {name for fold in folds for name in fold["metrics"][split]}
+        for name in sorted(names):
+            values = [fold["metrics"][split][name] for fold in folds if fold["metrics"][split].get(name) is not None]
+            summary[split][name] = {
+                "mean": float(np.mean(values)) if values else None,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+    return summary
+
+
+def parameters_text(instance, parameters, parameter_strings, parameter_hash_value):
+    """The readable parameters file: the strings as given, then every resolved value."""
+    width = max(len(name) for name in parameters)
+    lines = [f"instance {instance}", f"parameter_hash {parameter_hash_value}", "", "# as given"]
+    lines += [f"  {text}" for text in parameter_strings]
+    lines += ["", "# resolved (defaults from config.ini [training] and the architecture's keyword defaults)"]
+    lines += [f"  {name.ljust(width)} = {value!r}" for name, value in parameters.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+def format_seconds(seconds):
+    """12 s, 3 min 04 s, 1 h 02 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_fold_process(job_path, log_path, gpu, label, show_progress):
+    """Run training.py on one job as a child process; tee its output to log_path. Returns (exit code, error line)."""
+    environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
+                       TF_FORCE_GPU_ALLOW_GROWTH="true", PYTHONUNBUFFERED="1")
+    error_line = None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {HOST} pid {os.getpid()}: {label}\n")
+        log.flush()
+        child = subprocess.Popen([sys.executable, str(TRAINING_SCRIPT), str(job_path)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                 env=environment, cwd=str(PROJECT_DIR))
+        try:
+            for line in child.stdout:
+                log.write(line)
+                if line.startswith(ERROR_PREFIX):
+                    error_line = line[len(ERROR_PREFIX):].strip()
+                elif line.startswith(EPOCH_PREFIX) and show_progress:
+                    print(f"\r  {label}  epoch {line[len(EPOCH_PREFIX):].strip()}"[:150].ljust(150), end="",
+                          flush=True)
+            code = child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    if show_progress:
+        print("\r" + " " * 150 + "\r", end="", flush=True)
+    return code, error_line
+
+
+class Routine:
+    """The settings of one launch of a routine script, and the state of its progress (for the ETA)."""
+
+    def __init__(self, settings, selected, gpu, config, experiment_dir, routine_file):
+        self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
+        self.experiment_dir, self.routine_file = experiment_dir, routine_file
+        self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
+        self.num_folds = settings["num_folds"]
+        self.fold_seconds, self.folds_left = [], 0
+        self.show_progress = sys.stdout.isatty()
+
+    def eta(self):
+        """Seconds left, from the mean fold time of this launch."""
+        return np.mean(self.fold_seconds) * self.folds_left if self.fold_seconds else None
+
+
+def existing_results_conflict(files, current_hash):
+    """A line saying which result of an instance was computed with other parameters, or None."""
+    for path in [files["result"], *files["fold_results"]]:
+        if path.exists():
+            saved = read_json(path)
+            if saved.get("parameter_hash") != current_hash:
+                return f"{path} was computed with other parameters"
+    return None
+
+
+def write_instance_json(files, base, folds, status, error, log_files):
+    """The instance's results JSON, assembled from its completed folds (atomic)."""
+    folds = sorted(folds, key=lambda fold: fold["fold"])
+    document = {**base, "status": status, "error": error, "log_files": log_files,
+                "folds": folds, "summary": summarise_folds(folds) if folds else None}
+    atomic_write_json(files["result"], document)
+    return document
+
+
+def rebuild_spreadsheet(routine):
+    """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
+    try:
+        with file_mutex(routine.experiment_dir / "locks" / "spreadsheet.mutex"):
+            remove_stale_temp_files(routine.experiment_dir)
+            return results_to_excel.write_spreadsheet(routine.experiment_dir)
+    except Exception as error:
+        if routine.settings["debug_mode"]:
+            raise
+        print(f"warning: the spreadsheet was not rebuilt ({type(error).__name__}: {error}); the results are "
+              f"safe in results/; rebuild with python3 results_to_excel.py {routine.experiment_dir}",
+              file=sys.stderr)
+        return None
+
+
+def run_instance(routine, position, instance, parameters, folds):
+    """Train the missing folds of one instance and write its results. Returns complete|failed|skipped|busy."""
+    dataset, experiment, experiment_dir = routine.dataset, routine.experiment, routine.experiment_dir
+    files = instance_files(experiment_dir, dataset, experiment, instance, routine.num_folds)
+    label = f"instance {position} of {len(routine.selected)} (run {instance})"
+    owner = claim(files["lock"])
+    if owner:
+        print(f"{label}: skipped, being run by {owner.get('host')} pid {owner.get('pid')} since "
+              f"{owner.get('since')}")
+        routine.folds_left -= routine.num_folds
+        return "busy"
+    try:
+        remove_stale_temp_files(experiment_dir)
+        current_hash = parameter_hash(parameters, dataset, routine.num_folds)
+        overwrite = routine.settings["overwrite_results"]
+        if files["result"].exists() and not overwrite:
+            saved = read_json(files["result"])
+            if saved.get("status") == "complete" and saved.get("parameter_hash") == current_hash:
+                print(f"{label}: complete already, skipped (overwrite_results = False)")
+                routine.folds_left -= routine.num_folds
+                return "skipped"
+        if overwrite:
+            for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"]]:
+                path.unlink(missing_ok=True)
+        conflict = existing_results_conflict(files, current_hash)
+        if conflict:
+            raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to restart it, "
+                            "or restore its parameter strings")
+        strings = routine.settings["experiment_dict"][instance]
+        atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, current_hash))
+        metadata_path = dataset_paths(routine.config["paths"]["features_folder"], dataset)["metadata"]
+        class_names = read_json(metadata_path).get("class_names") if metadata_path.exists() else None
+        base = {"experiment": experiment, "instance": instance, "dataset": dataset,
+                "task_type": parameters["task_type"], "parameter_hash": current_hash, "class_names": class_names,
+                "parameter_strings": list(strings), "parameters": parameters,
+                "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix()}
+        done = [read_json(path) for path in files["fold_results"] if path.exists()]
+        log_files = [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]
+        routine.folds_left -= len(done)
+        write_instance_json(files, base, done, "incomplete", None, log_files)
+        for fold in folds:
+            index = fold["fold"] - 1
+            if files["fold_results"][index].exists():
+                continue
+            job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": dataset,
+                   "parameters": parameters, "parameter_hash": current_hash, "fold": fold["fold"],
+                   "train_items": fold["train_items"], "val_items": fold["val_items"],
+                   "test_items": fold["test_items"], "all_items": sorted(fold["train_items"] + fold["val_items"] +
+                                                                         fold["test_items"]),
+                   "model_path": str(files["models"][index]),
+                   "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
+                   "result_path": str(files["fold_results"][index]), "parent_pid": os.getpid()}
+            atomic_write_json(files["jobs"][index], job)
+            fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
+            started = time.monotonic()
+            code, error_line = run_fold_process(files["jobs"][index], files["logs"][index], routine.gpu,
+                                                fold_label, routine.show_progress)
+            seconds = time.monotonic() - started
+            routine.folds_left -= 1
+            if code != 0 or not files["fold_results"][index].exists():
+                log = files["logs"][index].relative_to(experiment_dir).as_posix()
+                error = f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}"
+                write_instance_json(files, base, done, "failed", f"{error} (log: {log})", log_files)
+                print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: "
+                      f"{files['logs'][index]}")
+                if routine.settings["debug_mode"]:
+                    print(files["logs"][index].read_text(encoding="utf-8", errors="replace")[-6000:],
+                          file=sys.stderr)
+                return "failed"
+            result = read_json(files["fold_results"][index])
+            done.append(result)
+            routine.fold_seconds.append(seconds)
+            write_instance_json(files, base, done, "incomplete", None, log_files)
+            main_metric = MAIN_METRIC[parameters["task_type"]]
+            value = result["metrics"]["test"].get(main_metric)
+            eta = routine.eta()
+            print(f"{fold_label}: test {main_metric} {value if value is None else f'{value:.3f}'}, "
+                  f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(seconds)}"
+                  f"{'' if eta is None else f', ETA {format_seconds(eta)}'}", flush=True)
+        document = write_instance_json(files, base, done, "complete", None, log_files)
+        test_summary = document["summary"]["test"]
+        main_metric = MAIN_METRIC[parameters["task_type"]]
+        print(f"{label} complete: test {main_metric} {test_summary[main_metric]['mean']:.3f}"
+              f" ± {test_summary[main_metric]['std'] or 0:.3f} over {routine.num_folds} folds", flush=True)
+        return "complete"
+    finally:
+        release(files["lock"])
+        rebuild_spreadsheet(routine)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The routine
+
+def check_settings(settings):
+    """The routine-level settings: types and ranges, one clear line for the first problem."""
+    expected = {"description": str, "dataset": str, "num_experiment": int, "num_folds": int,
+                "overwrite_results": bool, "debug_mode": bool, "experiment_dict": dict}
+    for name, kind in expected.items():
+        value = settings[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise XvalError(f"routine setting {name} = {value!r} must be a {kind.__name__}")
+    if settings["gpu_ID"] is not None and (not isinstance(settings["gpu_ID"], int) or
+                                           isinstance(settings["gpu_ID"], bool)):
+        raise XvalError(f"routine setting gpu_ID = {settings['gpu_ID']!r} must be a whole number (-1: CPU only)")
+    if not settings["dataset"] or "/" in settings["dataset"] or "\\" in settings["dataset"]:
+        raise XvalError(f"routine setting dataset = {settings['dataset']!r} must be a features name such as "
+                        "'ravdess_demo', not a path")
+    if settings["num_experiment"] < 0:
+        raise XvalError(f"routine setting num_experiment = {settings['num_experiment']} must not be negative")
+    if not settings["experiment_dict"]:
+        raise XvalError("experiment_dict is empty: add at least one instance")
+    bad_keys = [key for key in settings["experiment_dict"] if not isinstance(key, int) or isinstance(key, bool)]
+    if bad_keys:
+        raise XvalError(f"experiment_dict keys must be whole numbers (instance ids), not {bad_keys[0]!r}")
+
+
+def prepare(settings, argv, routine_file):
+    """Everything that can be refused, refused before anything is written. Returns the ready Routine and inputs."""
+    check_settings(settings)
+    instance_ids = sorted(settings["experiment_dict"])
+    selected, gpu = parse_command_line(argv, instance_ids, settings["gpu_ID"], Path(routine_file).name)
+    config = load_config()
+    signatures = architecture_signatures()
+    resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
+                                           f"experiment_dict[{instance}]") for instance in selected}
+    predictors, targets = load_dataset(config["paths"]["features_folder"], settings["dataset"])
+    items = None
+    for task_type in sorted({parameters["task_type"] for parameters in resolved.values()}):
+        items = check_dataset(predictors, targets, settings["dataset"], task_type)
+    del predictors, targets
+    make_folds(items, settings["num_folds"], config["folds"]["folds_seed"], config["folds"]["validation_share"])
+    root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
+    root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
+        else Path(root).expanduser()
+    experiment_dir = root / f"experiment_{settings['num_experiment']}"
+    if not settings["overwrite_results"] and experiment_dir.exists():
+        for instance in selected:
+            files = instance_files(experiment_dir, settings["dataset"], settings["num_experiment"], instance,
+                                   settings["num_folds"])
+            conflict = existing_results_conflict(
+                files, parameter_hash(resolved[instance], settings["dataset"], settings["num_folds"]))
+            if conflict:
+                raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to recompute it, "
+                                "or restore its parameter strings")
+    routine = Routine(settings, selected, gpu, config, experiment_dir, routine_file)
+    return routine, resolved, items
+
+
+def launch(settings, argv, routine_file):
+    """Run the routine; returns the exit code (0 when every selected instance is complete)."""
+    started = time.monotonic()
+    routine, resolved, items = prepare(settings, argv, routine_file)
+    experiment_dir = routine.experiment_dir
+    check_writable(experiment_dir)
+    folds = folds_for_experiment(experiment_dir, routine.dataset, items, routine.num_folds, routine.config["folds"])
+    atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
+                      settings["description"].strip() + "\n")
+    snapshot_code(experiment_dir, routine_file, config_path_in_use())
+    print(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
+          f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
+          f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
+          flush=True)
+    routine.folds_left = len(routine.selected) * routine.num_folds
+    outcomes = {}
+    for position, instance in enumerate(routine.selected, 1):
+        outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
+        if outcomes[instance] == "failed" and settings["debug_mode"]:
+            print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
+            break
+    counts = {status: [i for i, s in outcomes.items() if s == status]
+              for status in ("complete", "skipped", "failed", "busy")}
+    print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +
+          ", ".join(f"{len(ids)} {status} ({', '.join(map(str, ids))})" for status, ids in counts.items() if ids) +
+          f". Results: {experiment_dir}")
+    if counts["failed"]:
+        print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
+              "are kept", file=sys.stderr)
+    return 1 if counts["failed"] or counts["busy"] or len(outcomes) < len(routine.selected) else 0
+
+
+def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experiment_folder, overwrite_results,
+                debug_mode, experiment_dict, argv=None):
+    """Run a routine script's instances; exits the process (0 all complete, 1 some failed, 2 refused input).
+
+    The keyword arguments are the routine script's settings of the same names; argv defaults to sys.argv[1:]
+    ([FIRST [LAST [GPU]]]). Parameter strings come only from experiment_dict, i.e. from the user's own routine file.
+    """
+    settings = {"description": description, "gpu_ID": gpu_ID, "dataset": dataset, "num_experiment": num_experiment,
+                "num_folds": num_folds, "experiment_folder": experiment_folder,
+                "overwrite_results": overwrite_results, "debug_mode": debug_mode, "experiment_dict": experiment_dict}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    routine_file = getattr(sys.modules.get("__main__"), "__file__", None) or "routine.py"
+    code = exit_on_user_error(lambda: launch(settings, argv, routine_file), debug=debug_mode is True)
+    raise SystemExit(code)
