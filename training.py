@@ -189,7 +189,7 @@ def predict_and_score(model, task_type, x, y, owner, batch_size):
         scores, confusion = classification_metrics(y_true, output.astype(np.float64))
         y_pred = output.argmax(axis=1)
     else:
-        y_true, y_pred, confusion = y.reshape(-1), output.reshape(-1), None
+        y_true, y_pred, confusion = y.reshape(-1).astype(np.float64), output.reshape(-1).astype(np.float64), None
         scores = regression_metrics(y_true, y_pred)
     predictions = {"item": owner.tolist(), "y_true": y_true.tolist(), "y_pred": y_pred.tolist()}
     return scores, predictions, confusion

@@ -651,7 +651,9 @@ def launch(settings, argv, routine_file):
     if counts["failed"]:
         print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
               "are kept", file=sys.stderr)
-    return 1 if counts["failed"] or counts["busy"] or len(outcomes) < len(routine.selected) else 0
+    if counts["busy"]:
+        print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} were left to the routine running them")
+    return 1 if counts["failed"] or len(outcomes) < len(routine.selected) else 0
 
 
 def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experiment_folder, overwrite_results,

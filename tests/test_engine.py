@@ -1,0 +1,213 @@
+"""End to end: routine scripts run as real processes on a tiny real dataset, with tiny real Keras models."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from routine_helpers import (copy_project, experiment_files, instance, run_routine, write_routine)
+from utility_functions import load_dataset
+
+LEARNING_RATE, L2 = 0.0123, 0.02
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_features, tmp_path_factory):
+    """A finished classification routine: two instances (two architectures), three folds."""
+    folder = tmp_path_factory.mktemp("engine")
+    experiment_dict = {
+        1: instance("cnn", f"learning_rate = {LEARNING_RATE}", f"regularization_lambda = {L2}"),
+        2: instance("pooled", model=['architecture = "POOLED_STATS_model"', "hidden_units = [8]", "num_epochs = 2"]),
+    }
+    routine = write_routine(folder, experiment_dict, dataset=tiny_features["emotion_dataset"], num_folds=3)
+    completed = run_routine(routine, tiny_features["config_path"])
+    return {"routine": routine, "completed": completed, "dir": folder / "experiments" / "experiment_1",
+            "dict": experiment_dict, "features": tiny_features}
+
+
+def instance_json(experiment_dir, run, dataset="tiny"):
+    return json.loads((experiment_dir / "results" / f"results_{dataset}_exp1_run{run}.json").read_text())
+
+
+def test_the_routine_succeeds_and_fills_the_folder(experiment):
+    completed, experiment_dir = experiment["completed"], experiment["dir"]
+    assert completed.returncode == 0, completed.stderr
+    assert "fold 3/3" in completed.stdout and "ETA" in completed.stdout
+    assert (experiment_dir / "experiment_1_description.txt").read_text().strip() == "a test routine"
+    assert (experiment_dir / "folds.json").is_file()
+    for run in (1, 2):
+        document = instance_json(experiment_dir, run)
+        assert document["status"] == "complete" and document["error"] is None
+        assert document["parameter_strings"] == experiment["dict"][run]
+        assert [fold["fold"] for fold in document["folds"]] == [1, 2, 3]
+        for fold in document["folds"]:
+            assert (experiment_dir / fold["model_file"]).is_file()
+            assert fold["model_file"] == f"models/model_tiny_exp1_run{run}_fold{fold['fold']}.hdf5"
+            assert set(fold["metrics"]) == {"train", "val", "test"}
+            assert 1 <= fold["best_epoch"] <= fold["epochs_run"] == len(fold["history"]["loss"])
+            assert set(fold["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+        for split in ("train", "val", "test"):
+            values = [fold["metrics"][split]["accuracy"] for fold in document["folds"]]
+            assert document["summary"][split]["accuracy"]["mean"] == pytest.approx(np.mean(values))
+            assert document["summary"][split]["accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
+        parameters_file = experiment_dir / document["parameters_file"]
+        assert parameters_file.name == f"parameters_tiny_exp1_run{run}.txt"
+        assert "learning_rate" in parameters_file.read_text()
+        assert (experiment_dir / "logs" / f"tiny_exp1_run{run}_fold1.log").stat().st_size > 0
+    assert instance_json(experiment_dir, 1)["parameters"]["learning_rate"] == LEARNING_RATE
+    snapshot = next((experiment_dir / "code").iterdir())
+    assert {"config.ini", "xval_instance.py", "training.py", "define_models.py", "versions.json",
+            f"routine_{experiment['routine'].name}"} <= {path.name for path in snapshot.iterdir()}
+    assert list((experiment_dir).glob("*_results_spreadsheet.xlsx"))
+
+
+def test_folds_are_a_partition_shared_by_every_instance(experiment):
+    experiment_dir = experiment["dir"]
+    saved = json.loads((experiment_dir / "folds.json").read_text())
+    items = saved["items"]
+    predictors, _ = load_dataset(experiment["features"]["features_folder"], "tiny")
+    assert items == sorted(predictors)
+    assert sorted(item for fold in saved["folds"] for item in fold["test_items"]) == items
+    for run in (1, 2):
+        for fold, reference in zip(instance_json(experiment_dir, run)["folds"], saved["folds"]):
+            for split in ("train_items", "val_items", "test_items"):
+                assert fold[split] == reference[split]
+            assert not set(fold["val_items"]) & set(fold["test_items"])
+            assert not set(fold["val_items"]) & set(fold["train_items"])
+            assert set(fold["predictions"]["test"]["item"]) == set(fold["test_items"])
+
+
+def test_metrics_equal_scikit_learn_on_the_saved_predictions(experiment):
+    for run in (1, 2):
+        for fold in instance_json(experiment["dir"], run)["folds"]:
+            predictions = fold["predictions"]["test"]
+            y_true, y_pred = predictions["y_true"], predictions["y_pred"]
+            labels = list(range(len(fold["confusion_matrix"]["test"])))
+            test = fold["metrics"]["test"]
+            assert test["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+            assert test["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+            assert test["f1_macro"] == pytest.approx(
+                skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+            assert test["precision_macro"] == pytest.approx(
+                skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+            assert test["recall_macro"] == pytest.approx(
+                skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+            assert fold["confusion_matrix"]["test"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+def test_models_reload_with_the_overrides_and_reproduce_the_predictions(experiment):
+    import keras
+    experiment_dir = experiment["dir"]
+    predictors, _ = load_dataset(experiment["features"]["features_folder"], "tiny")
+    fold = instance_json(experiment_dir, 1)["folds"][0]
+    model = keras.models.load_model(experiment_dir / fold["model_file"])
+    assert float(model.optimizer.learning_rate) == pytest.approx(LEARNING_RATE)
+    kernels = [layer for layer in model.get_layer("EXAMPLE_model").layers if hasattr(layer, "kernel_regularizer")
+               and layer.kernel_regularizer is not None]
+    assert kernels and all(layer.kernel_regularizer.l2 == pytest.approx(L2) for layer in kernels)
+    x_test = np.concatenate([predictors[item] for item in fold["test_items"]])  # raw features: normalisation inside
+    assert model.predict(x_test, verbose=0).argmax(axis=1).tolist() == fold["predictions"]["test"]["y_pred"]
+
+
+def test_rerun_skips_finished_instances_and_overwrite_replaces_only_the_named_one(experiment):
+    experiment_dir, config = experiment["dir"], experiment["features"]["config_path"]
+    before = experiment_files(experiment_dir)
+    rerun = run_routine(experiment["routine"], config)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("complete already, skipped") == 2
+    after = experiment_files(experiment_dir)
+    assert {name: data for name, data in after.items() if not name.endswith(".xlsx")} == \
+        {name: data for name, data in before.items() if not name.endswith(".xlsx")}
+    overwrite = write_routine(experiment["routine"].parent, experiment["dict"], name="overwrite.py",
+                              dataset="tiny", num_folds=3, overwrite_results=True)
+    replaced = run_routine(overwrite, config, 2)
+    assert replaced.returncode == 0, replaced.stderr
+    after_overwrite = experiment_files(experiment_dir)
+    for name, data in before.items():
+        if "_run1" in name:
+            assert after_overwrite[name] == data, name
+    assert after_overwrite["results/results_tiny_exp1_run2.json"] != before["results/results_tiny_exp1_run2.json"]
+    assert instance_json(experiment_dir, 2)["status"] == "complete"
+
+
+def test_regression_instance(tiny_features, tmp_path):
+    dataset = tiny_features["intensity_dataset"]
+    routine = write_routine(tmp_path, {1: instance("reg", task_type="regression")}, dataset=dataset, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    document = instance_json(tmp_path / "experiments" / "experiment_1", 1, dataset)
+    assert document["task_type"] == "regression" and "confusion_matrix" not in document["folds"][0]
+    for fold in document["folds"]:
+        y_true, y_pred = np.array(fold["predictions"]["test"]["y_true"]), np.array(fold["predictions"]["test"]["y_pred"])
+        test = fold["metrics"]["test"]
+        assert test["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y_true, y_pred)))
+        assert test["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred))
+        assert test["r2"] == pytest.approx(skm.r2_score(y_true, y_pred))
+        assert test["pearson_r"] == pytest.approx(np.corrcoef(y_true, y_pred)[0, 1])
+        ccc = 2 * np.cov(y_true, y_pred, bias=True)[0, 1] / (y_true.var() + y_pred.var() +
+                                                             (y_true.mean() - y_pred.mean()) ** 2)
+        assert test["ccc"] == pytest.approx(ccc)
+        assert set(fold["history"]) >= {"loss", "val_loss", "mae", "rmse"}
+
+
+def test_bad_parameters_are_refused_before_anything_is_written(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("good"), 2: instance("typo", "learnig_rate = 0.1"),
+                                       3: instance("type", 'patience = "many"')})
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 2
+    assert completed.stderr.strip().count("\n") == 0 and "Traceback" not in completed.stderr
+    assert "experiment_dict[2]" in completed.stderr and "did you mean learning_rate" in completed.stderr
+    assert not (tmp_path / "experiments").exists()
+    completed = run_routine(routine, tiny_features["config_path"], 3, 3)
+    assert completed.returncode == 2 and "patience" in completed.stderr and "does not fit" in completed.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("arguments, expected", [(["x"], "whole numbers"), (["2", "1"], "is after last"),
+                                                 (["5", "9"], "no instance between"), (["1", "1", "0", "4"],
+                                                                                         "too many")])
+def test_command_line_errors(tiny_features, tmp_path, arguments, expected):
+    routine = write_routine(tmp_path, {1: instance("a"), 2: instance("b")})
+    completed = run_routine(routine, tiny_features["config_path"], *arguments)
+    assert completed.returncode == 2
+    assert expected in completed.stderr and "usage: python3 xval_routine_test.py" in completed.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
+def failing_dict():
+    """Instance 1's architecture raises (a dropout rate above 1); instance 2 is fine."""
+    return {1: instance("raises", "dropout = 2.0"), 2: instance("fine")}
+
+
+def test_without_debug_mode_a_failing_instance_is_recorded_and_the_routine_goes_on(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, failing_dict(), debug_mode=False)
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stdout + completed.stderr
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    failed = instance_json(experiment_dir, 1)
+    assert failed["status"] == "failed" and "raised ValueError" in failed["error"]
+    assert "logs/tiny_exp1_run1_fold1.log" in failed["error"]
+    assert instance_json(experiment_dir, 2)["status"] == "complete"
+    assert "1 failed (1)" in completed.stdout
+
+
+def test_with_debug_mode_the_first_failure_stops_the_routine_with_its_traceback(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, failing_dict(), debug_mode=True)
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode != 0
+    assert "Traceback" in completed.stderr and "ValueError" in completed.stderr
+    assert not (tmp_path / "experiments" / "experiment_1" / "results" / "results_tiny_exp1_run2.json").exists()
+
+
+def test_an_architecture_that_returns_no_model_is_reported(tiny_features, tmp_path):
+    project = copy_project(tmp_path / "project")
+    with open(project / "define_models.py", "a", encoding="utf-8") as models:
+        models.write("\n\ndef NOT_A_model(input_shape, output_size, task_type, width=3):\n    return [width]\n")
+    routine = write_routine(project, {1: instance("not a model", model=['architecture = "NOT_A_model"',
+                                                                        "num_epochs = 1"])})
+    completed = run_routine(routine, tiny_features["config_path"], project=project)
+    assert completed.returncode == 1
+    document = instance_json(project / "experiments" / "experiment_1", 1)
+    assert document["status"] == "failed" and "returned list, not a keras.Model" in document["error"]
+

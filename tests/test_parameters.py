@@ -1,0 +1,154 @@
+"""Parameter strings over defaults, the command line and the folds: the engine's refusals, without training."""
+import pytest
+
+import xval_instance as xi
+from utility_functions import XvalError, load_config
+
+TRAINING = load_config(xi.PROJECT_DIR / "config.ini")["training"]
+SIGNATURES = xi.architecture_signatures()
+BASE = ['task_type = "classification"', 'architecture = "EXAMPLE_model"', 'comment_1 = "c1"', 'comment_2 = "c2"']
+
+
+def resolve(*extra, base=BASE):
+    return xi.resolve_instance([*base, *extra], TRAINING, SIGNATURES, "experiment_dict[1]")
+
+
+def test_defaults_come_from_config_and_the_architecture_keywords():
+    parameters = resolve()
+    for name, value in TRAINING.items():
+        assert parameters[name] == value
+    assert parameters["filters"] == list(SIGNATURES["EXAMPLE_model"]["defaults"]["filters"])
+    assert parameters["comment_1"] == "c1" and parameters["architecture"] == "EXAMPLE_model"
+
+
+def test_overrides_apply_and_unambiguous_types_are_coerced():
+    parameters = resolve('learning_rate = "0.0005"', "num_epochs = 7.0", 'batch_size = "8"',
+                         "regularization_lambda = 1", 'early_stopping = "false"', "filters = (8, 16)")
+    assert parameters["learning_rate"] == 0.0005 and isinstance(parameters["learning_rate"], float)
+    assert parameters["num_epochs"] == 7 and isinstance(parameters["num_epochs"], int)
+    assert parameters["batch_size"] == 8
+    assert parameters["regularization_lambda"] == 1.0 and isinstance(parameters["regularization_lambda"], float)
+    assert parameters["early_stopping"] is False
+    assert parameters["filters"] == [8, 16]
+
+
+def test_values_with_slash_and_equals_sign_work():
+    parameters = resolve(base=['task_type = "classification"', 'architecture = "EXAMPLE_model"',
+                               'comment_1 = "lr = 1/1000, a=b"', "comment_2 = 'x/y'"])
+    assert parameters["comment_1"] == "lr = 1/1000, a=b" and parameters["comment_2"] == "x/y"
+
+
+@pytest.mark.parametrize("strings, expected", [
+    (['learning_rat = 0.1'], "did you mean learning_rate"),
+    (['learning_rate = "fast"'], "does not fit the default"),
+    (['num_epochs = 2.5'], "does not fit the default"),
+    (['early_stopping = 1'], "does not fit the default"),
+    (['optimizer = 3'], "does not fit the default"),
+    (['filters = 16'], "does not fit the default"),
+    (['optimizer = "adamm"'], "optimizer 'adamm' is unknown"),
+    (['learning_rate = 0'], "must be greater than 0"),
+    (['save_best_model_metric = "val_rmse"'], "not available for classification"),
+    (['learning_rate = 0.1', 'learning_rate = 0.2'], "assigned twice"),
+    (['learning_rate = = 0.1'], "is not a Python assignment"),
+    (['learning_rate'], "is not one assignment"),
+    (['a, b = 1, 2'], "is not one assignment"),
+    (['optimizer = adam'], "cannot be evaluated"),
+    ([3], "is not a string"),
+    (['hidden_units = [8]'], "unknown parameter 'hidden_units' for architecture EXAMPLE_model"),
+])
+def test_bad_parameter_strings_are_refused_with_one_clear_line(strings, expected):
+    with pytest.raises(XvalError) as refusal:
+        resolve(*strings)
+    message = str(refusal.value)
+    assert expected in message and "\n" not in message and message.startswith("experiment_dict[1]")
+
+
+@pytest.mark.parametrize("missing", xi.MANDATORY_PARAMETERS)
+def test_mandatory_parameters(missing):
+    strings = [text for text in BASE if not text.startswith(missing)]
+    with pytest.raises(XvalError, match=f"mandatory parameter {missing} missing"):
+        xi.resolve_instance(strings, TRAINING, SIGNATURES, "experiment_dict[1]")
+
+
+def test_unknown_architecture_and_task_type():
+    with pytest.raises(XvalError, match="did you mean EXAMPLE_model"):
+        resolve(base=['task_type = "classification"', 'architecture = "EXAMPLE_modle"', 'comment_1 = ""',
+                      'comment_2 = ""'])
+    with pytest.raises(XvalError, match="task_type 'clasification' is unknown"):
+        resolve(base=['task_type = "clasification"', 'architecture = "EXAMPLE_model"', 'comment_1 = ""',
+                      'comment_2 = ""'])
+
+
+def test_architecture_signatures_read_from_source_without_tensorflow(tmp_path):
+    models = tmp_path / "models.py"
+    models.write_text("def helper(x):\n    pass\n"
+                      "def A(input_shape, output_size, task_type, regularization_lambda, width=(4, 8), name='a'):\n"
+                      "    pass\n"
+                      "def B(input_shape, output_size, task_type, size=len('ab')):\n    pass\n")
+    with pytest.raises(XvalError, match="is not a literal"):
+        xi.architecture_signatures(models)
+    models.write_text(models.read_text().replace("len('ab')", "2"))
+    signatures = xi.architecture_signatures(models)
+    assert set(signatures) == {"A", "B"}
+    assert signatures["A"] == {"required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"}}
+
+
+def test_an_architecture_default_that_shadows_a_config_key_is_refused(tmp_path):
+    models = tmp_path / "models.py"
+    models.write_text("def A(input_shape, output_size, task_type, learning_rate=0.1):\n    pass\n"
+                      "def B(input_shape, output_size, task_type, depth):\n    pass\n")
+    signatures = xi.architecture_signatures(models)
+    strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""']
+    with pytest.raises(XvalError, match="config.ini \\[training\\] defines it too"):
+        xi.resolve_instance([*strings, 'architecture = "A"'], TRAINING, signatures, "i")
+    with pytest.raises(XvalError, match="argument 'depth' has no default"):
+        xi.resolve_instance([*strings, 'architecture = "B"'], TRAINING, signatures, "i")
+
+
+def test_the_hash_is_stable_and_ignores_comments():
+    first = resolve()
+    second = resolve('comment_1 = "edited"', base=BASE[:2] + BASE[3:])
+    assert xi.parameter_hash(first, "d", 4) == xi.parameter_hash(second, "d", 4)
+    assert xi.parameter_hash(first, "d", 4) != xi.parameter_hash(resolve("seed = 2"), "d", 4)
+    assert xi.parameter_hash(first, "d", 4) != xi.parameter_hash(first, "d", 5)
+    assert len(xi.parameter_hash(first, "d", 4)) == 64
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ([1, 2, 5, 7], 0)), (["2"], ([2], 0)), (["2", "5"], ([2, 5], 0)), (["1", "9", "3"], ([1, 2, 5, 7], 3)),
+])
+def test_command_line_selects_instances_and_gpu(argv, expected):
+    assert xi.parse_command_line(argv, [1, 2, 5, 7], 0, "exp.py") == expected
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["a"], "must be whole numbers"), (["5", "3"], "is after last"), (["3", "4"], "no instance between 3 and 4"),
+    (["1", "2", "3", "4"], "too many arguments"),
+])
+def test_command_line_errors_show_the_usage(argv, expected):
+    with pytest.raises(XvalError) as refusal:
+        xi.parse_command_line(argv, [1, 2, 5, 7], 0, "exp.py")
+    assert expected in str(refusal.value) and "usage: python3 exp.py" in str(refusal.value)
+
+
+@pytest.mark.parametrize("num_folds", [2, 3, 5, 12])
+def test_folds_are_a_true_partition_with_disjoint_validation(num_folds):
+    items = [f"{actor:02d}" for actor in range(1, 13)]
+    folds = xi.make_folds(items, num_folds, seed=3, validation_share=0.2)
+    assert len(folds) == num_folds
+    tested = [item for fold in folds for item in fold["test_items"]]
+    assert sorted(tested) == items  # every item tested exactly once
+    for fold in folds:
+        train, val, test = map(set, (fold["train_items"], fold["val_items"], fold["test_items"]))
+        assert train | val | test == set(items)
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert val and train
+    assert folds == xi.make_folds(list(reversed(items)), num_folds, seed=3, validation_share=0.2)
+    assert folds != xi.make_folds(items, num_folds, seed=4, validation_share=0.2)
+
+
+@pytest.mark.parametrize("num_folds, expected", [(1, "at least 2"), (13, "more than the 12 items"),
+                                                 ("3", "whole number")])
+def test_fold_counts_that_cannot_work_are_refused(num_folds, expected):
+    with pytest.raises(XvalError, match=expected):
+        xi.make_folds([f"{actor:02d}" for actor in range(1, 13)], num_folds, seed=1, validation_share=0.2)
