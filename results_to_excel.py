@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 import xlsxwriter
+import xlsxwriter.exceptions
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
                                TASK_TYPES, XvalError, atomic_write_bytes, commit_temp_file, exit_on_user_error,
@@ -53,6 +55,7 @@ OUTPUT_NAME = "{dataset}_exp{experiment}_results_spreadsheet.xlsx"
 STATUSES = ("complete", "incomplete", "failed")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
+SHORT_SPLIT_LABELS = {"train": "train", "val": "val", "test": "test"}
 STATS = ("mean", "std")
 # history curves drawn per task type (the first is always the loss); missing ones are left out
 CURVE_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "rmse", "mae")}
@@ -76,16 +79,24 @@ DIFFERS_FILL = "#FFF2CC"  # parameters sheet: a parameter whose value differs be
 EXCLUDED_FONT = "#808080"  # metrics of incomplete and failed instances: shown, never best
 GRID_COLOR = "#BFBFBF"
 BAND_FILL = "#F2F2F2"  # folds sheet: every other instance
+STATUS_STYLES = {"failed": {"bg_color": FAILED_FILL, "font_color": FAILED_FONT, "bold": True},
+                 "incomplete": {"bg_color": INCOMPLETE_FILL, "font_color": INCOMPLETE_FONT, "bold": True}}
+FOLDS_IDENTITY_STYLES = {0: {"align": "center", "bold": True}, 3: {"align": "center"}, 4: {"align": "center"},
+                         5: {"align": "center"}, 6: {"num_format": SECONDS_FORMAT}}  # by column
 CONFUSION_SCALE = ("#FFFFFF", "#63BE7B")
 COMMENT_WIDTH_LIMITS = (10, 40)
 PARAMETER_WIDTH_LIMITS = (8, 24)
 METRIC_COLUMN_WIDTH = 8
+FROZEN_SUMMARY_COLUMNS = 3  # ID, parameters link and comment 1 stay in view when scrolling right
 
 # plots
 PLOT_DPI = 150
+PLOT_HEIGHT_INCHES = 3.6  # every figure is this high, so that all show at the same scale
 PLOT_HEIGHT_PIXELS = 330  # displayed height of every plot on the plots sheet
 PLOT_GAP_PIXELS = 16
 DEFAULT_ROW_PIXELS = 20
+DEFAULT_COLUMN_PIXELS = 64
+PLOTS_SHEET_COLUMNS = 40  # columns under the images, given explicit widths
 FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")
 
@@ -223,7 +234,8 @@ def check_experiment_folder(experiment_folder):
 
 def summary_value(instance, split, metric, stat):
     """mean or std over folds of one metric as stored in the result file, or None."""
-    entry = (instance.summary.get(split) or {}).get(metric)
+    split_summary = instance.summary.get(split)
+    entry = split_summary.get(metric) if isinstance(split_summary, dict) else None
     return as_number(entry.get(stat)) if isinstance(entry, dict) else None
 
 
@@ -263,28 +275,28 @@ def lowest_std_positions(instances, split, metric):
     return extreme_positions(values, higher_is_better=False)
 
 
-def paired_p_value(best, other, metric, split="test"):
-    """p-value of a paired t-test of other against best over the folds both have values for, or None.
-
-    None when fewer than two folds pair up or the test is undefined (every fold difference zero).
-    """
+def paired_fold_values(best, other, metric, split="test"):
+    """(best's values, other's values) of metric on the folds both have a value for, in fold order."""
     best_values, other_values = fold_values(best, split, metric), fold_values(other, split, metric)
     common = sorted(set(best_values) & set(other_values))
-    if len(common) < 2:
-        return None
+    return [best_values[fold] for fold in common], [other_values[fold] for fold in common]
+
+
+def paired_p_value(best_values, other_values):
+    """Two-sided p-value of a paired t-test (scipy.stats.ttest_rel), or None when it is undefined."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        result = scipy.stats.ttest_rel([best_values[fold] for fold in common],
-                                       [other_values[fold] for fold in common])
-    p_value = float(result.pvalue)
+        p_value = float(scipy.stats.ttest_rel(best_values, other_values).pvalue)
     return p_value if math.isfinite(p_value) else None
 
 
 def significance_column(instances, task_type):
-    """{position: (p-value or None, label)} for the summary sheet: 'best', 'yes', 'no', 'n/a' or '' (not complete).
+    """{position: (p-value or None, label)} for the summary sheet.
 
-    The best instance is the complete one with the best test mean of the task's main metric (the lowest instance
-    number among ties); 'yes' means its per-fold values differ from the best's at SIGNIFICANCE_LEVEL.
+    Labels: 'best'; 'yes' or 'no' (differs from the best at SIGNIFICANCE_LEVEL); 'no (identical)' when every fold
+    has the same value as the best's (the t-test is undefined then); 'n/a' with fewer than two paired folds;
+    '' for incomplete and failed instances. The best instance is the complete one with the best test mean of the
+    task's main metric (the lowest-numbered one among ties).
     """
     metric = MAIN_METRIC[task_type]
     column = {position: (None, "") for position in range(len(instances))}
@@ -298,9 +310,15 @@ def significance_column(instances, task_type):
         if position == best[0]:
             column[position] = (None, "best")
             continue
-        p_value = paired_p_value(best_instance, instance, metric)
-        label = "n/a" if p_value is None else ("yes" if p_value < SIGNIFICANCE_LEVEL else "no")
-        column[position] = (p_value, label)
+        best_values, other_values = paired_fold_values(best_instance, instance, metric)
+        if len(best_values) < 2:
+            column[position] = (None, "n/a")
+        elif best_values == other_values:
+            column[position] = (None, "no (identical)")
+        else:
+            p_value = paired_p_value(best_values, other_values)
+            label = "n/a" if p_value is None else ("yes" if p_value < SIGNIFICANCE_LEVEL else "no")
+            column[position] = (p_value, label)
     return column
 
 
@@ -362,29 +380,38 @@ def status_text(instance, k):
     return instance.status
 
 
-def summed_confusion(instance):
-    """The test confusion matrix summed over folds (rows true class, columns predicted), or None.
+def fold_confusion(fold):
+    """A fold's test confusion matrix as a square float array, or None (absent or not a square matrix)."""
+    matrices = fold.get("confusion_matrix")
+    matrix = matrices.get("test") if isinstance(matrices, dict) else None
+    if matrix is None:
+        return None
+    try:
+        matrix = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return matrix if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] > 0 else None
 
-    Folds whose matrix does not match the class names (or the first fold's shape) are left out with a warning.
+
+def summed_confusion(instance):
+    """(test confusion matrix summed over folds or None, number of folds summed); rows true, columns predicted.
+
+    Every fold must match the class names (or, without them, the first fold's size); others are left out.
     """
-    total = None
+    total, summed = None, 0
     for fold in instance.folds:
-        matrix = ((fold.get("confusion_matrix") or {}).get("test")) if isinstance(fold.get("confusion_matrix"),
-                                                                                 dict) else None
+        matrix = fold_confusion(fold)
         if matrix is None:
             continue
-        try:
-            matrix = np.asarray(matrix, dtype=float)
-        except (TypeError, ValueError):
-            matrix = np.empty((0, 0))
-        expected = (len(instance.class_names),) * 2 if instance.class_names else (total.shape if total is not None
-                                                                                   else matrix.shape)
-        if matrix.ndim != 2 or matrix.shape != expected or matrix.shape[0] != matrix.shape[1]:
-            warn(f"{instance.source}: fold {fold['fold']} confusion matrix has shape {matrix.shape}, "
-                 f"expected {expected}: left out of the sum")
+        size = len(instance.class_names) if instance.class_names else (len(total) if total is not None
+                                                                       else len(matrix))
+        if len(matrix) != size:
+            warn(f"{instance.source}: fold {fold['fold']} has a {len(matrix)}x{len(matrix)} confusion matrix "
+                 f"for {size} classes: left out of the sum")
             continue
         total = matrix if total is None else total + matrix
-    return total
+        summed += 1
+    return total, summed
 
 
 def class_labels(instance, size):
@@ -460,7 +487,8 @@ def figure_png(figure):
 
 def history_curve(fold, key):
     """A fold's history list for key as floats (NaN where undefined), or None."""
-    values = (fold.get("history") or {}).get(key) if isinstance(fold.get("history"), dict) else None
+    history = fold.get("history")
+    values = history.get(key) if isinstance(history, dict) else None
     if not isinstance(values, list) or not values:
         return None
     return [np.nan if as_number(value) is None else as_number(value) for value in values]
@@ -477,7 +505,7 @@ def learning_curves_png(instance):
     metrics = curve_metrics(instance)
     if not metrics:
         return None
-    figure = Figure(figsize=(4.6 * len(metrics) + 1.4, 3.6), layout="constrained")
+    figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")
     axes_row = figure.subplots(1, len(metrics), squeeze=False)[0]
     for axes, metric in zip(axes_row, metrics):
         for index, fold in enumerate(instance.folds):
@@ -494,9 +522,8 @@ def learning_curves_png(instance):
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    handles = [axes_row[0].plot([], [], color=FOLD_COLORS[index % len(FOLD_COLORS)])[0]
-               for index in range(len(instance.folds))]
-    handles += [axes_row[0].plot([], [], color="black", linestyle=style, marker=marker)[0]
+    handles = [Line2D([], [], color=FOLD_COLORS[index % len(FOLD_COLORS)]) for index in range(len(instance.folds))]
+    handles += [Line2D([], [], color="black", linestyle=style, marker=marker)
                 for style, marker in (("-", ""), ("--", ""), ("", "o"))]
     labels = [f"fold {fold['fold']}" for fold in instance.folds] + ["train", "validation", "best epoch"]
     figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
@@ -506,44 +533,49 @@ def learning_curves_png(instance):
 
 def confusion_png(instance):
     """The summed test confusion matrix as a heat map of row percentages with counts, as PNG (None if none)."""
-    matrix = summed_confusion(instance)
+    matrix, summed = summed_confusion(instance)
     if matrix is None:
         return None
     shares = row_percentages(matrix)
     labels = class_labels(instance, len(matrix))
-    side = 2.2 + 0.55 * len(labels)
-    figure = Figure(figsize=(side + 0.9, side), layout="constrained")
+    font_size = max(3.5, min(8.0, 44 / len(labels)))  # cell text shrinks with the number of classes
+    figure = Figure(figsize=(PLOT_HEIGHT_INCHES * 1.3, PLOT_HEIGHT_INCHES), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(np.nan_to_num(shares) * 100, cmap="Greens", vmin=0, vmax=100)
     for (row, col), count in np.ndenumerate(matrix):
         share = shares[row, col]
         text = f"{count:.0f}" if np.isnan(share) else f"{count:.0f}\n{share:.0%}"
-        axes.text(col, row, text, ha="center", va="center", fontsize=7,
+        axes.text(col, row, text, ha="center", va="center", fontsize=font_size,
                   color="white" if not np.isnan(share) and share > 0.6 else "black")
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(range(len(labels)), labels, fontsize=8)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    figure.colorbar(image, ax=axes, shrink=0.8, label="% of true class")
-    axes.set_title(f"Instance {instance.id}: test, {len(instance.folds)} folds summed", fontsize=10)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.set_xlabel("predicted", fontsize=8)
+    axes.set_ylabel("true", fontsize=8)
+    colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
+    colorbar.set_label("% of true class", fontsize=7)
+    colorbar.ax.tick_params(labelsize=7)
+    axes.set_title(f"Instance {instance.id}: test, {summed} folds summed", fontsize=9)
     return figure_png(figure)
 
 
 def make_plots(experiment_folder, instance):
-    """{'curves': path or None, 'confusion': path or None}: the instance's plots, drawn if out of date."""
+    """{'curves': path or None, 'confusion': path or None}: the instance's plots, drawn if out of date.
+
+    A plot left from an earlier run of the instance that now has nothing to draw is removed.
+    """
     painters = {"curves": learning_curves_png, "confusion": confusion_png}
     plots = {}
     for kind, path in plot_paths(experiment_folder, instance).items():
-        if kind == "confusion" and instance.task_type != "classification":
-            plots[kind] = None
-            continue
-        if not is_up_to_date(path, instance):
-            png = painters[kind](instance)
-            if png is None:
-                plots[kind] = None
-                continue
-            atomic_write_bytes(path, png)
         plots[kind] = path
+        if is_up_to_date(path, instance):
+            continue
+        png = painters[kind](instance) if kind == "curves" or instance.task_type == "classification" else None
+        if png is None:
+            plots[kind] = None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        else:
+            atomic_write_bytes(path, png)
     return plots
 
 
@@ -632,24 +664,25 @@ class Column:
 def summary_columns(instances, task_type, varying):
     """The columns of a summary sheet, left to right."""
     main = metric_label(MAIN_METRIC[task_type])
+    comments_1 = [instance.comment_1 for instance in instances]
+    comments_2 = [instance.comment_2 for instance in instances]
     columns = [Column("id", "ID", 5), Column("link", "parameters", 11),
-               Column("comment_1", "comment 1", text_width([i.comment_1 for i in instances] + ["comment 1"],
-                                                         COMMENT_WIDTH_LIMITS)),
-               Column("comment_2", "comment 2", text_width([i.comment_2 for i in instances] + ["comment 2"],
-                                                         COMMENT_WIDTH_LIMITS))]
+               Column("comment_1", "comment 1", text_width(comments_1 + ["comment 1"], COMMENT_WIDTH_LIMITS)),
+               Column("comment_2", "comment 2", text_width(comments_2 + ["comment 2"], COMMENT_WIDTH_LIMITS))]
     for name in varying:
-        values = [parameter_display(i.parameters.get(name, "")) if name != "dataset" else i.dataset
-                  for i in instances]
+        values = [instance.dataset if name == "dataset" else parameter_display(instance.parameters.get(name, ""))
+                  for instance in instances]
         columns.append(Column("parameter", name, text_width(values + [name], PARAMETER_WIDTH_LIMITS), (name,)))
     k = fold_count(instances)
-    columns += [Column("status", "status", text_width([status_text(i, k) for i in instances], (10, 24))),
+    statuses = [status_text(instance, k) for instance in instances]
+    columns += [Column("status", "status", text_width(statuses, (10, 24))),
                 Column("error", "error", 12),
                 Column("p_value", f"p vs best (test {main})", 11),
                 Column("significant", f"differs from best (p < {SIGNIFICANCE_LEVEL})", 11)]
     for metric in ordered_metrics(task_type):
         for split in SPLITS:
             for stat in STATS:
-                label = f"{SPLIT_LABELS[split]} {stat}" if stat == "mean" else "std"
+                label = f"{SHORT_SPLIT_LABELS[split]} {stat}" if stat == "mean" else "std"
                 columns.append(Column("metric", label, METRIC_COLUMN_WIDTH, (metric, split, stat)))
     return columns
 
@@ -671,10 +704,7 @@ def summary_cell(column, instance, position, context):
         value = parameter_display(instance.parameters[name]) if name in instance.parameters else None
         return value, {**grid, "align": "left"}
     if column.kind == "status":
-        colors = {"failed": (FAILED_FILL, FAILED_FONT), "incomplete": (INCOMPLETE_FILL, INCOMPLETE_FONT)}
-        fill = colors.get(instance.status)
-        style = {"bg_color": fill[0], "font_color": fill[1], "bold": True} if fill else {}
-        return status_text(instance, context["k"]), {**grid, **style}
+        return status_text(instance, context["k"]), {**grid, **STATUS_STYLES.get(instance.status, {})}
     if column.kind == "error":
         return instance.error, {**grid, "font_color": FAILED_FONT}
     if column.kind == "p_value":
@@ -692,11 +722,11 @@ def summary_cell(column, instance, position, context):
     elif position in context["lowest_std"][(metric, split)]:
         style.update(bg_color=LOWEST_STD_FILL, font_color=LOWEST_STD_FONT)
     if split == "test" and stat == "std":
-        style["right"] = 2
+        style.update(right=2, right_color=HEADER_FILL)
     return summary_value(instance, split, metric, stat), style
 
 
-def write_summary_sheet(workbook, formats, name, instances, task_type, experiment_folder, output_path):
+def write_summary_sheet(workbook, formats, name, instances, task_type, output_path):
     """One row per instance with the parameters that differ, status, significance and every metric."""
     worksheet = workbook.add_worksheet(name)
     varying, shared = split_parameters(instances)
@@ -741,10 +771,9 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, experimen
     notes_row = first_data_row + len(instances) + 1
     notes_row = write_summary_notes(worksheet, formats, notes_row, task_type)
     write_shared_parameters(worksheet, formats, notes_row + 1, shared, len(instances))
-    worksheet.freeze_panes(first_data_row, 1)
+    worksheet.freeze_panes(first_data_row, FROZEN_SUMMARY_COLUMNS)
     worksheet.hide_gridlines(2)
     set_print_layout(worksheet, first_data_row)
-    worksheet.activate() if name == "summary" else None
 
 
 def write_parameters_link(worksheet, formats, row, col, instance, output_path):
@@ -776,7 +805,8 @@ def write_summary_notes(worksheet, formats, row, task_type):
         row += 1
     explanation = (f"p vs best: {TEST_NAME} of each complete instance against the best one on the per-fold test "
                    f"{main}, paired by fold number; 'yes' = the difference is significant at "
-                   f"{SIGNIFICANCE_LEVEL} (not corrected for multiple comparisons).")
+                   f"{SIGNIFICANCE_LEVEL} (not corrected for multiple comparisons); 'n/a' = fewer than 2 folds "
+                   "to pair.")
     reason = ("A t-test because with 4 or 5 folds a Wilcoxon signed-rank test can never reach 0.05 "
               "(its smallest two-sided p-value with n folds is 2/2^n), and it is weak up to 10 folds.")
     worksheet.write_string(row, 0, "test", formats(bold=True, border=1, border_color=GRID_COLOR, align="center"))
@@ -832,7 +862,9 @@ def write_folds_sheet(workbook, formats, name, instances, task_type):
                      as_number(fold.get("best_epoch")), as_number(fold.get("epochs_run")),
                      as_number(fold.get("seconds"))]
             for col, value in enumerate(cells):
-                style = {**fill, "num_format": SECONDS_FORMAT} if col == 6 else fill
+                style = {**fill, **FOLDS_IDENTITY_STYLES.get(col, {})}
+                if col == 2:
+                    style.update(STATUS_STYLES.get(instance.status, {}))
                 write_cell(worksheet, row, col, value, formats(**style))
             col = len(identity)
             for split in SPLITS:
@@ -844,8 +876,8 @@ def write_folds_sheet(workbook, formats, name, instances, task_type):
                     write_cell(worksheet, row, col + offset, value, formats(**style))
                 col += len(metrics)
             items = fold.get("test_items") if isinstance(fold.get("test_items"), list) else []
-            write_cell(worksheet, row, items_col, ", ".join(map(str, items)), formats(**fill, left=1,
-                                                                                     left_color=GRID_COLOR))
+            write_cell(worksheet, row, items_col, ", ".join(map(str, items)),
+                       formats(**fill, left=1, left_color=GRID_COLOR, indent=1))
             row += 1
     worksheet.freeze_panes(first_data_row, 4)
     set_print_layout(worksheet, first_data_row)
@@ -859,15 +891,15 @@ def write_confusion_sheet(workbook, formats, instances):
     worksheet = workbook.add_worksheet("confusion")
     write_title(worksheet, formats, "Test confusion matrices, summed over folds",
                 "rows: true class, columns: predicted class; row % = share of the true class")
-    matrices = [(instance, summed_confusion(instance)) for instance in instances]
-    size = max((len(matrix) for _, matrix in matrices if matrix is not None), default=2)
-    all_labels = [label for instance, matrix in matrices if matrix is not None
+    matrices = [(instance, *summed_confusion(instance)) for instance in instances]
+    size = max((len(matrix) for _, matrix, _ in matrices if matrix is not None), default=2)
+    all_labels = [label for instance, matrix, _ in matrices if matrix is not None
                   for label in class_labels(instance, len(matrix))]
     worksheet.set_column(0, 0, text_width(all_labels + ["true \\ predicted"], (12, 30)))
     worksheet.set_column(1, 2 * size + 2, max(8, min(14, text_width(all_labels, (8, 14)))))
     worksheet.set_column(size + 2, size + 2, 3)
     row = 3
-    for instance, matrix in matrices:
+    for instance, matrix, summed in matrices:
         title = f"Instance {instance.id} ({instance.status})" + (f": {instance.comment_1}" if instance.comment_1
                                                                   else "")
         worksheet.write_string(row, 0, title, formats(bold=True, font_size=12))
@@ -876,17 +908,17 @@ def write_confusion_sheet(workbook, formats, instances):
                                    formats(italic=True, font_color=EXCLUDED_FONT))
             row += 3
             continue
-        row = write_confusion_block(worksheet, formats, row + 1, instance, matrix) + 1
+        row = write_confusion_block(worksheet, formats, row + 1, instance, matrix, summed) + 1
     worksheet.hide_gridlines(2)
+    set_print_layout(worksheet, 1)
 
 
-def write_confusion_block(worksheet, formats, row, instance, matrix):
+def write_confusion_block(worksheet, formats, row, instance, matrix, summed):
     """Counts at columns 1..n (+ total), row percentages from column n + 3; returns the next free row."""
     labels = class_labels(instance, len(matrix))
     size = len(labels)
     percent_col = size + 3
-    folds = sum(1 for fold in instance.folds if isinstance(fold.get("confusion_matrix"), dict))
-    write_header(worksheet, formats, row, 1, size + 1, f"counts ({folds} folds summed)")
+    write_header(worksheet, formats, row, 1, size + 1, f"counts ({summed} folds summed)")
     write_header(worksheet, formats, row, percent_col, percent_col + size - 1, "row %")
     write_header(worksheet, formats, row + 1, 0, 0, "true \\ predicted", sub=True)
     for index, label in enumerate(labels):
@@ -975,6 +1007,8 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
     write_title(worksheet, formats, "Learning curves and test confusion matrices",
                 f"PNG files in {PLOTS_SUBFOLDER}/; solid = train, dashed = validation, dot = best epoch")
     worksheet.hide_gridlines(2)
+    # explicit widths: images are anchored to cells, and LibreOffice's default column width differs from Excel's
+    worksheet.set_column_pixels(0, PLOTS_SHEET_COLUMNS - 1, DEFAULT_COLUMN_PIXELS)
     rows_per_plot = math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 2
     row = 3
     for instance in instances:
@@ -995,6 +1029,7 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
             row += 3
         else:
             row += rows_per_plot + 1
+    set_print_layout(worksheet, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1019,7 +1054,7 @@ def build_workbook(path, instances, experiment_folder, output_path):
     first_task_type = next(iter(groups))
     for task_type, group in groups.items():
         write_summary_sheet(workbook, formats, sheet_name("summary", task_type, first_task_type), group,
-                            task_type, experiment_folder, output_path)
+                            task_type, output_path)
     for task_type, group in groups.items():
         write_folds_sheet(workbook, formats, sheet_name("folds", task_type, first_task_type), group, task_type)
     if "classification" in groups:
