@@ -1,9 +1,14 @@
 """Train, select, save and evaluate one fold of one instance, in a process of its own.
 
-xval_instance.py starts `python3 training.py JOB.json` for every fold, so that the memory TensorFlow takes (host
-and GPU) is given back when the fold ends and a crash stays contained. JOB.json (written by xval_instance, kept
-in the experiment's logs/ so a fold can be rerun by hand) holds the dataset, the fold's items, the resolved
-parameters and the output paths. The fold:
+Every fold runs in a process of its own, so that the memory TensorFlow takes (host and GPU) is given back when
+the fold ends and a crash stays contained. Two ways in:
+  python3 training.py JOB.json    one fold (a fold can be rerun by hand this way);
+  python3 training.py --serve     what xval_instance uses: imports TensorFlow once, then reads job paths on stdin
+                                  and forks one child per fold, so no fold pays the ~3 s import again. The child
+                                  touches the GPU first (the server never does), and after each fold the server
+                                  prints `xval-exit: <exit code of the child>`.
+JOB.json (written by xval_instance, kept in the experiment's logs/) holds the dataset, the fold's items, the
+resolved parameters and the output paths. The fold:
   1. loads the dataset and splits it by item (train / validation / test actors);
   2. builds the model from define_models, with the input normalised by statistics of the training items only;
   3. compiles it (loss by task_type), trains with early stopping, keeps the weights of the best epoch on the
@@ -27,6 +32,8 @@ from utility_functions import (MONITORABLE, SPLITS, XvalError, atomic_write_json
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; oneDNN stays on (it is faster)
 ERROR_PREFIX = "xval-error: "
 EPOCH_PREFIX = "xval-epoch: "
+EXIT_PREFIX = "xval-exit: "
+SERVE_FLAG = "--serve"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,7 +132,7 @@ def monitor_mode(monitor, configured_mode):
     return "max" if "accuracy" in monitor else "min"
 
 
-def make_callbacks(keras, monitor, mode, parameters, parent_pid):
+def make_callbacks(keras, monitor, mode, parameters):
     """Callbacks: best weights in memory, early stopping, NaN stop, one progress line per epoch, orphan stop."""
 
     class BestWeights(keras.callbacks.Callback):
@@ -152,13 +159,15 @@ def make_callbacks(keras, monitor, mode, parameters, parent_pid):
                                 f"(now {parameters['learning_rate']}) or check the features")
 
     class ProgressAndOrphanCheck(keras.callbacks.Callback):
-        """Print one parseable line per epoch; end the process if the routine that started it is gone."""
+        """Print one parseable line per epoch; end the process if the process that started it is gone."""
+
+        parent_pid = os.getppid()
 
         def on_epoch_end(self, epoch, logs=None):
             shown = " ".join(f"{key}={value:.4f}" for key, value in (logs or {}).items()
                              if isinstance(value, (int, float)) and key != "learning_rate")
             print(f"{EPOCH_PREFIX}{epoch + 1}/{parameters['num_epochs']} {shown}", flush=True)
-            if parent_pid and os.getppid() != parent_pid:
+            if os.getppid() != self.parent_pid:
                 print(f"{ERROR_PREFIX}the routine that started this fold is gone; stopping", file=sys.stderr)
                 os._exit(3)
 
@@ -232,7 +241,7 @@ def run_fold(job):
         raise XvalError(f"save_best_model_metric '{monitor}' is not available for {task_type}: "
                         f"use one of {', '.join(MONITORABLE[task_type])}")
     mode = monitor_mode(monitor, parameters["save_best_model_mode"])
-    callbacks, best = make_callbacks(keras, monitor, mode, parameters, job.get("parent_pid"))
+    callbacks, best = make_callbacks(keras, monitor, mode, parameters)
     x_val, y_val, _ = data["val"]
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=parameters["num_epochs"],
                         batch_size=parameters["batch_size"], shuffle=True, verbose=0, callbacks=callbacks)
@@ -265,16 +274,10 @@ def run_fold(job):
     return result
 
 
-def main(argv=None):
-    """Entry point: python3 training.py JOB.json. Exit 0 on success, 1 with an `xval-error:` line otherwise."""
-    argv = sys.argv[1:] if argv is None else argv
-    die_with_parent()
-    if len(argv) != 1:
-        print(f"{ERROR_PREFIX}usage: python3 training.py JOB.json (xval_instance.py writes the job)", file=sys.stderr)
-        return 2
+def fold_main(job_path):
+    """Run the fold of job_path; returns the exit code: 0 done, 1 failed (after an `xval-error:` line)."""
     try:
-        job = read_json(argv[0])
-        result = run_fold(job)
+        result = run_fold(read_json(job_path))
     except XvalError as error:
         traceback.print_exc()
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
@@ -286,6 +289,49 @@ def main(argv=None):
         return 1
     print(f"xval-done: fold {result['fold']} test {result['metrics']['test']}", flush=True)
     return 0
+
+
+def serve(job_paths, report):
+    """Import TensorFlow once, then fork one child per job path read from job_paths; report each exit code.
+
+    The server itself never touches a device, so every child initialises the GPU (with memory growth) afresh.
+    """
+    import keras  # noqa: F401  (the imports every fold needs, paid once)
+    import define_models  # noqa: F401
+    import tensorflow  # noqa: F401
+    print("xval-ready", file=report, flush=True)
+    for line in job_paths:
+        job_path = line.strip()
+        if not job_path:
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                die_with_parent()
+                code = fold_main(job_path)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        print(f"{EXIT_PREFIX}{os.waitstatus_to_exitcode(status)}", file=report, flush=True)
+    return 0
+
+
+def main(argv=None):
+    """python3 training.py JOB.json (one fold) or --serve (folds by fork, job paths on stdin)."""
+    argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
+    if argv == [SERVE_FLAG]:
+        return serve(sys.stdin, sys.stdout)
+    if len(argv) != 1:
+        print(f"{ERROR_PREFIX}usage: python3 training.py JOB.json | {SERVE_FLAG} (xval_instance.py writes the jobs)",
+              file=sys.stderr)
+        return 2
+    return fold_main(argv[0])
 
 
 if __name__ == "__main__":

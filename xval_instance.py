@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.model_selection import KFold, train_test_split
 
 import results_to_excel
-from training import EPOCH_PREFIX, ERROR_PREFIX
+from training import EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, SERVE_FLAG
 from utility_functions import (HOST, MAIN_METRIC, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SPLITS, TASK_TYPES,
                                XvalError, atomic_write_json, atomic_write_text, check_dataset, claim,
                                config_path_in_use, dataset_paths, exit_on_user_error, file_mutex, load_config,
@@ -394,34 +394,68 @@ def format_seconds(seconds):
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def run_fold_process(job_path, log_path, gpu, label, show_progress):
-    """Run training.py on one job as a child process; tee its output to log_path. Returns (exit code, error line)."""
-    environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
-                       TF_FORCE_GPU_ALLOW_GROWTH="true", PYTHONUNBUFFERED="1")
-    error_line = None
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {HOST} pid {os.getpid()}: {label}\n")
-        log.flush()
-        child = subprocess.Popen([sys.executable, str(TRAINING_SCRIPT), str(job_path)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-                                 env=environment, cwd=str(PROJECT_DIR))
-        try:
-            for line in child.stdout:
+class FoldRunner:
+    """Runs folds in child processes of one `training.py --serve` server, started on first use.
+
+    The server imports TensorFlow once and forks a fresh process per fold, so each fold still has its own
+    memory and crash boundary, with CUDA_VISIBLE_DEVICES set to the routine's GPU and memory growth on.
+    """
+
+    def __init__(self, gpu):
+        self.environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
+                                TF_FORCE_GPU_ALLOW_GROWTH="true", PYTHONUNBUFFERED="1")
+        self.server = None
+
+    def start(self):
+        """Start the fold server (its import lines go to the first fold's log)."""
+        self.server = subprocess.Popen([sys.executable, str(TRAINING_SCRIPT), SERVE_FLAG], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       encoding="utf-8", errors="replace", env=self.environment,
+                                       cwd=str(PROJECT_DIR), bufsize=1)
+
+    def run(self, job_path, log_path, label, show_progress):
+        """Run one fold; tee its output to log_path. Returns (exit code of the fold process, its error line)."""
+        if self.server is None or self.server.poll() is not None:
+            self.start()
+        code, error_line = None, None
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {HOST} pid {os.getpid()}: {label}\n")
+            log.flush()
+            try:
+                self.server.stdin.write(f"{job_path}\n")
+                self.server.stdin.flush()
+            except OSError:
+                pass  # the server died: its output and exit code below say why
+            for line in self.server.stdout:
+                if line.startswith(EXIT_PREFIX):
+                    code = int(line[len(EXIT_PREFIX):])
+                    break
                 log.write(line)
                 if line.startswith(ERROR_PREFIX):
                     error_line = line[len(ERROR_PREFIX):].strip()
                 elif line.startswith(EPOCH_PREFIX) and show_progress:
                     print(f"\r  {label}  epoch {line[len(EPOCH_PREFIX):].strip()}"[:150].ljust(150), end="",
                           flush=True)
-            code = child.wait()
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    if show_progress:
-        print("\r" + " " * 150 + "\r", end="", flush=True)
-    return code, error_line
+            if code is None:  # the server itself ended
+                code = self.server.wait()
+                log.write(f"the fold server ended with exit code {code}\n")
+                error_line = error_line or f"the fold server ended with exit code {code}"
+                self.server = None
+        if show_progress:
+            print("\r" + " " * 150 + "\r", end="", flush=True)
+        return code, error_line
+
+    def close(self):
+        """Stop the server (end of input, then wait)."""
+        if self.server is not None and self.server.poll() is None:
+            self.server.stdin.close()
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        self.server = None
 
 
 class Routine:
@@ -434,6 +468,7 @@ class Routine:
         self.num_folds = settings["num_folds"]
         self.fold_seconds, self.folds_left = [], 0
         self.show_progress = sys.stdout.isatty()
+        self.fold_runner = FoldRunner(gpu)
 
     def eta(self):
         """Seconds left, from the mean fold time of this launch."""
@@ -525,12 +560,12 @@ def run_instance(routine, position, instance, parameters, folds):
                                                                          fold["test_items"]),
                    "model_path": str(files["models"][index]),
                    "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
-                   "result_path": str(files["fold_results"][index]), "parent_pid": os.getpid()}
+                   "result_path": str(files["fold_results"][index])}
             atomic_write_json(files["jobs"][index], job)
             fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
             started = time.monotonic()
-            code, error_line = run_fold_process(files["jobs"][index], files["logs"][index], routine.gpu,
-                                                fold_label, routine.show_progress)
+            code, error_line = routine.fold_runner.run(files["jobs"][index], files["logs"][index], fold_label,
+                                                       routine.show_progress)
             seconds = time.monotonic() - started
             routine.folds_left -= 1
             if code != 0 or not files["fold_results"][index].exists():
@@ -638,11 +673,14 @@ def launch(settings, argv, routine_file):
           flush=True)
     routine.folds_left = len(routine.selected) * routine.num_folds
     outcomes = {}
-    for position, instance in enumerate(routine.selected, 1):
-        outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
-        if outcomes[instance] == "failed" and settings["debug_mode"]:
-            print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
-            break
+    try:
+        for position, instance in enumerate(routine.selected, 1):
+            outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
+            if outcomes[instance] == "failed" and settings["debug_mode"]:
+                print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
+                break
+    finally:
+        routine.fold_runner.close()
     counts = {status: [i for i, s in outcomes.items() if s == status]
               for status in ("complete", "skipped", "failed", "busy")}
     print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +

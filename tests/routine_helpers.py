@@ -13,7 +13,9 @@ TINY_MODEL = ['architecture = "EXAMPLE_model"', "filters = [4]", "dense_units = 
 
 
 def instance(comment, *extra, task_type="classification", model=TINY_MODEL):
-    """Parameter strings of one quick instance."""
+    """Parameter strings of one quick instance; a string in extra replaces the model string of the same name."""
+    overridden = {text.split("=")[0].strip() for text in extra}
+    model = [text for text in model if text.split("=")[0].strip() not in overridden]
     return [f'task_type = "{task_type}"', f'comment_1 = "{comment}"', 'comment_2 = "test"', *model, *extra]
 
 
