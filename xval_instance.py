@@ -281,21 +281,30 @@ def make_folds(items, num_folds, seed, validation_share):
     return folds
 
 
-def folds_for_experiment(experiment_dir, dataset, items, num_folds, folds_settings):
+def fold_settings(dataset, items, num_folds, folds_config):
+    """What determines an experiment's split; saved in folds.json and compared on every later run."""
+    return {"dataset": dataset, "num_folds": num_folds, "items": sorted(items),
+            "folds_seed": folds_config["folds_seed"], "validation_share": folds_config["validation_share"]}
+
+
+def check_saved_folds(path, wanted):
+    """Refuse a run whose split settings differ from the experiment's folds.json; returns the saved folds."""
+    saved = read_json(path)
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise XvalError(f"{path} was made with {key} = {saved.get(key)!r}, this run has {value!r}: "
+                            "all instances of an experiment share one split, so use another num_experiment "
+                            "(or restore the setting)")
+    return saved["folds"]
+
+
+def folds_for_experiment(experiment_dir, wanted):
     """The experiment's folds.json: created once (under a lock), then reused; other settings are refused."""
-    wanted = {"dataset": dataset, "num_folds": num_folds, "items": sorted(items),
-              "folds_seed": folds_settings["folds_seed"], "validation_share": folds_settings["validation_share"]}
     path = experiment_dir / "folds.json"
     with file_mutex(experiment_dir / "locks" / "folds.mutex"):
         if path.exists():
-            saved = read_json(path)
-            for key, value in wanted.items():
-                if saved.get(key) != value:
-                    raise XvalError(f"{path} was made with {key} = {saved.get(key)!r}, this run has {value!r}: "
-                                    "all instances of an experiment share one split, so use another "
-                                    "num_experiment (or restore the setting)")
-            return saved["folds"]
-        folds = make_folds(items, num_folds, folds_settings["folds_seed"], folds_settings["validation_share"])
+            return check_saved_folds(path, wanted)
+        folds = make_folds(wanted["items"], wanted["num_folds"], wanted["folds_seed"], wanted["validation_share"])
         atomic_write_json(path, {**wanted, "folds": folds})
         return folds
 
@@ -644,6 +653,9 @@ def prepare(settings, argv, routine_file):
     root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
         else Path(root).expanduser()
     experiment_dir = root / f"experiment_{settings['num_experiment']}"
+    split = fold_settings(settings["dataset"], items, settings["num_folds"], config["folds"])
+    if (experiment_dir / "folds.json").exists():
+        check_saved_folds(experiment_dir / "folds.json", split)
     if not settings["overwrite_results"] and experiment_dir.exists():
         for instance in selected:
             files = instance_files(experiment_dir, settings["dataset"], settings["num_experiment"], instance,
@@ -654,16 +666,16 @@ def prepare(settings, argv, routine_file):
                 raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to recompute it, "
                                 "or restore its parameter strings")
     routine = Routine(settings, selected, gpu, config, experiment_dir, routine_file)
-    return routine, resolved, items
+    return routine, resolved, split
 
 
 def launch(settings, argv, routine_file):
     """Run the routine; returns the exit code (0 when every selected instance is complete)."""
     started = time.monotonic()
-    routine, resolved, items = prepare(settings, argv, routine_file)
+    routine, resolved, split = prepare(settings, argv, routine_file)
     experiment_dir = routine.experiment_dir
     check_writable(experiment_dir)
-    folds = folds_for_experiment(experiment_dir, routine.dataset, items, routine.num_folds, routine.config["folds"])
+    folds = folds_for_experiment(experiment_dir, split)
     atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
                       settings["description"].strip() + "\n")
     snapshot_code(experiment_dir, routine_file, config_path_in_use())
