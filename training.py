@@ -27,7 +27,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from utility_functions import (MONITORABLE, SPLITS, XvalError, atomic_write_json, check_dataset,
-                               commit_temp_file, load_dataset, read_json, temp_path_for)
+                               commit_temp_file, dataset_paths, load_dataset, read_json, temp_path_for)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; oneDNN stays on (it is faster)
 ERROR_PREFIX = "xval-error: "
@@ -204,8 +204,11 @@ def predict_and_score(model, task_type, x, y, owner, batch_size):
     return scores, predictions, confusion
 
 
-def run_fold(job):
-    """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result."""
+def run_fold(job, loaded=None):
+    """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result.
+
+    loaded: the dataset as load_dataset returns it, when the fold server already holds it (else read here).
+    """
     started = time.monotonic()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
     import keras  # here, not at the top: the process is set up first (environment, death signal)
@@ -216,7 +219,7 @@ def run_fold(job):
             tf.config.experimental.set_memory_growth(gpu, True)
     keras.utils.set_random_seed(parameters["seed"])
 
-    predictors, targets = load_dataset(job["features_folder"], job["dataset"])
+    predictors, targets = loaded or load_dataset(job["features_folder"], job["dataset"])
     check_dataset({item: predictors[item] for item in job["all_items"]},
                   {item: targets[item] for item in job["all_items"]}, job["dataset"], task_type)
     data = {split: stack_items(predictors, targets, job[f"{split}_items"]) for split in SPLITS}
@@ -274,10 +277,10 @@ def run_fold(job):
     return result
 
 
-def fold_main(job_path):
+def fold_main(job_path, loaded=None):
     """Run the fold of job_path; returns the exit code: 0 done, 1 failed (after an `xval-error:` line)."""
     try:
-        result = run_fold(read_json(job_path))
+        result = run_fold(read_json(job_path), loaded)
     except XvalError as error:
         traceback.print_exc()
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
@@ -291,19 +294,47 @@ def fold_main(job_path):
     return 0
 
 
+def dataset_version(job):
+    """What identifies the dataset files of a job as they are now: folder, name, sizes and modification times."""
+    paths = dataset_paths(job["features_folder"], job["dataset"])
+    stats = [(path.stat().st_size, path.stat().st_mtime_ns) for path in (paths["predictors"], paths["target"])]
+    return job["features_folder"], job["dataset"], tuple(stats)
+
+
+def load_for_children(job_path, held):
+    """The dataset of a job, read once by the server and shared with every forked fold (copy-on-write).
+
+    held: {"version": ..., "data": ...} of the previous job, reused when the files are unchanged. A dataset that
+    cannot be read here is left to the child, which reports the problem in its fold's log.
+    """
+    try:
+        job = read_json(job_path)
+        version = dataset_version(job)
+        if held.get("version") != version:
+            held.clear()
+            held.update(version=version, data=load_dataset(job["features_folder"], job["dataset"]))
+        return held["data"]
+    except (OSError, KeyError, TypeError, XvalError):
+        held.clear()
+        return None
+
+
 def serve(job_paths, report):
     """Import TensorFlow once, then fork one child per job path read from job_paths; report each exit code.
 
     The server itself never touches a device, so every child initialises the GPU (with memory growth) afresh.
+    It holds the dataset in memory, so a fold reads no feature file.
     """
     import keras  # noqa: F401  (the imports every fold needs, paid once)
     import define_models  # noqa: F401
     import tensorflow  # noqa: F401
     print("xval-ready", file=report, flush=True)
+    held = {}
     for line in job_paths:
         job_path = line.strip()
         if not job_path:
             continue
+        loaded = load_for_children(job_path, held)
         sys.stdout.flush()
         sys.stderr.flush()
         child = os.fork()
@@ -311,7 +342,7 @@ def serve(job_paths, report):
             code = 1
             try:
                 die_with_parent()
-                code = fold_main(job_path)
+                code = fold_main(job_path, loaded)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
