@@ -41,7 +41,12 @@ class XvalError(Exception):
 
 
 def exit_on_user_error(main, debug=False):
-    """Run main(); turn an XvalError (and Ctrl-C) into one line on stderr and exit code 2 (130), unless debug."""
+    """Run main(); turn an XvalError into one line on stderr and exit code 2, unless debug (or $XVAL_DEBUG).
+
+    Any other exception is a bug or an environment failure (disk full...): one line too, exit code 1, and the
+    hint to see its traceback. Ctrl-C exits with 130.
+    """
+    debug = debug or bool(os.environ.get("XVAL_DEBUG"))
     try:
         return main()
     except XvalError as error:
@@ -52,6 +57,12 @@ def exit_on_user_error(main, debug=False):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    except Exception as error:
+        if debug:
+            raise
+        print(f"error: unexpected {type(error).__name__}: {error} (set debug_mode = True or XVAL_DEBUG=1 to see "
+              "the traceback)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
