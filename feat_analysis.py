@@ -1,0 +1,165 @@
+"""Audio features of xval: STFT magnitude, log-mel (dB) and MFCC, time first, computed with librosa.
+
+Every feature is a float32 array shaped (frames, bins): row t is the analysis frame centred on sample
+t * hop_length (zero padding of n_fft // 2 at both ends: librosa's center=True, pad_mode='constant'), so time
+runs forward down the rows; column k is the k-th frequency bin (STFT: k * sample_rate / n_fft Hz), mel band (low
+to high) or cepstral coefficient.
+
+The work is librosa 0.11's (stft, filters.mel, power_to_db, feature.mfcc; keyword arguments only), arranged so:
+- many clips go through at once (`extract_features_batch`: librosa works over leading axes), with the mel basis
+  built once per run (`analysis_plan`); the per-clip functions are the same code with one clip, so both give
+  identical numbers;
+- the numbers do not depend on BLAS threading: the mel projection runs in float64 and is rounded to float32
+  once (librosa's float32 product changes in the last bit with the number of threads);
+- the dB floor (top_db) is per clip, as if each clip went through librosa.power_to_db on its own.
+"""
+import librosa
+import numpy as np
+
+FEATURE_TYPES = ("stft", "mfcc", "mel")
+PAD_MODE = "constant"  # frames at the edges see zeros beyond the signal (librosa's default since 0.10)
+DB_AMIN = 1e-10  # power floor before log10 (-100 dB)
+DB_REF = 1.0  # 0 dB is power 1.0
+DB_TOP = 80.0  # each clip's dB values are floored at its maximum minus this (librosa's top_db)
+MFCC_DCT_TYPE = 2  # orthonormal DCT-II of the dB mel bands (librosa.feature.mfcc's default)
+MFCC_NORM = "ortho"
+BATCH_BLOCK_CLIPS = 8  # clips transformed together (bounds the temporary float64 arrays)
+
+
+def n_frames(n_samples, hop_length):
+    """Number of frames of a signal of n_samples samples (centred frames): 1 + n_samples // hop_length."""
+    return 1 + n_samples // hop_length
+
+
+def n_bins(feature_settings):
+    """Number of columns of a feature: n_fft // 2 + 1 (stft), n_mels (mel) or n_mfcc (mfcc)."""
+    kind = feature_settings["type"]
+    if kind == "stft":
+        return feature_settings["n_fft"] // 2 + 1
+    if kind == "mel":
+        return feature_settings["n_mels"]
+    if kind == "mfcc":
+        return feature_settings["n_mfcc"]
+    raise ValueError(f"feature type {kind!r} is not one of {FEATURE_TYPES}")
+
+
+def mel_fmax(fmax, sample_rate):
+    """Upper mel band edge in Hz: fmax, or sample_rate / 2 when fmax is 0 (the config's 'none')."""
+    return float(fmax) if fmax and fmax > 0 else sample_rate / 2.0
+
+
+def analysis_plan(sample_rate, feature_settings):
+    """What every batch reuses: {'mel_projection': float64 (n_fft // 2 + 1, n_mels) or None for stft}.
+
+    The projection is librosa.filters.mel (Slaney scale, area norm), transposed for (frames, bins) @ it.
+    """
+    s = feature_settings
+    if s["type"] not in ("mel", "mfcc"):
+        return {"mel_projection": None}
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=s["n_fft"], n_mels=s["n_mels"], fmin=s["fmin"],
+                                fmax=mel_fmax(s["fmax"], sample_rate))
+    return {"mel_projection": np.ascontiguousarray(basis.T, dtype=np.float64)}
+
+
+def spectrogram(signals, feature_settings, power):
+    """|STFT| ** power of float32 signals (clips, samples) -> float32 (clips, frames, n_fft // 2 + 1)."""
+    s = feature_settings
+    spectrum = librosa.stft(y=signals, n_fft=s["n_fft"], hop_length=s["hop_length"], win_length=s["win_length"],
+                            window=s["window"], center=True, pad_mode=PAD_MODE)
+    return np.swapaxes(np.abs(spectrum) ** np.float32(power), -1, -2)
+
+
+def clip_decibels(power):
+    """10 log10(power / DB_REF) of float32 (clips, frames, bins), floored at DB_AMIN and at each clip's maximum
+    minus DB_TOP: float32, same shape."""
+    decibels = librosa.power_to_db(power, ref=DB_REF, amin=DB_AMIN, top_db=None)
+    return np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - np.float32(DB_TOP))
+
+
+def features_block(signals, feature_settings, plan):
+    """Features of a block of clips: float32 (clips, samples) -> float32 (clips, frames, bins)."""
+    s = feature_settings
+    if s["type"] == "stft":
+        return spectrogram(signals, s, s["power_law_compression"])
+    power = spectrogram(signals, s, 2.0)
+    mel_power = (power.astype(np.float64) @ plan["mel_projection"]).astype(np.float32)
+    decibels = clip_decibels(mel_power)
+    if s["type"] == "mel":
+        return decibels
+    coefficients = librosa.feature.mfcc(S=np.swapaxes(decibels, -1, -2), n_mfcc=s["n_mfcc"],
+                                        dct_type=MFCC_DCT_TYPE, norm=MFCC_NORM)
+    return np.swapaxes(coefficients, -1, -2)
+
+
+def extract_features_batch(signals, sample_rate, feature_settings, plan=None):
+    """The feature named by feature_settings['type'] (stft | mel | mfcc) of many mono clips of equal length.
+
+    signals: float32 (clips, samples), amplitude in [-1, 1]; sample_rate in Hz; feature_settings: the config's
+    [features] dict; plan: analysis_plan(sample_rate, feature_settings), built when None.
+    Returns float32 (clips, frames, bins): frames = 1 + samples // hop_length, bins = n_bins(feature_settings).
+    """
+    if feature_settings["type"] not in FEATURE_TYPES:
+        raise ValueError(f"feature type {feature_settings['type']!r} is not one of {FEATURE_TYPES}")
+    signals = np.asarray(signals, dtype=np.float32)
+    if signals.ndim != 2:
+        raise ValueError(f"signals must be shaped (clips, samples), got {signals.shape}")
+    plan = plan if plan is not None else analysis_plan(sample_rate, feature_settings)
+    frames = n_frames(signals.shape[1], feature_settings["hop_length"])
+    features = np.empty((len(signals), frames, n_bins(feature_settings)), dtype=np.float32)
+    for start in range(0, len(signals), BATCH_BLOCK_CLIPS):
+        block = slice(start, start + BATCH_BLOCK_CLIPS)
+        features[block] = features_block(signals[block], feature_settings, plan)
+    return features
+
+
+def extract_features(signal, sample_rate, feature_settings, plan=None):
+    """The feature named by feature_settings['type'] (stft | mel | mfcc) of one mono clip.
+
+    signal: float32 (samples,); sample_rate in Hz; feature_settings: the config's [features] dict.
+    Returns float32 (frames, bins), frames = 1 + samples // hop_length; the same numbers as
+    extract_features_batch gives for this clip.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.ndim != 1:
+        raise ValueError(f"signal must be mono, shaped (samples,), got {signal.shape}")
+    return extract_features_batch(signal[np.newaxis], sample_rate, feature_settings, plan)[0]
+
+
+def _settings(kind, n_fft, hop_length, win_length, window, **others):
+    """A [features]-like dict for the per-clip functions (unused keys filled with harmless values)."""
+    settings = {"type": kind, "n_fft": n_fft, "hop_length": hop_length, "win_length": win_length,
+                "window": window, "n_mels": 1, "n_mfcc": 1, "fmin": 0.0, "fmax": 0.0, "power_law_compression": 1.0}
+    settings.update(others)
+    return settings
+
+
+def stft_magnitude(signal, sample_rate, n_fft, hop_length, win_length, window, power_law_compression=1.0):
+    """|STFT| ** power_law_compression of a mono clip.
+
+    signal: float32 (samples,), amplitude in [-1, 1]; sample_rate in Hz; n_fft, hop_length, win_length in
+    samples; window: a scipy.signal.get_window name. Returns float32 (frames, n_fft // 2 + 1); column k is
+    k * sample_rate / n_fft Hz.
+    """
+    settings = _settings("stft", n_fft, hop_length, win_length, window, power_law_compression=power_law_compression)
+    return extract_features(signal, sample_rate, settings)
+
+
+def log_mel(signal, sample_rate, n_fft, hop_length, win_length, window, n_mels, fmin, fmax):
+    """Log-mel power spectrogram in dB: 10 log10 of the mel band power, floored at the clip's maximum - 80 dB.
+
+    signal: float32 (samples,); sample_rate, fmin, fmax in Hz (fmax 0 means sample_rate / 2).
+    Returns float32 (frames, n_mels), lowest band first.
+    """
+    settings = _settings("mel", n_fft, hop_length, win_length, window, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return extract_features(signal, sample_rate, settings)
+
+
+def mfcc(signal, sample_rate, n_fft, hop_length, win_length, window, n_mfcc, n_mels, fmin, fmax):
+    """MFCCs: orthonormal DCT-II over the bands of `log_mel`, first n_mfcc coefficients.
+
+    signal: float32 (samples,); sample_rate, fmin, fmax in Hz (fmax 0 means sample_rate / 2).
+    Returns float32 (frames, n_mfcc); column 0 is sqrt(n_mels) times the frame's mean log-mel level (dB).
+    """
+    settings = _settings("mfcc", n_fft, hop_length, win_length, window, n_mfcc=n_mfcc, n_mels=n_mels, fmin=fmin,
+                         fmax=fmax)
+    return extract_features(signal, sample_rate, settings)
