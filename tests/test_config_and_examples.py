@@ -1,0 +1,77 @@
+"""config.ini is read as documented, and the shipped example routines are valid against today's defaults."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import xval_instance as xi
+from routine_helpers import REPO
+from utility_functions import CONFIG_SCHEMA, XvalError, load_config
+
+EXAMPLES = ["xval_routine_example.py", "xval_routine_regression_example.py"]
+
+
+def test_the_shipped_config_has_every_key_with_the_right_type():
+    config = load_config(REPO / "config.ini")
+    assert {section: set(keys) for section, keys in config.items()} == \
+        {section: set(keys) for section, keys in CONFIG_SCHEMA.items()}
+    assert config["preprocessing"]["sample_rate"] == 16000
+    assert isinstance(config["training"]["early_stopping"], bool)
+
+
+def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directory(tmp_path):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "config.ini").write_text((REPO / "config.ini").read_text())
+    program = "from utility_functions import load_config; print(load_config()['paths']['features_folder'])"
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path,
+                               env=dict(os.environ, XVAL_CONFIG=str(folder / "config.ini"), PYTHONPATH=str(REPO)))
+    assert Path(completed.stdout.strip()) == folder / "data" / "features"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text.replace("[folds]", "[fold]"), "section [folds] is missing"),
+    (lambda text: text.replace("hop_length = 512", "hop_length = 512.5"), "[features] hop_length = '512.5' is not a whole number"),
+    (lambda text: text.replace("early_stopping = true", "early_stopping = sometimes"), "is not true or false"),
+    (lambda text: text.replace("validation_share = 0.2", "validation_share = 1.5"), "must be between 0 and 1"),
+    (lambda text: text.replace("batch_size = 32", "batch_size = 0"), "must be greater than 0"),
+    (lambda text: text.replace("type = mel", "type = chroma"), "is not one of stft, mfcc, mel"),
+    (lambda text: text + "\n[paths]\nx = 1\n", "cannot be parsed"),
+])
+def test_config_mistakes_name_the_file_section_and_key(tmp_path, edit, expected):
+    path = tmp_path / "config.ini"
+    path.write_text(edit((REPO / "config.ini").read_text()))
+    with pytest.raises(XvalError) as refusal:
+        load_config(path)
+    assert expected in str(refusal.value) and str(path) in str(refusal.value)
+
+
+def example_settings(path):
+    """Execute a routine file's assignments (not its import, not its run_routine call) in an explicit dict."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    statements = [node for node in tree.body if isinstance(node, ast.Assign)]
+    namespace = {}
+    exec(compile(ast.Module(body=statements, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_routines_resolve_every_instance_against_the_defaults(name):
+    settings = example_settings(REPO / name)
+    config = load_config(REPO / "config.ini")
+    signatures = xi.architecture_signatures()
+    resolved = [xi.resolve_instance(strings, config["training"], signatures, f"{name} [{key}]")
+                for key, strings in settings["experiment_dict"].items()]
+    assert len(resolved) >= 2
+    task_types = {parameters["task_type"] for parameters in resolved}
+    assert task_types == ({"classification"} if name == "xval_routine_example.py" else {"regression"})
+    if name == "xval_routine_example.py":
+        assert len(resolved) >= 3
+    differing = {key for key in resolved[0] if len({repr(parameters.get(key)) for parameters in resolved}) > 1}
+    assert differing - {"comment_1", "comment_2"}, "the instances must differ in something worth comparing"
+    xi.check_settings({key: settings[key] for key in ("description", "gpu_ID", "dataset", "num_experiment",
+                                                      "num_folds", "experiment_folder", "overwrite_results",
+                                                      "debug_mode", "experiment_dict")})
