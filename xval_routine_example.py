@@ -23,10 +23,10 @@ debug_mode = False            # True: stop at the first failure and show its tra
 experiment_dict = {}
 experiment_dict[1] = ['task_type = "classification"', 'architecture = "EXAMPLE_model"',
                       'comment_1 = "reg base 0.001"', 'comment_2 = "EXAMPLE_architecture"',
-                      'regularization_lambda = 0.001', 'num_epochs = 12', 'patience = 4']
+                      'regularization_lambda = 0.001', 'learning_rate = 0.003', 'num_epochs = 15']
 experiment_dict[2] = ['task_type = "classification"', 'architecture = "EXAMPLE_model"',
                       'comment_1 = "reg strong 0.01"', 'comment_2 = "EXAMPLE_architecture"',
-                      'regularization_lambda = 0.01', 'num_epochs = 12', 'patience = 4']
+                      'regularization_lambda = 0.01', 'learning_rate = 0.003', 'num_epochs = 15']
 experiment_dict[3] = ['task_type = "classification"', 'architecture = "POOLED_STATS_model"',
                       'comment_1 = "reg base 0.001"', 'comment_2 = "pooled statistics MLP"',
                       'regularization_lambda = 0.001', 'num_epochs = 30', 'patience = 6',

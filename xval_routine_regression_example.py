@@ -18,7 +18,7 @@ debug_mode = False
 experiment_dict = {}
 experiment_dict[1] = ['task_type = "regression"', 'architecture = "EXAMPLE_model"',
                       'comment_1 = "reg base 0.001"', 'comment_2 = "EXAMPLE_architecture"',
-                      'regularization_lambda = 0.001', 'num_epochs = 12', 'patience = 4',
+                      'regularization_lambda = 0.001', 'learning_rate = 0.003', 'num_epochs = 15',
                       'save_best_model_metric = "val_rmse"']
 experiment_dict[2] = ['task_type = "regression"', 'architecture = "POOLED_STATS_model"',
                       'comment_1 = "reg base 0.001"', 'comment_2 = "pooled statistics MLP"',
