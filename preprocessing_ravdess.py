@@ -24,15 +24,14 @@ import json
 import multiprocessing
 import os
 import re
-import struct
 import sys
 import time
 from pathlib import Path
 
+import librosa
 import numpy as np
 import scipy.signal
 import soundfile as sf
-import soxr
 import threadpoolctl
 from tqdm import tqdm
 
@@ -49,8 +48,6 @@ TARGETS = ("emotion", "intensity")
 EMOTION_NAMES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")  # codes 01..08
 INTENSITY_NAMES = ("normal", "strong")  # codes 01, 02
 VOCAL_CHANNEL_NAMES = ("speech", "song")  # codes 01, 02
-WAVE_FORMAT_PCM = 1
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 RESAMPLER = "soxr_hq"  # librosa.load's default resampler
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
@@ -156,55 +153,19 @@ def check_input(folder, clips, skipped, stats, vocal_channel):
 # ----------------------------------------------------------------------------------------------------------------
 # Audio: the same numbers as librosa.load(path, sr=sample_rate) (mono, soxr_hq), then a fixed length
 
-def parse_pcm16_wav(data):
-    """Samples of a plain 16-bit PCM WAV file's bytes, parsed directly (faster than libsndfile's float
-    conversion): (int16 (frames, channels), sample rate in Hz), or None when the bytes are anything else or look
-    odd, so that soundfile reads the file (and reports what is wrong)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    position, layout = 12, None
-    while position + 8 <= len(data):
-        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
-        body = position + 8
-        if chunk == b"fmt " and 16 <= size <= len(data) - body:
-            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", data, body)
-            if tag == WAVE_FORMAT_EXTENSIBLE and size >= 40:
-                tag = struct.unpack_from("<H", data, body + 24)[0]  # first two bytes of the sub-format GUID
-            layout = (tag, channels, rate, block_align, bits)
-        elif chunk == b"data":
-            if layout is None or not 0 < size <= len(data) - body:
-                return None
-            tag, channels, rate, block_align, bits = layout
-            if tag != WAVE_FORMAT_PCM or bits != 16 or channels < 1 or block_align != 2 * channels or rate < 1:
-                return None
-            frames = size // block_align
-            samples = np.frombuffer(data, dtype="<i2", count=frames * channels, offset=body)
-            return samples.reshape(frames, channels), rate
-        position = body + size + (size & 1)
-    return None
-
-
 def read_mono(path):
     """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).
 
-    The same numbers as librosa.load(path, sr=None): 16-bit PCM scaled by 1/32768 (as libsndfile does), other
-    formats read by soundfile as float32, channels averaged as librosa.to_mono does. Raises ValueError for a file
-    without samples or with non-finite ones, soundfile's errors for files it cannot read.
+    The same numbers as librosa.load(path, sr=None): soundfile reads float32, librosa.to_mono averages the
+    channels. Raises ValueError for a file without samples or with non-finite ones, soundfile's errors for files
+    it cannot read.
     """
-    content = Path(path).read_bytes()
-    if not content:
+    if Path(path).stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
-    parsed = parse_pcm16_wav(content)
-    if parsed is not None:
-        samples, sample_rate = parsed
-        data = np.multiply(samples, np.float32(1 / 32768), dtype=np.float32)
-    else:
-        with sf.SoundFile(path) as audio:
-            sample_rate = audio.samplerate
-            data = audio.read(dtype="float32", always_2d=True)
+    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError("holds no audio samples")
-    signal = data[:, 0] if data.shape[1] == 1 else np.mean(data.T, axis=0)
+    signal = librosa.to_mono(data.T) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(signal).all():
         raise ValueError("holds NaN or infinite samples")
     return np.ascontiguousarray(signal), sample_rate
@@ -212,12 +173,11 @@ def read_mono(path):
 
 def resample(signal, orig_rate, target_rate):
     """float32 (samples,) at orig_rate Hz -> float32 (ceil(samples * target_rate / orig_rate),) at target_rate,
-    with soxr 'soxr_hq' (librosa.resample's default and arithmetic)."""
+    with librosa.resample and soxr 'soxr_hq' (what librosa.load does)."""
     if orig_rate == target_rate:
         return signal
-    n_samples = int(np.ceil(signal.shape[-1] * (float(target_rate) / orig_rate)))
-    resampled = soxr.resample(signal, orig_rate, target_rate, quality=RESAMPLER)
-    return fit_length(resampled, n_samples, "start").astype(np.float32, copy=False)
+    return librosa.resample(signal, orig_sr=orig_rate, target_sr=target_rate, res_type=RESAMPLER).astype(
+        np.float32, copy=False)
 
 
 def fit_length(signal, n_samples, cut_mode, out=None):
