@@ -258,6 +258,11 @@ def compute_features(clips, task_settings, jobs, label):
     chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
     tasks = [dict(task_settings, paths=[clip["path"] for clip in chunk]) for chunk in chunks]
     jobs = max(1, min(jobs, len(tasks)))
+    # librosa's first STFT loads its lazy modules and numba functions (~1.5 s, far more on a fresh machine):
+    # pay it once here, so that the forked workers inherit it instead of each paying it again
+    silence = np.zeros((1, task_settings["clip_samples"]), dtype=np.float32)
+    feat_analysis.extract_features_batch(silence, task_settings["sample_rate"], task_settings["feature_settings"],
+                                         task_settings["plan"])
     results = []
     with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
         if jobs == 1:
