@@ -94,7 +94,7 @@ def architecture_signatures(models_file=MODELS_FILE):
                 defaults[argument.arg] = ast.literal_eval(default)
             except ValueError:
                 raise XvalError(f"{models_file} line {default.lineno}: the default of {node.name}'s argument "
-                                f"'{argument.arg}' is not a literal: write it as a number, string, tuple or list")
+                                f"'{argument.arg}' is not a literal: write a number, string, tuple or list") from None
         for argument, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
             if default is not None:
                 defaults[argument.arg] = ast.literal_eval(default)
