@@ -5,10 +5,13 @@
 Full size: the example routine's model (xval_routine_example.py, instances 1 and 2: EXAMPLE_model with two L2
 strengths) × 4 actor folds × 5 epochs (early_stopping off, so every fold runs exactly 5) on the demo corpus
 (24 actors × 60 clips, log-mel per config.ini). Each repetition runs, in alternating order:
-  xval   a generated routine script as a real process (python3 routine.py), into a fresh experiment;
-  plain  benchmarks/plain_keras.py: the same fits (same model, normalisation, data, folds from the experiment's
-         folds.json, epochs, batch size, seed) in one process with plain Keras.
-Both are timed from outside as whole processes; the medians over repetitions give the ratio. The xval process
+  xval        a generated routine script as a real process (python3 routine.py), into a fresh experiment;
+  plain       benchmarks/plain_keras.py: the same fits (same model, normalisation, data, folds from the
+              experiment's folds.json, epochs, batch size, seed) in one process with plain Keras;
+  plain_eval  the same, each fold's model also predicting and scoring its train, validation and test clips (what
+              xval reports; a second reference, for information).
+All are timed from outside as whole processes; the medians over repetitions give the ratios (the target is on
+xval / plain). The xval process
 runs with benchmarks/tracehook on its PYTHONPATH, which times every phase of the routine, the fold server and
 the fold processes; from that trace come the pure fit time (keras.Model.fit) and the breakdown of the fixed
 cost. Tracing adds about 20 us per traced call, well under 0.1 s per run.
@@ -140,13 +143,15 @@ def run_xval(folder, workspace, experiment_dict, num_experiment, num_folds):
     return result
 
 
-def run_plain(folder, workspace, job_path, repetition):
-    """One plain-Keras process; returns its timing and its own phase times."""
-    out = folder / f"plain_rep{repetition}.json"
-    log = folder / f"plain_rep{repetition}.log"
+def run_plain(folder, workspace, job_path, repetition, with_evaluation=False):
+    """One plain-Keras process (with_evaluation: it also predicts and scores every split); returns its timing and
+    its own phase times."""
+    name = f"plain{'_eval' if with_evaluation else ''}_rep{repetition}"
+    out, log = folder / f"{name}.json", folder / f"{name}.log"
+    command = [sys.executable, str(common.BENCHMARKS_DIR / "plain_keras.py"), str(job_path), str(out)]
     before = common.cpu_counters()
-    result = common.run_timed([sys.executable, str(common.BENCHMARKS_DIR / "plain_keras.py"), str(job_path),
-                               str(out)], common.project_environment(workspace["config_path"]), folder, log)
+    result = common.run_timed(command + (["--evaluate"] if with_evaluation else []),
+                              common.project_environment(workspace["config_path"]), folder, log)
     result["other_load"] = common.foreign_load(before, common.cpu_counters())
     common.check_returncode(result, "the plain Keras script", log)
     result["phases"] = json.loads(out.read_text(encoding="utf-8"))
@@ -253,11 +258,12 @@ def analyse_trace(records, started, ended):
 # ----------------------------------------------------------------------------------------------------------------
 # Summary
 
-def summarise(xval_runs, plain_runs, num_folds_total):
-    """Medians over repetitions: ratio, fixed cost per fold, and the breakdown (median of each part)."""
+def summarise(xval_runs, plain_runs, plain_eval_runs, num_folds_total):
+    """Medians over repetitions: ratios, fixed cost per fold, and the breakdown (median of each part)."""
     analyses = [analyse_trace(run["trace"], run["started"], run["ended"]) for run in xval_runs]
     xval_wall = common.median([run["seconds"] for run in xval_runs])
     plain_wall = common.median([run["seconds"] for run in plain_runs])
+    plain_eval_wall = common.median([run["seconds"] for run in plain_eval_runs])
     xval_fit = common.median([analysis["fit"] for analysis in analyses])
     plain_fit = common.median([run["phases"]["fit_total"] for run in plain_runs])
     fixed = [(analysis["wall"] - analysis["fit"]) / num_folds_total for analysis in analyses]
@@ -274,6 +280,10 @@ def summarise(xval_runs, plain_runs, num_folds_total):
         "xval_wall_seconds": round(xval_wall, 3), "plain_wall_seconds": round(plain_wall, 3),
         "wall_ratio": round(xval_wall / plain_wall, 4),
         "wall_ratio_per_repetition": [round(x["seconds"] / p["seconds"], 4) for x, p in zip(xval_runs, plain_runs)],
+        "plain_evaluating_wall_seconds": round(plain_eval_wall, 3),
+        "wall_ratio_vs_plain_evaluating": round(xval_wall / plain_eval_wall, 4),
+        "plain_evaluate_per_fold": round(common.median(
+            [sum(f["evaluate"] for f in run["phases"]["folds"]) / num_folds_total for run in plain_eval_runs]), 3),
         "xval_fit_seconds": round(xval_fit, 3), "plain_fit_seconds": round(plain_fit, 3),
         "xval_fit_per_repetition": [round(analysis["fit"], 3) for analysis in analyses],
         "plain_fit_per_repetition": [round(run["phases"]["fit_total"], 3) for run in plain_runs],
@@ -292,31 +302,33 @@ def summarise(xval_runs, plain_runs, num_folds_total):
 
 
 def run_benchmark(workspace, size, folder):
-    """Interleaved repetitions of xval and plain (xval first in even repetitions); returns the summary."""
+    """Interleaved repetitions of xval, plain and plain with evaluation (xval first in even repetitions, last in
+    odd ones); returns the summary."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     environment = common.project_environment(workspace["config_path"])
     warm_up = common.warm_up_imports(environment, folder, folder / "warm_up.log") if size["warm_up"] else 0.0
     experiment_dict = benchmark_instances(size["instances"], size["epochs"])
-    xval_runs, plain_runs, plain_job, order = [], [], None, []
+    runs, plain_job, order = {"xval": [], "plain": [], "plain_eval": []}, None, []
     for repetition in range(size["reps"]):
-        for kind in (("xval", "plain") if repetition % 2 == 0 else ("plain", "xval")):
+        kinds = ("xval", "plain", "plain_eval")
+        for kind in (kinds if repetition % 2 == 0 else tuple(reversed(kinds))):
             order.append(kind)
             if kind == "xval":
-                xval_runs.append(run_xval(folder, workspace, experiment_dict, repetition + 1, size["num_folds"]))
+                runs[kind].append(run_xval(folder, workspace, experiment_dict, repetition + 1, size["num_folds"]))
                 if plain_job is None:
-                    plain_job = write_plain_job(folder / "plain_job.json", workspace, xval_runs[0]["experiment_dir"],
+                    plain_job = write_plain_job(folder / "plain_job.json", workspace, runs[kind][0]["experiment_dir"],
                                                 size["instances"])
             else:
-                plain_runs.append(run_plain(folder, workspace, plain_job, repetition))
-    summary = summarise(xval_runs, plain_runs, len(size["instances"]) * size["num_folds"])
+                runs[kind].append(run_plain(folder, workspace, plain_job, repetition, kind == "plain_eval"))
+    summary = summarise(runs["xval"], runs["plain"], runs["plain_eval"], len(size["instances"]) * size["num_folds"])
     summary.update(order=order, warm_up_import_seconds=round(warm_up, 3),
-                   xval_wall_per_repetition=[round(run["seconds"], 3) for run in xval_runs],
-                   plain_wall_per_repetition=[round(run["seconds"], 3) for run in plain_runs],
-                   other_load_per_run={"xval": [run["other_load"]["foreign_share_of_capacity"] for run in xval_runs],
-                                       "plain": [run["other_load"]["foreign_share_of_capacity"]
-                                                 for run in plain_runs]})
+                   xval_wall_per_repetition=[round(run["seconds"], 3) for run in runs["xval"]],
+                   plain_wall_per_repetition=[round(run["seconds"], 3) for run in runs["plain"]],
+                   plain_evaluating_wall_per_repetition=[round(run["seconds"], 3) for run in runs["plain_eval"]],
+                   other_load_per_run={kind: [run["other_load"]["foreign_share_of_capacity"] for run in kind_runs]
+                                       for kind, kind_runs in runs.items()})
     return summary
 
 

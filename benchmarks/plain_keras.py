@@ -1,6 +1,6 @@
 """The reference of the overhead benchmark: the fits xval makes, written by hand with plain Keras, in one process.
 
-    python3 benchmarks/plain_keras.py JOB.json OUT.json
+    python3 benchmarks/plain_keras.py JOB.json OUT.json [--evaluate]
 
 JOB.json (written by overhead.py) holds the features folder and dataset name, the folds of the xval experiment
 (its folds.json) and the resolved parameters of each instance (from xval's results JSON). For every instance and
@@ -8,7 +8,9 @@ fold this script does what a careful user would write without xval: stack the fo
 layer with the training items' mean and variance in front of the same define_models architecture, compile with
 the same optimizer, learning rate and loss, and fit with the same epochs, batch size, seed and validation data.
 Nothing is saved or evaluated: xval's saving, prediction and metrics are part of what the benchmark calls its
-overhead. OUT.json: the wall time of every phase, measured here.
+overhead. With --evaluate, each fold's model also predicts its train, validation and test clips and
+scikit-learn scores them (balanced accuracy), as a user who wants results would write. OUT.json: the wall time of
+every phase, measured here.
 """
 import json
 import sys
@@ -26,8 +28,11 @@ IMPORTED_NUMPY = time.monotonic()
 import keras  # noqa: E402
 
 import define_models  # noqa: E402
+from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 IMPORTED = time.monotonic()
+EVALUATE_FLAG = "--evaluate"
+SPLITS = ("train", "val", "test")
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop", "nadam": "Nadam",
               "adagrad": "Adagrad", "adamax": "Adamax"}
@@ -61,13 +66,19 @@ def build(parameters, input_shape, output_size, x_train):
     return keras.Model(inputs, core(normalised))
 
 
-def train_fold(parameters, fold, predictors, targets):
-    """One fold of one instance: build, compile and fit; returns the seconds of each phase."""
+def evaluate(model, data, batch_size):
+    """Predict every split and score it: {split: balanced accuracy}."""
+    return {split: float(balanced_accuracy_score(y.argmax(axis=1), model.predict(
+        x, batch_size=batch_size, verbose=0).argmax(axis=1))) for split, (x, y) in data.items()}
+
+
+def train_fold(parameters, fold, predictors, targets, with_evaluation):
+    """One fold of one instance: build, compile and fit (and evaluate); returns the seconds of each phase."""
     started = time.monotonic()
     keras.backend.clear_session()
     keras.utils.set_random_seed(parameters["seed"])
-    x_train, y_train = stack(predictors, targets, fold["train_items"])
-    x_val, y_val = stack(predictors, targets, fold["val_items"])
+    data = {split: stack(predictors, targets, fold[f"{split}_items"]) for split in SPLITS}
+    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
     stacked = time.monotonic()
     model = build(parameters, x_train.shape[1:], y_train.shape[1], x_train)
     built = time.monotonic()
@@ -78,19 +89,21 @@ def train_fold(parameters, fold, predictors, targets):
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=parameters["num_epochs"],
                         batch_size=parameters["batch_size"], shuffle=True, verbose=0)
     fitted = time.monotonic()
+    scores = evaluate(model, data, parameters["batch_size"]) if with_evaluation else None
+    evaluated = time.monotonic()
     return {"fold": fold["fold"], "data": stacked - started, "build": built - stacked, "compile": compiled - built,
-            "fit": fitted - compiled, "epochs": len(history.history["loss"]),
-            "val_accuracy": float(history.history["val_accuracy"][-1])}
+            "fit": fitted - compiled, "evaluate": evaluated - fitted, "epochs": len(history.history["loss"]),
+            "balanced_accuracy": scores}
 
 
-def main(job_path, out_path):
+def main(job_path, out_path, with_evaluation=False):
     """Run every fold of every instance of the job; write the phase times to out_path."""
     with open(job_path, encoding="utf-8") as handle:
         job = json.load(handle)
     loading = time.monotonic()
     predictors, targets = load_features(job["features_folder"], job["dataset"])
     loaded = time.monotonic()
-    folds = [train_fold(parameters, fold, predictors, targets)
+    folds = [train_fold(parameters, fold, predictors, targets, with_evaluation)
              for parameters in job["instances"] for fold in job["folds"]]
     ended = time.monotonic()
     result = {"import_numpy": IMPORTED_NUMPY - STARTED, "import_keras": IMPORTED - IMPORTED_NUMPY,
@@ -102,7 +115,7 @@ def main(job_path, out_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print("usage: python3 benchmarks/plain_keras.py JOB.json OUT.json", file=sys.stderr)
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], [EVALUATE_FLAG]):
+        print(f"usage: python3 benchmarks/plain_keras.py JOB.json OUT.json [{EVALUATE_FLAG}]", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], with_evaluation=sys.argv[3:] == [EVALUATE_FLAG]))

@@ -97,7 +97,8 @@ def test_tables_are_printed_and_written_as_markdown(smoke):
 def test_overhead_result(smoke):
     result = smoke["timing"]["report"]["results"]["overhead"]
     assert result["folds_total"] == 2 and result["size"]["epochs"] == 1
-    assert result["order"] == ["xval", "plain"]
+    assert result["order"] == ["xval", "plain", "plain_eval"]
+    assert result["plain_evaluating_wall_seconds"] > 0 and result["plain_evaluate_per_fold"] > 0
     assert result["xval_wall_seconds"] > 0 and result["plain_wall_seconds"] > 0 and result["xval_fit_seconds"] > 0
     assert result["wall_ratio"] == pytest.approx(result["xval_wall_seconds"] / result["plain_wall_seconds"],
                                                  rel=1e-2)
