@@ -357,7 +357,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     die_with_parent()
     if argv == [SERVE_FLAG]:
-        return serve(sys.stdin, sys.stdout)
+        code = serve(sys.stdin, sys.stdout)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # skip TensorFlow's interpreter teardown (~1 s) that the waiting routine would pay
     if len(argv) != 1:
         print(f"{ERROR_PREFIX}usage: python3 training.py JOB.json | {SERVE_FLAG} (xval_instance.py writes the jobs)",
               file=sys.stderr)

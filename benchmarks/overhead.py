@@ -239,7 +239,7 @@ def analyse_trace(records, started, ended):
     runs = spans(records, "xval.FoldRunner.run", parent)
     if len(runs) != len(children):
         raise RuntimeError(f"trace holds {len(runs)} fold runs but {len(children)} fold processes")
-    for run, child_pid in zip(runs, children):
+    for run, child_pid in zip(runs, children, strict=True):
         for key, seconds in fold_breakdown(records, run, child_pid).items():
             parts[key] += seconds
     for instance in instances:
@@ -279,7 +279,8 @@ def summarise(xval_runs, plain_runs, plain_eval_runs, num_folds_total):
         "folds_total": num_folds_total,
         "xval_wall_seconds": round(xval_wall, 3), "plain_wall_seconds": round(plain_wall, 3),
         "wall_ratio": round(xval_wall / plain_wall, 4),
-        "wall_ratio_per_repetition": [round(x["seconds"] / p["seconds"], 4) for x, p in zip(xval_runs, plain_runs)],
+        "wall_ratio_per_repetition": [round(x["seconds"] / p["seconds"], 4)
+                                      for x, p in zip(xval_runs, plain_runs, strict=True)],
         "plain_evaluating_wall_seconds": round(plain_eval_wall, 3),
         "wall_ratio_vs_plain_evaluating": round(xval_wall / plain_eval_wall, 4),
         "plain_evaluate_per_fold": round(common.median(
