@@ -6,7 +6,7 @@ A routine script (xval_routine_example.py, copied per experiment) ends with run_
      architecture's keyword defaults) and refuses any typo, unknown name or wrong type before anything is written;
   3. checks the dataset and makes (or reuses) the experiment's k-fold split over the foldable items (actors);
   4. runs every fold of every instance as its own process (training.py), resuming where a run left off;
-  5. assembles each instance's results JSON and rebuilds the spreadsheet after each instance.
+  5. assembles each instance's results JSON and rebuilds the spreadsheet after each instance it trains.
 This module imports neither TensorFlow nor define_models: the architectures' signatures are read from the source,
 so validation is instant and the parent process stays small however many instances it runs.
 """
@@ -470,9 +470,9 @@ class FoldRunner:
 class Routine:
     """The settings of one launch of a routine script, and the state of its progress (for the ETA)."""
 
-    def __init__(self, settings, selected, gpu, config, experiment_dir, routine_file):
+    def __init__(self, settings, selected, gpu, config, experiment_dir):
         self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
-        self.experiment_dir, self.routine_file = experiment_dir, routine_file
+        self.experiment_dir = experiment_dir
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
         self.fold_seconds, self.folds_left = [], 0
@@ -507,7 +507,6 @@ def rebuild_spreadsheet(routine):
     """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
     try:
         with file_mutex(routine.experiment_dir / "locks" / "spreadsheet.mutex"):
-            remove_stale_temp_files(routine.experiment_dir)
             return results_to_excel.write_spreadsheet(routine.experiment_dir)
     except Exception as error:
         if routine.settings["debug_mode"]:
@@ -530,7 +529,6 @@ def run_instance(routine, position, instance, parameters, folds):
         routine.folds_left -= routine.num_folds
         return "busy"
     try:
-        remove_stale_temp_files(experiment_dir)
         current_hash = parameter_hash(parameters, dataset, routine.num_folds)
         overwrite = routine.settings["overwrite_results"]
         if files["result"].exists() and not overwrite:
@@ -605,7 +603,6 @@ def run_instance(routine, position, instance, parameters, folds):
         return "complete"
     finally:
         release(files["lock"])
-        rebuild_spreadsheet(routine)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -665,7 +662,7 @@ def prepare(settings, argv, routine_file):
             if conflict:
                 raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to recompute it, "
                                 "or restore its parameter strings")
-    routine = Routine(settings, selected, gpu, config, experiment_dir, routine_file)
+    routine = Routine(settings, selected, gpu, config, experiment_dir)
     return routine, resolved, split
 
 
@@ -675,6 +672,7 @@ def launch(settings, argv, routine_file):
     routine, resolved, split = prepare(settings, argv, routine_file)
     experiment_dir = routine.experiment_dir
     check_writable(experiment_dir)
+    remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
     folds = folds_for_experiment(experiment_dir, split)
     atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
                       settings["description"].strip() + "\n")
@@ -688,11 +686,15 @@ def launch(settings, argv, routine_file):
     try:
         for position, instance in enumerate(routine.selected, 1):
             outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
+            if outcomes[instance] in ("complete", "failed"):  # its results changed
+                rebuild_spreadsheet(routine)
             if outcomes[instance] == "failed" and settings["debug_mode"]:
                 print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
                 break
     finally:
         routine.fold_runner.close()
+    if not {"complete", "failed"} & set(outcomes.values()):
+        rebuild_spreadsheet(routine)  # nothing changed: one rebuild makes sure the spreadsheet is there
     counts = {status: [i for i, s in outcomes.items() if s == status]
               for status in ("complete", "skipped", "failed", "busy")}
     print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +
