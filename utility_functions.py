@@ -34,6 +34,12 @@ MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}
 # what training.py may monitor for early stopping and best-model selection, by task type
 MONITORABLE = {"classification": ("val_loss", "val_accuracy"), "regression": ("val_loss", "val_mae", "val_rmse")}
 SPLITS = ("train", "val", "test")
+# the line protocol between the fold server (training.py --serve) and the routine (xval_instance.FoldRunner);
+# here, so that the routine reads it without importing training.py and what that imports
+ERROR_PREFIX = "xval-error: "
+EPOCH_PREFIX = "xval-epoch: "
+EXIT_PREFIX = "xval-exit: "
+SERVE_FLAG = "--serve"
 
 
 class XvalError(Exception):

@@ -25,11 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import KFold, train_test_split
 
-import results_to_excel
-from training import EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, SERVE_FLAG
-from utility_functions import (HOST, MAIN_METRIC, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SPLITS, TASK_TYPES,
+from utility_functions import (EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC, MONITORABLE, OPTIMIZERS,
+                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES,
                                XvalError, atomic_write_json, atomic_write_text, check_dataset, claim,
                                config_path_in_use, dataset_paths, exit_on_user_error, file_mutex, load_config,
                                load_dataset, read_json, release, remove_stale_temp_files)
@@ -261,6 +259,7 @@ def make_folds(items, num_folds, seed, validation_share):
 
     Returns [{"fold": 1.., "train_items", "val_items", "test_items"}], every list sorted.
     """
+    from sklearn.model_selection import KFold, train_test_split  # here: the routine starts faster without it
     items = sorted(items)
     if not isinstance(num_folds, int) or num_folds < 2:
         raise XvalError(f"num_folds = {num_folds!r} must be a whole number of at least 2")
@@ -414,6 +413,7 @@ class FoldRunner:
         self.environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
                                 TF_FORCE_GPU_ALLOW_GROWTH="true", PYTHONUNBUFFERED="1")
         self.server = None
+        self.used = False  # whether a fold has been sent to the server
 
     def start(self):
         """Start the fold server (its import lines go to the first fold's log)."""
@@ -426,6 +426,7 @@ class FoldRunner:
         """Run one fold; tee its output to log_path. Returns (exit code of the fold process, its error line)."""
         if self.server is None or self.server.poll() is not None:
             self.start()
+        self.used = True
         code, error_line = None, None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
@@ -455,8 +456,17 @@ class FoldRunner:
             print("\r" + " " * 150 + "\r", end="", flush=True)
         return code, error_line
 
+    def abort(self):
+        """Stop the server at once, wherever it is (it may still be importing TensorFlow)."""
+        if self.server is not None and self.server.poll() is None:
+            self.server.kill()
+            self.server.wait()
+        self.server = None
+
     def close(self):
-        """Stop the server (end of input, then wait)."""
+        """Stop the server: end of input, then wait; one that has run no fold is stopped at once."""
+        if not self.used:
+            self.abort()
         if self.server is not None and self.server.poll() is None:
             self.server.stdin.close()
             try:
@@ -470,14 +480,14 @@ class FoldRunner:
 class Routine:
     """The settings of one launch of a routine script, and the state of its progress (for the ETA)."""
 
-    def __init__(self, settings, selected, gpu, config, experiment_dir):
+    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner):
         self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
         self.experiment_dir = experiment_dir
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
         self.fold_seconds, self.folds_left = [], 0
         self.show_progress = sys.stdout.isatty()
-        self.fold_runner = FoldRunner(gpu)
+        self.fold_runner = fold_runner
 
     def eta(self):
         """Seconds left, from the mean fold time of this launch."""
@@ -505,6 +515,7 @@ def write_instance_json(files, base, folds, status, error, log_files):
 
 def rebuild_spreadsheet(routine):
     """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
+    import results_to_excel  # here, not at the top: loaded by prepare() while the fold server starts
     try:
         with file_mutex(routine.experiment_dir / "locks" / "spreadsheet.mutex"):
             return results_to_excel.write_spreadsheet(routine.experiment_dir)
@@ -632,10 +643,26 @@ def check_settings(settings):
 
 
 def prepare(settings, argv, routine_file):
-    """Everything that can be refused, refused before anything is written. Returns the ready Routine and inputs."""
+    """Everything that can be refused, refused before anything is written. Returns the ready Routine and inputs.
+
+    The fold server is started first: TensorFlow's import (~3 s) runs while this process validates the routine
+    and imports the spreadsheet code; a refusal stops the server at once.
+    """
     check_settings(settings)
     instance_ids = sorted(settings["experiment_dict"])
     selected, gpu = parse_command_line(argv, instance_ids, settings["gpu_ID"], Path(routine_file).name)
+    fold_runner = FoldRunner(gpu)
+    fold_runner.start()
+    try:
+        import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
+        return validate(settings, selected, gpu, routine_file, fold_runner)
+    except BaseException:
+        fold_runner.abort()
+        raise
+
+
+def validate(settings, selected, gpu, routine_file, fold_runner):
+    """prepare() after the command line: parameters, dataset, folds, and the results already there."""
     config = load_config()
     signatures = architecture_signatures()
     resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
@@ -662,7 +689,7 @@ def prepare(settings, argv, routine_file):
             if conflict:
                 raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to recompute it, "
                                 "or restore its parameter strings")
-    routine = Routine(settings, selected, gpu, config, experiment_dir)
+    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner)
     return routine, resolved, split
 
 
@@ -671,19 +698,19 @@ def launch(settings, argv, routine_file):
     started = time.monotonic()
     routine, resolved, split = prepare(settings, argv, routine_file)
     experiment_dir = routine.experiment_dir
-    check_writable(experiment_dir)
-    remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
-    folds = folds_for_experiment(experiment_dir, split)
-    atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
-                      settings["description"].strip() + "\n")
-    snapshot_code(experiment_dir, routine_file, config_path_in_use())
-    print(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
-          f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
-          f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
-          flush=True)
-    routine.folds_left = len(routine.selected) * routine.num_folds
     outcomes = {}
     try:
+        check_writable(experiment_dir)
+        remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
+        folds = folds_for_experiment(experiment_dir, split)
+        atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
+                          settings["description"].strip() + "\n")
+        snapshot_code(experiment_dir, routine_file, config_path_in_use())
+        print(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
+              f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
+              f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
+              flush=True)
+        routine.folds_left = len(routine.selected) * routine.num_folds
         for position, instance in enumerate(routine.selected, 1):
             outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
             if outcomes[instance] in ("complete", "failed"):  # its results changed
