@@ -247,11 +247,11 @@ def analyse_trace(records, started, ended):
     for run, child_pid in zip(runs, children, strict=True):
         for key, seconds in fold_breakdown(records, run, child_pid).items():
             parts[key] += seconds
+    parts["spreadsheet"] = duration(records, "xval.rebuild_spreadsheet", parent)  # after each instance
     for instance in instances:
         inside = (instance["t0"], instance["t1"])
         spreadsheet = duration(records, "xval.rebuild_spreadsheet", parent, inside)
         fold_runs = duration(records, "xval.FoldRunner.run", parent, inside)
-        parts["spreadsheet"] += spreadsheet
         parts["instance_bookkeeping"] += (instance["t1"] - instance["t0"]) - spreadsheet - fold_runs
     parts["server_shutdown"] = duration(records, "xval.FoldRunner.close", parent)
     parts["parent_exit"] = ended - launch["t1"]

@@ -135,12 +135,16 @@ def memory_rows(result):
          f"{parent['peak_after_first_instance_mib']:.1f} / {parent['peak_at_end_mib']:.1f}", "", ""),
         ("memory", "routine process peak growth after instance 1 (MiB)", f"{parent['growth_mib']:.1f}",
          f"<= {result['targets']['parent_growth_max_mib']:.0f}", yes_no(parent["growth_met"])),
-        ("memory", "TensorFlow baseline: import + trivial fit, peak RSS (MiB)", f"{fold['baseline_mib']:.1f}", "", ""),
+        ("memory", "TensorFlow baseline of this fold: plain Keras fitting its model (same batch size, epochs) on "
+                   "one batch per split, peak RSS (MiB)", f"{fold['baseline_mib']:.1f}", "", ""),
         ("memory", "fold's arrays (MiB)", f"{fold['arrays_mib']:.1f}", "", ""),
         ("memory", "fold process (fresh, training.py JOB) peak RSS (MiB)", f"{fold['standalone_peak_mib']:.1f}",
          f"<= {fold['limit_mib']:.1f}", yes_no(fold["met"])),
         ("memory", "fold process: (peak - baseline) / arrays", f"{fold['factor']:.2f}",
          f"<= {result['targets']['fold_factor_max']}", yes_no(fold["met"])),
+        ("memory", "for reference: TensorFlow import + a trivial one-unit model's fit, peak RSS (MiB) / fold's "
+                   "(peak - it) / arrays", f"{fold['trivial_baseline_mib']:.1f} / "
+                   f"{fold['factor_over_trivial_baseline']:.2f}", "", ""),
         ("memory", "same fold's fit with plain Keras (fresh process) peak RSS (MiB)",
          f"{fold['plain_keras_peak_mib']:.1f}", "", ""),
         ("memory", "xval fold - plain Keras fold (MiB)", f"{fold['over_plain_keras_mib']:.1f}", "", ""),

@@ -111,7 +111,7 @@ def patch_routine_module(module):
     namespace = vars(module)
     if module.__name__ == "xval_instance":
         patch_functions(namespace, ROUTINE_FUNCTIONS["xval_instance"], "xval",
-                        after={"run_instance": memory_reading})
+                        after={"run_instance": memory_reading, "rebuild_spreadsheet": memory_reading})
         runner = namespace.get("FoldRunner")
         for method in FOLD_RUNNER_METHODS if runner else ():
             setattr(runner, method, timed(f"xval.FoldRunner.{method}", getattr(runner, method)))
