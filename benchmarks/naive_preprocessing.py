@@ -6,7 +6,9 @@ For every speech file of the corpus, sorted by actor and name as preprocessing_r
 librosa.load(path, sr=sample_rate) (mono, soxr_hq), padded with zeros or cut (cut_mode) to clip_seconds, then
 feat_analysis.extract_features (the function preprocessing_ravdess uses, with its analysis plan built once).
 OUT.npz: one float32 (clips, frames, bins) array per actor, as {dataset}_predictors.npz. OUT.json: the seconds
-of the imports, of the first file (librosa's lazy imports and numba's start-up happen there) and of the rest.
+of the imports, of the first file (librosa's lazy imports and numba's start-up happen there), of the rest, and of
+the librosa.load calls of the files after the first (the decoding and resampling that any path giving the same
+arrays does too).
 """
 import json
 import sys
@@ -35,10 +37,12 @@ def fit_length(signal, n_samples, cut_mode):
 
 
 def features_of_file(path, pre, settings, plan):
-    """float32 (frames, bins) of one file, the naive way."""
+    """float32 (frames, bins) of one file, the naive way; and the seconds its librosa.load took."""
+    started = time.monotonic()
     signal, _ = librosa.load(path, sr=pre["sample_rate"])
+    load_seconds = time.monotonic() - started
     signal = fit_length(signal, int(round(pre["clip_seconds"] * pre["sample_rate"])), pre["cut_mode"])
-    return feat_analysis.extract_features(signal, pre["sample_rate"], settings, plan)
+    return feat_analysis.extract_features(signal, pre["sample_rate"], settings, plan), load_seconds
 
 
 def main(config_path, audio_folder, out_npz, out_json):
@@ -49,15 +53,18 @@ def main(config_path, audio_folder, out_npz, out_json):
     files = common.speech_files(audio_folder)
     per_actor = {}
     loop_started = time.monotonic()
-    first_done = None
+    first_done, load_seconds = None, 0.0
     for actor, path in files:
-        per_actor.setdefault(actor, []).append(features_of_file(path, pre, settings, plan))
+        features, seconds = features_of_file(path, pre, settings, plan)
+        per_actor.setdefault(actor, []).append(features)
+        load_seconds += seconds if first_done else 0.0
         first_done = first_done or time.monotonic()
     loop_ended = time.monotonic()
     np.savez(out_npz, **{actor: np.stack(clips) for actor, clips in per_actor.items()})
     ended = time.monotonic()
     timings = {"files": len(files), "import_seconds": IMPORTED - STARTED,
                "first_file_seconds": first_done - loop_started, "rest_seconds": loop_ended - first_done,
+               "rest_load_seconds": load_seconds,
                "write_seconds": ended - loop_ended, "in_process_seconds": ended - STARTED}
     Path(out_json).write_text(json.dumps(timings, indent=1) + "\n", encoding="utf-8")
     return 0

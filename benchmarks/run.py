@@ -120,6 +120,11 @@ def preprocessing_rows(result):
          f"{result['naive_first_call_extra_seconds']:.2f} / {result['pipeline_first_call_seconds']:.2f}", "", ""),
         ("preprocessing", "outputs equal (allclose), largest difference (dB)",
          f"{result['output_check']['allclose']}, {result['output_check']['max_abs_difference_db']:.2g}", "", ""),
+        ("preprocessing", "naive loop's librosa.load (decode + soxr_hq resampling) per clip (ms)",
+         f"{1000 * result['naive_load_seconds_per_clip']:.2f}", "", ""),
+        ("preprocessing", f"ceiling: any path giving the same arrays on {result['jobs']} cores, features free: "
+                          "least s / speed-up", f"{result['ceiling']['least_seconds']:.2f} / "
+                          f"{result['ceiling']['speedup']:.2f}x", "", ""),
     ]
     return rows
 
