@@ -4,6 +4,7 @@ Every case runs a real routine process against an experiment that already holds 
 that those results are byte-identical. (Preprocessing and spreadsheet refusals are tested in their own files.)
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,34 @@ def test_bad_input_gives_one_clear_line_and_changes_nothing(tiny_features, finis
     assert expected in completed.stderr
     assert "Traceback" not in completed.stdout + completed.stderr
     assert experiment_files(experiment_dir) == before
+
+
+def fold_servers(config_path):
+    """PIDs of live fold servers (training.py --serve) whose environment names config_path as XVAL_CONFIG."""
+    wanted = f"XVAL_CONFIG={config_path}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if b"--serve" in command and any(part.endswith(b"training.py") for part in command) and \
+                wanted in environment:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("strings", [GOOD + ["learnin_rate = 0.1"], GOOD], ids=["refused", "nothing-to-train"])
+def test_a_routine_that_trains_nothing_leaves_no_fold_server_behind(tiny_features, finished, tmp_path, strings):
+    # the server starts before validation, so that TensorFlow loads meanwhile; it must not outlive the routine
+    config = edit_config(tiny_features["config_path"], tmp_path / "config.ini", None)
+    routine = write_routine(finished, {1: strings}, name="routine_server_check.py")
+    completed = run_routine(routine, config)
+    assert completed.returncode == (2 if strings is not GOOD else 0), completed.stderr
+    assert fold_servers(config) == []
 
 
 def test_nan_loss_stops_the_fold_with_a_clear_error(tiny_features, finished):
