@@ -17,18 +17,32 @@ resolved parameters and the output paths. The fold:
      scikit-learn metrics and writes the fold result JSON (atomically, after the model).
 Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
 """
+import ctypes
 import os
+import signal
 import sys
 import time
 import traceback
 
-import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
-from utility_functions import (EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, MONITORABLE, SERVE_FLAG, SPLITS, XvalError,
-                               atomic_write_json, check_dataset, commit_temp_file, dataset_paths, load_dataset,
-                               read_json, temp_path_for)
+def die_with_parent():
+    """Ask Linux to kill this process when its parent dies (a killed routine leaves no orphan fold)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    die_with_parent()  # before the imports below (~1 s): a routine killed meanwhile takes this process with it
+
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from utility_functions import (EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, MONITORABLE, SERVE_FLAG, SPLITS,  # noqa: E402
+                               XvalError, atomic_write_json, check_dataset, commit_temp_file, dataset_paths,
+                               load_dataset, read_json, temp_path_for)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; oneDNN stays on (it is faster)
 
@@ -173,16 +187,6 @@ def make_callbacks(keras, monitor, mode, parameters):
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
     return callbacks, best
-
-
-def die_with_parent():
-    """Ask Linux to kill this process when its parent dies (a killed routine leaves no orphan fold)."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,7 +366,6 @@ def serve(job_paths, report):
 def main(argv=None):
     """python3 training.py JOB.json (one fold) or --serve (folds by fork, job paths on stdin)."""
     argv = sys.argv[1:] if argv is None else argv
-    die_with_parent()
     if argv == [SERVE_FLAG]:
         code = serve(sys.stdin, sys.stdout)
         sys.stdout.flush()

@@ -4,6 +4,7 @@ Every case runs a real routine process against an experiment that already holds 
 that those results are byte-identical. (Preprocessing and spreadsheet refusals are tested in their own files.)
 """
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,36 @@ def test_a_routine_that_trains_nothing_leaves_no_fold_server_behind(tiny_feature
     completed = run_routine(routine, config)
     assert completed.returncode == (2 if strings is not GOOD else 0), completed.stderr
     assert fold_servers(config) == []
+
+
+def test_a_refusal_kills_the_fold_server_it_started(tiny_features, finished, monkeypatch):
+    # in-process, to see the server itself: killed at once (SIGKILL), not left to finish importing TensorFlow
+    import xval_instance
+    from utility_functions import XvalError
+    servers = []
+    real_start = xval_instance.FoldRunner.start
+
+    def recording_start(runner):
+        real_start(runner)
+        servers.append(runner.server)
+
+    monkeypatch.setattr(xval_instance.FoldRunner, "start", recording_start)
+    monkeypatch.setenv("XVAL_CONFIG", str(tiny_features["config_path"]))
+    settings = {"description": "refused", "gpu_ID": -1, "dataset": "tiny", "num_experiment": 1, "num_folds": 2,
+                "experiment_folder": str(finished / "experiments"), "overwrite_results": False, "debug_mode": False,
+                "experiment_dict": {1: GOOD + ["learnin_rate = 0.1"]}}
+    with pytest.raises(XvalError, match="learnin_rate"):
+        xval_instance.prepare(settings, [], str(finished / "routine_refused.py"))
+    assert len(servers) == 1 and servers[0].poll() == -signal.SIGKILL
+
+
+def test_closing_a_fold_server_that_ran_no_fold_kills_it_without_waiting():
+    import xval_instance
+    runner = xval_instance.FoldRunner(-1)
+    runner.start()
+    server = runner.server
+    runner.close()  # a server that ran a fold would be asked to finish (end of input) and waited for
+    assert server.poll() == -signal.SIGKILL and runner.server is None
 
 
 def test_nan_loss_stops_the_fold_with_a_clear_error(tiny_features, finished):
