@@ -86,7 +86,8 @@ def overhead_rows(result):
         if part["key"] != "fit":
             rows.append(("overhead", f"  {part['part']} [{part['kind']}]", f"{part['seconds_per_fold']:.3f}", "", ""))
     rows.append(("overhead", "  unattributed", f"{result['unattributed_seconds'] / folds:.3f}", "", ""))
-    rows.append(("overhead", "fold server start hidden behind the routine's validation, per run (s)",
+    rows.append(("overhead", "fold server started before the first fold: TensorFlow's import overlapped the "
+                             "routine's own start by up to this, per run (s)",
                  f"{result['server_start_hidden_seconds']:.2f}", "", ""))
     return rows
 
