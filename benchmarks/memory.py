@@ -15,9 +15,9 @@ corpus, run as a real process with benchmarks/tracehook on its PYTHONPATH.
   what TensorFlow needs to train this model whatever the data (its activations at this batch size, its graphs).
   Target: fold peak <= 2.5 x arrays + that baseline. For reference: the peak RSS of a process that imports
   TensorFlow and fits a trivial one-unit model (benchmarks/tf_baseline.py, run while the routine runs: nothing
-  here is timed), and the same fold's full fit with plain Keras, measured the same way. The folds forked inside the routine are reported too (VmHWM, PSS, private
-  memory at the end of each fold), but their RSS is not comparable with a fresh process's: a forked process
-  counts only the pages of the server it touches.
+  here is timed), and the same fold's full fit with plain Keras, measured the same way. The folds forked inside
+  the routine are reported too (VmHWM, PSS, private memory at the end of each fold), but their RSS is not
+  comparable with a fresh process's: a forked process counts only the pages of the server it touches.
 """
 import json
 import shutil
@@ -96,11 +96,11 @@ def plain_fold(workspace, job, folder):
     return result["max_rss"]
 
 
-def one_batch_job(workspace, job, folder):
+def one_batch_job(dataset, job, folder):
     """The job with one batch of clips per split: the first batch_size clips of the first item of each split,
-    written as a dataset of its own in folder (so that nothing else is loaded)."""
-    from utility_functions import load_dataset
-    predictors, targets = load_dataset(workspace["features_folder"], workspace["dataset"])
+    written as a dataset of its own in folder (so that nothing else is loaded). dataset: (predictors, targets)
+    as load_dataset returns them."""
+    predictors, targets = dataset
     clips = job["parameters"]["batch_size"]
     items = {split: job[f"{split}_items"][0] for split in ("train", "val", "test")}
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,10 +109,10 @@ def one_batch_job(workspace, job, folder):
     return dict(job, features_folder=str(folder), **{f"{split}_items": [item] for split, item in items.items()})
 
 
-def fold_array_bytes(workspace, job):
-    """Bytes of a fold's stacked arrays: float32 features and targets of its train, validation and test clips."""
-    from utility_functions import load_dataset
-    predictors, targets = load_dataset(workspace["features_folder"], workspace["dataset"])
+def fold_array_bytes(dataset, job):
+    """Bytes of a fold's stacked arrays: float32 features and targets of its train, validation and test clips.
+    dataset: (predictors, targets) as load_dataset returns them."""
+    predictors, targets = dataset
     items = job["train_items"] + job["val_items"] + job["test_items"]
     return sum(predictors[item].size * 4 + targets[item].size * 4 for item in items)
 
@@ -190,13 +190,15 @@ def run_benchmark(workspace, size, folder):
     records = common.read_trace(trace)
     parent_pid = overhead.spans(records, "xval.launch")[0]["pid"]
     job = fold_job(experiments / "experiment_1")
-    small_job = one_batch_job(workspace, job, folder / "one_batch_features")
+    from utility_functions import load_dataset
+    dataset = load_dataset(workspace["features_folder"], workspace["dataset"])
+    small_job = one_batch_job(dataset, job, folder / "one_batch_features")
     with ThreadPoolExecutor(max_workers=2) as pool:
         standalone = pool.submit(standalone_fold, workspace, job, folder / "standalone_fold")
         plain = pool.submit(plain_fold, workspace, job, folder / "plain_fold")
         model_baseline = pool.submit(plain_fold, workspace, small_job, folder / "model_baseline")
         standalone_peak, plain_peak, model_peak = standalone.result(), plain.result(), model_baseline.result()
-    arrays = fold_array_bytes(workspace, job)
+    arrays = fold_array_bytes(dataset, job)
     spreadsheet = [round(span["t1"] - span["t0"], 2) for span in overhead.spans(records, "excel.write_spreadsheet")]
     return {"routine_seconds": round(result["seconds"], 1), "spreadsheet_seconds_per_instance": spreadsheet,
             "parent": parent_memory(records, result["memory_samples"], parent_pid),
