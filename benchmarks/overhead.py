@@ -257,9 +257,8 @@ def analyse_trace(records, started, ended):
     parts["parent_exit"] = ended - launch["t1"]
     wall = ended - started
     early_start = [span for span in spans(records, "xval.FoldRunner.start", parent) if span["t0"] < runs[0]["t0"]]
-    first_load = spans(records, "fold.load_for_children")
     # the server's lead over the first fold: all of it overlapped the import unless the server was ready sooner
-    hidden = max(0.0, runs[0]["t0"] - early_start[0]["t0"]) if early_start and first_load else 0.0
+    hidden = runs[0]["t0"] - early_start[0]["t0"] if early_start else 0.0
     return {"parts": parts, "wall": wall, "fit": parts["fit"], "folds": len(runs),
             "unattributed": wall - sum(parts.values()), "server_start_hidden": hidden}
 
