@@ -18,6 +18,7 @@ resolved parameters and the output paths. The fold:
 Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
 """
 import ctypes
+import inspect
 import os
 import signal
 import sys
@@ -40,9 +41,13 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from utility_functions import (EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, MONITORABLE, SERVE_FLAG, SPLITS,  # noqa: E402
-                               XvalError, atomic_write_json, check_dataset, commit_temp_file, dataset_paths,
-                               load_dataset, read_json, temp_path_for)
+from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,  # noqa: E402
+                               MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SPLITS, XvalError, atomic_write_json,
+                               commit_temp_file, dataset_file_stats, load_dataset, read_json, temp_path_for)
+
+# what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
+LOOP_PARAMETERS = tuple(name for name in CONFIG_SCHEMA["training"] if name not in MODEL_ONLY_TRAINING_PARAMETERS) + \
+    ("architecture", "comment_1", "comment_2")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; oneDNN stays on (it is faster)
 
@@ -108,12 +113,24 @@ def normalisation_statistics(x_train):
 # Keras: model, optimiser, callbacks (keras is imported in main(), after the process is set up)
 
 def build_model(keras, define_models, parameters, input_shape, output_size, mean, variance):
-    """The instance's architecture with a fixed Normalization layer in front, so the saved model takes raw features."""
+    """The instance's architecture with a fixed Normalization layer in front, so the saved model takes raw features.
+
+    The architecture receives, by name, every parameter its signature takes. Every other parameter must be one the
+    training loop reads or a comment: the routine refused any other before training, and this checks the function
+    imported now (a decorator can change what the source said) so that no parameter is silently left out.
+    """
     architecture = parameters["architecture"]
     function = getattr(define_models, architecture)
-    arguments = [name for name in function.__code__.co_varnames[:function.__code__.co_argcount]]
-    keywords = {name: parameters[name] for name in arguments if name in parameters and
-                name not in ("input_shape", "output_size", "task_type")}
+    accepted = inspect.signature(function).parameters
+    keywords = {name: value for name, value in parameters.items() if name in accepted and name not in DATA_ARGUMENTS}
+    unreached = sorted(set(parameters) - set(keywords) - set(LOOP_PARAMETERS) - set(DATA_ARGUMENTS))
+    try:
+        inspect.signature(function).bind(tuple(input_shape), output_size, parameters["task_type"], **keywords)
+        if unreached:
+            raise TypeError(f"it takes no argument {', '.join(unreached)}")
+    except TypeError as error:
+        raise XvalError(f"define_models.{architecture} as imported does not take the parameters its source "
+                        f"declares ({error}): remove the decorator or wrapper that changes its signature") from None
     try:
         core = function(tuple(input_shape), output_size, parameters["task_type"], **keywords)
     except Exception as error:
@@ -129,11 +146,8 @@ def build_model(keras, define_models, parameters, input_shape, output_size, mean
 
 
 def make_optimizer(keras, name, learning_rate):
-    """A Keras optimiser by its config name, with the instance's learning rate."""
-    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD,
-               "rmsprop": keras.optimizers.RMSprop, "nadam": keras.optimizers.Nadam,
-               "adagrad": keras.optimizers.Adagrad, "adamax": keras.optimizers.Adamax}
-    return classes[name](learning_rate=learning_rate)
+    """A Keras optimiser by its config name (one of OPTIMIZERS), with the instance's learning rate."""
+    return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
 
 
 def monitor_mode(monitor, configured_mode):
@@ -230,9 +244,10 @@ def run_fold(job, loaded=None):
             tf.config.experimental.set_memory_growth(gpu, True)
     keras.utils.set_random_seed(parameters["seed"])
 
+    if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
+        raise XvalError(f"the files of dataset '{job['dataset']}' changed since the routine checked them "
+                        "(preprocessed again while it ran?): rerun the routine")
     predictors, targets = loaded or load_dataset(job["features_folder"], job["dataset"])
-    check_dataset({item: predictors[item] for item in job["all_items"]},
-                  {item: targets[item] for item in job["all_items"]}, job["dataset"], task_type)
     data = {split: stack_items(predictors, targets, job[f"{split}_items"]) for split in SPLITS}
     del predictors, targets
     if task_type == "regression":
@@ -251,9 +266,6 @@ def run_fold(job, loaded=None):
                   loss=loss, metrics=keras_metrics)
 
     monitor = parameters["save_best_model_metric"]
-    if monitor not in MONITORABLE[task_type]:
-        raise XvalError(f"save_best_model_metric '{monitor}' is not available for {task_type}: "
-                        f"use one of {', '.join(MONITORABLE[task_type])}")
     mode = monitor_mode(monitor, parameters["save_best_model_mode"])
     callbacks, best = make_callbacks(keras, monitor, mode, parameters)
     x_val, y_val, _ = data["val"]
@@ -268,6 +280,7 @@ def run_fold(job, loaded=None):
     commit_temp_file(temp, job["model_path"])
 
     result = {"fold": job["fold"], "parameter_hash": job["parameter_hash"],
+              "dataset_fingerprint": job["dataset_fingerprint"],
               "train_items": job["train_items"], "val_items": job["val_items"], "test_items": job["test_items"],
               "metrics": {}, "history": {key: [float(v) for v in values] for key, values in history.history.items()},
               "best_epoch": best.best_epoch, "epochs_run": len(history.history["loss"]),
@@ -305,22 +318,18 @@ def fold_main(job_path, loaded=None):
     return 0
 
 
-def dataset_version(job):
-    """What identifies the dataset files of a job as they are now: folder, name, sizes and modification times."""
-    paths = dataset_paths(job["features_folder"], job["dataset"])
-    stats = [(path.stat().st_size, path.stat().st_mtime_ns) for path in (paths["predictors"], paths["target"])]
-    return job["features_folder"], job["dataset"], tuple(stats)
-
-
 def load_for_children(job_path, held):
     """The dataset of a job, read once by the server and shared with every forked fold (copy-on-write).
 
-    held: {"version": ..., "data": ...} of the previous job, reused when the files are unchanged. A dataset that
-    cannot be read here is left to the child, which reports the problem in its fold's log.
+    held: {"version": ..., "data": ...} of the previous job, reused while the job names the same files as they
+    were when the routine checked them. Anything else is left to the child, which reports the problem in its log.
     """
     try:
         job = read_json(job_path)
-        version = dataset_version(job)
+        version = [job["features_folder"], job["dataset"], job["dataset_files"]]
+        if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
+            held.clear()
+            return None
         if held.get("version") != version:
             held.clear()
             held.update(version=version, data=load_dataset(job["features_folder"], job["dataset"]))

@@ -6,8 +6,11 @@ preprocessing_ravdess.py, xval_instance.py, training.py and results_to_excel.py.
 import configparser
 import contextlib
 import fcntl
+import hashlib
 import json
+import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,6 +34,10 @@ HIGHER_IS_BETTER = {"loss": False, "rmse": False, "mae": False, "accuracy": True
                     "f1_macro": True, "precision_macro": True, "recall_macro": True, "r2": True,
                     "pearson_r": True, "ccc": True}
 MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}
+# [training] keys that only an architecture consumes (training.py uses every other key itself): an instance may set
+# one only if its architecture takes it as an argument, or the value would never reach anything
+MODEL_ONLY_TRAINING_PARAMETERS = ("regularization_lambda",)
+DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architecture's first three arguments
 # what training.py may monitor for early stopping and best-model selection, by task type
 MONITORABLE = {"classification": ("val_loss", "val_accuracy"), "regression": ("val_loss", "val_mae", "val_rmse")}
 SPLITS = ("train", "val", "test")
@@ -107,10 +114,15 @@ def _parse_config_value(raw, kind, config_dir, where):
             if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
                 raise ValueError
             return lowered in ("true", "yes", "1", "on")
-        if kind in (int, float):
-            return kind(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
     except ValueError:
-        name = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        name = {bool: "true or false", int: "a whole number", float: "a finite number"}[kind]
         raise XvalError(f"{where} = {raw!r} is not {name}: fix that line") from None
     if kind == PATH:
         return (config_dir / os.path.expanduser(raw)).resolve()
@@ -259,18 +271,22 @@ def _pid_alive(pid):
 
 
 def remove_stale_temp_files(folder):
-    """Delete temporary files under folder left by xval processes of this host that are gone (killed or crashed).
+    """Delete temporary files and staging folders under folder left by xval processes of this host that are gone.
 
-    Returns the removed paths. Temporary files of live processes and of other hosts are left alone.
+    Returns the removed paths. Those of live processes and of other hosts are left alone.
     """
     removed = []
     prefix = f"{TEMP_MARKER}{HOST}-"
-    for temp in Path(folder).rglob(f"*{TEMP_MARKER}*"):
+    for temp in sorted(Path(folder).rglob(f"*{TEMP_MARKER}*")):
         pid_text = temp.name.split(prefix, 1)[-1].split(".", 1)[0] if prefix in temp.name else ""
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            with contextlib.suppress(FileNotFoundError):
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)) or any(temp.is_relative_to(r) for r in removed):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if temp.is_dir() and not temp.is_symlink():
+                shutil.rmtree(temp)  # a code snapshot's staging folder, killed while being written
+            else:
                 temp.unlink()
-                removed.append(temp)
+            removed.append(temp)
     return removed
 
 
@@ -358,10 +374,7 @@ def load_dataset(features_folder, dataset):
     predictors[item] is float32 (clips, frames, bins); targets[item] is (clips, classes) one-hot or (clips,) float.
     """
     paths = dataset_paths(features_folder, dataset)
-    for kind in ("predictors", "target"):
-        if not paths[kind].is_file():
-            raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: run "
-                            f"python3 preprocessing_ravdess.py --dataset {dataset} (or fix the dataset name)")
+    dataset_file_stats(features_folder, dataset)  # a missing file is one clear line
     arrays = {}
     for kind in ("predictors", "target"):
         try:
@@ -378,8 +391,37 @@ def load_dataset(features_folder, dataset):
     return {item: predictors[item] for item in items}, {item: targets[item] for item in items}
 
 
-def check_dataset(predictors, targets, dataset, task_type):
-    """Check a loaded dataset fits task_type; returns the non-empty items. Raises XvalError on the first problem."""
+def dataset_file_stats(features_folder, dataset):
+    """[[size in bytes, modification time in ns]] of the predictors and target files: tells a rewritten file cheaply."""
+    paths = dataset_paths(features_folder, dataset)
+    for kind in ("predictors", "target"):
+        if not paths[kind].is_file():
+            raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: run "
+                            f"python3 preprocessing_ravdess.py --dataset {dataset} (or fix the dataset name)")
+    return [[paths[kind].stat().st_size, paths[kind].stat().st_mtime_ns] for kind in ("predictors", "target")]
+
+
+def dataset_fingerprint(predictors, targets):
+    """SHA-256 (hex) of a loaded dataset's content: every item's name, dtype, shape and bytes, predictors and targets.
+
+    The arrays are hashed rather than the .npz files, whose zip entries carry the time they were written: the same
+    features preprocessed twice give the same fingerprint, other features (settings, audio, items) another one.
+    """
+    digest = hashlib.sha256()
+    for arrays in (predictors, targets):
+        for item in sorted(arrays):
+            array = np.ascontiguousarray(arrays[item])
+            digest.update(f"{item}|{array.dtype.str}|{array.shape}|".encode("utf-8"))
+            digest.update(array.data)
+    return digest.hexdigest()
+
+
+def check_dataset(predictors, targets, dataset):
+    """Check a loaded dataset's arrays once, where it enters; returns the non-empty items. XvalError on a problem.
+
+    Every item: as many targets as clips, predictors (clips, frames, bins) of one shape for all items, no NaN or
+    infinity anywhere. Whether the target fits a task type is check_target's.
+    """
     for item in predictors:
         x, y = predictors[item], targets[item]
         if len(x) != len(y):
@@ -393,6 +435,16 @@ def check_dataset(predictors, targets, dataset, task_type):
                             "check the audio and feature settings, then rerun preprocessing with --force")
         if not np.all(np.isfinite(y)):
             raise XvalError(f"dataset '{dataset}', item {item}: target contains NaN or infinite values")
+    shapes = {x.shape[1:] for x in predictors.values() if len(x)}
+    if len(shapes) > 1:
+        raise XvalError(f"dataset '{dataset}': items have different (frames, bins) {sorted(shapes)}: "
+                        "rerun preprocessing with --force")
+    return [item for item in predictors if len(predictors[item])]
+
+
+def check_target(targets, dataset, task_type):
+    """XvalError unless every item's target fits task_type: one-hot (clips, classes), or one number per clip."""
+    for item, y in targets.items():
         if task_type == "classification" and (y.ndim != 2 or y.shape[1] < 2 or
                                               not np.all(np.isin(y, (0, 1))) or np.any(y.sum(axis=1) != 1)):
             raise XvalError(f"dataset '{dataset}', item {item}: task_type 'classification' needs a one-hot target "
@@ -402,8 +454,3 @@ def check_dataset(predictors, targets, dataset, task_type):
             raise XvalError(f"dataset '{dataset}', item {item}: task_type 'regression' needs one number per clip, "
                             f"this target has shape {y.shape}: use a dataset preprocessed with --target intensity, "
                             "or task_type = 'classification'")
-    shapes = {x.shape[1:] for x in predictors.values() if len(x)}
-    if len(shapes) > 1:
-        raise XvalError(f"dataset '{dataset}': items have different (frames, bins) {sorted(shapes)}: "
-                        "rerun preprocessing with --force")
-    return [item for item in predictors if len(predictors[item])]

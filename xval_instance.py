@@ -15,6 +15,7 @@ import builtins
 import difflib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,16 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC, MONITORABLE, OPTIMIZERS,
+from utility_functions import (DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS,
+                               MONITORABLE, OPTIMIZERS,
                                PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES,
-                               XvalError, atomic_write_json, atomic_write_text, check_dataset, claim,
-                               config_path_in_use, dataset_paths, exit_on_user_error, file_mutex, load_config,
-                               load_dataset, read_json, release, remove_stale_temp_files)
+                               XvalError, atomic_write_json, atomic_write_text, check_dataset, check_target, claim,
+                               config_path_in_use, dataset_file_stats, dataset_fingerprint, dataset_paths,
+                               exit_on_user_error, file_mutex, load_config, load_dataset, read_json, release,
+                               remove_stale_temp_files)
 
 MODELS_FILE = PROJECT_DIR / "define_models.py"
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
 MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
-DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architecture's first three arguments
 NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate finished folds
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max", "round", "int", "float", "str",
                                                           "bool", "list", "tuple", "dict", "range", "len", "sum")}
@@ -71,9 +73,12 @@ def parse_command_line(argv, instance_ids, default_gpu, script_name):
 # Parameters: strings over defaults
 
 def architecture_signatures(models_file=MODELS_FILE):
-    """Read define_models.py without importing it: {architecture: {"required": [names], "defaults": {name: value}}}.
+    """Read define_models.py without importing it: {architecture: signature}.
 
     An architecture is a public top-level function whose first arguments are input_shape, output_size, task_type.
+    Its signature: {"arguments": the names after those three, positional then keyword-only, "required": those
+    without a default, "defaults": {name: literal default}, "unsupported": why xval cannot pass every parameter
+    to it (a *args, **kwargs or positional-only argument), or None}. A default that is not a literal is refused.
     """
     try:
         tree = ast.parse(Path(models_file).read_text(encoding="utf-8"), filename=str(models_file))
@@ -83,26 +88,55 @@ def architecture_signatures(models_file=MODELS_FILE):
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
             continue
-        names = [argument.arg for argument in node.args.args]
-        if tuple(names[:3]) != DATA_ARGUMENTS:
+        positional = node.args.posonlyargs + node.args.args
+        if tuple(argument.arg for argument in positional[:3]) != DATA_ARGUMENTS:
             continue
+        pairs = list(zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults))
+        pairs += [(argument, default) for argument, default in zip(node.args.kwonlyargs, node.args.kw_defaults)
+                  if default is not None]
         defaults = {}
-        for argument, default in zip(node.args.args[len(names) - len(node.args.defaults):], node.args.defaults):
+        for argument, default in pairs:
             try:
                 defaults[argument.arg] = ast.literal_eval(default)
             except ValueError:
                 raise XvalError(f"{models_file} line {default.lineno}: the default of {node.name}'s argument "
                                 f"'{argument.arg}' is not a literal: write a number, string, tuple or list") from None
-        for argument, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
-            if default is not None:
-                defaults[argument.arg] = ast.literal_eval(default)
-        required = [name for name in names[3:] + [a.arg for a in node.args.kwonlyargs] if name not in defaults]
-        signatures[node.name] = {"required": required, "defaults": defaults}
+        unsupported = None
+        if node.args.vararg or node.args.kwarg:
+            star = f"*{node.args.vararg.arg}" if node.args.vararg else f"**{node.args.kwarg.arg}"
+            unsupported = (f"takes {star}, so xval cannot tell which parameters reach the model: name each "
+                           "argument, with a default")
+        elif len(node.args.posonlyargs) > 3:
+            unsupported = ("has positional-only arguments after task_type: make them ordinary arguments "
+                           "(xval passes parameters by name)")
+        arguments = [argument.arg for argument in positional[3:] + node.args.kwonlyargs]
+        signatures[node.name] = {"arguments": arguments, "defaults": defaults, "unsupported": unsupported,
+                                 "required": [name for name in arguments if name not in defaults]}
     return signatures
 
 
+def check_plain_value(value, where):
+    """XvalError unless value is plain data: None, bool, int, finite float, str, or lists, tuples and dicts of them.
+
+    What the fold receives is this value's JSON: a NaN would arrive as null, a set or a complex number not at all.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise XvalError(f"{where}: {value!r} is not a finite number: give a finite value")
+    if isinstance(value, (list, tuple)):
+        for element in value:
+            check_plain_value(element, where)
+    elif isinstance(value, dict):
+        for key, element in value.items():
+            if not isinstance(key, str):
+                raise XvalError(f"{where}: dictionary key {key!r} is not a string: quote it")
+            check_plain_value(element, where)
+    elif value is not None and not isinstance(value, (bool, int, float, str)):
+        raise XvalError(f"{where}: {value!r} is a {type(value).__name__}: use numbers, strings, booleans, None, "
+                        "lists, tuples or dictionaries")
+
+
 def parse_parameter_string(text, where):
-    """'name = value' -> (name, value): one Python assignment to one name, the value a Python expression."""
+    """'name = value' -> (name, value): one Python assignment to one name, the value a Python expression of plain data."""
     if not isinstance(text, str):
         raise XvalError(f"{where}: {text!r} is not a string: write parameters as 'name = value' strings")
     try:
@@ -120,14 +154,29 @@ def parse_parameter_string(text, where):
     except Exception as error:
         raise XvalError(f"{where}: the value of {text!r} cannot be evaluated ({type(error).__name__}: {error}): "
                         "quote strings, e.g. optimizer = \"adam\"") from None
-    return statements[0].targets[0].id, value
+    name = statements[0].targets[0].id
+    check_plain_value(value, f"{where}, {name}")
+    return name, value
 
 
 def coerce_to_default_type(value, default, where):
-    """value converted to the type of default where that is unambiguous ('"0.001"' -> 0.001); XvalError otherwise."""
+    """value converted to the type of default where that is unambiguous ('"0.001"' -> 0.001); XvalError otherwise.
+
+    A list or tuple default whose elements share one type gives its type to every element of the value.
+    """
     def refuse():
         raise XvalError(f"{where}: {value!r} ({type(value).__name__}) does not fit the default {default!r} "
                         f"({type(default).__name__}): give a {type(default).__name__}")
+
+    def as_finite_float(number):
+        try:
+            number = float(number)
+        except (ValueError, OverflowError):
+            refuse()
+        if not math.isfinite(number):
+            refuse()
+        return number
+
     if default is None:
         return value
     if isinstance(default, bool):
@@ -141,32 +190,27 @@ def coerce_to_default_type(value, default, where):
     if isinstance(default, int):
         if isinstance(value, int):
             return value
-        if isinstance(value, str):
-            try:
-                value_number = float(value)
-            except ValueError:
-                refuse()
-            value = value_number
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, (str, float)):
+            number = as_finite_float(value)
+            if number.is_integer():
+                return int(number)
         refuse()
     if isinstance(default, float):
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                refuse()
+        if isinstance(value, (int, float, str)):
+            return as_finite_float(value)
         refuse()
     if isinstance(default, str):
         if isinstance(value, str):
             return value
         refuse()
     if isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        refuse()
+        if not isinstance(value, (list, tuple)):
+            refuse()
+        element_types = {type(element) for element in default}
+        if len(element_types) == 1 and element_types <= {bool, int, float, str}:
+            return [coerce_to_default_type(element, default[0], f"{where}[{index}]")
+                    for index, element in enumerate(value)]
+        return list(value)
     if type(value) is not type(default):
         refuse()
     return value
@@ -194,12 +238,19 @@ def check_training_values(parameters, where):
         if parameters[name] <= 0:
             fail(f"{name} = {parameters[name]} must be greater than 0")
     for name in ("patience", "regularization_lambda"):
-        if parameters[name] < 0:
+        if name in parameters and parameters[name] < 0:
             fail(f"{name} = {parameters[name]} must not be negative")
+    if not 0 <= parameters["seed"] < 2 ** 32:
+        fail(f"seed = {parameters['seed']} must be between 0 and 2**32 - 1")
 
 
 def resolve_instance(parameter_strings, training_defaults, signatures, where):
-    """One instance's resolved parameters: defaults, then its strings in order. Refuses any doubt with XvalError."""
+    """One instance's resolved parameters: defaults, then its strings in order. Refuses any doubt with XvalError.
+
+    Every resolved parameter reaches its use: the training loop reads the [training] keys (but those of
+    MODEL_ONLY_TRAINING_PARAMETERS, which exist only where the architecture takes them), the architecture receives
+    every one of its arguments by name, comments only label. Anything else is refused here, before training.
+    """
     if not isinstance(parameter_strings, (list, tuple)):
         raise XvalError(f"{where}: the value must be a list of 'name = value' strings, not "
                         f"{type(parameter_strings).__name__}")
@@ -220,6 +271,8 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
         raise XvalError(f"{where}: architecture {architecture!r} is not a model function of define_models.py: "
                         f"{closest(str(architecture), signatures)}")
     signature = signatures[architecture]
+    if signature["unsupported"]:
+        raise XvalError(f"define_models.{architecture} {signature['unsupported']}")
     for name in signature["required"]:
         if name not in training_defaults:
             raise XvalError(f"define_models.{architecture}: argument '{name}' has no default and is not a "
@@ -228,10 +281,15 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
         if name in training_defaults:
             raise XvalError(f"define_models.{architecture}: argument '{name}' has a default but config.ini "
                             f"[training] defines it too: remove the default so there is one place for it")
-    defaults = {**training_defaults, **signature["defaults"]}
+    used_training = {name: value for name, value in training_defaults.items()
+                     if name not in MODEL_ONLY_TRAINING_PARAMETERS or name in signature["arguments"]}
+    defaults = {**used_training, **signature["defaults"]}
     parameters = {"comment_1": "", "comment_2": "", "task_type": task_type, "architecture": architecture,
                   **defaults}
     for name, value in overrides.items():
+        if name in training_defaults and name not in parameters:
+            raise XvalError(f"{where}: {name} would never reach the model: architecture {architecture} has no "
+                            f"argument '{name}' (add it to define_models.{architecture}, or remove the string)")
         if name not in parameters:
             raise XvalError(f"{where}: unknown parameter '{name}' for architecture {architecture}: "
                             f"{closest(name, parameters)}")
@@ -239,6 +297,9 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
             parameters[name] = value if isinstance(value, str) else str(value)
         elif name not in ("task_type", "architecture"):
             parameters[name] = coerce_to_default_type(value, defaults[name], f"{where}, {name}")
+    if "patience" in overrides and not parameters["early_stopping"]:
+        raise XvalError(f"{where}: patience = {parameters['patience']} has no effect with early_stopping = False: "
+                        "remove it, or set early_stopping = True")
     parameters = json.loads(json.dumps(parameters))  # tuples become lists: what is hashed is what is saved
     check_training_values(parameters, where)
     return parameters
@@ -254,6 +315,18 @@ def parameter_hash(parameters, dataset, num_folds):
 # ----------------------------------------------------------------------------------------------------------------
 # Folds: a k-fold partition of the foldable items, made once per experiment
 
+def check_num_folds(num_folds, item_count):
+    """XvalError unless num_folds can split item_count foldable items with 2 or more training items per fold."""
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise XvalError(f"num_folds = {num_folds!r} must be a whole number of at least 2")
+    if num_folds > item_count:
+        raise XvalError(f"num_folds = {num_folds} is more than the {item_count} items (actors) with data: "
+                        f"use at most {item_count}")
+    if item_count - item_count // num_folds - (1 if item_count % num_folds else 0) < 2:
+        raise XvalError(f"num_folds = {num_folds} leaves fewer than 2 training items per fold for "
+                        "training and validation: use fewer folds")
+
+
 def make_folds(items, num_folds, seed, validation_share):
     """K folds over items: each item is tested exactly once; validation items come from each fold's training items.
 
@@ -261,14 +334,7 @@ def make_folds(items, num_folds, seed, validation_share):
     """
     from sklearn.model_selection import KFold, train_test_split  # here: the routine starts faster without it
     items = sorted(items)
-    if not isinstance(num_folds, int) or num_folds < 2:
-        raise XvalError(f"num_folds = {num_folds!r} must be a whole number of at least 2")
-    if num_folds > len(items):
-        raise XvalError(f"num_folds = {num_folds} is more than the {len(items)} items (actors) with data: "
-                        f"use at most {len(items)}")
-    if len(items) - len(items) // num_folds - (1 if len(items) % num_folds else 0) < 2:
-        raise XvalError(f"num_folds = {num_folds} leaves fewer than 2 training items per fold for "
-                        "training and validation: use fewer folds")
+    check_num_folds(num_folds, len(items))
     folds = []
     splitter = KFold(n_splits=num_folds, shuffle=True, random_state=seed)
     for fold, (train_index, test_index) in enumerate(splitter.split(items), 1):
@@ -286,26 +352,57 @@ def fold_settings(dataset, items, num_folds, folds_config):
             "folds_seed": folds_config["folds_seed"], "validation_share": folds_config["validation_share"]}
 
 
+def check_folds_partition(folds, items, path):
+    """XvalError unless folds split items as make_folds does: each item tested exactly once, and every fold's
+    train, validation and test items disjoint and together all items."""
+    tested = sorted(item for fold in folds for item in fold["test_items"])
+    problem = None
+    if tested != sorted(items):
+        problem = "its test items are not a partition of the dataset's items"
+    for fold in folds:
+        parts = [fold["train_items"], fold["val_items"], fold["test_items"]]
+        if sorted(sum(parts, [])) != sorted(items):
+            problem = f"fold {fold['fold']}'s train, validation and test items overlap or miss some items"
+    if problem:
+        raise XvalError(f"{path} is damaged ({problem}): restore it from a backup, or delete it only if no fold "
+                        "of this experiment was trained yet")
+
+
 def check_saved_folds(path, wanted):
     """Refuse a run whose split settings differ from the experiment's folds.json; returns the saved folds."""
-    saved = read_json(path)
-    for key, value in wanted.items():
-        if saved.get(key) != value:
-            raise XvalError(f"{path} was made with {key} = {saved.get(key)!r}, this run has {value!r}: "
-                            "all instances of an experiment share one split, so use another num_experiment "
-                            "(or restore the setting)")
-    return saved["folds"]
+    try:
+        saved = read_json(path)
+        folds = saved["folds"]
+        for key, value in wanted.items():
+            if saved.get(key) != value:
+                raise XvalError(f"{path} was made with {key} = {saved.get(key)!r}, this run has {value!r}: "
+                                "all instances of an experiment share one split, so use another num_experiment "
+                                "(or restore the setting)")
+        check_folds_partition(folds, wanted["items"], path)
+    except (KeyError, TypeError) as error:
+        raise XvalError(f"{path} is damaged (no {error}): restore it from a backup, or delete it only if no "
+                        "fold of this experiment was trained yet") from None
+    return folds
 
 
-def folds_for_experiment(experiment_dir, wanted):
-    """The experiment's folds.json: created once (under a lock), then reused; other settings are refused."""
+def planned_folds(experiment_dir, wanted):
+    """The experiment's folds: those of its folds.json, or a new split when it has none yet (written later)."""
+    path = experiment_dir / "folds.json"
+    if path.exists():
+        check_num_folds(wanted["num_folds"], len(wanted["items"]))
+        return check_saved_folds(path, wanted)
+    return make_folds(wanted["items"], wanted["num_folds"], wanted["folds_seed"], wanted["validation_share"])
+
+
+def write_folds(experiment_dir, wanted, folds):
+    """Write folds.json once, under a lock; a folds.json written meanwhile must hold the same folds."""
     path = experiment_dir / "folds.json"
     with file_mutex(experiment_dir / "locks" / "folds.mutex"):
-        if path.exists():
-            return check_saved_folds(path, wanted)
-        folds = make_folds(wanted["items"], wanted["num_folds"], wanted["folds_seed"], wanted["validation_share"])
-        atomic_write_json(path, {**wanted, "folds": folds})
-        return folds
+        if not path.exists():
+            atomic_write_json(path, {**wanted, "folds": folds})
+        elif check_saved_folds(path, wanted) != folds:
+            raise XvalError(f"{path} was written by another run with other folds while this one started: "
+                            "rerun to use it")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -480,9 +577,10 @@ class FoldRunner:
 class Routine:
     """The settings of one launch of a routine script, and the state of its progress (for the ETA)."""
 
-    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner):
+    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner, folds, dataset_identity):
         self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
-        self.experiment_dir = experiment_dir
+        self.experiment_dir, self.folds = experiment_dir, folds
+        self.dataset_identity = dataset_identity  # {"dataset_fingerprint", "dataset_files"}: what the plan checked
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
         self.fold_seconds, self.folds_left = [], 0
@@ -494,14 +592,37 @@ class Routine:
         return np.mean(self.fold_seconds) * self.folds_left if self.fold_seconds else None
 
 
-def existing_results_conflict(files, current_hash):
-    """A line saying which result of an instance was computed with other parameters, or None."""
-    for path in [files["result"], *files["fold_results"]]:
-        if path.exists():
-            saved = read_json(path)
-            if saved.get("parameter_hash") != current_hash:
-                return f"{path} was computed with other parameters"
-    return None
+def fold_fingerprint(parameter_hash_value, dataset_fingerprint_value, fold):
+    """What a fold result must have been made from to be reused: parameters, dataset content and the fold's items."""
+    return {"parameter_hash": parameter_hash_value, "dataset_fingerprint": dataset_fingerprint_value,
+            **{f"{split}_items": fold[f"{split}_items"] for split in SPLITS}}
+
+
+def reusable_folds(files, experiment_dir, fingerprints):
+    """The instance's completed folds that can be reused: ({fold index: result}, None), or (_, why not: one line).
+
+    A fold result is reused only if it was made from the same parameters, the same dataset content and the same
+    items as planned now, and its model file is there; the instance JSON must carry the same parameter hash.
+    """
+    done = {}
+    for index, path in enumerate(files["fold_results"]):
+        if not path.exists():
+            continue
+        result, expected = read_json(path), fingerprints[index]
+        if result.get("parameter_hash") != expected["parameter_hash"]:
+            return done, f"{path} was computed with other parameters"
+        if result.get("dataset_fingerprint") != expected["dataset_fingerprint"]:
+            return done, (f"{path} was trained on other features than the dataset files hold now (preprocessed "
+                          "again since?)")
+        if any(result.get(key) != expected[key] for key in expected if key.endswith("_items")):
+            return done, f"{path} was trained on another split than folds.json's"
+        if not (experiment_dir / str(result.get("model_file"))).is_file():
+            return done, f"{path} names the model {result.get('model_file')}, which is missing"
+        done[index] = result
+    if files["result"].exists() and read_json(files["result"]).get("parameter_hash") != \
+            fingerprints[0]["parameter_hash"]:
+        return done, f"{files['result']} was computed with other parameters"
+    return done, None
 
 
 def write_instance_json(files, base, folds, status, error, log_files):
@@ -528,9 +649,13 @@ def rebuild_spreadsheet(routine):
         return None
 
 
-def run_instance(routine, position, instance, parameters, folds):
-    """Train the missing folds of one instance and write its results. Returns complete|failed|skipped|busy."""
+def run_instance(routine, position, instance, planned):
+    """Train the missing folds of one instance and write its results. Returns complete|failed|skipped|busy.
+
+    planned: the instance's {"parameters", "hash", "fingerprints"} from validate().
+    """
     dataset, experiment, experiment_dir = routine.dataset, routine.experiment, routine.experiment_dir
+    parameters, current_hash, folds = planned["parameters"], planned["hash"], routine.folds
     files = instance_files(experiment_dir, dataset, experiment, instance, routine.num_folds)
     label = f"instance {position} of {len(routine.selected)} (run {instance})"
     owner = claim(files["lock"])
@@ -540,42 +665,38 @@ def run_instance(routine, position, instance, parameters, folds):
         routine.folds_left -= routine.num_folds
         return "busy"
     try:
-        current_hash = parameter_hash(parameters, dataset, routine.num_folds)
-        overwrite = routine.settings["overwrite_results"]
-        if files["result"].exists() and not overwrite:
-            saved = read_json(files["result"])
-            if saved.get("status") == "complete" and saved.get("parameter_hash") == current_hash:
-                print(f"{label}: complete already, skipped (overwrite_results = False)")
-                routine.folds_left -= routine.num_folds
-                return "skipped"
-        if overwrite:
+        if routine.settings["overwrite_results"]:
             for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"]]:
                 path.unlink(missing_ok=True)
-        conflict = existing_results_conflict(files, current_hash)
+        reused, conflict = reusable_folds(files, experiment_dir, planned["fingerprints"])  # again: now it is ours
         if conflict:
-            raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to restart it, "
-                            "or restore its parameter strings")
+            raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
+                            "or restore what changed")
+        if len(reused) == routine.num_folds and files["result"].exists() and \
+                read_json(files["result"]).get("status") == "complete":
+            print(f"{label}: complete already, skipped (overwrite_results = False)")
+            routine.folds_left -= routine.num_folds
+            return "skipped"
         strings = routine.settings["experiment_dict"][instance]
         atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, current_hash))
         metadata_path = dataset_paths(routine.config["paths"]["features_folder"], dataset)["metadata"]
         class_names = read_json(metadata_path).get("class_names") if metadata_path.exists() else None
         base = {"experiment": experiment, "instance": instance, "dataset": dataset,
-                "task_type": parameters["task_type"], "parameter_hash": current_hash, "class_names": class_names,
+                "task_type": parameters["task_type"], "parameter_hash": current_hash,
+                "dataset_fingerprint": routine.dataset_identity["dataset_fingerprint"], "class_names": class_names,
                 "parameter_strings": list(strings), "parameters": parameters,
                 "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix()}
-        done = [read_json(path) for path in files["fold_results"] if path.exists()]
+        done = list(reused.values())
         log_files = [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]
         routine.folds_left -= len(done)
         write_instance_json(files, base, done, "incomplete", None, log_files)
         for fold in folds:
             index = fold["fold"] - 1
-            if files["fold_results"][index].exists():
+            if index in reused:
                 continue
             job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": dataset,
-                   "parameters": parameters, "parameter_hash": current_hash, "fold": fold["fold"],
-                   "train_items": fold["train_items"], "val_items": fold["val_items"],
-                   "test_items": fold["test_items"], "all_items": sorted(fold["train_items"] + fold["val_items"] +
-                                                                         fold["test_items"]),
+                   "parameters": parameters, "fold": fold["fold"], **planned["fingerprints"][index],
+                   "dataset_files": routine.dataset_identity["dataset_files"],
                    "model_path": str(files["models"][index]),
                    "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
                    "result_path": str(files["fold_results"][index])}
@@ -662,47 +783,59 @@ def prepare(settings, argv, routine_file):
 
 
 def validate(settings, selected, gpu, routine_file, fold_runner):
-    """prepare() after the command line: parameters, dataset, folds, and the results already there."""
+    """prepare() after the command line: the plan. Every check of the routine's input runs here, once.
+
+    Parameters, the dataset (its arrays, each task type's target, a fingerprint of its content), the folds
+    (folds.json's, or a new split) and, per instance, the completed folds that can be reused: a fold made from
+    other parameters, other features or another split is refused unless overwrite_results asks to retrain it.
+    Returns (Routine, {instance: {"parameters", "hash", "fingerprints"}}, the split settings).
+    """
     config = load_config()
     signatures = architecture_signatures()
     resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
                                            f"experiment_dict[{instance}]") for instance in selected}
-    predictors, targets = load_dataset(config["paths"]["features_folder"], settings["dataset"])
-    items = None
+    dataset, num_folds = settings["dataset"], settings["num_folds"]
+    features_folder = config["paths"]["features_folder"]
+    dataset_files = dataset_file_stats(features_folder, dataset)  # before reading: a later rewrite shows
+    predictors, targets = load_dataset(features_folder, dataset)
+    items = check_dataset(predictors, targets, dataset)
     for task_type in sorted({parameters["task_type"] for parameters in resolved.values()}):
-        items = check_dataset(predictors, targets, settings["dataset"], task_type)
+        check_target(targets, dataset, task_type)
+    identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets), "dataset_files": dataset_files}
     del predictors, targets
-    make_folds(items, settings["num_folds"], config["folds"]["folds_seed"], config["folds"]["validation_share"])
     root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
     root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
         else Path(root).expanduser()
     experiment_dir = root / f"experiment_{settings['num_experiment']}"
-    split = fold_settings(settings["dataset"], items, settings["num_folds"], config["folds"])
-    if (experiment_dir / "folds.json").exists():
-        check_saved_folds(experiment_dir / "folds.json", split)
-    if not settings["overwrite_results"] and experiment_dir.exists():
-        for instance in selected:
-            files = instance_files(experiment_dir, settings["dataset"], settings["num_experiment"], instance,
-                                   settings["num_folds"])
-            conflict = existing_results_conflict(
-                files, parameter_hash(resolved[instance], settings["dataset"], settings["num_folds"]))
+    split = fold_settings(dataset, items, num_folds, config["folds"])
+    folds = planned_folds(experiment_dir, split)
+    plan = {}
+    for instance in selected:
+        current_hash = parameter_hash(resolved[instance], dataset, num_folds)
+        plan[instance] = {"parameters": resolved[instance], "hash": current_hash,
+                          "fingerprints": [fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold)
+                                           for fold in folds]}
+        if not settings["overwrite_results"] and experiment_dir.exists():
+            files = instance_files(experiment_dir, dataset, settings["num_experiment"], instance, num_folds)
+            _, conflict = reusable_folds(files, experiment_dir, plan[instance]["fingerprints"])
             if conflict:
-                raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to recompute it, "
-                                "or restore its parameter strings")
-    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner)
-    return routine, resolved, split
+                raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
+                                "or restore what changed")
+    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner, folds, identity)
+    return routine, plan, split
 
 
 def launch(settings, argv, routine_file):
-    """Run the routine; returns the exit code (0 when every selected instance is complete)."""
+    """Run the routine; returns the exit code: 0 every selected instance is complete, 1 one failed, 3 none failed
+    but some were left to another process running them (not complete yet: rerun later to check)."""
     started = time.monotonic()
-    routine, resolved, split = prepare(settings, argv, routine_file)
+    routine, plan, split = prepare(settings, argv, routine_file)
     experiment_dir = routine.experiment_dir
     outcomes = {}
     try:
         check_writable(experiment_dir)
         remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
-        folds = folds_for_experiment(experiment_dir, split)
+        write_folds(experiment_dir, split, routine.folds)
         atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
                           settings["description"].strip() + "\n")
         snapshot_code(experiment_dir, routine_file, config_path_in_use())
@@ -712,7 +845,7 @@ def launch(settings, argv, routine_file):
               flush=True)
         routine.folds_left = len(routine.selected) * routine.num_folds
         for position, instance in enumerate(routine.selected, 1):
-            outcomes[instance] = run_instance(routine, position, instance, resolved[instance], folds)
+            outcomes[instance] = run_instance(routine, position, instance, plan[instance])
             if outcomes[instance] in ("complete", "failed"):  # its results changed
                 rebuild_spreadsheet(routine)
             if outcomes[instance] == "failed" and settings["debug_mode"]:
@@ -730,14 +863,19 @@ def launch(settings, argv, routine_file):
     if counts["failed"]:
         print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
               "are kept", file=sys.stderr)
+    if counts["failed"] or len(outcomes) < len(routine.selected):
+        return 1
     if counts["busy"]:
-        print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} were left to the routine running them")
-    return 1 if counts["failed"] or len(outcomes) < len(routine.selected) else 0
+        print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} are being run by another process and are "
+              "not complete yet (exit code 3): rerun this routine when it is done to check", file=sys.stderr)
+        return 3
+    return 0
 
 
 def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experiment_folder, overwrite_results,
                 debug_mode, experiment_dict, argv=None):
-    """Run a routine script's instances; exits the process (0 all complete, 1 some failed, 2 refused input).
+    """Run a routine script's instances; exits the process (0 all complete, 1 some failed, 2 refused input,
+    3 some left to another process).
 
     The keyword arguments are the routine script's settings of the same names; argv defaults to sys.argv[1:]
     ([FIRST [LAST [GPU]]]). Parameter strings come only from experiment_dict, i.e. from the user's own routine file.

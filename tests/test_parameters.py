@@ -55,6 +55,19 @@ def test_values_with_slash_and_equals_sign_work():
     (['optimizer = adam'], "cannot be evaluated"),
     ([3], "is not a string"),
     (['hidden_units = [8]'], "unknown parameter 'hidden_units' for architecture EXAMPLE_model"),
+    (['learning_rate = float("nan")'], "is not a finite number"),
+    (['learning_rate = 1e308 * 10'], "is not a finite number"),
+    (['dropout = -float("inf")'], "is not a finite number"),
+    (['filters = [8, float("nan")]'], "is not a finite number"),
+    (['learning_rate = 10 ** 400'], "does not fit the default"),
+    (['num_epochs = "1e400"'], "does not fit the default"),
+    (['filters = [8, 16.5]'], "filters[1]: 16.5 (float) does not fit the default 16 (int)"),
+    (['filters = ["wide"]'], "does not fit the default"),
+    (['filters = {8, 16}'], "is a set"),
+    (['dropout = 1j'], "is a complex"),
+    (['seed = -1'], "seed = -1 must be between 0 and 2**32 - 1"),
+    (['seed = 2 ** 32'], "must be between 0 and 2**32 - 1"),
+    (['patience = 3', 'early_stopping = False'], "patience = 3 has no effect with early_stopping = False"),
 ])
 def test_bad_parameter_strings_are_refused_with_one_clear_line(strings, expected):
     with pytest.raises(XvalError) as refusal:
@@ -90,7 +103,57 @@ def test_architecture_signatures_read_from_source_without_tensorflow(tmp_path):
     models.write_text(models.read_text().replace("len('ab')", "2"))
     signatures = xi.architecture_signatures(models)
     assert set(signatures) == {"A", "B"}
-    assert signatures["A"] == {"required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"}}
+    assert signatures["A"] == {"arguments": ["regularization_lambda", "width", "name"], "unsupported": None,
+                               "required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"}}
+
+
+MODELS_OF_EVERY_KIND = (
+    "def KW(input_shape, output_size, task_type, regularization_lambda, width=4, *, units=32, depth):\n    pass\n"
+    "def NO_REG(input_shape, output_size, task_type, width=4):\n    pass\n"
+    "def STARS(input_shape, output_size, task_type, width=4, **options):\n    pass\n"
+    "def ARGS(input_shape, output_size, task_type, *layers):\n    pass\n"
+    "def POSONLY(input_shape, output_size, task_type, width, /, depth=2):\n    pass\n")
+
+
+def test_keyword_only_arguments_are_parameters_like_any_other(tmp_path):
+    models = tmp_path / "models.py"
+    models.write_text(MODELS_OF_EVERY_KIND)
+    signatures = xi.architecture_signatures(models)
+    assert signatures["KW"]["arguments"] == ["regularization_lambda", "width", "units", "depth"]
+    assert signatures["KW"]["defaults"] == {"width": 4, "units": 32}
+    strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', 'architecture = "KW"']
+    with pytest.raises(XvalError, match="argument 'depth' has no default"):
+        xi.resolve_instance([*strings, "units = 8"], TRAINING, signatures, "i")
+    models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=len('ab')"))
+    with pytest.raises(XvalError, match="the default of KW's argument 'depth' is not a literal"):
+        xi.architecture_signatures(models)
+    models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
+    parameters = xi.resolve_instance([*strings, "units = 8"], TRAINING, xi.architecture_signatures(models), "i")
+    assert parameters["units"] == 8 and parameters["depth"] == 1
+
+
+@pytest.mark.parametrize("architecture, strings, expected", [
+    ("STARS", [], "define_models.STARS takes **options, so xval cannot tell which parameters reach the model"),
+    ("ARGS", [], "define_models.ARGS takes *layers"),
+    ("POSONLY", [], "positional-only arguments after task_type"),
+    ("NO_REG", ["regularization_lambda = 0.1"], "regularization_lambda would never reach the model: architecture "
+                                                "NO_REG has no argument 'regularization_lambda'"),
+])
+def test_an_argument_the_model_would_never_receive_is_refused(tmp_path, architecture, strings, expected):
+    models = tmp_path / "models.py"
+    models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
+    base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', f'architecture = "{architecture}"']
+    with pytest.raises(XvalError) as refusal:
+        xi.resolve_instance([*base, *strings], TRAINING, xi.architecture_signatures(models), "i")
+    assert expected in str(refusal.value) and "\n" not in str(refusal.value)
+
+
+def test_a_model_only_training_key_is_left_out_where_the_architecture_does_not_take_it(tmp_path):
+    models = tmp_path / "models.py"
+    models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
+    base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', 'architecture = "NO_REG"']
+    parameters = xi.resolve_instance(base, TRAINING, xi.architecture_signatures(models), "i")
+    assert "regularization_lambda" not in parameters and parameters["width"] == 4
 
 
 def test_an_architecture_default_that_shadows_a_config_key_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import soundfile as sf
 
 import demo_corpus
 import preprocessing_ravdess as prep
-from utility_functions import check_dataset, dataset_paths, load_config, load_dataset
+from utility_functions import check_dataset, check_target, dataset_paths, load_config, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"features": {"n_fft": "512", "win_length": "512", "hop_length": "256", "n_mels": "32", "n_mfcc": "13"},
@@ -97,7 +97,8 @@ def test_actor_folders_give_per_actor_arrays_equal_to_librosa(corpus, small_conf
             first["vocal_channel"]) == ("01", "neutral", "normal", 1, 1, "speech")
     assert metadata["skipped"] == [] and len(metadata["fingerprint"]) == 64
     x, y = load_dataset(config["paths"]["features_folder"], "small")  # the engine's loader accepts it
-    assert check_dataset(x, y, "small", "classification") == ["01", "02", "03"]
+    assert check_dataset(x, y, "small") == ["01", "02", "03"]
+    check_target(y, "small", "classification")
 
 
 def test_flat_folder_gives_the_same_dataset(corpus, small_config, tmp_path):
@@ -144,7 +145,8 @@ def test_intensity_target_and_default_names_coexist(corpus, small_config, capsys
         np.testing.assert_array_equal(values, [codes(name)["intensity"] - 1 for name in files])
         np.testing.assert_array_equal(intensity[0][actor], emotion[0][actor])
     x, y = load_dataset(features_folder, "ravdess_intensity")
-    assert check_dataset(x, y, "ravdess_intensity", "regression") == ["01", "02", "03"]
+    assert check_dataset(x, y, "ravdess_intensity") == ["01", "02", "03"]
+    check_target(y, "ravdess_intensity", "regression")
     assert prep.default_dataset_name(True, "intensity") == "ravdess_demo_intensity"
     assert prep.default_dataset_name(True, "emotion") == "ravdess_demo"
 
@@ -313,12 +315,14 @@ def test_tiny_features_fixture_holds_both_datasets(tiny_features):
     assert Path(tiny_features["config_path"]).is_file()
     assert Path(tiny_features["features_folder"]).is_relative_to(tiny_features["root"])
     x, y = load_dataset(tiny_features["features_folder"], tiny_features["emotion_dataset"])
-    assert check_dataset(x, y, "tiny", "classification") == ["01", "02", "03", "04", "05", "06"]
+    assert check_dataset(x, y, "tiny") == ["01", "02", "03", "04", "05", "06"]
+    check_target(y, "tiny", "classification")
     assert all(array.shape == (14, 1 + 16000 // 256, 32) and array.dtype == np.float32 for array in x.values())
     used = sorted({int(column) for target in y.values() for column in target.argmax(axis=1)})
     assert used == [0, 2, 3, 4]  # neutral, happy, sad, angry
     x_intensity, y_intensity = load_dataset(tiny_features["features_folder"], tiny_features["intensity_dataset"])
-    assert check_dataset(x_intensity, y_intensity, "tiny_intensity", "regression") == sorted(x)
+    assert check_dataset(x_intensity, y_intensity, "tiny_intensity") == sorted(x)
+    check_target(y_intensity, "tiny_intensity", "regression")
     assert all(np.array_equal(x[item], x_intensity[item]) for item in x)
     assert sorted(np.unique(np.concatenate(list(y_intensity.values())))) == [0.0, 1.0]
 
