@@ -25,12 +25,12 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from utility_functions import commit_temp_file, remove_stale_temp_files, temp_path_for
+from utility_functions import RAVDESS_EMOTIONS, commit_temp_file, remove_stale_temp_files, temp_path_for
 
 SAMPLE_RATE = 48000  # Hz, as RAVDESS
 SYNTH_RATE = 24000  # Hz, the voice is made at this rate (it has nothing above 12 kHz), then upsampled
 SUBTYPE = "PCM_16"
-EMOTION_NAMES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")  # codes 01..08
+EMOTION_NAMES = RAVDESS_EMOTIONS  # codes 01..08
 ALL_EMOTIONS = tuple(range(1, 9))
 INTENSITIES = (1, 2)  # 01 normal, 02 strong; neutral has only 01
 N_ACTORS = 24

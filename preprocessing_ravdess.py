@@ -36,16 +36,16 @@ import threadpoolctl
 from tqdm import tqdm
 
 import feat_analysis
-from utility_functions import (TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file, config_path_in_use,
-                               dataset_paths, exit_on_user_error, load_config, read_json, remove_stale_temp_files,
-                               temp_path_for)
+from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
+                               config_path_in_use, dataset_paths, exit_on_user_error, load_config, read_json,
+                               remove_stale_temp_files, temp_path_for)
 
 FORMAT_VERSION = 1  # part of the fingerprint: bump when the output of the same inputs changes
 DEFAULT_DATASET = "ravdess"
 DEMO_DATASET = "ravdess_demo"
 INTENSITY_SUFFIX = "_intensity"
 TARGETS = ("emotion", "intensity")
-EMOTION_NAMES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")  # codes 01..08
+EMOTION_NAMES = RAVDESS_EMOTIONS  # codes 01..08
 INTENSITY_NAMES = ("normal", "strong")  # codes 01, 02
 VOCAL_CHANNEL_NAMES = ("speech", "song")  # codes 01, 02
 RESAMPLER = "soxr_hq"  # librosa.load's default resampler

@@ -9,7 +9,9 @@ experiment of the lowest-numbered instance (so the name stays the same while an 
 
 Sheets:
   summary      one row per instance: parameters that differ, status, mean and std over folds of every metric,
-               best mean and lowest std highlighted, paired t-test p-value against the best instance
+               best mean and lowest std highlighted, the instance chosen on validation marked best, paired
+               t-test p-values against it, and the selection-aware test estimate to report
+               (also written to EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json)
   summary_*    the same for the other task type when an experiment mixes classification and regression
                ("summary" holds the task type of the lowest-numbered instance)
   folds(_*)    one row per instance and fold: every metric, epochs, seconds and test items
@@ -41,7 +43,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
-                               TASK_TYPES, XvalError, atomic_write_bytes, commit_temp_file, exit_on_user_error,
+                               TASK_TYPES, XvalError, atomic_write_bytes, atomic_write_json, commit_temp_file,
+                               exit_on_user_error,
                                read_json, temp_path_for)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,6 +55,11 @@ PLOTS_SUBFOLDER = "plots"
 RESULT_FILE_GLOB = "results_*_exp*_run*.json"
 RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
 OUTPUT_NAME = "{dataset}_exp{experiment}_results_spreadsheet.xlsx"
+SUMMARY_NAME = "{dataset}_exp{experiment}_summary.json"
+SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
+                 "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
+                 "the mean and std over folds of the test value of the instance best on each fold's validation "
+                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
 STATUSES = ("complete", "incomplete", "failed")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
@@ -290,24 +298,80 @@ def paired_p_value(best_values, other_values):
     return p_value if math.isfinite(p_value) else None
 
 
-def significance_column(instances, task_type):
-    """{position: (p-value or None, label)} for the summary sheet.
+def mean_and_std(values):
+    """{"mean", "std", "folds"} of a list of numbers; std with ddof=1 (None for fewer than two), mean None if empty."""
+    values = list(values)
+    return {"mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
 
-    Labels: 'best'; 'yes' or 'no' (differs from the best at SIGNIFICANCE_LEVEL); 'no (identical)' when every fold
-    has the same value as the best's (the t-test is undefined then); 'n/a' with fewer than two paired folds;
-    '' for incomplete and failed instances. The best instance is the complete one with the best test mean of the
-    task's main metric (the lowest-numbered one among ties).
+
+def ranked_first(candidates, higher_is_better):
+    """The key of the best value in {key: value}: highest or lowest, the lowest key among ties; None if empty."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda key: (-candidates[key] if higher_is_better else candidates[key], key))
+
+
+def routine_summary(instances, task_type):
+    """The honest numbers of a routine (one task type), derived from the complete instances' fold results alone.
+
+    main_metric is MAIN_METRIC[task_type]. Returns None without a complete instance, else:
+      chosen_on_validation: the instance with the best mean main metric over folds on validation (the one marked
+        best): selection never looks at a test fold;
+      selection_aware_test: in each fold, the instance with the best validation value in that fold; the mean and
+        std over folds of their test values (a nested cross-validation estimate of "run this routine, keep its
+        winner"), with the per-fold choices;
+      chosen_test: the chosen instance's own test mean and std (selected on validation, but on every fold at once);
+      highest_test_mean: the instance with the best test mean: optimistic, since it is chosen by its test score;
+      instances: each complete instance's validation and test mean and std.
+    """
+    metric, higher = MAIN_METRIC[task_type], HIGHER_IS_BETTER[MAIN_METRIC[task_type]]
+    complete = {instance.id: instance for instance in instances if instance.is_complete}
+    if not complete:
+        return None
+    values = {number: {split: fold_values(instance, split, metric) for split in ("val", "test")}
+              for number, instance in complete.items()}
+    per_instance = {number: {split: mean_and_std(values[number][split].values()) for split in ("val", "test")}
+                    for number in complete}
+    chosen = ranked_first({number: entry["val"]["mean"] for number, entry in per_instance.items()
+                           if entry["val"]["mean"] is not None}, higher)
+    highest = ranked_first({number: entry["test"]["mean"] for number, entry in per_instance.items()
+                            if entry["test"]["mean"] is not None}, higher)
+    per_fold = []
+    for fold in sorted({fold for entry in values.values() for fold in entry["val"]}):
+        candidates = {number: entry["val"][fold] for number, entry in values.items()
+                      if fold in entry["val"] and fold in entry["test"]}
+        winner = ranked_first(candidates, higher)
+        if winner is not None:
+            per_fold.append({"fold": fold, "instance": winner, "val": values[winner]["val"][fold],
+                             "test": values[winner]["test"][fold]})
+    return {"task_type": task_type, "main_metric": metric, "higher_is_better": higher,
+            "complete_instances": sorted(complete),
+            "chosen_on_validation": None if chosen is None else {"instance": chosen,
+                                                                 "val": per_instance[chosen]["val"]},
+            "selection_aware_test": {**mean_and_std(entry["test"] for entry in per_fold), "per_fold": per_fold},
+            "chosen_test": None if chosen is None else per_instance[chosen]["test"],
+            "highest_test_mean": None if highest is None else {"instance": highest,
+                                                               "test": per_instance[highest]["test"]},
+            "instances": [{"instance": number, **per_instance[number]} for number in sorted(complete)]}
+
+
+def significance_column(instances, task_type, chosen):
+    """{position: (p-value or None, label)} for the summary sheet; chosen: the instance id chosen on validation.
+
+    Labels: 'best' for the chosen instance; 'yes' or 'no' (its per-fold test values differ from the chosen
+    instance's at SIGNIFICANCE_LEVEL); 'no (identical)' when every fold has the same value (the t-test is undefined
+    then); 'n/a' with fewer than two paired folds; '' for incomplete and failed instances.
     """
     metric = MAIN_METRIC[task_type]
     column = {position: (None, "") for position in range(len(instances))}
-    best = sorted(best_positions(instances, "test", metric))
-    if not best:
+    best_instance = next((instance for instance in instances if instance.id == chosen), None)
+    if best_instance is None:
         return column
-    best_instance = instances[best[0]]
     for position, instance in enumerate(instances):
         if not instance.is_complete:
             continue
-        if position == best[0]:
+        if instance is best_instance:
             column[position] = (None, "best")
             continue
         best_values, other_values = paired_fold_values(best_instance, instance, metric)
@@ -445,6 +509,12 @@ def default_output_path(experiment_folder, instances):
     """EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx after the lowest-numbered instance."""
     first = instances[0]
     return Path(experiment_folder) / OUTPUT_NAME.format(dataset=first.dataset, experiment=first.experiment)
+
+
+def summary_path(experiment_folder, instances):
+    """EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json after the lowest-numbered instance, beside the spreadsheet."""
+    first = instances[0]
+    return Path(experiment_folder) / SUMMARY_NAME.format(dataset=first.dataset, experiment=first.experiment)
 
 
 def metric_label(metric):
@@ -726,13 +796,42 @@ def summary_cell(column, instance, position, context):
     return summary_value(instance, split, metric, stat), style
 
 
-def write_summary_sheet(workbook, formats, name, instances, task_type, output_path):
-    """One row per instance with the parameters that differ, status, significance and every metric."""
+def honest_lines(summary):
+    """The sentences that say which number to report, from a routine_summary (None: no complete instance)."""
+    if summary is None or summary["chosen_on_validation"] is None:
+        return ["No complete instance yet: nothing is chosen and no estimate is reported."]
+    main = metric_label(summary["main_metric"])
+    chosen, estimate = summary["chosen_on_validation"], summary["selection_aware_test"]
+    chosen_test, highest = summary["chosen_test"], summary["highest_test_mean"]
+    worse = "lower" if summary["higher_is_better"] else "higher"
+
+    def plus_minus(entry):
+        return f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
+
+    choices = ", ".join(str(entry["instance"]) for entry in estimate["per_fold"])
+    lines = [f"Best = chosen on validation: instance {chosen['instance']} (mean validation {main} "
+             f"{chosen['val']['mean']:.3f} over {chosen['val']['folds']} folds); 'p vs best' tests the others "
+             "against it on the test folds.",
+             f"Report for this routine: selection-aware test {main} {plus_minus(estimate)} over "
+             f"{estimate['folds']} folds (in each fold, the instance best on that fold's validation items, scored on "
+             f"its test items; chosen per fold: {choices}).",
+             f"Instance {chosen['instance']}'s own test {main}: {plus_minus(chosen_test)}."]
+    if highest is not None and len(summary["complete_instances"]) > 1:
+        lines.append(f"Highest test mean of any instance: instance {highest['instance']}, "
+                     f"{highest['test']['mean']:.3f}: optimistic, since it is picked by looking at the test folds; "
+                     f"the numbers above never use a test fold to choose, which is why they are usually {worse}.")
+    return lines
+
+
+def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
+    """One row per instance with the parameters that differ, status, significance and every metric, under the
+    sentences that say which instance is chosen (on validation) and which test number to report."""
     worksheet = workbook.add_worksheet(name)
     varying, shared = split_parameters(instances)
     columns = summary_columns(instances, task_type, varying)
     metrics = ordered_metrics(task_type)
-    context = {"k": fold_count(instances), "significance": significance_column(instances, task_type),
+    chosen = summary["chosen_on_validation"]["instance"] if summary and summary["chosen_on_validation"] else None
+    context = {"k": fold_count(instances), "significance": significance_column(instances, task_type, chosen),
                "best": {(m, s): best_positions(instances, s, m) for m in metrics for s in SPLITS},
                "lowest_std": {(m, s): lowest_std_positions(instances, s, m) for m in metrics for s in SPLITS}}
 
@@ -743,7 +842,11 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
                 f"{counts['failed']} failed), {context['k']} folds; mean and std over folds. "
                 f"Updated {time.strftime('%Y-%m-%d %H:%M')}")
 
-    header_row, first_data_row = 2, 4
+    lines = honest_lines(summary)
+    for offset, line in enumerate(lines):
+        worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
+    header_row = 3 + len(lines)
+    first_data_row = header_row + 2
     metric_start = next(index for index, column in enumerate(columns) if column.kind == "metric")
     for index, column in enumerate(columns[:metric_start]):
         write_header(worksheet, formats, header_row, index, index, column.label, rows=2)
@@ -793,7 +896,8 @@ def write_summary_notes(worksheet, formats, row, task_type):
     higher = ", ".join(metric_label(m) for m in METRICS_BY_TASK[task_type] if HIGHER_IS_BETTER[m])
     lower = ", ".join(metric_label(m) for m in METRICS_BY_TASK[task_type] if not HIGHER_IS_BETTER[m])
     swatches = [(formats(bg_color=BEST_FILL, font_color=BEST_FONT, bold=True, border=1, border_color=GRID_COLOR),
-                 "best", f"best mean among complete instances (highest {higher}; lowest {lower})"),
+                 "best", f"best mean of its column among complete instances (highest {higher}; lowest {lower}); "
+                         "on test columns only a description: the instance marked 'best' is chosen on validation"),
                 (formats(bg_color=LOWEST_STD_FILL, font_color=LOWEST_STD_FONT, border=1, border_color=GRID_COLOR),
                  "std", "lowest std over folds among complete instances (the steadiest)"),
                 (formats(font_color=EXCLUDED_FONT, italic=True), "grey",
@@ -803,7 +907,8 @@ def write_summary_notes(worksheet, formats, row, task_type):
         worksheet.write_string(row, 0, sample, fill)
         worksheet.write_string(row, 1, text, note)
         row += 1
-    explanation = (f"p vs best: {TEST_NAME} of each complete instance against the best one on the per-fold test "
+    explanation = (f"p vs best: {TEST_NAME} of each complete instance against the best one (chosen on "
+                   f"validation) on the per-fold test "
                    f"{main}, paired by fold number; 'yes' = the difference is significant at "
                    f"{SIGNIFICANCE_LEVEL} (not corrected for multiple comparisons); 'n/a' = fewer than 2 folds "
                    "to pair.")
@@ -1045,8 +1150,11 @@ def check_output_path(output_path):
     return output_path
 
 
-def build_workbook(path, instances, experiment_folder, output_path):
-    """Write every sheet into a new xlsx file at path; links are made relative to output_path."""
+def build_workbook(path, instances, summaries, experiment_folder, output_path):
+    """Write every sheet into a new xlsx file at path; links are made relative to output_path.
+
+    summaries: {task type: routine_summary of that task type's instances}.
+    """
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
                                                "strings_to_urls": False})
     formats = FormatCache(workbook)
@@ -1054,7 +1162,7 @@ def build_workbook(path, instances, experiment_folder, output_path):
     first_task_type = next(iter(groups))
     for task_type, group in groups.items():
         write_summary_sheet(workbook, formats, sheet_name("summary", task_type, first_task_type), group,
-                            task_type, output_path)
+                            task_type, output_path, summaries[task_type])
     for task_type, group in groups.items():
         write_folds_sheet(workbook, formats, sheet_name("folds", task_type, first_task_type), group, task_type)
     if "classification" in groups:
@@ -1077,9 +1185,14 @@ def write_spreadsheet(experiment_folder, output_path=None):
         raise XvalError(f"no results in {experiment_folder / RESULTS_SUBFOLDER} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     output_path = check_output_path(output_path or default_output_path(experiment_folder, instances)).resolve()
+    summaries = {task_type: routine_summary(group, task_type) for task_type, group in group_by_task(instances).items()}
     temp = temp_path_for(output_path)
     try:
-        build_workbook(temp, instances, experiment_folder, output_path)
+        atomic_write_json(summary_path(experiment_folder, instances),
+                          {"experiment": instances[0].experiment, "datasets": list(dict.fromkeys(
+                              instance.dataset for instance in instances)), "about": SUMMARY_ABOUT,
+                           "task_types": summaries})
+        build_workbook(temp, instances, summaries, experiment_folder, output_path)
         commit_temp_file(temp, output_path)
     except (OSError, xlsxwriter.exceptions.XlsxWriterException) as error:
         raise XvalError(f"cannot write {output_path} ({error}): check the folder is writable and the file "

@@ -41,6 +41,8 @@ DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architectu
 # what training.py may monitor for early stopping and best-model selection, by task type
 MONITORABLE = {"classification": ("val_loss", "val_accuracy"), "regression": ("val_loss", "val_mae", "val_rmse")}
 SPLITS = ("train", "val", "test")
+# RAVDESS emotion codes 01..08, read by preprocessing_ravdess.py and written by demo_corpus.py
+RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 # the line protocol between the fold server (training.py --serve) and the routine (xval_instance.FoldRunner);
 # here, so that the routine reads it without importing training.py and what that imports
 ERROR_PREFIX = "xval-error: "

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS,
-                               MONITORABLE, OPTIMIZERS,
-                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES,
-                               XvalError, atomic_write_json, atomic_write_text, check_dataset, check_target, claim,
+from utility_functions import (DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC,
+                               MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
+                               SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset, check_target, claim,
                                config_path_in_use, dataset_file_stats, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, file_mutex, load_config, load_dataset, read_json, release,
                                remove_stale_temp_files)
@@ -136,7 +135,7 @@ def check_plain_value(value, where):
 
 
 def parse_parameter_string(text, where):
-    """'name = value' -> (name, value): one Python assignment to one name, the value a Python expression of plain data."""
+    """'name = value' -> (name, value): one Python assignment to one name, its value an expression of plain data."""
     if not isinstance(text, str):
         raise XvalError(f"{where}: {text!r} is not a string: write parameters as 'name = value' strings")
     try:
@@ -649,6 +648,18 @@ def rebuild_spreadsheet(routine):
         return None
 
 
+def print_choice(experiment_dir):
+    """Print which instance is chosen on validation and the test number to report, from the summary JSON that
+    the last spreadsheet rebuild wrote (nothing if there is none)."""
+    import results_to_excel
+    summaries = sorted(experiment_dir.glob(results_to_excel.SUMMARY_NAME.format(dataset="*", experiment="*")),
+                       key=lambda path: path.stat().st_mtime)
+    if summaries:
+        for summary in read_json(summaries[-1])["task_types"].values():
+            for line in results_to_excel.honest_lines(summary)[:2]:
+                print(f"xval: {line}")
+
+
 def run_instance(routine, position, instance, planned):
     """Train the missing folds of one instance and write its results. Returns complete|failed|skipped|busy.
 
@@ -860,6 +871,7 @@ def launch(settings, argv, routine_file):
     print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +
           ", ".join(f"{len(ids)} {status} ({', '.join(map(str, ids))})" for status, ids in counts.items() if ids) +
           f". Results: {experiment_dir}")
+    print_choice(experiment_dir)
     if counts["failed"]:
         print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
               "are kept", file=sys.stderr)

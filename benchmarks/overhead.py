@@ -209,7 +209,7 @@ def fold_breakdown(records, run, child_pid):
     parts["child_start"] = run_fold["t0"] - forked
     inside = (run_fold["t0"], run_fold["t1"])
     parts["fold_data"] = sum(duration(child, name, within=inside) for name in (
-        "fold.load_dataset", "fold.check_dataset", "fold.stack_items", "fold.normalisation_statistics"))
+        "fold.load_dataset", "fold.stack_items", "fold.normalisation_statistics"))
     parts["build"] = duration(child, "fold.build_model", within=inside)
     parts["compile"] = duration(child, "keras.compile", within=inside)
     parts["fit"] = duration(child, "keras.fit", within=inside)

@@ -1,7 +1,8 @@
 """Realistic result files of an experiment for the spreadsheet tests: random but valid values, fixed seeds.
 
 build_experiment(root) writes experiment_1/ with
-  1-3  complete classification instances (different learning rates and dropout; 2 is clearly the best)
+  1-3  complete classification instances (different learning rates and dropout; 2 is the best on test, 3 looks
+       best on validation)
   4    a failed classification instance (no folds, an error)
   5    an incomplete classification instance (3 of 5 folds)
   6-7  complete regression instances on another dataset
@@ -42,6 +43,9 @@ INSTANCES = {
     7: ("ravdess_intensity", "regression", "complete", 0.08, {"learning_rate": 0.0005, "dropout": 0.2},
         ("intensity, lower lr", "")),
 }
+# validation-only advantage: instance 3 looks best on validation while 2 is best on test, the case where choosing
+# on test and choosing on validation disagree (regression: 6 has the lower validation error, 7 the lower test error)
+VALIDATION_BONUS = {3: 0.05, 6: 0.12}
 FAILED_ERROR = "ResourceExhaustedError: OOM when allocating tensor with shape [32,256,128,64]"
 
 
@@ -76,13 +80,13 @@ def history(rng, task_type, epochs):
             "rmse": list(0.4 + decay / 2 + noise()), "val_rmse": list(0.5 + decay / 2 + noise())}
 
 
-def make_fold(rng, fold_number, task_type, quality, fold_effects):
+def make_fold(rng, fold_number, task_type, quality, fold_effects, validation_bonus=0.0):
     """One completed fold with metrics, history, predictions and (classification) a confusion matrix."""
     train_items, val_items, test_items = fold_items(fold_number)
     epochs = int(rng.integers(4, 9))
     fold = {"fold": fold_number, "train_items": train_items, "val_items": val_items, "test_items": test_items,
             "metrics": {split: metric_values(rng, task_type, fold_effects[fold_number - 1] + shift, quality)
-                        for split, shift in (("train", 0.15), ("val", 0.03), ("test", 0.0))},
+                        for split, shift in (("train", 0.15), ("val", 0.03 + validation_bonus), ("test", 0.0))},
             "history": history(rng, task_type, epochs), "best_epoch": int(rng.integers(1, epochs + 1)),
             "epochs_run": epochs, "seconds": float(rng.uniform(5, 40)),
             "model_file": f"models/model_exp{EXPERIMENT}_fold{fold_number}.hdf5"}
@@ -122,7 +126,8 @@ def make_instance(instance_id, seed=0, number=None):
     rng = np.random.default_rng(seed * 100 + instance_id)
     fold_effects = np.random.default_rng(seed).normal(0, 0.06, FOLDS)  # the same folds are hard for everyone
     done = {"complete": FOLDS, "incomplete": 3, "failed": 0}[status]
-    folds = [make_fold(rng, number, task_type, quality, fold_effects) for number in range(1, done + 1)]
+    folds = [make_fold(rng, number, task_type, quality, fold_effects, VALIDATION_BONUS.get(instance_id, 0.0))
+             for number in range(1, done + 1)]
     if task_type == "regression" and folds:
         folds[0]["metrics"]["val"]["pearson_r"] = None  # undefined (constant predictions) happens
     parameters = {"comment_1": comment_1, "comment_2": comment_2, "task_type": task_type,

@@ -33,6 +33,10 @@ CATALOGUE = [
      "does not fit the default"),
     ("parameter-unquoted-string", {"experiment_dict": {1: GOOD + ["optimizer = adam"]}}, [], None,
      "quote strings"),
+    ("parameter-not-finite", {"experiment_dict": {1: GOOD + ['learning_rate = float("nan")']}}, [], None,
+     "is not a finite number"),
+    ("parameter-without-effect", {"experiment_dict": {1: GOOD + ["patience = 2", "early_stopping = False"]}}, [],
+     None, "has no effect with early_stopping = False"),
     ("parameter-mandatory-missing", {"experiment_dict": {1: without(GOOD, "comment_2")}}, [], None,
      "mandatory parameter comment_2 missing"),
     ("parameter-assigned-twice", {"experiment_dict": {1: GOOD + ['architecture = "CNN"']}}, [], None,
@@ -64,6 +68,7 @@ CATALOGUE = [
     ("config-missing-key", {}, [], "drop-patience", "[training] patience is missing"),
     ("config-wrong-type", {}, [], "batch-size-text", "[training] batch_size = 'many' is not a whole number"),
     ("config-bad-choice", {}, [], "optimizer-unknown", "is not one of adam"),
+    ("config-not-finite", {}, [], "learning-rate-nan", "[training] learning_rate = 'nan' is not a finite number"),
 ]
 
 
@@ -76,6 +81,8 @@ def edit_config(source, target, edit):
         text = "\n".join(line for line in text.splitlines() if not line.startswith("patience"))
     elif edit == "batch-size-text":
         text = text.replace("batch_size = 32", "batch_size = many")
+    elif edit == "learning-rate-nan":
+        text = text.replace("learning_rate = 0.001", "learning_rate = nan")
     elif edit == "optimizer-unknown":
         text = text.replace("optimizer = adam", "optimizer = adamm")
     if edit != "delete":

@@ -211,3 +211,60 @@ def test_an_architecture_that_returns_no_model_is_reported(tiny_features, tmp_pa
     document = instance_json(project / "experiments" / "experiment_1", 1)
     assert document["status"] == "failed" and "returned list, not a keras.Model" in document["error"]
 
+
+
+EVERY_KIND_OF_ARGUMENT = '''
+
+def EVERY_KIND_model(input_shape, output_size, task_type, regularization_lambda, hidden=4, *, units=32):
+    """A positional argument with a default (hidden), a keyword-only one (units), a [training] one."""
+    l2 = regularizers.L2(regularization_lambda)
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.GlobalAveragePooling1D()(inputs)
+    x = layers.Dense(hidden, activation="relu", kernel_regularizer=l2, name="hidden")(x)
+    x = layers.Dense(units, activation="relu", kernel_regularizer=l2, name="units")(x)
+    return keras.Model(inputs, output_layer(output_size, task_type)(x))
+
+
+def _keep(function):
+    def wrapper(*arguments, **keywords):
+        return function(*arguments[:4])
+    return wrapper
+
+
+@_keep
+def DECORATED_model(input_shape, output_size, task_type, regularization_lambda, hidden=4):
+    return EVERY_KIND_model(input_shape, output_size, task_type, regularization_lambda, hidden=hidden)
+'''
+
+
+def test_keyword_only_positional_and_training_arguments_reach_the_saved_model(tiny_features, tmp_path):
+    import keras
+    project = copy_project(tmp_path / "project")
+    with open(project / "define_models.py", "a", encoding="utf-8") as models:
+        models.write(EVERY_KIND_OF_ARGUMENT)
+    model = ['architecture = "EVERY_KIND_model"', "num_epochs = 1", "batch_size = 16"]
+    routine = write_routine(project, {1: instance("every kind", "hidden = 5", "units = 7",
+                                                  "regularization_lambda = 0.031", model=model)})
+    completed = run_routine(routine, tiny_features["config_path"], project=project)
+    assert completed.returncode == 0, completed.stderr
+    experiment_dir = project / "experiments" / "experiment_1"
+    for fold in instance_json(experiment_dir, 1)["folds"]:
+        saved = keras.models.load_model(experiment_dir / fold["model_file"])
+        core = saved.get_layer("functional") if "functional" in [layer.name for layer in saved.layers] else \
+            next(layer for layer in saved.layers if isinstance(layer, keras.Model))
+        assert core.get_layer("hidden").units == 5  # positional, overridden
+        assert core.get_layer("units").units == 7  # keyword-only, overridden
+        for name in ("hidden", "units"):  # [training] key, overridden
+            assert core.get_layer(name).kernel_regularizer.l2 == pytest.approx(0.031)
+
+
+def test_a_decorator_that_drops_arguments_fails_the_fold_instead_of_ignoring_them(tiny_features, tmp_path):
+    project = copy_project(tmp_path / "project")
+    with open(project / "define_models.py", "a", encoding="utf-8") as models:
+        models.write(EVERY_KIND_OF_ARGUMENT)
+    routine = write_routine(project, {1: instance("decorated", "hidden = 5", model=[
+        'architecture = "DECORATED_model"', "num_epochs = 1"])})
+    completed = run_routine(routine, tiny_features["config_path"], project=project)
+    assert completed.returncode == 1
+    document = instance_json(project / "experiments" / "experiment_1", 1)
+    assert document["status"] == "failed" and "as imported does not take the parameters" in document["error"]

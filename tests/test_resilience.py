@@ -1,16 +1,25 @@
-"""Never lose a result: SIGKILL at random moments then resume, two routines on one experiment, changed parameters."""
+"""Never lose a result: SIGKILL at observed moments then resume, two routines on one experiment, and a finished
+fold reused only when it was made from the same parameters, dataset content and split.
+
+No test here depends on the machine's speed: every kill waits for observed progress (an epoch line in a fold's
+log, a fold result appearing), then a short random delay, so it lands mid-fold or just after a fold on any machine.
+"""
 import json
 import os
 import random
+import shutil
 import signal
-import time
+import subprocess
 
+import numpy as np
 import pytest
 
 from routine_helpers import experiment_files, instance, run_routine, start_routine, write_routine
+from utility_functions import HOST
 
-KILLS = 4
 KILL_SEED = 20261122
+# (what to wait for, the longest random delay after it in seconds): mid-fold twice, just after a fold twice
+KILL_PLAN = (("epoch", 0.3), ("fold result", 0.2), ("epoch", 0.3), ("fold result", 0.2))
 
 
 def fold_files(experiment_dir):
@@ -30,23 +39,46 @@ def completed_folds(experiment_dir):
     return completed
 
 
-def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(tiny_features, tmp_path):
+def progress(experiment_dir, event):
+    """How often event has happened so far: epoch lines in the fold logs, or fold results written."""
+    if event == "fold result":
+        return len(list((experiment_dir / "results" / "folds").glob("*.json")))
+    return sum(log.read_text(errors="replace").count("xval-epoch: ")
+               for log in (experiment_dir / "logs").glob("*.log"))
+
+
+def wait_for_progress(process, experiment_dir, event):
+    """Wait until event happens once more than now; False if the routine ends first (nothing left to kill)."""
+    before = progress(experiment_dir, event) if experiment_dir.exists() else 0
+    while not experiment_dir.exists() or progress(experiment_dir, event) <= before:
+        try:
+            process.wait(timeout=0.05)  # polls the process: returns only if it ended
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    return True
+
+
+def test_sigkill_at_observed_moments_then_resume_loses_and_repeats_nothing(tiny_features, tmp_path):
     experiment_dict = {1: instance("a"), 2: instance("b", "seed = 2")}
     routine = write_routine(tmp_path, experiment_dict, num_folds=3)
     experiment_dir = tmp_path / "experiments" / "experiment_1"
-    moments = random.Random(KILL_SEED)
-    survivors = {}
-    for _ in range(KILLS):
+    delays = random.Random(KILL_SEED)
+    survivors, kills = {}, 0
+    for event, longest_delay in KILL_PLAN:
         process = start_routine(routine, tiny_features["config_path"])
-        time.sleep(moments.uniform(2.0, 9.0))
-        os.killpg(process.pid, signal.SIGKILL)  # the routine and its fold process, at once
+        if wait_for_progress(process, experiment_dir, event):
+            try:
+                process.wait(timeout=delays.uniform(0, longest_delay))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the routine and its fold processes, at once
+                kills += 1
         process.wait()
-        time.sleep(0.2)
         for name, data in completed_folds(experiment_dir).items():
             assert survivors.setdefault(name, data) == data, f"{name} was rewritten after it completed"
     finished = run_routine(routine, tiny_features["config_path"])
     assert finished.returncode == 0, finished.stderr
-    assert survivors, "no fold completed before the kills: the kill moments are too early to test anything"
+    assert kills >= 2 and survivors, "the kills did not land between observed progress and the end"
 
     import keras
     after = fold_files(experiment_dir)
@@ -70,7 +102,11 @@ def test_two_routines_on_overlapping_ranges_train_each_instance_once(tiny_featur
     routine = write_routine(tmp_path, experiment_dict, num_folds=2)
     first = start_routine(routine, tiny_features["config_path"], 1, 3, 0)
     second = start_routine(routine, tiny_features["config_path"], 2, 4, 1)
-    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    codes = (first.wait(timeout=600), second.wait(timeout=600))
+    outputs = "".join(path.read_text() for path in tmp_path.glob("*.out"))
+    # 0: every selected instance complete; 3: one was left to the other routine while it still ran it
+    assert set(codes) <= {0, 3}, outputs
+    assert outputs.count("being run by another process") == codes.count(3)
     experiment_dir = tmp_path / "experiments" / "experiment_1"
     for number in (1, 2, 3, 4):
         document = json.loads((experiment_dir / "results" / f"results_tiny_exp1_run{number}.json").read_text())
@@ -78,11 +114,99 @@ def test_two_routines_on_overlapping_ranges_train_each_instance_once(tiny_featur
         for fold in (1, 2):
             log = (experiment_dir / "logs" / f"tiny_exp1_run{number}_fold{fold}.log").read_text()
             assert log.count("\n===== ") == 1, f"instance {number} fold {fold} was trained more than once"
-    outputs = "".join(path.read_text() for path in tmp_path.glob("*.out"))
     assert outputs.count("being run by") >= 1 or outputs.count("complete already") >= 1
     assert not list(experiment_dir.rglob("*xvaltmp*"))
+    again = run_routine(routine, tiny_features["config_path"])
+    assert again.returncode == 0 and again.stdout.count("complete already") == 4
     import openpyxl
     openpyxl.load_workbook(next(experiment_dir.glob("*_results_spreadsheet.xlsx")))
+
+
+def test_an_instance_left_to_a_live_process_exits_3_not_0(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1"), 2: instance("b", "num_epochs = 1")})
+    locks = tmp_path / "experiments" / "experiment_1" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "run1.lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 3, completed.stdout + completed.stderr
+    assert "being run by another-host" in completed.stdout
+    assert "instance(s) 1 are being run by another process and are not complete yet" in completed.stderr
+    results = tmp_path / "experiments" / "experiment_1" / "results"
+    assert json.loads((results / "results_tiny_exp1_run2.json").read_text())["status"] == "complete"
+    assert not (results / "results_tiny_exp1_run1.json").exists()
+
+
+def own_features(tiny_features, folder):
+    """A config whose features folder is folder/features, holding a copy of the tiny dataset; returns its path."""
+    features = folder / "features"
+    features.mkdir(parents=True)
+    for kind in ("predictors", "target"):
+        shutil.copy2(tiny_features["features_folder"] / f"tiny_{kind}.npz", features / f"tiny_{kind}.npz")
+    text = tiny_features["config_path"].read_text()
+    config = folder / "config.ini"
+    config.write_text(text.replace(str(tiny_features["features_folder"]), str(features)))
+    return config
+
+
+def test_a_fold_trained_on_other_features_is_not_reused(tiny_features, tmp_path):
+    config = own_features(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")}, num_folds=3)
+    assert run_routine(routine, config).returncode == 0
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    for name in ("results/folds/results_tiny_exp1_run1_fold3.json", "models/model_tiny_exp1_run1_fold3.hdf5",
+                 "results/results_tiny_exp1_run1.json"):
+        (experiment_dir / name).unlink()  # as if killed before fold 3
+    with np.load(tmp_path / "features" / "tiny_predictors.npz") as archive:
+        other = {item: archive[item][:, :, :20] for item in archive.files}  # preprocessed again: 20 bands
+    np.savez(tmp_path / "features" / "tiny_predictors.npz", **other)
+    before = experiment_files(experiment_dir)
+    refused = run_routine(routine, config)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "was trained on other features than the dataset files hold now" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "overwrite_results = True" in refused.stderr
+    assert experiment_files(experiment_dir) == before
+
+
+def test_the_same_features_written_again_are_still_the_same_dataset(tiny_features, tmp_path):
+    config = own_features(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")})
+    assert run_routine(routine, config).returncode == 0
+    with np.load(tmp_path / "features" / "tiny_predictors.npz") as archive:
+        same = {item: archive[item] for item in archive.files}
+    np.savez(tmp_path / "features" / "tiny_predictors.npz", **same)  # new file, same content
+    assert "complete already" in run_routine(routine, config).stdout
+
+
+def test_after_folds_json_is_lost_a_changed_split_is_refused(tiny_features, tmp_path, config_factory):
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")}, num_folds=3)
+    assert run_routine(routine, tiny_features["config_path"]).returncode == 0
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    (experiment_dir / "folds.json").unlink()
+    (experiment_dir / "results" / "results_tiny_exp1_run1.json").unlink()
+    other_seed = tmp_path / "other" / "config.ini"
+    other_seed.parent.mkdir()
+    other_seed.write_text(tiny_features["config_path"].read_text().replace("folds_seed = 1", "folds_seed = 7"))
+    before = experiment_files(experiment_dir)
+    refused = run_routine(routine, other_seed)
+    assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
+    assert experiment_files(experiment_dir) == before and not (experiment_dir / "folds.json").exists()
+    same_seed = run_routine(routine, tiny_features["config_path"])  # the same settings make the same split
+    assert same_seed.returncode == 0, same_seed.stderr
+    assert "fold 1/3" not in same_seed.stdout and (experiment_dir / "folds.json").is_file()
+
+
+def test_a_kill_while_the_code_snapshot_is_written_does_not_block_later_runs(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    staging = tmp_path / "experiments" / "experiment_1" / "code" / f".20261130-000000_{HOST}_{dead.pid}" \
+        f".xvaltmp-{HOST}-{dead.pid}"
+    staging.mkdir(parents=True)
+    (staging / "training.py").write_text("half a copy")
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    assert not staging.exists()
+    assert [path.name for path in staging.parent.iterdir() if not path.name.startswith(".")]
 
 
 def test_changed_parameters_of_a_started_instance_are_refused(tiny_features, tmp_path):

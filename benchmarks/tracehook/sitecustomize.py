@@ -26,15 +26,15 @@ TRACE_FILE = os.environ.get(TRACE_ENV_VAR)
 
 # Functions timed in each module of the routine process (module-level names, looked up at call time by xval).
 ROUTINE_FUNCTIONS = {
-    "xval_instance": ("launch", "prepare", "check_writable", "folds_for_experiment", "snapshot_code",
+    "xval_instance": ("launch", "prepare", "check_writable", "write_folds", "snapshot_code",
                       "run_instance", "write_instance_json", "rebuild_spreadsheet", "atomic_write_json",
                       "atomic_write_text", "claim", "release", "remove_stale_temp_files", "read_json",
-                      "existing_results_conflict", "load_dataset", "check_dataset", "architecture_signatures",
+                      "reusable_folds", "load_dataset", "check_dataset", "architecture_signatures",
                       "resolve_instance", "make_folds", "load_config"),
 }
 FOLD_RUNNER_METHODS = ("start", "run", "close")
 # Functions timed in training.py (the fold server and its fold processes).
-FOLD_FUNCTIONS = ("fold_main", "run_fold", "load_for_children", "load_dataset", "check_dataset", "stack_items",
+FOLD_FUNCTIONS = ("fold_main", "run_fold", "load_for_children", "load_dataset", "stack_items",
                   "normalisation_statistics", "build_model", "make_callbacks", "predict_and_score",
                   "atomic_write_json", "commit_temp_file", "read_json")
 KERAS_METHODS = ("fit", "compile", "save", "predict", "set_weights")
