@@ -229,6 +229,18 @@ def predict_and_score(model, task_type, x, y, owner, batch_size):
     return scores, predictions, confusion
 
 
+class Stopwatch:
+    """Seconds between successive laps: lap(name) records the time since the previous lap (or since it was made)."""
+
+    def __init__(self):
+        self.laps, self._last = {}, time.monotonic()
+
+    def lap(self, name):
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def run_fold(job, loaded=None):
     """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result.
 
@@ -243,6 +255,7 @@ def run_fold(job, loaded=None):
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     keras.utils.set_random_seed(parameters["seed"])
+    clock = Stopwatch()  # where the fold's time goes, recorded in its result
 
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
         raise XvalError(f"the files of dataset '{job['dataset']}' changed since the routine checked them "
@@ -256,6 +269,7 @@ def run_fold(job, loaded=None):
     output_size = y_train.shape[1] if task_type == "classification" else 1
 
     mean, variance = normalisation_statistics(x_train)
+    clock.lap("data")
     model = build_model(keras, define_models, parameters, x_train.shape[1:], output_size, mean, variance)
     if task_type == "classification":
         loss, keras_metrics = "categorical_crossentropy", ["accuracy"]
@@ -264,6 +278,7 @@ def run_fold(job, loaded=None):
         keras_metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
     model.compile(optimizer=make_optimizer(keras, parameters["optimizer"], parameters["learning_rate"]),
                   loss=loss, metrics=keras_metrics)
+    clock.lap("build")
 
     monitor = parameters["save_best_model_metric"]
     mode = monitor_mode(monitor, parameters["save_best_model_mode"])
@@ -274,10 +289,12 @@ def run_fold(job, loaded=None):
     if best.best_weights is None:
         raise XvalError(f"no epoch gave a finite {monitor}: lower learning_rate or check the features")
     model.set_weights(best.best_weights)
+    clock.lap("fit")
 
     temp = temp_path_for(job["model_path"])
     model.save(temp)  # .hdf5: Keras 3 writes the legacy HDF5 format, optimizer state included
     commit_temp_file(temp, job["model_path"])
+    clock.lap("save")
 
     result = {"fold": job["fold"], "parameter_hash": job["parameter_hash"],
               "dataset_fingerprint": job["dataset_fingerprint"],
@@ -296,6 +313,8 @@ def run_fold(job, loaded=None):
                 result["confusion_matrix"]["test"] = confusion.tolist()
     if task_type == "regression":
         del result["confusion_matrix"]
+    clock.lap("evaluate")
+    result["timings"] = clock.laps
     result["seconds"] = round(time.monotonic() - started, 3)
     atomic_write_json(job["result_path"], result)
     return result

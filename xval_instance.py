@@ -574,21 +574,33 @@ class FoldRunner:
 
 
 class Routine:
-    """The settings of one launch of a routine script, and the state of its progress (for the ETA)."""
+    """One launch of a routine script: its settings, its plan, and what it has timed so far."""
 
-    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner, folds, dataset_identity):
+    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner, folds, dataset_identity,
+                 missing):
         self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
         self.experiment_dir, self.folds = experiment_dir, folds
         self.dataset_identity = dataset_identity  # {"dataset_fingerprint", "dataset_files"}: what the plan checked
+        self.missing = missing  # {instance: folds it had to train when the plan was made}
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
-        self.fold_seconds, self.folds_left = [], 0
         self.show_progress = sys.stdout.isatty()
         self.fold_runner = fold_runner
+        self.phases = {}  # {phase: seconds} of this launch, see launch()
+        self.fold_runs = []  # [{"instance", "fold", "seconds", "exit_code"}]: each fold process of this launch
 
-    def eta(self):
-        """Seconds left, from the mean fold time of this launch."""
-        return np.mean(self.fold_seconds) * self.folds_left if self.fold_seconds else None
+    def record_fold(self, instance, fold, seconds, exit_code):
+        """Remember one fold process's wall time (seen from this process) and exit code."""
+        self.fold_runs.append({"instance": instance, "fold": fold, "seconds": round(seconds, 3),
+                               "exit_code": exit_code})
+
+    def eta(self, position, left_in_instance):
+        """Seconds left: the mean time of this launch's completed folds times the folds still to train, which are
+        left_in_instance of the instance at position (1-based in selected) and every later instance's missing."""
+        seconds = [run["seconds"] for run in self.fold_runs if run["exit_code"] == 0]
+        if not seconds:
+            return None
+        return float(np.mean(seconds)) * (left_in_instance + sum(self.missing[i] for i in self.selected[position:]))
 
 
 def fold_fingerprint(parameter_hash_value, dataset_fingerprint_value, fold):
@@ -624,18 +636,30 @@ def reusable_folds(files, experiment_dir, fingerprints):
     return done, None
 
 
-def write_instance_json(files, base, folds, status, error, log_files):
+def write_instance_json(files, base, folds, status, error):
     """The instance's results JSON, assembled from its completed folds (atomic)."""
     folds = sorted(folds, key=lambda fold: fold["fold"])
-    document = {**base, "status": status, "error": error, "log_files": log_files,
-                "folds": folds, "summary": summarise_folds(folds) if folds else None}
+    document = {**base, "status": status, "error": error, "folds": folds,
+                "summary": summarise_folds(folds) if folds else None}
     atomic_write_json(files["result"], document)
     return document
+
+
+def write_launch_record(routine, argv, outcomes):
+    """logs/launch_{time}_{host}_{pid}.json: what this launch ran and where its time went (phases in seconds, and
+    each fold process's wall time seen from here; each fold result holds the fold's own breakdown)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    atomic_write_json(routine.experiment_dir / "logs" / f"launch_{stamp}_{HOST}_{os.getpid()}.json", {
+        "host": HOST, "pid": os.getpid(), "arguments": list(argv), "instances": routine.selected,
+        "outcomes": {str(instance): outcome for instance, outcome in outcomes.items()},
+        "phases": {phase: round(seconds, 3) for phase, seconds in routine.phases.items()},
+        "fold_runs": routine.fold_runs})
 
 
 def rebuild_spreadsheet(routine):
     """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
     import results_to_excel  # here, not at the top: loaded by prepare() while the fold server starts
+    started = time.monotonic()
     try:
         with file_mutex(routine.experiment_dir / "locks" / "spreadsheet.mutex"):
             return results_to_excel.write_spreadsheet(routine.experiment_dir)
@@ -646,6 +670,8 @@ def rebuild_spreadsheet(routine):
               f"safe in results/; rebuild with python3 results_to_excel.py {routine.experiment_dir}",
               file=sys.stderr)
         return None
+    finally:
+        routine.phases["spreadsheet"] = routine.phases.get("spreadsheet", 0.0) + time.monotonic() - started
 
 
 def print_choice(experiment_dir):
@@ -661,91 +687,93 @@ def print_choice(experiment_dir):
 
 
 def run_instance(routine, position, instance, planned):
-    """Train the missing folds of one instance and write its results. Returns complete|failed|skipped|busy.
+    """Claim one instance, train its missing folds and write its results. Returns complete|failed|skipped|busy.
 
-    planned: the instance's {"parameters", "hash", "fingerprints"} from validate().
+    planned: the instance's {"instance", "parameters", "hash", "fingerprints", "missing"} from validate().
     """
-    dataset, experiment, experiment_dir = routine.dataset, routine.experiment, routine.experiment_dir
-    parameters, current_hash, folds = planned["parameters"], planned["hash"], routine.folds
-    files = instance_files(experiment_dir, dataset, experiment, instance, routine.num_folds)
+    files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance, routine.num_folds)
     label = f"instance {position} of {len(routine.selected)} (run {instance})"
     owner = claim(files["lock"])
     if owner:
         print(f"{label}: skipped, being run by {owner.get('host')} pid {owner.get('pid')} since "
               f"{owner.get('since')}")
-        routine.folds_left -= routine.num_folds
         return "busy"
     try:
-        if routine.settings["overwrite_results"]:
-            for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"]]:
-                path.unlink(missing_ok=True)
-        reused, conflict = reusable_folds(files, experiment_dir, planned["fingerprints"])  # again: now it is ours
-        if conflict:
-            raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
-                            "or restore what changed")
-        if len(reused) == routine.num_folds and files["result"].exists() and \
-                read_json(files["result"]).get("status") == "complete":
-            print(f"{label}: complete already, skipped (overwrite_results = False)")
-            routine.folds_left -= routine.num_folds
-            return "skipped"
-        strings = routine.settings["experiment_dict"][instance]
-        atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, current_hash))
-        metadata_path = dataset_paths(routine.config["paths"]["features_folder"], dataset)["metadata"]
-        class_names = read_json(metadata_path).get("class_names") if metadata_path.exists() else None
-        base = {"experiment": experiment, "instance": instance, "dataset": dataset,
-                "task_type": parameters["task_type"], "parameter_hash": current_hash,
-                "dataset_fingerprint": routine.dataset_identity["dataset_fingerprint"], "class_names": class_names,
-                "parameter_strings": list(strings), "parameters": parameters,
-                "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix()}
-        done = list(reused.values())
-        log_files = [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]
-        routine.folds_left -= len(done)
-        write_instance_json(files, base, done, "incomplete", None, log_files)
-        for fold in folds:
-            index = fold["fold"] - 1
-            if index in reused:
-                continue
-            job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": dataset,
-                   "parameters": parameters, "fold": fold["fold"], **planned["fingerprints"][index],
-                   "dataset_files": routine.dataset_identity["dataset_files"],
-                   "model_path": str(files["models"][index]),
-                   "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
-                   "result_path": str(files["fold_results"][index])}
-            atomic_write_json(files["jobs"][index], job)
-            fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
-            started = time.monotonic()
-            code, error_line = routine.fold_runner.run(files["jobs"][index], files["logs"][index], fold_label,
-                                                       routine.show_progress)
-            seconds = time.monotonic() - started
-            routine.folds_left -= 1
-            if code != 0 or not files["fold_results"][index].exists():
-                log = files["logs"][index].relative_to(experiment_dir).as_posix()
-                error = f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}"
-                write_instance_json(files, base, done, "failed", f"{error} (log: {log})", log_files)
-                print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: "
-                      f"{files['logs'][index]}")
-                if routine.settings["debug_mode"]:
-                    print(files["logs"][index].read_text(encoding="utf-8", errors="replace")[-6000:],
-                          file=sys.stderr)
-                return "failed"
-            result = read_json(files["fold_results"][index])
-            done.append(result)
-            routine.fold_seconds.append(seconds)
-            write_instance_json(files, base, done, "incomplete", None, log_files)
-            main_metric = MAIN_METRIC[parameters["task_type"]]
-            value = result["metrics"]["test"].get(main_metric)
-            eta = routine.eta()
-            print(f"{fold_label}: test {main_metric} {value if value is None else f'{value:.3f}'}, "
-                  f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(seconds)}"
-                  f"{'' if eta is None else f', ETA {format_seconds(eta)}'}", flush=True)
-        document = write_instance_json(files, base, done, "complete", None, log_files)
-        test_summary = document["summary"]["test"]
-        main_metric = MAIN_METRIC[parameters["task_type"]]
-        print(f"{label} complete: test {main_metric} {test_summary[main_metric]['mean']:.3f}"
-              f" ± {test_summary[main_metric]['std'] or 0:.3f} over {routine.num_folds} folds", flush=True)
-        return "complete"
+        return train_missing_folds(routine, position, instance, planned, files, label)
     finally:
         release(files["lock"])
+
+
+def train_missing_folds(routine, position, instance, planned, files, label):
+    """run_instance() once the instance is ours: what is reusable now, then each missing fold in turn."""
+    experiment_dir, parameters = routine.experiment_dir, planned["parameters"]
+    if routine.settings["overwrite_results"]:
+        for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"]]:
+            path.unlink(missing_ok=True)
+    reused, conflict = reusable_folds(files, experiment_dir, planned["fingerprints"])  # again: now it is ours
+    if conflict:
+        raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
+                        "or restore what changed")
+    if len(reused) == routine.num_folds and files["result"].exists() and \
+            read_json(files["result"]).get("status") == "complete":
+        print(f"{label}: complete already, skipped (overwrite_results = False)")
+        return "skipped"
+    strings = routine.settings["experiment_dict"][instance]
+    atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, planned["hash"]))
+    metadata_path = dataset_paths(routine.config["paths"]["features_folder"], routine.dataset)["metadata"]
+    base = {"experiment": routine.experiment, "instance": instance, "dataset": routine.dataset,
+            "task_type": parameters["task_type"], "parameter_hash": planned["hash"],
+            "dataset_fingerprint": routine.dataset_identity["dataset_fingerprint"],
+            "class_names": read_json(metadata_path).get("class_names") if metadata_path.exists() else None,
+            "parameter_strings": list(strings), "parameters": parameters,
+            "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix(),
+            "log_files": [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]}
+    done = list(reused.values())
+    write_instance_json(files, base, done, "incomplete", None)
+    missing = [fold for fold in routine.folds if fold["fold"] - 1 not in reused]
+    main_metric = MAIN_METRIC[parameters["task_type"]]
+    for count, fold in enumerate(missing, 1):
+        fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
+        result, error, seconds = run_fold_job(routine, files, fold, planned, fold_label)
+        if error:
+            write_instance_json(files, base, done, "failed", error)
+            return "failed"
+        done.append(result)
+        write_instance_json(files, base, done, "incomplete", None)
+        value = result["metrics"]["test"].get(main_metric)
+        eta = routine.eta(position, len(missing) - count)
+        print(f"{fold_label}: test {main_metric} {value if value is None else f'{value:.3f}'}, "
+              f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(seconds)}"
+              f"{'' if eta is None else f', ETA {format_seconds(eta)}'}", flush=True)
+    test_summary = write_instance_json(files, base, done, "complete", None)["summary"]["test"][main_metric]
+    print(f"{label} complete: test {main_metric} {test_summary['mean']:.3f} ± {test_summary['std'] or 0:.3f} over "
+          f"{routine.num_folds} folds", flush=True)
+    return "complete"
+
+
+def run_fold_job(routine, files, fold, planned, fold_label):
+    """Write one fold's job file and run it in a fold process. Returns (result, None, seconds) when it completed,
+    (None, the error line with its log, seconds) when it failed."""
+    index, experiment_dir = fold["fold"] - 1, routine.experiment_dir
+    job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": routine.dataset,
+           "parameters": planned["parameters"], "fold": fold["fold"], **planned["fingerprints"][index],
+           "dataset_files": routine.dataset_identity["dataset_files"], "model_path": str(files["models"][index]),
+           "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
+           "result_path": str(files["fold_results"][index])}
+    atomic_write_json(files["jobs"][index], job)
+    started = time.monotonic()
+    code, error_line = routine.fold_runner.run(files["jobs"][index], files["logs"][index], fold_label,
+                                               routine.show_progress)
+    seconds = time.monotonic() - started
+    routine.record_fold(planned["instance"], fold["fold"], seconds, code)
+    if code == 0 and files["fold_results"][index].exists():
+        return read_json(files["fold_results"][index]), None, seconds
+    log = files["logs"][index].relative_to(experiment_dir).as_posix()
+    error = f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}"
+    print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: {files['logs'][index]}")
+    if routine.settings["debug_mode"]:
+        print(files["logs"][index].read_text(encoding="utf-8", errors="replace")[-6000:], file=sys.stderr)
+    return None, f"{error} (log: {log})", seconds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -799,7 +827,7 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     Parameters, the dataset (its arrays, each task type's target, a fingerprint of its content), the folds
     (folds.json's, or a new split) and, per instance, the completed folds that can be reused: a fold made from
     other parameters, other features or another split is refused unless overwrite_results asks to retrain it.
-    Returns (Routine, {instance: {"parameters", "hash", "fingerprints"}}, the split settings).
+    Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing"}}, the split settings).
     """
     config = load_config()
     signatures = architecture_signatures()
@@ -823,16 +851,18 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     plan = {}
     for instance in selected:
         current_hash = parameter_hash(resolved[instance], dataset, num_folds)
-        plan[instance] = {"parameters": resolved[instance], "hash": current_hash,
+        plan[instance] = {"instance": instance, "parameters": resolved[instance], "hash": current_hash,
                           "fingerprints": [fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold)
-                                           for fold in folds]}
+                                           for fold in folds], "missing": num_folds}
         if not settings["overwrite_results"] and experiment_dir.exists():
             files = instance_files(experiment_dir, dataset, settings["num_experiment"], instance, num_folds)
-            _, conflict = reusable_folds(files, experiment_dir, plan[instance]["fingerprints"])
+            reused, conflict = reusable_folds(files, experiment_dir, plan[instance]["fingerprints"])
             if conflict:
                 raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
                                 "or restore what changed")
-    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner, folds, identity)
+            plan[instance]["missing"] = num_folds - len(reused)
+    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner, folds, identity,
+                      {instance: planned["missing"] for instance, planned in plan.items()})
     return routine, plan, split
 
 
@@ -841,20 +871,22 @@ def launch(settings, argv, routine_file):
     but some were left to another process running them (not complete yet: rerun later to check)."""
     started = time.monotonic()
     routine, plan, split = prepare(settings, argv, routine_file)
+    routine.phases["validate"] = time.monotonic() - started
     experiment_dir = routine.experiment_dir
     outcomes = {}
     try:
+        setup_started = time.monotonic()
         check_writable(experiment_dir)
         remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
         write_folds(experiment_dir, split, routine.folds)
         atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
                           settings["description"].strip() + "\n")
         snapshot_code(experiment_dir, routine_file, config_path_in_use())
+        routine.phases["setup"] = time.monotonic() - setup_started
         print(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
               f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
               f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
               flush=True)
-        routine.folds_left = len(routine.selected) * routine.num_folds
         for position, instance in enumerate(routine.selected, 1):
             outcomes[instance] = run_instance(routine, position, instance, plan[instance])
             if outcomes[instance] in ("complete", "failed"):  # its results changed
@@ -863,9 +895,13 @@ def launch(settings, argv, routine_file):
                 print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
                 break
     finally:
+        close_started = time.monotonic()
         routine.fold_runner.close()
+        routine.phases["close_server"] = time.monotonic() - close_started
     if not {"complete", "failed"} & set(outcomes.values()):
         rebuild_spreadsheet(routine)  # nothing changed: one rebuild makes sure the spreadsheet is there
+    routine.phases["total"] = time.monotonic() - started
+    write_launch_record(routine, argv, outcomes)
     counts = {status: [i for i, s in outcomes.items() if s == status]
               for status in ("complete", "skipped", "failed", "busy")}
     print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +

@@ -61,6 +61,24 @@ def test_the_routine_succeeds_and_fills_the_folder(experiment):
     assert list((experiment_dir).glob("*_results_spreadsheet.xlsx"))
 
 
+def test_folds_and_the_launch_record_where_their_time_went(experiment):
+    experiment_dir = experiment["dir"]
+    records = [json.loads(path.read_text()) for path in (experiment_dir / "logs").glob("launch_*.json")]
+    assert len(records) == 1  # this module's first launch (later tests rerun it)
+    record = records[0]
+    assert set(record["phases"]) >= {"validate", "setup", "spreadsheet", "close_server", "total"}
+    assert record["outcomes"] == {"1": "complete", "2": "complete"}
+    assert sorted((run["instance"], run["fold"]) for run in record["fold_runs"]) == [
+        (run, fold) for run in (1, 2) for fold in (1, 2, 3)]
+    assert record["phases"]["total"] >= sum(run["seconds"] for run in record["fold_runs"])
+    for run in record["fold_runs"]:
+        fold = instance_json(experiment_dir, run["instance"])["folds"][run["fold"] - 1]
+        assert set(fold["timings"]) == {"data", "build", "fit", "save", "evaluate"}
+        assert all(seconds >= 0 for seconds in fold["timings"].values())
+        assert sum(fold["timings"].values()) <= fold["seconds"] + 0.01 <= run["seconds"] + 0.01
+        assert fold["timings"]["fit"] > 0
+
+
 def test_folds_are_a_partition_shared_by_every_instance(experiment):
     experiment_dir = experiment["dir"]
     saved = json.loads((experiment_dir / "folds.json").read_text())
