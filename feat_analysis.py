@@ -1,9 +1,9 @@
-"""Audio features of xval: STFT magnitude, log-mel (dB) and MFCC, time first, computed with librosa.
+"""Audio features of xval: STFT magnitude, log-mel (dB), MFCC and constant-Q (dB), time first, with librosa.
 
 Every feature is a float32 array shaped (frames, bins): row t is the analysis frame centred on sample
 t * hop_length (zero padding of n_fft // 2 at both ends: librosa's center=True, pad_mode='constant'), so time
 runs forward down the rows; column k is the k-th frequency bin (STFT: k * sample_rate / n_fft Hz), mel band (low
-to high) or cepstral coefficient.
+to high), cepstral coefficient or constant-Q bin (cqt_fmin * 2 ** (k / cqt_bins_per_octave) Hz).
 
 The work is librosa 0.11's (stft, filters.mel, power_to_db, feature.mfcc; keyword arguments only), arranged so:
 - many clips go through at once (`extract_features_batch`: librosa works over leading axes), with the mel basis
@@ -18,7 +18,7 @@ import librosa
 import numpy as np
 import scipy.sparse
 
-FEATURE_TYPES = ("stft", "mfcc", "mel")
+FEATURE_TYPES = ("stft", "mfcc", "mel", "cqt")
 PAD_MODE = "constant"  # frames at the edges see zeros beyond the signal (librosa's default since 0.10)
 DB_AMIN = 1e-10  # power floor before log10 (-100 dB)
 DB_REF = 1.0  # 0 dB is power 1.0
@@ -42,6 +42,8 @@ def n_bins(feature_settings):
         return feature_settings["n_mels"]
     if kind == "mfcc":
         return feature_settings["n_mfcc"]
+    if kind == "cqt":
+        return feature_settings["cqt_bins"]
     raise ValueError(f"feature type {kind!r} is not one of {FEATURE_TYPES}")
 
 
@@ -71,6 +73,27 @@ def mel_power(power, mel_basis):
     return bands.T.astype(np.float32).reshape(clips, frames, -1)
 
 
+def constant_q(signals, sample_rate, feature_settings):
+    """Constant-Q power in dB of float32 signals (clips, samples) -> float32 (clips, frames, cqt_bins): librosa.cqt
+    (hop_length, cqt_fmin, cqt_bins, cqt_bins_per_octave), |C| ** 2 in dB floored like the mel bands."""
+    s = feature_settings
+    spectrum = librosa.cqt(y=signals, sr=sample_rate, hop_length=s["hop_length"], fmin=s["cqt_fmin"],
+                           n_bins=s["cqt_bins"], bins_per_octave=s["cqt_bins_per_octave"], pad_mode=PAD_MODE)
+    return clip_decibels(np.swapaxes(np.abs(spectrum) ** 2, -1, -2).astype(np.float32))
+
+
+def cqt_problem(sample_rate, feature_settings):
+    """Why librosa cannot compute the constant-Q transform with these settings (one line), or None."""
+    s = feature_settings
+    try:
+        librosa.cqt(y=np.zeros(sample_rate, np.float32), sr=sample_rate, hop_length=s["hop_length"],
+                    fmin=s["cqt_fmin"], n_bins=s["cqt_bins"], bins_per_octave=s["cqt_bins_per_octave"])
+    except librosa.util.exceptions.ParameterError as error:
+        return (f"cqt_fmin = {s['cqt_fmin']}, cqt_bins = {s['cqt_bins']}, cqt_bins_per_octave = "
+                f"{s['cqt_bins_per_octave']}, hop_length = {s['hop_length']} at {sample_rate} Hz: {error}")
+    return None
+
+
 def spectrogram(signals, feature_settings, power):
     """|STFT| ** power of float32 signals (clips, samples) -> float32 (clips, frames, n_fft // 2 + 1)."""
     s = feature_settings
@@ -86,9 +109,11 @@ def clip_decibels(power):
     return np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - np.float32(DB_TOP))
 
 
-def features_block(signals, feature_settings, plan):
+def features_block(signals, sample_rate, feature_settings, plan):
     """Features of a block of clips: float32 (clips, samples) -> float32 (clips, frames, bins)."""
     s = feature_settings
+    if s["type"] == "cqt":
+        return constant_q(signals, sample_rate, s)
     if s["type"] == "stft":
         return spectrogram(signals, s, s["power_law_compression"])
     power = spectrogram(signals, s, 2.0)
@@ -101,7 +126,7 @@ def features_block(signals, feature_settings, plan):
 
 
 def extract_features_batch(signals, sample_rate, feature_settings, plan=None):
-    """The feature named by feature_settings['type'] (stft | mel | mfcc) of many mono clips of equal length.
+    """The feature named by feature_settings['type'] (stft | mel | mfcc | cqt) of many mono clips of equal length.
 
     signals: float32 (clips, samples), amplitude in [-1, 1]; sample_rate in Hz; feature_settings: the config's
     [features] dict; plan: analysis_plan(sample_rate, feature_settings), built when None.
@@ -117,12 +142,12 @@ def extract_features_batch(signals, sample_rate, feature_settings, plan=None):
     features = np.empty((len(signals), frames, n_bins(feature_settings)), dtype=np.float32)
     for start in range(0, len(signals), BATCH_BLOCK_CLIPS):
         block = slice(start, start + BATCH_BLOCK_CLIPS)
-        features[block] = features_block(signals[block], feature_settings, plan)
+        features[block] = features_block(signals[block], sample_rate, feature_settings, plan)
     return features
 
 
 def extract_features(signal, sample_rate, feature_settings, plan=None):
-    """The feature named by feature_settings['type'] (stft | mel | mfcc) of one mono clip.
+    """The feature named by feature_settings['type'] (stft | mel | mfcc | cqt) of one mono clip.
 
     signal: float32 (samples,); sample_rate in Hz; feature_settings: the config's [features] dict.
     Returns float32 (frames, bins), frames = 1 + samples // hop_length; the same numbers as
@@ -137,7 +162,8 @@ def extract_features(signal, sample_rate, feature_settings, plan=None):
 def _settings(kind, n_fft, hop_length, win_length, window, **others):
     """A [features]-like dict for the per-clip functions (unused keys filled with harmless values)."""
     settings = {"type": kind, "n_fft": n_fft, "hop_length": hop_length, "win_length": win_length,
-                "window": window, "n_mels": 1, "n_mfcc": 1, "fmin": 0.0, "fmax": 0.0, "power_law_compression": 1.0}
+                "window": window, "n_mels": 1, "n_mfcc": 1, "fmin": 0.0, "fmax": 0.0, "power_law_compression": 1.0,
+                "cqt_fmin": 32.7, "cqt_bins": 1, "cqt_bins_per_octave": 12}
     settings.update(others)
     return settings
 
@@ -171,4 +197,15 @@ def mfcc(signal, sample_rate, n_fft, hop_length, win_length, window, n_mfcc, n_m
     """
     settings = _settings("mfcc", n_fft, hop_length, win_length, window, n_mfcc=n_mfcc, n_mels=n_mels, fmin=fmin,
                          fmax=fmax)
+    return extract_features(signal, sample_rate, settings)
+
+
+def cqt_db(signal, sample_rate, hop_length, cqt_fmin, cqt_bins, cqt_bins_per_octave):
+    """Constant-Q power in dB: 10 log10 |C| ** 2 of librosa.cqt, floored at the clip's maximum - 80 dB.
+
+    signal: float32 (samples,); sample_rate and cqt_fmin in Hz; hop_length in samples (a multiple of
+    2 ** (octaves - 1)). Returns float32 (frames, cqt_bins), lowest bin (cqt_fmin) first.
+    """
+    settings = _settings("cqt", 2 * hop_length, hop_length, 2 * hop_length, "hann", cqt_fmin=cqt_fmin,
+                         cqt_bins=cqt_bins, cqt_bins_per_octave=cqt_bins_per_octave)
     return extract_features(signal, sample_rate, settings)

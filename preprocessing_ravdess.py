@@ -1,14 +1,15 @@
-"""Turn a RAVDESS copy (or the synthetic demo corpus) into xval's feature dataset.
+"""Turn a RAVDESS copy (or the synthetic demo corpus) into xval's feature dataset: a front end of
+preprocessing_dataset.py's pipeline.
 
-    python3 preprocessing_ravdess.py [--input DIR] [--dataset NAME] [--features stft|mfcc|mel]
+    python3 preprocessing_ravdess.py [--input DIR] [--dataset NAME] [--features stft|mfcc|mel|cqt]
                                      [--target emotion|intensity] [--jobs N] [--force] [--demo] [--config PATH]
 
 Reads every file under the input folder (RAVDESS as distributed, Actor_01/ ... Actor_24/, or flat), keeps the
-.wav files named MM-VV-EE-II-SS-RR-AA.wav of the configured vocal channel, and for each: mixes it to mono (mean
-of the channels), resamples it to [preprocessing] sample_rate (soxr 'soxr_hq', as librosa.load), pads it with
-zeros at the end or cuts it (cut_mode start | center) to clip_seconds, and computes the [features] feature.
-Everything else (songs, other files, names that are not RAVDESS names, unreadable audio) is skipped, counted,
-listed at the end and recorded in the metadata.
+.wav files named MM-VV-EE-II-SS-RR-AA.wav of the configured vocal channel, and turns their names into the table
+of clips the pipeline takes: label (emotion name, or intensity 0/1), foldable item (the actor) and every code.
+The pipeline reads, resamples, fits to length (or cuts into windows) and computes the features. Everything else
+(songs, other files, names that are not RAVDESS names, unreadable audio) is skipped, counted, listed at the end
+and recorded in the metadata.
 
 Writes into [paths] features_folder, one array per actor, keys '01' ... '24':
     {NAME}_predictors.npz  float32 (clips, frames, bins), clips sorted by file name
@@ -18,29 +19,17 @@ Writes into [paths] features_folder, one array per actor, keys '01' ... '24':
 A rerun with the same inputs (names, sizes, modification times) and settings reuses them, unless --force.
 """
 import argparse
-import ctypes
-import hashlib
-import json
-import multiprocessing
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
-import librosa
-import numpy as np
-import scipy.signal
-import soundfile as sf
-import threadpoolctl
-from tqdm import tqdm
-
 import feat_analysis
-from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               config_path_in_use, dataset_paths, exit_on_user_error, load_config, read_json,
-                               remove_stale_temp_files, temp_path_for)
+import preprocessing_dataset as pipeline
+from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, config_path_in_use, exit_on_user_error,
+                               load_config)
 
-FORMAT_VERSION = 1  # part of the fingerprint: bump when the output of the same inputs changes
 DEFAULT_DATASET = "ravdess"
 DEMO_DATASET = "ravdess_demo"
 INTENSITY_SUFFIX = "_intensity"
@@ -48,21 +37,15 @@ TARGETS = ("emotion", "intensity")
 EMOTION_NAMES = RAVDESS_EMOTIONS  # codes 01..08
 INTENSITY_NAMES = ("normal", "strong")  # codes 01, 02
 VOCAL_CHANNEL_NAMES = ("speech", "song")  # codes 01, 02
-RESAMPLER = "soxr_hq"  # librosa.load's default resampler
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
-KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
-CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
-LISTED_PER_KIND = 20  # skipped files printed per kind (all of them are in the metadata)
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.wav$", re.IGNORECASE)
 # allowed codes per field of a RAVDESS name, in the order of the name
 RAVDESS_FIELDS = (("modality", range(1, 4)), ("vocal_channel", range(1, 3)), ("emotion", range(1, 9)),
                   ("intensity", range(1, 3)), ("statement", range(1, 3)), ("repetition", range(1, 3)),
                   ("actor", range(1, 100)))
-SKIP_KINDS = {  # kind of skipped file -> how the summary names it
+SKIP_KINDS = {  # kind of skipped file -> how the summary names it (the pipeline adds its own kinds)
     "not_wav": "not a .wav file", "not_ravdess_name": "not a RAVDESS name (MM-VV-EE-II-SS-RR-AA.wav)",
     "temporary": "unfinished temporary file", "other_vocal_channel": "other vocal channel",
-    "duplicate": "same file name twice", "unreadable": "unreadable or empty audio",
+    "duplicate": "same file name twice",
 }
 
 
@@ -151,196 +134,7 @@ def check_input(folder, clips, skipped, stats, vocal_channel):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Audio: the same numbers as librosa.load(path, sr=sample_rate) (mono, soxr_hq), then a fixed length
-
-def read_mono(path):
-    """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).
-
-    The same numbers as librosa.load(path, sr=None): soundfile reads float32, librosa.to_mono averages the
-    channels. Raises ValueError for a file without samples or with non-finite ones, soundfile's errors for files
-    it cannot read.
-    """
-    if Path(path).stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    if data.shape[0] == 0:
-        raise ValueError("holds no audio samples")
-    signal = librosa.to_mono(data.T) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(signal).all():
-        raise ValueError("holds NaN or infinite samples")
-    return np.ascontiguousarray(signal), sample_rate
-
-
-def resample(signal, orig_rate, target_rate):
-    """float32 (samples,) at orig_rate Hz -> float32 (ceil(samples * target_rate / orig_rate),) at target_rate,
-    with librosa.resample and soxr 'soxr_hq' (what librosa.load does)."""
-    if orig_rate == target_rate:
-        return signal
-    return librosa.resample(signal, orig_sr=orig_rate, target_sr=target_rate, res_type=RESAMPLER).astype(
-        np.float32, copy=False)
-
-
-def fit_length(signal, n_samples, cut_mode, out=None):
-    """signal (samples,) padded with zeros at the end, or cut at the start (cut_mode 'start') or around the
-    centre ('center'), to exactly n_samples; written into out (n_samples,) when given."""
-    if len(signal) == n_samples and out is None:
-        return signal
-    start = 0 if cut_mode == "start" or len(signal) <= n_samples else (len(signal) - n_samples) // 2
-    kept = signal[start:start + n_samples]
-    if out is None:
-        out = np.empty(n_samples, dtype=signal.dtype)
-    out[:len(kept)] = kept
-    out[len(kept):] = 0
-    return out
-
-
-def load_clip(path, sample_rate, clip_samples, cut_mode, out=None):
-    """One clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz (written
-    into out when given)."""
-    signal, native_rate = read_mono(path)
-    return fit_length(resample(signal, native_rate, sample_rate), clip_samples, cut_mode, out)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Features of many files, in worker processes
-
-def features_of_chunk(task):
-    """Features of a chunk of files: (float32 (readable files, frames, bins), [None or why a file was skipped]).
-
-    task: {paths, sample_rate, clip_samples, cut_mode, feature_settings, plan} (plan: feat_analysis.analysis_plan).
-    """
-    settings = task["feature_settings"]
-    signals = np.empty((len(task["paths"]), task["clip_samples"]), dtype=np.float32)
-    reasons, readable = [], 0
-    for path in task["paths"]:
-        try:
-            load_clip(path, task["sample_rate"], task["clip_samples"], task["cut_mode"], out=signals[readable])
-            reasons.append(None)
-            readable += 1
-        except (RuntimeError, OSError, ValueError, EOFError) as error:
-            reasons.append(f"cannot be read: {error_text(error)}")
-    if not readable:
-        frames = feat_analysis.n_frames(task["clip_samples"], settings["hop_length"])
-        return np.zeros((0, frames, feat_analysis.n_bins(settings)), np.float32), reasons
-    features = feat_analysis.extract_features_batch(signals[:readable], task["sample_rate"], settings, task["plan"])
-    return features, reasons
-
-
-def error_text(error):
-    """The first line of an exception's message without soundfile's "Error opening '...': " prefix."""
-    text = getattr(error, "error_string", None) or str(error) or type(error).__name__
-    return text.splitlines()[0]
-
-
-def _prepare_worker():
-    """Pool initializer: one BLAS thread per worker (the workers are the parallelism; more threads only spin),
-    and glibc's malloc told to keep freed memory (each file's temporary arrays would otherwise come fresh from
-    the kernel, page faults costing a third of the time)."""
-    threadpoolctl.threadpool_limits(limits=1)
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_FREED_BYTES)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-def _pool_context():
-    """fork where available (workers inherit the loaded modules and start at once), else the default."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else None)
-
-
-def compute_features(clips, task_settings, jobs, label):
-    """Features of all clips in order, over jobs processes with a progress bar.
-
-    Returns (float32 (readable clips, frames, bins), [None or reason per clip])."""
-    chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
-    tasks = [dict(task_settings, paths=[clip["path"] for clip in chunk]) for chunk in chunks]
-    jobs = max(1, min(jobs, len(tasks)))
-    # librosa's first STFT loads its lazy modules and numba functions (~1.5 s, far more on a fresh machine):
-    # pay it once here, so that the forked workers inherit it instead of each paying it again
-    silence = np.zeros((1, task_settings["clip_samples"]), dtype=np.float32)
-    feat_analysis.extract_features_batch(silence, task_settings["sample_rate"], task_settings["feature_settings"],
-                                         task_settings["plan"])
-    results = []
-    with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
-        if jobs == 1:
-            with threadpoolctl.threadpool_limits(limits=1):
-                for outcome in map(features_of_chunk, tasks):
-                    results.append(outcome)
-                    progress.update(len(outcome[1]))
-        else:
-            with _pool_context().Pool(jobs, initializer=_prepare_worker) as pool:
-                for outcome in pool.imap(features_of_chunk, tasks):
-                    results.append(outcome)
-                    progress.update(len(outcome[1]))
-    features = np.concatenate([features for features, _ in results])
-    return features, [reason for _, reasons in results for reason in reasons]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Settings, fingerprint, output
-
-def check_settings(config, feature_type, target, jobs, where):
-    """Raise XvalError (one line naming the config key) when the settings cannot give features."""
-    pre, feat = config["preprocessing"], config["features"]
-    if feature_type not in feat_analysis.FEATURE_TYPES:
-        raise XvalError(f"feature type {feature_type!r} is not one of {', '.join(feat_analysis.FEATURE_TYPES)}: "
-                        f"fix --features or [features] type in {where}")
-    if target not in TARGETS:
-        raise XvalError(f"target {target!r} is not one of {', '.join(TARGETS)}: fix --target")
-    if jobs is not None and jobs < 1:
-        raise XvalError(f"--jobs {jobs} must be at least 1")
-    if feat["win_length"] > feat["n_fft"]:
-        raise XvalError(f"{where} [features] win_length = {feat['win_length']} is longer than n_fft = "
-                        f"{feat['n_fft']}: make win_length <= n_fft")
-    try:
-        scipy.signal.get_window(feat["window"], feat["win_length"])
-    except (ValueError, TypeError):
-        raise XvalError(f"{where} [features] window = {feat['window']!r} is not a window scipy.signal.get_window "
-                        "knows: use hann, hamming, blackman, ...") from None
-    if round(pre["clip_seconds"] * pre["sample_rate"]) < 1:
-        raise XvalError(f"{where} [preprocessing] clip_seconds = {pre['clip_seconds']} is shorter than one "
-                        "sample: make it longer")
-    if feature_type in ("mel", "mfcc"):
-        nyquist = pre["sample_rate"] / 2
-        fmax = feat_analysis.mel_fmax(feat["fmax"], pre["sample_rate"])
-        if fmax > nyquist:
-            raise XvalError(f"{where} [features] fmax = {feat['fmax']} is above half the sample rate ({nyquist:g} "
-                            "Hz): lower it, or 0 for half the sample rate")
-        if not 0 <= feat["fmin"] < fmax:
-            raise XvalError(f"{where} [features] fmin = {feat['fmin']} must be at least 0 and below fmax "
-                            f"({fmax:g} Hz): fix it")
-    if feature_type == "mfcc" and feat["n_mfcc"] > feat["n_mels"]:
-        raise XvalError(f"{where} [features] n_mfcc = {feat['n_mfcc']} is more than n_mels = {feat['n_mels']}: "
-                        "lower n_mfcc or raise n_mels")
-
-
-def input_fingerprint(stats, preprocessing_settings, feature_settings, target):
-    """sha256 (hex) of the settings and every input file's relative name, size and modification time."""
-    content = {"format": FORMAT_VERSION, "target": target, "preprocessing": preprocessing_settings,
-               "features": feature_settings, "files": stats}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def target_array(clips, target):
-    """emotion: one-hot float32 (clips, 8), column c = emotion code c + 1; intensity: float32 (clips,), 0/1."""
-    if target == "emotion":
-        return np.eye(len(EMOTION_NAMES), dtype=np.float32)[[clip["emotion"] - 1 for clip in clips]]
-    return np.array([clip["intensity"] - 1 for clip in clips], dtype=np.float32).reshape(len(clips))
-
-
-def save_npz(path, arrays):
-    """np.savez (uncompressed, no pickle) of {key: array} to path, atomically."""
-    temp = temp_path_for(path)
-    try:
-        np.savez(temp, **arrays)
-        commit_temp_file(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-
+# The table the pipeline takes
 
 def clip_record(clip):
     """What the metadata says of a clip: file, actor, emotion, intensity, vocal channel (names), statement,
@@ -351,25 +145,15 @@ def clip_record(clip):
             "modality": clip["modality"]}
 
 
-def write_dataset(paths, clips, features, target, metadata):
-    """Write predictors and target (one array per actor, clips in the given order), then the metadata."""
-    actors = sorted({clip["actor"] for clip in clips})
-    rows = {actor: [index for index, clip in enumerate(clips) if clip["actor"] == actor] for actor in actors}
-    targets = target_array(clips, target)
-    paths["metadata"].unlink(missing_ok=True)  # no metadata until both arrays are written: never a stale reuse
-    save_npz(paths["predictors"], {actor: features[rows[actor]] for actor in actors})
-    save_npz(paths["target"], {actor: targets[rows[actor]] for actor in actors})
-    atomic_write_json(paths["metadata"], metadata)
-
-
-def reusable(paths, fingerprint):
-    """Whether the dataset files exist and were made from the same inputs and settings."""
-    if not (paths["predictors"].is_file() and paths["target"].is_file() and paths["metadata"].is_file()):
-        return False
-    try:
-        return read_json(paths["metadata"]).get("fingerprint") == fingerprint
-    except (XvalError, OSError, AttributeError):
-        return False
+def ravdess_table(folder, clips, skipped, stats, target):
+    """The pipeline's table of the scanned RAVDESS clips: label = emotion name or intensity (0 normal, 1 strong),
+    foldable item = actor, record = clip_record."""
+    entries = [pipeline.clip_entry(None, clip["file"], clip["path"],
+                                   EMOTION_NAMES[clip["emotion"] - 1] if target == "emotion"
+                                   else str(clip["intensity"] - 1), clip["actor"], clip_record(clip))
+               for clip in clips]
+    return {"clips": entries, "skipped": [dict(entry, row=None) for entry in skipped], "stats": stats,
+            "source": str(folder), "fold_by": "actor", "noun": "RAVDESS files"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,89 +169,27 @@ def preprocess(input_folder, dataset, config, feature_type=None, target="emotion
     """Make (or reuse) the dataset `dataset` from the RAVDESS files under input_folder; returns a summary dict.
 
     config: a dict from utility_functions.load_config, or a config.ini path (None: the one in use).
-    feature_type: stft | mfcc | mel, default [features] type. Raises XvalError for a user's mistake.
-    Summary keys: dataset, reused, clips, items, frames, bins, skipped (list of {file, kind, reason}), paths,
-    seconds, fingerprint.
+    feature_type: stft | mfcc | mel | cqt, default [features] type. Raises XvalError for a user's mistake.
+    Summary keys: see preprocessing_dataset.build_dataset.
     """
-    started = time.perf_counter()
     where = "config.ini"
     if not isinstance(config, dict):
         where = str(config_path_in_use(config))
         config = load_config(config)
-    if not DATASET_NAME.match(dataset or ""):
-        raise XvalError(f"dataset name {dataset!r} may hold only letters, digits, '_', '.' and '-': fix --dataset")
-    feature_type = feature_type or config["features"]["type"]
-    check_settings(config, feature_type, target, jobs, where)
-    pre = dict(config["preprocessing"])
-    feature_settings = dict(config["features"], type=feature_type)
+    if target not in TARGETS:
+        raise XvalError(f"target {target!r} is not one of {', '.join(TARGETS)}: fix --target")
     folder = Path(input_folder).expanduser().resolve()
-    features_folder = Path(config["paths"]["features_folder"])
-    clips, skipped, stats = scan_input(folder, pre["vocal_channel"], exclude=[features_folder])
-    check_input(folder, clips, skipped, stats, pre["vocal_channel"])
-
-    features_folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(features_folder)
-    paths = dataset_paths(features_folder, dataset)
-    fingerprint = input_fingerprint(stats, pre, feature_settings, target)
-    if not force and reusable(paths, fingerprint):
-        metadata = read_json(paths["metadata"])
-        summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
-                   "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
-                   "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint}
-        if not quiet:
-            print(f"{dataset}: inputs and settings unchanged, reusing {paths['predictors']} and "
-                  f"{paths['target'].name} (--force recomputes)")
-        return summary
-
-    clip_samples = int(round(pre["clip_seconds"] * pre["sample_rate"]))
-    task_settings = {"sample_rate": pre["sample_rate"], "clip_samples": clip_samples, "cut_mode": pre["cut_mode"],
-                     "feature_settings": feature_settings,
-                     "plan": feat_analysis.analysis_plan(pre["sample_rate"], feature_settings)}
-    features, reasons = compute_features(clips, task_settings, jobs or os.cpu_count() or 1, dataset)
-    unreadable = [{"file": clip["file"], "kind": "unreadable", "reason": reason}
-                  for clip, reason in zip(clips, reasons) if reason is not None]
-    clips = [clip for clip, reason in zip(clips, reasons) if reason is None]
-    if not clips:
-        example = unreadable[0]
-        raise XvalError(f"none of the {len(unreadable)} RAVDESS files in {folder} can be read (e.g. "
-                        f"{example['file']}: {example['reason']}): replace them with intact copies of RAVDESS")
-    skipped = sorted(skipped + unreadable, key=lambda entry: entry["file"])
-    frames, bins = features.shape[1:]
-    items = sorted({clip["actor"] for clip in clips})
-    metadata = {
-        "dataset": dataset, "target": target, "class_names": list(EMOTION_NAMES) if target == "emotion" else None,
-        "target_encoding": ("one-hot (clips, 8), columns = class_names = emotion codes 01..08"
-                            if target == "emotion" else "(clips,) 0 = normal, 1 = strong intensity"),
-        "items": items, "clips_per_item": {item: sum(clip["actor"] == item for clip in clips) for item in items},
-        "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
-        "clip_samples": clip_samples, "frames": frames, "bins": bins, "input_folder": str(folder),
-        "clips": [clip_record(clip) for clip in clips], "skipped": skipped, "fingerprint": fingerprint,
-        "format_version": FORMAT_VERSION,
-    }
-    write_dataset(paths, clips, features, target, metadata)
-    summary = {"dataset": dataset, "reused": False, "clips": len(clips), "items": items, "frames": frames,
-               "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
-               "fingerprint": fingerprint}
-    if not quiet:
-        print(summary_text(summary, feature_type, folder))
-    return summary
-
-
-def summary_text(summary, feature_type, folder):
-    """The lines printed at the end of a run: what was written, then the skipped files by kind."""
-    lines = [f"{summary['dataset']}: {summary['clips']} clips of {len(summary['items'])} actors from {folder} -> "
-             f"{summary['paths']['predictors'].parent}/{summary['dataset']}_{{predictors,target}}.npz "
-             f"({feature_type}, {summary['frames']} frames x {summary['bins']} bins) in {summary['seconds']:.1f} s"]
-    if summary["skipped"]:
-        lines.append(f"skipped {len(summary['skipped'])} files (all listed in {summary['paths']['metadata'].name}):")
-    for kind, label in SKIP_KINDS.items():
-        entries = [entry for entry in summary["skipped"] if entry["kind"] == kind]
-        if entries:
-            lines.append(f"  {label}: {len(entries)}")
-            lines += [f"    {entry['file']}: {entry['reason']}" for entry in entries[:LISTED_PER_KIND]]
-            if len(entries) > LISTED_PER_KIND:
-                lines.append(f"    ... and {len(entries) - LISTED_PER_KIND} more")
-    return "\n".join(lines)
+    vocal_channel = config["preprocessing"]["vocal_channel"]
+    clips, skipped, stats = scan_input(folder, vocal_channel, exclude=[config["paths"]["features_folder"]])
+    check_input(folder, clips, skipped, stats, vocal_channel)
+    encoding = ("one-hot (clips, 8), columns = class_names = emotion codes 01..08" if target == "emotion"
+                else "(clips,) 0 = normal, 1 = strong intensity")
+    return pipeline.build_dataset(
+        ravdess_table(folder, clips, skipped, stats, target), dataset, config,
+        "classification" if target == "emotion" else "regression",
+        class_names=list(EMOTION_NAMES) if target == "emotion" else None, feature_type=feature_type, jobs=jobs,
+        force=force, quiet=quiet, where=where, kinds=SKIP_KINDS,
+        metadata_extra={"target": target, "target_encoding": encoding, "input_folder": str(folder)})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ the fold ends and a crash stays contained. Two ways in:
                                   prints `xval-exit: <exit code of the child>`.
 JOB.json (written by xval_instance, kept in the experiment's logs/) holds the dataset, the fold's items, the
 resolved parameters and the output paths. The fold:
-  1. loads the dataset and splits it by item (train / validation / test actors);
+  1. loads the dataset and splits it by foldable item (train / validation / test speakers);
   2. builds the model from define_models, with the input normalised by statistics of the training items only;
   3. compiles it (loss by task_type), trains with early stopping, keeps the weights of the best epoch on the
      configured metric, and stops with a clear error on a NaN loss;
@@ -43,7 +43,8 @@ from sklearn import metrics as skm  # noqa: E402
 
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SPLITS, XvalError, atomic_write_json,
-                               commit_temp_file, dataset_file_stats, load_dataset, read_json, temp_path_for)
+                               commit_temp_file, dataset_file_stats, load_clip_ids, load_dataset, read_json,
+                               temp_path_for)
 
 # what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
 LOOP_PARAMETERS = tuple(name for name in CONFIG_SCHEMA["training"] if name not in MODEL_ONLY_TRAINING_PARAMETERS) + \
@@ -96,12 +97,23 @@ def regression_metrics(y_true, y_pred):
 # ----------------------------------------------------------------------------------------------------------------
 # Data of one fold
 
-def stack_items(predictors, targets, items):
-    """Concatenate the clips of items: x (clips, frames, bins) float32, y, and the item of every clip (clips,)."""
+def stack_items(dataset, items):
+    """Concatenate the examples of items: x (examples, frames, bins) float32, y, the item of every example and its
+    clip (numbered within its item; each example is a clip of its own but in a windows dataset)."""
+    predictors, targets, clip_ids = dataset
     x = np.concatenate([predictors[item] for item in items]).astype(np.float32, copy=False)
     y = np.concatenate([targets[item] for item in items]).astype(np.float32, copy=False)
     owner = np.concatenate([[item] * len(predictors[item]) for item in items])
-    return x, y, owner
+    return x, y, owner, np.concatenate([clip_ids[item] for item in items])
+
+
+def clip_means(output, owner, clip):
+    """Mean output of each clip's examples (its windows; consecutive): (means (clips, outputs), index of each
+    clip's first example (clips,))."""
+    first = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (clip[1:] != clip[:-1])])
+    sums = np.add.reduceat(np.asarray(output, dtype=np.float64), first, axis=0)
+    counts = np.diff(np.r_[first, len(output)])
+    return sums / counts[:, np.newaxis], first
 
 
 def normalisation_statistics(x_train):
@@ -215,18 +227,27 @@ def predict_in_batches(model, x, batch_size):
                            for start in range(0, len(x), batch_size)])
 
 
-def predict_and_score(model, task_type, x, y, owner, batch_size):
-    """Predictions of the model on one split and its metrics: (metrics, predictions, confusion matrix or None)."""
-    output = predict_in_batches(model, x, batch_size)
+def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
+    """Predictions of the model on one split and its metrics, per clip: (metrics, predictions, confusion matrix or
+    None). A clip's output is the mean of its examples' outputs (class probabilities, or values), so in a windows
+    dataset every metric, prediction and confusion matrix counts clips, never windows."""
+    output, first = clip_means(predict_in_batches(model, x, batch_size), owner, clip)
     if task_type == "classification":
-        y_true = y.argmax(axis=1)
-        scores, confusion = classification_metrics(y_true, output.astype(np.float64))
+        y_true = y[first].argmax(axis=1)
+        scores, confusion = classification_metrics(y_true, output)
         y_pred = output.argmax(axis=1)
     else:
-        y_true, y_pred, confusion = y.reshape(-1).astype(np.float64), output.reshape(-1).astype(np.float64), None
+        y_true, y_pred, confusion = y[first].reshape(-1).astype(np.float64), output.reshape(-1), None
         scores = regression_metrics(y_true, y_pred)
-    predictions = {"item": owner.tolist(), "y_true": y_true.tolist(), "y_pred": y_pred.tolist()}
+    predictions = {"item": owner[first].tolist(), "clip": clip[first].tolist(), "y_true": y_true.tolist(),
+                   "y_pred": y_pred.tolist()}
     return scores, predictions, confusion
+
+
+def load_all(features_folder, dataset):
+    """(predictors, targets, clip ids) of a dataset, each {item: array} (see utility_functions)."""
+    predictors, targets = load_dataset(features_folder, dataset)
+    return predictors, targets, load_clip_ids(features_folder, dataset, predictors)
 
 
 class Stopwatch:
@@ -244,7 +265,7 @@ class Stopwatch:
 def run_fold(job, loaded=None):
     """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result.
 
-    loaded: the dataset as load_dataset returns it, when the fold server already holds it (else read here).
+    loaded: the dataset as load_all returns it, when the fold server already holds it (else read here).
     """
     started = time.monotonic()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
@@ -260,12 +281,12 @@ def run_fold(job, loaded=None):
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
         raise XvalError(f"the files of dataset '{job['dataset']}' changed since the routine checked them "
                         "(preprocessed again while it ran?): rerun the routine")
-    predictors, targets = loaded or load_dataset(job["features_folder"], job["dataset"])
-    data = {split: stack_items(predictors, targets, job[f"{split}_items"]) for split in SPLITS}
-    del predictors, targets
+    dataset = loaded or load_all(job["features_folder"], job["dataset"])
+    data = {split: stack_items(dataset, job[f"{split}_items"]) for split in SPLITS}
+    del dataset
     if task_type == "regression":
-        data = {split: (x, y.reshape(-1), owner) for split, (x, y, owner) in data.items()}
-    x_train, y_train, _ = data["train"]
+        data = {split: (x, y.reshape(-1), owner, clip) for split, (x, y, owner, clip) in data.items()}
+    x_train, y_train, _, _ = data["train"]
     output_size = y_train.shape[1] if task_type == "classification" else 1
 
     mean, variance = normalisation_statistics(x_train)
@@ -283,7 +304,7 @@ def run_fold(job, loaded=None):
     monitor = parameters["save_best_model_metric"]
     mode = monitor_mode(monitor, parameters["save_best_model_mode"])
     callbacks, best = make_callbacks(keras, monitor, mode, parameters)
-    x_val, y_val, _ = data["val"]
+    x_val, y_val, _, _ = data["val"]
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=parameters["num_epochs"],
                         batch_size=parameters["batch_size"], shuffle=True, verbose=0, callbacks=callbacks)
     if best.best_weights is None:
@@ -304,8 +325,9 @@ def run_fold(job, loaded=None):
               "monitor": monitor, "monitor_mode": mode, "model_file": job["model_file"],
               "predictions": {}, "confusion_matrix": {}}
     for split in SPLITS:
-        x, y, owner = data[split]
-        scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, parameters["batch_size"])
+        x, y, owner, clip = data[split]
+        scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, clip,
+                                                           parameters["batch_size"])
         result["metrics"][split] = scores
         if split == "test":
             result["predictions"]["test"] = predictions
@@ -351,7 +373,7 @@ def load_for_children(job_path, held):
             return None
         if held.get("version") != version:
             held.clear()
-            held.update(version=version, data=load_dataset(job["features_folder"], job["dataset"]))
+            held.update(version=version, data=load_all(job["features_folder"], job["dataset"]))
         return held["data"]
     except (OSError, KeyError, TypeError, XvalError):
         held.clear()

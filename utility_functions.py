@@ -86,17 +86,20 @@ def exit_on_user_error(main, debug=False):
 PATH = "path"  # a path, relative to the folder of config.ini
 CONFIG_SCHEMA = {
     "paths": {"ravdess_folder": PATH, "demo_folder": PATH, "features_folder": PATH, "experiment_folder": PATH},
-    "preprocessing": {"sample_rate": int, "clip_seconds": float, "cut_mode": ("start", "center"),
+    "preprocessing": {"sample_rate": int, "clip_mode": ("fixed", "windows"), "clip_seconds": float,
+                      "cut_mode": ("start", "center"), "window_seconds": float, "window_hop_seconds": float,
                       "vocal_channel": ("speech", "song", "all")},
-    "features": {"type": ("stft", "mfcc", "mel"), "n_fft": int, "win_length": int, "hop_length": int,
+    "features": {"type": ("stft", "mfcc", "mel", "cqt"), "n_fft": int, "win_length": int, "hop_length": int,
                  "window": str, "n_mels": int, "n_mfcc": int, "fmin": float, "fmax": float,
-                 "power_law_compression": float},
+                 "power_law_compression": float, "cqt_fmin": float, "cqt_bins": int, "cqt_bins_per_octave": int},
     "folds": {"folds_seed": int, "validation_share": float},
     "training": {"batch_size": int, "num_epochs": int, "learning_rate": float, "optimizer": OPTIMIZERS,
                  "early_stopping": bool, "patience": int, "save_best_model_metric": str,
                  "save_best_model_mode": ("min", "max", "auto"), "regularization_lambda": float, "seed": int},
 }
-_POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("features", "n_fft"),
+_POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
+             ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),
+             ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
              ("features", "win_length"), ("features", "hop_length"), ("features", "n_mels"),
              ("features", "n_mfcc"), ("training", "batch_size"), ("training", "num_epochs"),
              ("training", "learning_rate"), ("features", "power_law_compression")}
@@ -367,7 +370,7 @@ def dataset_paths(features_folder, dataset):
     """Paths of a dataset's predictors, target and metadata files."""
     folder = Path(features_folder)
     return {"predictors": folder / f"{dataset}_predictors.npz", "target": folder / f"{dataset}_target.npz",
-            "metadata": folder / f"{dataset}_metadata.json"}
+            "clips": folder / f"{dataset}_clips.npz", "metadata": folder / f"{dataset}_metadata.json"}
 
 
 def load_dataset(features_folder, dataset):
@@ -394,23 +397,43 @@ def load_dataset(features_folder, dataset):
 
 
 def dataset_file_stats(features_folder, dataset):
-    """[[size in bytes, modification time in ns]] of the predictors and target files: tells a rewritten file cheaply."""
+    """[[size in bytes, modification time in ns]] of the predictors, target and (None when absent) clips files:
+    tells a rewritten file cheaply."""
     paths = dataset_paths(features_folder, dataset)
     for kind in ("predictors", "target"):
         if not paths[kind].is_file():
             raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: run "
-                            f"python3 preprocessing_ravdess.py --dataset {dataset} (or fix the dataset name)")
-    return [[paths[kind].stat().st_size, paths[kind].stat().st_mtime_ns] for kind in ("predictors", "target")]
+                            f"python3 preprocessing_dataset.py (or preprocessing_ravdess.py) --dataset {dataset}, "
+                            "or fix the dataset name")
+    return [[paths[kind].stat().st_size, paths[kind].stat().st_mtime_ns] if paths[kind].is_file() else None
+            for kind in ("predictors", "target", "clips")]
 
 
-def dataset_fingerprint(predictors, targets):
-    """SHA-256 (hex) of a loaded dataset's content: every item's name, dtype, shape and bytes, predictors and targets.
+def load_clip_ids(features_folder, dataset, predictors):
+    """Which clip each example belongs to, numbered within its item: {item: int32 (examples,)}, without pickle.
+
+    A windows dataset stores it in {dataset}_clips.npz (a clip's windows are consecutive); in any other dataset
+    every example is a clip of its own.
+    """
+    path = dataset_paths(features_folder, dataset)["clips"]
+    if not path.is_file():
+        return {item: np.arange(len(x), dtype=np.int32) for item, x in predictors.items()}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {item: archive[item] for item in sorted(archive.files)}
+    except (OSError, ValueError) as error:
+        raise XvalError(f"{path} cannot be read ({error}): rerun preprocessing with --force") from None
+
+
+def dataset_fingerprint(predictors, targets, clip_ids):
+    """SHA-256 (hex) of a loaded dataset's content: every item's name, dtype, shape and bytes, predictors, targets
+    and clip ids.
 
     The arrays are hashed rather than the .npz files, whose zip entries carry the time they were written: the same
     features preprocessed twice give the same fingerprint, other features (settings, audio, items) another one.
     """
     digest = hashlib.sha256()
-    for arrays in (predictors, targets):
+    for arrays in (predictors, targets, clip_ids):
         for item in sorted(arrays):
             array = np.ascontiguousarray(arrays[item])
             digest.update(f"{item}|{array.dtype.str}|{array.shape}|".encode("utf-8"))
@@ -418,17 +441,20 @@ def dataset_fingerprint(predictors, targets):
     return digest.hexdigest()
 
 
-def check_dataset(predictors, targets, dataset):
+def check_dataset(predictors, targets, dataset, clip_ids=None):
     """Check a loaded dataset's arrays once, where it enters; returns the non-empty items. XvalError on a problem.
 
-    Every item: as many targets as clips, predictors (clips, frames, bins) of one shape for all items, no NaN or
-    infinity anywhere. Whether the target fits a task type is check_target's.
+    Every item: as many targets (and clip ids) as examples, predictors (examples, frames, bins) of one shape for
+    all items, no NaN or infinity anywhere, each clip's windows consecutive and with one target. Whether the
+    target fits a task type is check_target's.
     """
     for item in predictors:
         x, y = predictors[item], targets[item]
         if len(x) != len(y):
             raise XvalError(f"dataset '{dataset}', item {item}: {len(x)} predictor clips but {len(y)} targets: "
                             "rerun preprocessing with --force")
+        if clip_ids is not None:
+            check_clip_ids(clip_ids.get(item), y, f"dataset '{dataset}', item {item}")
         if x.ndim != 3:
             raise XvalError(f"dataset '{dataset}', item {item}: predictors have shape {x.shape}, expected "
                             "(clips, frames, bins): rerun preprocessing with --force")
@@ -442,6 +468,20 @@ def check_dataset(predictors, targets, dataset):
         raise XvalError(f"dataset '{dataset}': items have different (frames, bins) {sorted(shapes)}: "
                         "rerun preprocessing with --force")
     return [item for item in predictors if len(predictors[item])]
+
+
+def check_clip_ids(ids, y, where):
+    """XvalError unless ids (examples,) numbers the clips 0, 1, ... with each clip's windows consecutive and of
+    one target."""
+    if ids is None or ids.shape != (len(y),) or not np.issubdtype(ids.dtype, np.integer):
+        raise XvalError(f"{where}: the clips file does not number every window: rerun preprocessing with --force")
+    steps = np.diff(ids)
+    if len(ids) and (ids[0] != 0 or np.any((steps != 0) & (steps != 1))):
+        raise XvalError(f"{where}: the clips file does not number the clips 0, 1, ... in order: rerun "
+                        "preprocessing with --force")
+    same_clip = steps == 0
+    if np.any(same_clip) and not np.all(y[1:][same_clip] == y[:-1][same_clip]):
+        raise XvalError(f"{where}: windows of one clip have different targets: rerun preprocessing with --force")
 
 
 def check_target(targets, dataset, task_type):

@@ -2,11 +2,13 @@
 
 A routine script (xval_routine_example.py, copied per experiment) ends with run_routine(...). It:
   1. reads the command line (which instances, which GPU);
-  2. resolves every selected instance's parameter strings over the defaults (config.ini [training] plus the
-     architecture's keyword defaults) and refuses any typo, unknown name or wrong type before anything is written;
-  3. checks the dataset and makes (or reuses) the experiment's k-fold split over the foldable items (actors);
-  4. runs every fold of every instance as its own process (training.py), resuming where a run left off;
-  5. assembles each instance's results JSON and rebuilds the spreadsheet after each instance it trains.
+  2. makes the plan (validate): resolves every selected instance's parameter strings over the defaults (config.ini
+     [training] plus the architecture's keyword defaults), checks and fingerprints the dataset, makes (or reuses)
+     the experiment's k-fold split over the foldable items, and finds which folds are done and may be reused;
+     anything doubtful is refused before anything is written;
+  3. runs each missing fold job (one instance x one fold) in its own process (training.py);
+  4. assembles each instance's results JSON from its fold results and rebuilds the spreadsheet after each instance
+     it trains; logs/launch_*.json records where the launch's time went.
 This module imports neither TensorFlow nor define_models: the architectures' signatures are read from the source,
 so validation is instant and the parent process stays small however many instances it runs.
 """
@@ -29,10 +31,10 @@ import numpy as np
 
 from utility_functions import (DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC,
                                MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
-                               SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset, check_target, claim,
-                               config_path_in_use, dataset_file_stats, dataset_fingerprint, dataset_paths,
-                               exit_on_user_error, file_mutex, load_config, load_dataset, read_json, release,
-                               remove_stale_temp_files)
+                               SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
+                               check_target, claim, config_path_in_use, dataset_file_stats, dataset_fingerprint,
+                               dataset_paths, exit_on_user_error, file_mutex, load_clip_ids, load_config,
+                               load_dataset, read_json, release, remove_stale_temp_files)
 
 MODELS_FILE = PROJECT_DIR / "define_models.py"
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
@@ -692,7 +694,7 @@ def run_instance(routine, position, instance, planned):
     planned: the instance's {"instance", "parameters", "hash", "fingerprints", "missing"} from validate().
     """
     files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance, routine.num_folds)
-    label = f"instance {position} of {len(routine.selected)} (run {instance})"
+    label = f"instance {instance} ({position} of {len(routine.selected)})"
     owner = claim(files["lock"])
     if owner:
         print(f"{label}: skipped, being run by {owner.get('host')} pid {owner.get('pid')} since "
@@ -837,11 +839,13 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     features_folder = config["paths"]["features_folder"]
     dataset_files = dataset_file_stats(features_folder, dataset)  # before reading: a later rewrite shows
     predictors, targets = load_dataset(features_folder, dataset)
-    items = check_dataset(predictors, targets, dataset)
+    clip_ids = load_clip_ids(features_folder, dataset, predictors)
+    items = check_dataset(predictors, targets, dataset, clip_ids)
     for task_type in sorted({parameters["task_type"] for parameters in resolved.values()}):
         check_target(targets, dataset, task_type)
-    identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets), "dataset_files": dataset_files}
-    del predictors, targets
+    identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
+                "dataset_files": dataset_files}
+    del predictors, targets, clip_ids
     root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
     root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
         else Path(root).expanduser()

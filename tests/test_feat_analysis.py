@@ -183,3 +183,26 @@ def test_numbers_do_not_depend_on_blas_threads():
     with threadpoolctl.threadpool_limits(limits=1):
         single = feat_analysis.extract_features_batch(clips, SAMPLE_RATE, s)
     np.testing.assert_array_equal(default, single)
+
+
+@pytest.mark.parametrize("changes", [{}, {"cqt_fmin": 55.0, "cqt_bins": 60, "cqt_bins_per_octave": 12,
+                                          "hop_length": 256}, {"cqt_fmin": 110.0, "cqt_bins": 48, "cqt_bins_per_octave": 24}])
+def test_cqt_equals_librosa_cqt_in_decibels_and_places_a_tone_in_its_bin(changes):
+    settings = settings_of("cqt", {"cqt_fmin": 32.7, "cqt_bins": 84, "cqt_bins_per_octave": 12, **changes})
+    signal = noise_with_silence()
+    features = feat_analysis.extract_features(signal, SAMPLE_RATE, settings)
+    spectrum = librosa.cqt(y=signal, sr=SAMPLE_RATE, hop_length=settings["hop_length"], fmin=settings["cqt_fmin"],
+                           n_bins=settings["cqt_bins"], bins_per_octave=settings["cqt_bins_per_octave"])
+    expected = librosa.power_to_db(np.abs(spectrum) ** 2, ref=1.0, amin=1e-10, top_db=80.0).T
+    assert features.shape == expected.shape == (1 + len(signal) // settings["hop_length"], settings["cqt_bins"])
+    np.testing.assert_allclose(features, expected, atol=1e-3)
+    tone = 440.0  # A4: bin bins_per_octave * log2(440 / fmin) above the lowest
+    peaks = feat_analysis.extract_features(sine(tone), SAMPLE_RATE, settings)[4:-4].argmax(axis=1)
+    expected_bin = settings["cqt_bins_per_octave"] * np.log2(tone / settings["cqt_fmin"])
+    assert np.all(np.abs(peaks - expected_bin) <= 1)
+
+
+def test_cqt_settings_librosa_cannot_compute_are_explained():
+    settings = settings_of("cqt", {"cqt_fmin": 32.7, "cqt_bins": 84, "cqt_bins_per_octave": 12})
+    assert feat_analysis.cqt_problem(SAMPLE_RATE, settings) is None
+    assert "Nyquist" in feat_analysis.cqt_problem(8000, settings)

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 import demo_corpus
+import preprocessing_dataset as pipeline
 import preprocessing_ravdess as prep
 from utility_functions import check_dataset, check_target, dataset_paths, load_config, load_dataset
 
@@ -118,7 +119,7 @@ def test_flat_folder_gives_the_same_dataset(corpus, small_config, tmp_path):
 
 
 def test_one_and_two_jobs_give_identical_arrays(corpus, small_config):
-    assert sum(1 for _ in corpus.rglob("*.wav")) > prep.CHUNK_FILES  # several chunks
+    assert sum(1 for _ in corpus.rglob("*.wav")) > pipeline.CHUNK_FILES  # several chunks
     config = load_config(small_config)
     for dataset, jobs in (("serial", 1), ("parallel", 2)):
         prep.preprocess(corpus, dataset, small_config, feature_type="mfcc", jobs=jobs, quiet=True)
@@ -228,9 +229,9 @@ def test_cut_mode_start_and_center(tmp_path):
     signal = np.concatenate([np.full(8000, 0.1), np.full(16000, 0.2), np.full(8000, 0.3)]).astype(np.float32)
     path = tmp_path / "03-01-01-01-01-01-01.wav"
     sf.write(path, signal, 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(prep.load_clip(path, 16000, 16000, "start"), signal[:16000])
-    np.testing.assert_array_equal(prep.load_clip(path, 16000, 16000, "center"), signal[8000:24000])
-    padded = prep.load_clip(path, 16000, 40000, "center")
+    np.testing.assert_array_equal(pipeline.load_clip(path, 16000, 16000, "start"), signal[:16000])
+    np.testing.assert_array_equal(pipeline.load_clip(path, 16000, 16000, "center"), signal[8000:24000])
+    padded = pipeline.load_clip(path, 16000, 40000, "center")
     np.testing.assert_array_equal(padded, np.concatenate([signal, np.zeros(8000, np.float32)]))
 
 
@@ -243,7 +244,7 @@ def test_load_clip_equals_librosa_load_for_many_formats(tmp_path):
     for name, signal, rate, subtype, container in cases:
         sf.write(tmp_path / name, signal, rate, subtype=subtype, format=container)
         expected, _ = librosa.load(tmp_path / name, sr=16000)
-        clip = prep.load_clip(tmp_path / name, 16000, len(expected), "start")
+        clip = pipeline.load_clip(tmp_path / name, 16000, len(expected), "start")
         assert clip.dtype == np.float32
         np.testing.assert_array_equal(clip, expected, err_msg=name)
 

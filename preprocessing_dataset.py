@@ -1,0 +1,686 @@
+"""Any dataset, no code: a CSV or folders of classes in, xval's feature dataset out, with folds by speaker.
+
+    python3 preprocessing_dataset.py --csv FILE --dataset NAME [--file-column file] [--label-column label]
+                                     [--fold-by speaker] [--audio-root DIR] [common options]
+    python3 preprocessing_dataset.py --folders DIR --dataset NAME (--group-pattern REGEX | --fold-by file)
+                                     [common options]
+    common options: [--target classification|regression] [--classes A,B,C] [--features stft|mfcc|mel|cqt]
+                    [--jobs N] [--force] [--config PATH]
+
+Every front end (these two, and preprocessing_ravdess.py for RAVDESS names) only builds a table of clips: the
+audio file, its label, its foldable item (the speaker: what folds never split) and its other columns. One
+pipeline does the rest (build_dataset):
+  1. labels to targets: classification classes are the sorted distinct labels (or --classes, in that order);
+     regression reads numbers;
+  2. audio: any format soundfile reads (WAV 8/16/24-bit and float, FLAC, OGG, MP3), any sample rate and channel
+     count, mixed to mono and resampled to [preprocessing] sample_rate with soxr 'soxr_hq' (librosa.load's numbers);
+  3. length ([preprocessing] clip_mode): 'fixed' pads or cuts every clip to clip_seconds; 'windows' cuts every clip
+     into windows of window_seconds every window_hop_seconds (the last one zero-padded, a short clip padded to one
+     window), so nothing is thrown away; training uses the windows, evaluation averages a clip's windows;
+  4. features (feat_analysis.py), in worker processes;
+  5. {NAME}_predictors.npz and {NAME}_target.npz (one array per foldable item, no pickle), {NAME}_clips.npz in
+     windows mode (each window's clip, numbered within its item), and {NAME}_metadata.json (one record per clip
+     with every column, class names, settings, sample rates and durations found, what was skipped and why).
+A row that cannot be used (missing or undecodable file, empty or unusable label, no foldable item, a foldable item
+with a single clip) is skipped and named in the summary with its row number; the run succeeds for the rest unless
+nothing usable is left. Folding by file (--fold-by file: speaker-dependent, clips of one speaker in training and
+test) is possible only when asked by name, and is then said in the metadata, on the console and by the engine.
+A rerun with the same table, input files (names, sizes, modification times) and settings reuses the dataset.
+"""
+import argparse
+import csv
+import ctypes
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import scipy.signal
+import soundfile as sf
+import threadpoolctl
+from tqdm import tqdm
+
+import feat_analysis
+from utility_functions import (TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file, config_path_in_use,
+                               dataset_paths, exit_on_user_error, load_config, read_json, remove_stale_temp_files,
+                               temp_path_for)
+
+FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
+TARGET_KINDS = ("classification", "regression")
+FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only when asked by name
+RESAMPLER = "soxr_hq"  # librosa.load's default resampler
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
+KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
+CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
+LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what --folders reads
+SKIP_KINDS = {  # kind of skipped row -> how the summary names it
+    "missing_file": "audio file not found", "unreadable": "unreadable or empty audio",
+    "empty_label": "empty label", "bad_label": "label not usable", "no_item": "no foldable item",
+    "single_clip_item": "the only clip of its foldable item",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The table of clips: what every front end builds
+
+def clip_entry(row, file, path, label, item, record):
+    """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
+    label, foldable item, and the record the metadata keeps for it (every column of its row)."""
+    return {"row": row, "file": file, "path": str(path), "label": label, "item": item, "record": record}
+
+
+def skip_entry(clip_or_row, kind, reason, file=None):
+    """One skipped row: {row, file, kind, reason}."""
+    if isinstance(clip_or_row, dict):
+        return {"row": clip_or_row["row"], "file": clip_or_row["file"], "kind": kind, "reason": reason}
+    return {"row": clip_or_row, "file": file, "kind": kind, "reason": reason}
+
+
+def file_stats(paths, root):
+    """[[path relative to root, size in bytes, mtime in ns]] of the files that exist: what the fingerprint sees."""
+    stats = []
+    for path in sorted({Path(path) for path in paths}):
+        if path.is_file():
+            status = path.stat()
+            stats.append([os.path.relpath(path, root), status.st_size, status.st_mtime_ns])
+    return stats
+
+
+def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
+    """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
+    audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
+    csv_path = Path(csv_path).expanduser().resolve()
+    if not csv_path.is_file():
+        raise XvalError(f"CSV file {csv_path} does not exist: pass the path of your table with --csv")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = list(rows[0].keys()) if rows else []
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise XvalError(f"{csv_path} cannot be read as a CSV ({error}): save it as UTF-8 CSV") from None
+    roles = (("the audio files", file_column, "--file-column"), ("the labels", label_column, "--label-column"),
+             ("the foldable items", fold_by, "--fold-by"))
+    for role, column, option in roles:
+        if column not in header and not (option == "--fold-by" and column == FOLD_BY_FILE):
+            raise XvalError(f"{csv_path} has no column '{column}' for {role} (its columns: {', '.join(header)}): "
+                            f"name the right one with {option}")
+    root = Path(audio_root).expanduser().resolve() if audio_root else csv_path.parent
+    clips, skipped = [], []
+    for number, row in enumerate(rows, start=2):
+        file = (row.get(file_column) or "").strip()
+        path = (root / file).resolve()
+        item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()
+        clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item,
+                          {key: value for key, value in row.items() if key is not None})
+        if not file or not path.is_file():
+            skipped.append(skip_entry(clip, "missing_file", f"{path} does not exist" if file else "no file name"))
+        elif not item:
+            skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
+        else:
+            clips.append(clip)
+    return clips, skipped, file_stats([clip["path"] for clip in clips] + [csv_path], root)
+
+
+def folders_table(folder, group_pattern, fold_by):
+    """Clips of a folder of class subfolders (folder/CLASS/**/file.wav): (clips, skipped, stats).
+
+    The foldable item comes from each file name by group_pattern (a regular expression with a group named
+    'group', searched in the name), or is the file itself when fold_by is 'file'. Rows are numbered in the sorted
+    order of the files."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise XvalError(f"folder {folder} does not exist: pass the folder holding one subfolder per class")
+    if fold_by != FOLD_BY_FILE and not group_pattern:
+        raise XvalError("--folders needs --group-pattern (e.g. '^(?P<group>[^_]+)_' for speaker_rest.wav) to find "
+                        "each file's speaker, or --fold-by file for a speaker-dependent split")
+    try:
+        pattern = re.compile(group_pattern) if group_pattern else None
+    except re.error as error:
+        raise XvalError(f"--group-pattern {group_pattern!r} is not a regular expression ({error})") from None
+    if pattern is not None and "group" not in pattern.groupindex:
+        raise XvalError(f"--group-pattern {group_pattern!r} has no group named 'group': write e.g. "
+                        "'^(?P<group>[^_]+)_'")
+    paths = sorted(path for path in folder.glob("*/**/*") if path.is_file() and TEMP_MARKER not in path.name
+                   and path.suffix.lower() in AUDIO_SUFFIXES)
+    if not paths:
+        raise XvalError(f"folder {folder} holds no audio files in class subfolders ({', '.join(AUDIO_SUFFIXES)}): "
+                        "lay it out as FOLDER/CLASS/file.wav")
+    clips, skipped = [], []
+    for number, path in enumerate(paths, start=1):
+        relative = path.relative_to(folder).as_posix()
+        match = pattern.search(path.name) if pattern else None
+        item = relative if fold_by == FOLD_BY_FILE else (match["group"] if match and match["group"] else "")
+        clip = clip_entry(number, relative, path, relative.split("/")[0], item,
+                          {"file": relative, "label": relative.split("/")[0], "group": item})
+        if not item:
+            skipped.append(skip_entry(clip, "no_item", f"--group-pattern {group_pattern!r} finds no group in the "
+                                                       "name"))
+        else:
+            clips.append(clip)
+    return clips, skipped, file_stats(paths, folder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labels to targets
+
+def parse_class_order(text):
+    """--classes 'a,b,c' -> ['a', 'b', 'c'] (None for none given)."""
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def label_targets(clips, target_kind, class_names=None):
+    """(kept clips each with "target", class names or None, skipped). Classification: the class index of the
+    label among class_names (default: the sorted distinct labels); regression: the label as a finite number."""
+    kept, skipped = [], []
+    for clip in clips:
+        if clip["label"] == "":
+            skipped.append(skip_entry(clip, "empty_label", "the label cell is empty"))
+        elif target_kind == "regression":
+            try:
+                value = float(clip["label"])
+            except (TypeError, ValueError):
+                value = float("nan")
+            if np.isfinite(value):
+                kept.append(dict(clip, target=value))
+            else:
+                skipped.append(skip_entry(clip, "bad_label", f"{clip['label']!r} is not a finite number"))
+        elif class_names is not None and clip["label"] not in class_names:
+            skipped.append(skip_entry(clip, "bad_label", f"{clip['label']!r} is not one of the classes "
+                                                         f"{', '.join(class_names)}"))
+        else:
+            kept.append(clip)
+    if target_kind == "classification":
+        class_names = list(class_names) if class_names else sorted({clip["label"] for clip in kept})
+        kept = [dict(clip, target=class_names.index(clip["label"])) for clip in kept]
+        return kept, class_names, skipped
+    return kept, None, skipped
+
+
+def target_rows(values, target_kind, class_count):
+    """Targets of clips: one-hot float32 (n, classes) of class indices, or float32 (n,) of numbers."""
+    if target_kind == "classification":
+        return np.eye(class_count, dtype=np.float32)[np.asarray(values, dtype=int)].reshape(len(values), class_count)
+    return np.asarray(values, dtype=np.float32).reshape(len(values))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio: the same numbers as librosa.load(path, sr=sample_rate) (mono, soxr_hq), then fixed length or windows
+
+def read_mono(path):
+    """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).
+
+    The same numbers as librosa.load(path, sr=None): soundfile reads float32, librosa.to_mono averages the
+    channels. Raises ValueError for a file without samples or with non-finite ones, soundfile's errors for files
+    it cannot read.
+    """
+    if Path(path).stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise ValueError("holds no audio samples")
+    signal = librosa.to_mono(data.T) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(signal).all():
+        raise ValueError("holds NaN or infinite samples")
+    return np.ascontiguousarray(signal), sample_rate
+
+
+def resample(signal, orig_rate, target_rate):
+    """float32 (samples,) at orig_rate Hz -> float32 (ceil(samples * target_rate / orig_rate),) at target_rate,
+    with librosa.resample and soxr 'soxr_hq' (what librosa.load does)."""
+    if orig_rate == target_rate:
+        return signal
+    return librosa.resample(signal, orig_sr=orig_rate, target_sr=target_rate, res_type=RESAMPLER).astype(
+        np.float32, copy=False)
+
+
+def fit_length(signal, n_samples, cut_mode, out=None):
+    """signal (samples,) padded with zeros at the end, or cut at the start (cut_mode 'start') or around the
+    centre ('center'), to exactly n_samples; written into out (n_samples,) when given."""
+    if len(signal) == n_samples and out is None:
+        return signal
+    start = 0 if cut_mode == "start" or len(signal) <= n_samples else (len(signal) - n_samples) // 2
+    kept = signal[start:start + n_samples]
+    if out is None:
+        out = np.empty(n_samples, dtype=signal.dtype)
+    out[:len(kept)] = kept
+    out[len(kept):] = 0
+    return out
+
+
+def window_count(n_samples, window_samples, hop_samples):
+    """Windows that cover a signal of n_samples: 1 + ceil((n_samples - window) / hop), at least 1."""
+    return 1 + max(0, -(-(n_samples - window_samples) // hop_samples))
+
+
+def cut_windows(signal, window_samples, hop_samples):
+    """float32 (samples,) -> float32 (windows, window_samples): window i starts at i * hop_samples; the last one
+    (or a clip shorter than one window) is padded with zeros at the end."""
+    count = window_count(len(signal), window_samples, hop_samples)
+    padded = np.zeros((count - 1) * hop_samples + window_samples, dtype=np.float32)
+    padded[:len(signal)] = signal
+    return np.lib.stride_tricks.sliding_window_view(padded, window_samples)[::hop_samples].copy()
+
+
+def load_clip(path, sample_rate, clip_samples, cut_mode, out=None):
+    """One fixed-length clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz
+    (written into out when given)."""
+    signal, native_rate = read_mono(path)
+    return fit_length(resample(signal, native_rate, sample_rate), clip_samples, cut_mode, out)
+
+
+def clip_signals(path, length):
+    """A clip's signals before features, by length settings: ((pieces, samples) float32, native rate in Hz,
+    duration in s). length: {"mode": "fixed", "clip_samples", "cut_mode"} gives one piece; {"mode": "windows",
+    "window_samples", "hop_samples"} one piece per window. Also the native rate and the duration."""
+    signal, native_rate = read_mono(path)
+    duration = len(signal) / native_rate
+    signal = resample(signal, native_rate, length["sample_rate"])
+    if length["mode"] == "fixed":
+        return fit_length(signal, length["clip_samples"], length["cut_mode"])[np.newaxis], native_rate, duration
+    return cut_windows(signal, length["window_samples"], length["hop_samples"]), native_rate, duration
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features of many files, in worker processes
+
+def features_of_chunk(task):
+    """Features of a chunk of files. task: {paths, length, feature_settings, plan} (plan: feat_analysis's).
+
+    Returns (float32 (pieces of the readable files, frames, bins), [per file: pieces (0 if unreadable), None or
+    why it was skipped, native rate or None, duration in s or None])."""
+    settings, pieces, outcomes = task["feature_settings"], [], []
+    for path in task["paths"]:
+        try:
+            signals, native_rate, duration = clip_signals(path, task["length"])
+            pieces.append(signals)
+            outcomes.append((len(signals), None, native_rate, duration))
+        except (RuntimeError, OSError, ValueError, EOFError) as error:
+            outcomes.append((0, f"cannot be read: {error_text(error)}", None, None))
+    samples = task["length"]["clip_samples" if task["length"]["mode"] == "fixed" else "window_samples"]
+    if not pieces:
+        frames = feat_analysis.n_frames(samples, settings["hop_length"])
+        return np.zeros((0, frames, feat_analysis.n_bins(settings)), np.float32), outcomes
+    features = feat_analysis.extract_features_batch(np.concatenate(pieces), task["length"]["sample_rate"], settings,
+                                                    task["plan"])
+    return features, outcomes
+
+
+def error_text(error):
+    """The first line of an exception's message without soundfile's "Error opening '...': " prefix."""
+    text = getattr(error, "error_string", None) or str(error) or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _prepare_worker():
+    """Pool initializer: one BLAS thread per worker (the workers are the parallelism; more threads only spin),
+    and glibc's malloc told to keep freed memory (each file's temporary arrays would otherwise come fresh from
+    the kernel, page faults costing a third of the time)."""
+    threadpoolctl.threadpool_limits(limits=1)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_FREED_BYTES)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _pool_context():
+    """fork where available (workers inherit the loaded modules and start at once), else the default."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
+def compute_features(clips, length, feature_settings, jobs, label):
+    """Features of all clips in order, over jobs processes with a progress bar.
+
+    Returns (float32 (pieces of the readable clips, frames, bins), [per clip: (pieces, reason, rate, duration)])."""
+    plan = feat_analysis.analysis_plan(length["sample_rate"], feature_settings)
+    chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
+    tasks = [{"paths": [clip["path"] for clip in chunk], "length": length, "feature_settings": feature_settings,
+              "plan": plan} for chunk in chunks]
+    jobs = max(1, min(jobs, len(tasks)))
+    # librosa's first STFT loads its lazy modules and numba functions (~1.5 s, far more on a fresh machine):
+    # pay it once here, so that the forked workers inherit it instead of each paying it again
+    samples = length["clip_samples" if length["mode"] == "fixed" else "window_samples"]
+    feat_analysis.extract_features_batch(np.zeros((1, samples), np.float32), length["sample_rate"], feature_settings,
+                                         plan)
+    results = []
+    with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
+        if jobs == 1:
+            with threadpoolctl.threadpool_limits(limits=1):
+                for outcome in map(features_of_chunk, tasks):
+                    results.append(outcome)
+                    progress.update(len(outcome[1]))
+        else:
+            with _pool_context().Pool(jobs, initializer=_prepare_worker) as pool:
+                for outcome in pool.imap(features_of_chunk, tasks):
+                    results.append(outcome)
+                    progress.update(len(outcome[1]))
+    features = np.concatenate([features for features, _ in results])
+    return features, [outcome for _, outcomes in results for outcome in outcomes]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings, fingerprint, output
+
+def length_settings(preprocessing):
+    """What cuts audio into the pieces features are made of: {"mode", "sample_rate", ...} (see clip_signals)."""
+    rate = preprocessing["sample_rate"]
+    if preprocessing["clip_mode"] == "fixed":
+        return {"mode": "fixed", "sample_rate": rate, "clip_samples": int(round(preprocessing["clip_seconds"] * rate)),
+                "cut_mode": preprocessing["cut_mode"]}
+    return {"mode": "windows", "sample_rate": rate,
+            "window_samples": int(round(preprocessing["window_seconds"] * rate)),
+            "hop_samples": int(round(preprocessing["window_hop_seconds"] * rate))}
+
+
+def check_settings(config, feature_type, jobs, where):
+    """Raise XvalError (one line naming the config key) when the settings cannot give features."""
+    pre, feat = config["preprocessing"], config["features"]
+    if feature_type not in feat_analysis.FEATURE_TYPES:
+        raise XvalError(f"feature type {feature_type!r} is not one of {', '.join(feat_analysis.FEATURE_TYPES)}: "
+                        f"fix --features or [features] type in {where}")
+    if jobs is not None and jobs < 1:
+        raise XvalError(f"--jobs {jobs} must be at least 1")
+    if feat["win_length"] > feat["n_fft"]:
+        raise XvalError(f"{where} [features] win_length = {feat['win_length']} is longer than n_fft = "
+                        f"{feat['n_fft']}: make win_length <= n_fft")
+    try:
+        scipy.signal.get_window(feat["window"], feat["win_length"])
+    except (ValueError, TypeError):
+        raise XvalError(f"{where} [features] window = {feat['window']!r} is not a window scipy.signal.get_window "
+                        "knows: use hann, hamming, blackman, ...") from None
+    length = length_settings(pre)
+    for key, name in (("clip_samples", "clip_seconds"), ("window_samples", "window_seconds"),
+                      ("hop_samples", "window_hop_seconds")):
+        if key in length and length[key] < 1:
+            raise XvalError(f"{where} [preprocessing] {name} = {pre[name]} is shorter than one sample: make it longer")
+    nyquist = pre["sample_rate"] / 2
+    if feature_type in ("mel", "mfcc"):
+        fmax = feat_analysis.mel_fmax(feat["fmax"], pre["sample_rate"])
+        if fmax > nyquist:
+            raise XvalError(f"{where} [features] fmax = {feat['fmax']} is above half the sample rate ({nyquist:g} "
+                            "Hz): lower it, or 0 for half the sample rate")
+        if not 0 <= feat["fmin"] < fmax:
+            raise XvalError(f"{where} [features] fmin = {feat['fmin']} must be at least 0 and below fmax "
+                            f"({fmax:g} Hz): fix it")
+    if feature_type == "mfcc" and feat["n_mfcc"] > feat["n_mels"]:
+        raise XvalError(f"{where} [features] n_mfcc = {feat['n_mfcc']} is more than n_mels = {feat['n_mels']}: "
+                        "lower n_mfcc or raise n_mels")
+    if feature_type == "cqt":
+        problem = feat_analysis.cqt_problem(pre["sample_rate"], feat)
+        if problem:
+            raise XvalError(f"{where} [features] {problem}")
+
+
+def input_fingerprint(stats, table, preprocessing_settings, feature_settings, target):
+    """sha256 (hex) of the settings, the table (every clip's file, label and foldable item) and every input file's
+    relative name, size and modification time."""
+    content = {"format": FORMAT_VERSION, "target": target, "preprocessing": preprocessing_settings,
+               "features": feature_settings, "files": stats,
+               "table": [[clip["file"], clip["label"], clip["item"]] for clip in table]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def save_npz(path, arrays):
+    """np.savez (uncompressed, no pickle) of {key: array} to path, atomically."""
+    temp = temp_path_for(path)
+    try:
+        np.savez(temp, **arrays)
+        commit_temp_file(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def write_dataset(paths, clips, features, target_kind, class_names, metadata, windows):
+    """Write predictors, target (and in windows mode each window's clip), one array per foldable item with its
+    clips in table order, then the metadata (last: without it the dataset is never reused)."""
+    pieces = np.array([clip["pieces"] for clip in clips])
+    starts = np.concatenate([[0], np.cumsum(pieces)])
+    targets = target_rows([clip["target"] for clip in clips], target_kind, len(class_names or ()))
+    items = sorted({clip["item"] for clip in clips})
+    rows = {item: [index for index, clip in enumerate(clips) if clip["item"] == item] for item in items}
+    spans = {item: np.concatenate([np.arange(starts[i], starts[i + 1]) for i in rows[item]]) for item in items}
+    paths["metadata"].unlink(missing_ok=True)
+    save_npz(paths["predictors"], {item: features[spans[item]] for item in items})
+    save_npz(paths["target"], {item: np.repeat(targets[rows[item]], pieces[rows[item]], axis=0) for item in items})
+    if windows:
+        save_npz(paths["clips"], {item: np.repeat(np.arange(len(rows[item]), dtype=np.int32), pieces[rows[item]])
+                                  for item in items})
+    else:
+        paths["clips"].unlink(missing_ok=True)
+    atomic_write_json(paths["metadata"], metadata)
+
+
+def reusable(paths, fingerprint):
+    """Whether the dataset files exist and were made from the same inputs and settings."""
+    if not (paths["predictors"].is_file() and paths["target"].is_file() and paths["metadata"].is_file()):
+        return False
+    try:
+        return read_json(paths["metadata"]).get("fingerprint") == fingerprint
+    except (XvalError, OSError, AttributeError):
+        return False
+
+
+def nothing_usable(table, clips, skipped):
+    """The one line that says why a table gave no usable clip, with an example."""
+    unreadable = [entry for entry in skipped if entry["kind"] == "unreadable"]
+    if clips and len(unreadable) == len(clips):
+        example = unreadable[0]
+        return (f"none of the {len(unreadable)} {table.get('noun', 'audio files')} in {table['source']} can be read "
+                f"(e.g. {example['file']}: {example['reason']}): replace them with intact copies")
+    if not skipped:
+        return f"{table['source']} lists no clip: add rows (file, label, foldable item)"
+    example = skipped[0]
+    return (f"no usable clip in {table['source']}: all {len(skipped)} rows were skipped (e.g. {row_label(example)}"
+            f"{example['file']}: {example['reason']}): fix the table or the audio")
+
+
+def single_clip_items(clips):
+    """(clips of foldable items with two or more clips, skipped entries of the others)."""
+    counts = {}
+    for clip in clips:
+        counts[clip["item"]] = counts.get(clip["item"], 0) + 1
+    kept = [clip for clip in clips if counts[clip["item"]] > 1]
+    skipped = [skip_entry(clip, "single_clip_item", f"foldable item {clip['item']!r} has no other clip (a typo in "
+                                                    "its cell?)") for clip in clips if counts[clip["item"]] == 1]
+    return kept, skipped
+
+
+def audio_found(clips):
+    """{"sample_rates": {rate in Hz: clips}, "seconds": {"min", "median", "max"}} of the clips read."""
+    rates = {}
+    for clip in clips:
+        rates[str(clip["native_rate"])] = rates.get(str(clip["native_rate"]), 0) + 1
+    durations = [clip["duration"] for clip in clips]
+    return {"sample_rates": dict(sorted(rates.items(), key=lambda entry: int(entry[0]))),
+            "seconds": {"min": float(np.min(durations)), "median": float(np.median(durations)),
+                        "max": float(np.max(durations))}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+
+def build_dataset(table, dataset, config, target_kind, class_names=None, feature_type=None, jobs=None, force=False,
+                  quiet=False, where="config.ini", metadata_extra=None, kinds=None):
+    """Make (or reuse) the dataset `dataset` from a table of clips; returns a summary dict.
+
+    table: {"clips": [clip_entry], "skipped": [skip_entry], "stats": file_stats, "source": what was read,
+    "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
+    class_names: the classes in order (default: the sorted distinct labels). metadata_extra: more metadata keys
+    from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake.
+    Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio.
+    """
+    started = time.perf_counter()
+    if not DATASET_NAME.match(dataset or ""):
+        raise XvalError(f"dataset name {dataset!r} may hold only letters, digits, '_', '.' and '-': fix --dataset")
+    if target_kind not in TARGET_KINDS:
+        raise XvalError(f"target {target_kind!r} is not one of {', '.join(TARGET_KINDS)}: fix --target")
+    feature_type = feature_type or config["features"]["type"]
+    check_settings(config, feature_type, jobs, where)
+    pre = dict(config["preprocessing"])
+    feature_settings = dict(config["features"], type=feature_type)
+    features_folder = Path(config["paths"]["features_folder"])
+    features_folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(features_folder)
+    paths = dataset_paths(features_folder, dataset)
+    fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
+    kinds = {**SKIP_KINDS, **(kinds or {})}
+    if not force and reusable(paths, fingerprint):
+        metadata = read_json(paths["metadata"])
+        summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
+                   "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
+                   "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint,
+                   "audio": metadata.get("audio_found"), "fold_by": metadata.get("foldable_item")}
+        if not quiet:
+            print(f"{dataset}: inputs and settings unchanged, reusing {paths['predictors']} and "
+                  f"{paths['target'].name} (--force recomputes)")
+        return summary
+
+    clips, class_names, skipped = label_targets(table["clips"], target_kind, class_names)
+    skipped = table["skipped"] + skipped
+    if not clips:
+        raise XvalError(nothing_usable(table, clips, skipped))
+    length = length_settings(pre)
+    features, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset)
+    read = []
+    for clip, (pieces, reason, native_rate, duration) in zip(clips, outcomes):
+        if reason is None:
+            read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration))
+        else:
+            skipped.append(skip_entry(clip, "unreadable", reason))
+    starts = np.concatenate([[0], np.cumsum([clip["pieces"] for clip in read])]).astype(int)
+    for index, clip in enumerate(read):
+        clip["first_piece"] = starts[index]
+    if table["fold_by"] != FOLD_BY_FILE:
+        read, single = single_clip_items(read)
+        skipped += single
+    if not read:
+        raise XvalError(nothing_usable(table, clips, skipped))
+    kept_rows = np.concatenate([np.arange(clip["first_piece"], clip["first_piece"] + clip["pieces"]) for clip in read])
+    features = features[kept_rows]
+    skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
+    frames, bins = features.shape[1:]
+    items = sorted({clip["item"] for clip in read})
+    windows = length["mode"] == "windows"
+    records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
+                    sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
+    metadata = {
+        "dataset": dataset, "target": target_kind, "class_names": class_names, "source": table["source"],
+        "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
+        "items": items, "clips_per_item": {item: sum(clip["item"] == item for clip in read) for item in items},
+        "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
+        "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
+        "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
+        **(metadata_extra or {}),
+    }
+    if "clip_samples" in length:
+        metadata["clip_samples"] = length["clip_samples"]
+    write_dataset(paths, read, features, target_kind, class_names, metadata, windows)
+    summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
+               "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
+               "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
+               "windows": int(len(features)) if windows else None}
+    if not quiet:
+        print(summary_text(summary, feature_type, table["source"], kinds))
+    return summary
+
+
+def row_label(entry):
+    """'row 12: ' for a skipped entry with a row number, '' without."""
+    return "" if entry["row"] is None else f"row {entry['row']}: "
+
+
+def summary_text(summary, feature_type, source, kinds):
+    """The lines printed at the end of a run: what was written, the audio found, then the skipped rows by kind."""
+    shape = f"{feature_type}, {summary['frames']} frames x {summary['bins']} bins"
+    if summary.get("windows"):
+        shape += f", {summary['windows']} windows"
+    lines = [f"{summary['dataset']}: {summary['clips']} clips of {len(summary['items'])} {summary['fold_by']}s "
+             f"(the foldable items) from {source} -> {summary['paths']['predictors'].parent}/{summary['dataset']}_"
+             f"{{predictors,target}}.npz ({shape}) in {summary['seconds']:.1f} s"]
+    audio = summary["audio"]
+    rates = ", ".join(f"{rate} Hz: {count}" for rate, count in audio["sample_rates"].items())
+    lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
+                 f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
+    if summary["fold_by"] == FOLD_BY_FILE:
+        lines.append("  WARNING: folds by file: clips of one speaker can be in training and test (speaker-dependent "
+                     "results, higher than on new speakers)")
+    if summary["skipped"]:
+        lines.append(f"skipped {len(summary['skipped'])} rows (all listed in {summary['paths']['metadata'].name}):")
+    for kind, label in kinds.items():
+        entries = [entry for entry in summary["skipped"] if entry["kind"] == kind]
+        if entries:
+            lines.append(f"  {label}: {len(entries)}")
+            lines += [f"    {row_label(entry)}{entry['file']}: {entry['reason']}"
+                      for entry in entries[:LISTED_PER_KIND]]
+            if len(entries) > LISTED_PER_KIND:
+                lines.append(f"    ... and {len(entries) - LISTED_PER_KIND} more")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_args(argv):
+    """The command line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description="Preprocess a dataset given as a CSV or as class folders into "
+                                                 "{dataset}_predictors.npz, _target.npz and _metadata.json.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="a CSV with a header row: file, label and foldable item columns")
+    source.add_argument("--folders", help="a folder with one subfolder of audio files per class")
+    parser.add_argument("--dataset", required=True, help="dataset name (what a routine's dataset = names)")
+    parser.add_argument("--file-column", default="file", help="CSV column of the audio paths (default file)")
+    parser.add_argument("--label-column", default="label", help="CSV column of the labels (default label)")
+    parser.add_argument("--fold-by", default=None, help="column whose values the folds never split (default "
+                                                        "speaker; 'file' for a speaker-dependent split)")
+    parser.add_argument("--audio-root", help="folder the CSV's paths are relative to (default: the CSV's folder)")
+    parser.add_argument("--group-pattern", help="--folders: regular expression with a group named 'group' that "
+                                                "finds the speaker in a file name, e.g. '^(?P<group>[^_]+)_'")
+    parser.add_argument("--target", choices=TARGET_KINDS, default="classification", help="classification (default) "
+                                                                                        "or regression")
+    parser.add_argument("--classes", help="classification: the classes in order, comma-separated (default: the "
+                                          "sorted distinct labels)")
+    parser.add_argument("--features", choices=feat_analysis.FEATURE_TYPES, help="override [features] type")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: number of CPUs)")
+    parser.add_argument("--force", action="store_true", help="recompute even if inputs and settings are unchanged")
+    parser.add_argument("--config", help="config.ini to use (default: $XVAL_CONFIG, else the repository's)")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    """Everything main() does after parsing the arguments; returns build_dataset()'s summary."""
+    config_path = config_path_in_use(args.config)
+    config = load_config(config_path)
+    if args.csv:
+        fold_by = args.fold_by or "speaker"
+        clips, skipped, stats = csv_table(args.csv, args.file_column, args.label_column, fold_by, args.audio_root)
+        source = str(Path(args.csv).expanduser().resolve())
+    else:
+        fold_by = args.fold_by or "group"
+        if args.fold_by not in (None, FOLD_BY_FILE):
+            raise XvalError(f"--folders takes --fold-by file or --group-pattern, not --fold-by {args.fold_by}")
+        clips, skipped, stats = folders_table(args.folders, args.group_pattern, fold_by)
+        source = str(Path(args.folders).expanduser().resolve())
+    table = {"clips": clips, "skipped": skipped, "stats": stats, "source": source, "fold_by": fold_by}
+    return build_dataset(table, args.dataset, config, args.target, parse_class_order(args.classes),
+                         feature_type=args.features, jobs=args.jobs, force=args.force, where=str(config_path))
+
+
+def main(argv=None):
+    """Command line entry point; a user's mistake ends with one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    return exit_on_user_error(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

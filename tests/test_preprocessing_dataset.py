@@ -1,0 +1,278 @@
+"""preprocessing_dataset.py: a CSV or class folders in, speaker-independent features out, clips of any length.
+
+The corpora are synthesised here with the project's own voice generator, then written the way real corpora
+come: nested relative paths, WAV and FLAC, 8 kHz and 22.05 kHz, 0.3 s to 10 s. Expected values are computed here
+(librosa, scikit-learn), never taken from the code under test.
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+from sklearn import metrics as skm
+
+import demo_corpus
+import preprocessing_dataset as pipeline
+from routine_helpers import REPO, instance, run_routine, write_routine
+from utility_functions import XvalError, check_dataset, dataset_paths, load_config, load_dataset
+
+SPEAKERS = ("spk1", "spk2", "spk3", "spk4")
+EMOTIONS = {1: "neutral", 3: "happy", 5: "angry"}  # demo corpus emotion code -> label
+LENGTHS = (0.3, 0.8, 1.6, 10.0, 2.4, 0.5)  # seconds, cycled over the clips of a speaker
+SMALL = {"features": {"n_fft": "512", "win_length": "512", "hop_length": "256", "n_mels": "32"},
+         "preprocessing": {"clip_seconds": "1.0", "window_seconds": "0.5", "window_hop_seconds": "0.25"}}
+
+
+def synthesise(speaker_index, emotion, take, seconds):
+    """One synthetic clip at 48 kHz, float32 (samples,)."""
+    return demo_corpus.synthesize_clip(speaker_index + 1, emotion, 1, 1 + take % 2, 1 + take // 2, seed=7,
+                                       clip_seconds_range=(seconds, seconds))
+
+
+def write_audio(path, signal, rate, kind):
+    """Resample a 48 kHz signal to rate and write it as WAV (16-bit) or FLAC."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resampled = librosa.resample(signal, orig_sr=48000, target_sr=rate)
+    sf.write(path, resampled, rate, subtype="PCM_16", format=kind)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """4 speakers x 3 emotions x 2 takes = 24 clips under audio/<speaker>/<session>/, every other one FLAC at
+    22.05 kHz (else WAV at 8 kHz), lengths cycling through LENGTHS; corpus.csv lists them with extra columns."""
+    root = tmp_path_factory.mktemp("csv_corpus")
+    rows = []
+    for index, speaker in enumerate(SPEAKERS):
+        for number, (code, label) in enumerate((code, label) for code in EMOTIONS for label in [EMOTIONS[code]]
+                                               for _ in range(2)):
+            seconds = LENGTHS[number % len(LENGTHS)]
+            flac = number % 2 == 1
+            file = f"audio/{speaker}/session{number % 2 + 1}/clip{number}.{'flac' if flac else 'wav'}"
+            write_audio(root / file, synthesise(index, code, number, seconds), 22050 if flac else 8000,
+                        "FLAC" if flac else "WAV")
+            rows.append({"file": file, "label": label, "speaker": speaker, "gender": "f" if index % 2 else "m",
+                         "arousal": f"{code / 5:.1f}"})
+    with open(root / "corpus.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"root": root, "rows": rows}
+
+
+@pytest.fixture
+def small_config(config_factory):
+    return config_factory(SMALL)
+
+
+def build_from_csv(csv_path, config_path, dataset, **options):
+    """Run the CSV front end and the pipeline in this process (one job: no fork in a test process)."""
+    config = load_config(config_path)
+    clips, skipped, stats = pipeline.csv_table(csv_path, "file", options.pop("label_column", "label"),
+                                               options.pop("fold_by", "speaker"))
+    table = {"clips": clips, "skipped": skipped, "stats": stats, "source": str(csv_path),
+             "fold_by": "speaker"}
+    return pipeline.build_dataset(table, dataset, config, options.pop("target", "classification"), jobs=1,
+                                  **options)
+
+
+def read_dataset(config_path, dataset):
+    config = load_config(config_path)
+    paths = dataset_paths(config["paths"]["features_folder"], dataset)
+    predictors, targets = load_dataset(config["paths"]["features_folder"], dataset)
+    metadata = json.loads(paths["metadata"].read_text(encoding="utf-8"))
+    return predictors, targets, metadata, paths
+
+
+def librosa_log_mel(path, config):
+    """The expected fixed-length log-mel of one file, computed the plain way with librosa."""
+    pre, feat = config["preprocessing"], config["features"]
+    signal, _ = librosa.load(path, sr=pre["sample_rate"])
+    n = int(round(pre["clip_seconds"] * pre["sample_rate"]))
+    start = (len(signal) - n) // 2 if len(signal) > n else 0
+    signal = np.pad(signal[start:start + n], (0, max(0, n - len(signal))))
+    power = librosa.feature.melspectrogram(y=signal, sr=pre["sample_rate"], n_fft=feat["n_fft"],
+                                           hop_length=feat["hop_length"], win_length=feat["win_length"],
+                                           window=feat["window"], n_mels=feat["n_mels"], fmin=feat["fmin"],
+                                           fmax=pre["sample_rate"] / 2)
+    return librosa.power_to_db(power, top_db=80.0).T
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CSV front end
+
+def test_a_csv_with_nested_paths_and_mixed_formats_gives_per_speaker_arrays(corpus, small_config, capsys):
+    summary = build_from_csv(corpus["root"] / "corpus.csv", small_config, "from_csv")
+    printed = capsys.readouterr().out
+    predictors, targets, metadata, _ = read_dataset(small_config, "from_csv")
+    assert sorted(predictors) == list(SPEAKERS) and summary["clips"] == 24
+    assert all(len(predictors[speaker]) == 6 for speaker in SPEAKERS)
+    assert metadata["class_names"] == ["angry", "happy", "neutral"]  # the sorted distinct labels
+    assert metadata["foldable_item"] == "speaker" and metadata["speaker_independent"] is True
+    assert metadata["audio_found"]["sample_rates"] == {"8000": 12, "22050": 12}
+    assert metadata["audio_found"]["seconds"]["min"] == pytest.approx(0.3, abs=0.01)
+    assert metadata["audio_found"]["seconds"]["max"] == pytest.approx(10.0, abs=0.01)
+    assert "8000 Hz: 12, 22050 Hz: 12" in printed and "min 0.30 s" in printed and "max 10.00 s" in printed
+    config = load_config(small_config)
+    for row, record in enumerate(rec for rec in metadata["clips"] if rec["speaker"] == "spk2"):
+        source = next(r for r in corpus["rows"] if r["file"] == record["file"])
+        assert {key: record[key] for key in source} == source  # every CSV column is kept
+        assert targets["spk2"][row].argmax() == metadata["class_names"].index(source["label"])
+        np.testing.assert_allclose(predictors["spk2"][row], librosa_log_mel(corpus["root"] / source["file"], config),
+                                   rtol=1e-5, atol=2e-3)
+    assert check_dataset(predictors, targets, "from_csv") == list(SPEAKERS)
+
+
+def test_a_regression_target_reads_a_numeric_column(corpus, small_config):
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "arousal", label_column="arousal",
+                   target="regression")
+    _, targets, metadata, _ = read_dataset(small_config, "arousal")
+    assert metadata["class_names"] is None and targets["spk1"].dtype == np.float32 and targets["spk1"].ndim == 1
+    expected = [float(r["arousal"]) for r in corpus["rows"] if r["speaker"] == "spk1"]
+    np.testing.assert_allclose(targets["spk1"], expected)
+
+
+def test_bad_rows_are_named_with_their_row_number_and_the_rest_succeeds(corpus, small_config, capsys):
+    rows = [dict(row) for row in corpus["rows"]]
+    rows[2]["file"] = "audio/spk1/nowhere.wav"  # row 4 of the file
+    rows[5]["label"] = ""  # row 7
+    (corpus["root"] / "audio" / "broken.wav").write_bytes(b"RIFF not really audio")
+    rows[8]["file"] = "audio/broken.wav"  # row 10
+    rows.append({**rows[0], "speaker": "spk9"})  # row 26: the only clip of spk9
+    path = corpus["root"] / "bad.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = build_from_csv(path, small_config, "with_bad_rows")
+    printed = capsys.readouterr().out
+    skipped = {entry["row"]: entry["kind"] for entry in summary["skipped"]}
+    assert skipped == {4: "missing_file", 7: "empty_label", 10: "unreadable", 26: "single_clip_item"}
+    for row in (4, 7, 10, 26):
+        assert f"row {row}: " in printed
+    assert summary["clips"] == 24 - 3 and sorted(summary["items"]) == list(SPEAKERS)
+
+
+def test_the_command_line_refuses_with_one_line(corpus, small_config, tmp_path):
+    def run(*arguments):
+        return subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), *map(str, arguments),
+                               "--config", str(small_config), "--jobs", "1"], capture_output=True, text=True,
+                              timeout=300)
+    empty_labels = tmp_path / "empty.csv"
+    empty_labels.write_text("file,label,speaker\n" + "".join(f"{r['file']},,{r['speaker']}\n"
+                                                           for r in corpus["rows"]))
+    for arguments, words in (
+            (["--csv", tmp_path / "missing.csv", "--dataset", "x"], "does not exist"),
+            (["--csv", corpus["root"] / "corpus.csv", "--dataset", "x", "--fold-by", "speakr"],
+             "has no column 'speakr' for the foldable items"),
+            (["--csv", empty_labels, "--dataset", "x", "--audio-root", corpus["root"]],
+             "no usable clip"),
+            (["--folders", corpus["root"] / "audio", "--dataset", "x"], "needs --group-pattern"),
+            (["--folders", corpus["root"] / "audio", "--dataset", "x", "--group-pattern", "(unclosed"],
+             "is not a regular expression")):
+        completed = run(*arguments)
+        assert completed.returncode == 2, completed.stderr
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], completed.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class folders
+
+@pytest.fixture(scope="module")
+def class_folders(corpus, tmp_path_factory):
+    """The same clips as FOLDER/<label>/<speaker>_<n>.wav (gaia2's layout)."""
+    root = tmp_path_factory.mktemp("folders")
+    for number, row in enumerate(corpus["rows"]):
+        target = root / row["label"] / f"{row['speaker']}_{number}{'.flac' if row['file'].endswith('flac') else '.wav'}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((corpus["root"] / row["file"]).read_bytes())
+    return root
+
+
+def test_class_folders_with_a_group_pattern(class_folders, small_config):
+    completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--folders", class_folders,
+                                "--dataset", "folders", "--group-pattern", "^(?P<group>[^_]+)_", "--config",
+                                small_config, "--jobs", "2"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    predictors, targets, metadata, _ = read_dataset(small_config, "folders")
+    assert sorted(predictors) == list(SPEAKERS) and metadata["class_names"] == ["angry", "happy", "neutral"]
+    assert sum(len(x) for x in predictors.values()) == 24 and "24 clips of 4 groups" in completed.stdout
+
+
+def test_folding_by_file_is_allowed_only_by_name_and_said_everywhere(class_folders, small_config):
+    completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--folders", class_folders,
+                                "--dataset", "by_file", "--fold-by", "file", "--config", small_config, "--jobs", "1"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "WARNING: folds by file" in completed.stdout
+    predictors, _, metadata, _ = read_dataset(small_config, "by_file")
+    assert len(predictors) == 24 and metadata["speaker_independent"] is False
+    assert metadata["foldable_item"] == "file"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Windows: clips of any length, scored per clip
+
+def test_windows_cover_every_clip_and_a_routine_scores_clips_not_windows(corpus, config_factory, tmp_path):
+    config_path = config_factory({**SMALL, "preprocessing": {**SMALL["preprocessing"], "clip_mode": "windows"}})
+    build_from_csv(corpus["root"] / "corpus.csv", config_path, "windows")
+    predictors, targets, metadata, paths = read_dataset(config_path, "windows")
+    with np.load(paths["clips"], allow_pickle=False) as archive:
+        clip_ids = {item: archive[item] for item in archive.files}
+    config = load_config(config_path)
+    rate, window, hop = config["preprocessing"]["sample_rate"], 8000, 4000  # 0.5 s and 0.25 s at 16 kHz
+    for item in SPEAKERS:
+        records = [record for record in metadata["clips"] if record["speaker"] == item]
+        samples = [len(librosa.load(corpus["root"] / record["file"], sr=rate)[0]) for record in records]
+        expected = [1 + max(0, int(np.ceil((n - window) / hop))) for n in samples]
+        assert [record["windows"] for record in records] == expected
+        np.testing.assert_array_equal(clip_ids[item], np.repeat(np.arange(len(records)), expected))
+        assert len(predictors[item]) == len(targets[item]) == sum(expected)
+    assert predictors["spk1"].shape[1] == 1 + window // 256
+
+    routine = write_routine(tmp_path, {1: instance("windows", "num_epochs = 1")}, dataset="windows", num_folds=2)
+    completed = run_routine(routine, config_path)
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads((tmp_path / "experiments" / "experiment_1" / "results" /
+                           "results_windows_exp1_run1.json").read_text())
+    import keras
+    for fold in document["folds"]:
+        predictions = fold["predictions"]["test"]
+        clips_expected = sum(metadata["clips_per_item"][item] for item in fold["test_items"])
+        assert len(predictions["y_pred"]) == clips_expected  # one prediction per clip, never per window
+        y_true, y_pred = predictions["y_true"], predictions["y_pred"]
+        labels = list(range(len(metadata["class_names"])))
+        assert fold["metrics"]["test"]["balanced_accuracy"] == pytest.approx(
+            skm.balanced_accuracy_score(y_true, y_pred))
+        assert fold["confusion_matrix"]["test"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+        model = keras.models.load_model(tmp_path / "experiments" / "experiment_1" / fold["model_file"])
+        means = []
+        for item in fold["test_items"]:
+            output = model.predict(predictors[item], verbose=0)
+            means += [output[clip_ids[item] == clip].mean(axis=0).argmax() for clip in np.unique(clip_ids[item])]
+        assert means == y_pred
+
+
+def test_a_routine_runs_on_a_csv_dataset(corpus, small_config, tmp_path):
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "csv_routine")
+    routine = write_routine(tmp_path, {1: instance("csv", "num_epochs = 1")}, dataset="csv_routine", num_folds=2)
+    completed = run_routine(routine, small_config)
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads((tmp_path / "experiments" / "experiment_1" / "results" /
+                           "results_csv_routine_exp1_run1.json").read_text())
+    assert document["status"] == "complete" and document["class_names"] == ["angry", "happy", "neutral"]
+    assert sorted(item for fold in document["folds"] for item in fold["test_items"]) == list(SPEAKERS)
+
+
+def test_window_count_and_cut_windows():
+    assert [pipeline.window_count(n, 10, 5) for n in (1, 10, 11, 15, 16, 30)] == [1, 1, 2, 2, 3, 5]
+    signal = np.arange(1, 13, dtype=np.float32)
+    windows = pipeline.cut_windows(signal, 5, 4)
+    np.testing.assert_array_equal(windows, [[1, 2, 3, 4, 5], [5, 6, 7, 8, 9], [9, 10, 11, 12, 0]])
+    np.testing.assert_array_equal(pipeline.cut_windows(signal[:3], 5, 4), [[1, 2, 3, 0, 0]])
+    with pytest.raises(XvalError, match="no column"):
+        pipeline.csv_table(REPO / "requirements.txt", "file", "label", "speaker")
