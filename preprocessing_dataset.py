@@ -3,7 +3,7 @@
     python3 preprocessing_dataset.py --csv FILE --dataset NAME [--file-column file] [--label-column label]
                                      [--fold-by speaker] [--audio-root DIR] [common options]
     python3 preprocessing_dataset.py --folders DIR --dataset NAME (--group-pattern REGEX | --fold-by file)
-                                     [common options]
+                                     [--label-pattern REGEX] [common options]
     common options: [--target classification|regression] [--classes A,B,C] [--features stft|mfcc|mel|cqt]
                     [--jobs N] [--force] [--config PATH]
 
@@ -129,37 +129,48 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     return clips, skipped, file_stats([clip["path"] for clip in clips] + [csv_path], root)
 
 
-def folders_table(folder, group_pattern, fold_by):
-    """Clips of a folder of class subfolders (folder/CLASS/**/file.wav): (clips, skipped, stats).
+def name_pattern(text, group, option, example):
+    """A compiled regular expression with a group named group (None for no text); XvalError explains a bad one."""
+    if not text:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise XvalError(f"{option} {text!r} is not a regular expression ({error})") from None
+    if group not in pattern.groupindex:
+        raise XvalError(f"{option} {text!r} has no group named '{group}': write e.g. {example!r}")
+    return pattern
 
-    The foldable item comes from each file name by group_pattern (a regular expression with a group named
-    'group', searched in the name), or is the file itself when fold_by is 'file'. Rows are numbered in the sorted
-    order of the files."""
+
+def folders_table(folder, group_pattern, fold_by, label_pattern=None):
+    """Clips of the audio files under folder: (clips, skipped, stats). Rows are numbered in sorted file order.
+
+    The label is the file's first subfolder (folder/CLASS/**/file.wav, gaia2's layout), or, with label_pattern (a
+    regular expression with a group named 'label', searched in the file name), taken from the name, the files
+    laid out in any way. The foldable item comes from the name by group_pattern (a group named 'group'), or is
+    the file itself when fold_by is 'file'."""
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise XvalError(f"folder {folder} does not exist: pass the folder holding one subfolder per class")
     if fold_by != FOLD_BY_FILE and not group_pattern:
         raise XvalError("--folders needs --group-pattern (e.g. '^(?P<group>[^_]+)_' for speaker_rest.wav) to find "
                         "each file's speaker, or --fold-by file for a speaker-dependent split")
-    try:
-        pattern = re.compile(group_pattern) if group_pattern else None
-    except re.error as error:
-        raise XvalError(f"--group-pattern {group_pattern!r} is not a regular expression ({error})") from None
-    if pattern is not None and "group" not in pattern.groupindex:
-        raise XvalError(f"--group-pattern {group_pattern!r} has no group named 'group': write e.g. "
-                        "'^(?P<group>[^_]+)_'")
-    paths = sorted(path for path in folder.glob("*/**/*") if path.is_file() and TEMP_MARKER not in path.name
-                   and path.suffix.lower() in AUDIO_SUFFIXES)
+    groups = name_pattern(group_pattern, "group", "--group-pattern", "^(?P<group>[^_]+)_")
+    labels = name_pattern(label_pattern, "label", "--label-pattern", "^(?P<label>\\d)_")
+    paths = sorted(path for path in folder.glob("**/*" if labels else "*/**/*") if path.is_file()
+                   and TEMP_MARKER not in path.name and path.suffix.lower() in AUDIO_SUFFIXES)
     if not paths:
-        raise XvalError(f"folder {folder} holds no audio files in class subfolders ({', '.join(AUDIO_SUFFIXES)}): "
-                        "lay it out as FOLDER/CLASS/file.wav")
+        raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
+                        f"({', '.join(AUDIO_SUFFIXES)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
+                        "in the file names with --label-pattern")
     clips, skipped = [], []
     for number, path in enumerate(paths, start=1):
         relative = path.relative_to(folder).as_posix()
-        match = pattern.search(path.name) if pattern else None
-        item = relative if fold_by == FOLD_BY_FILE else (match["group"] if match and match["group"] else "")
-        clip = clip_entry(number, relative, path, relative.split("/")[0], item,
-                          {"file": relative, "label": relative.split("/")[0], "group": item})
+        group_match = groups.search(path.name) if groups else None
+        item = relative if fold_by == FOLD_BY_FILE else (group_match["group"] or "" if group_match else "")
+        label_match = labels.search(path.name) if labels else None
+        label = relative.split("/")[0] if labels is None else (label_match["label"] or "" if label_match else "")
+        clip = clip_entry(number, relative, path, label, item, {"file": relative, "label": label, "group": item})
         if not item:
             skipped.append(skip_entry(clip, "no_item", f"--group-pattern {group_pattern!r} finds no group in the "
                                                        "name"))
@@ -646,6 +657,9 @@ def parse_args(argv):
     parser.add_argument("--audio-root", help="folder the CSV's paths are relative to (default: the CSV's folder)")
     parser.add_argument("--group-pattern", help="--folders: regular expression with a group named 'group' that "
                                                 "finds the speaker in a file name, e.g. '^(?P<group>[^_]+)_'")
+    parser.add_argument("--label-pattern", help="--folders: take the label from the file names by this regular "
+                                                "expression with a group named 'label' (files in any layout), "
+                                                "not from the class subfolders")
     parser.add_argument("--target", choices=TARGET_KINDS, default="classification", help="classification (default) "
                                                                                         "or regression")
     parser.add_argument("--classes", help="classification: the classes in order, comma-separated (default: the "
@@ -669,7 +683,7 @@ def run(args):
         fold_by = args.fold_by or "group"
         if args.fold_by not in (None, FOLD_BY_FILE):
             raise XvalError(f"--folders takes --fold-by file or --group-pattern, not --fold-by {args.fold_by}")
-        clips, skipped, stats = folders_table(args.folders, args.group_pattern, fold_by)
+        clips, skipped, stats = folders_table(args.folders, args.group_pattern, fold_by, args.label_pattern)
         source = str(Path(args.folders).expanduser().resolve())
     table = {"clips": clips, "skipped": skipped, "stats": stats, "source": source, "fold_by": fold_by}
     return build_dataset(table, args.dataset, config, args.target, parse_class_order(args.classes),

@@ -582,7 +582,7 @@ class Routine:
                  missing):
         self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
         self.experiment_dir, self.folds = experiment_dir, folds
-        self.dataset_identity = dataset_identity  # {"dataset_fingerprint", "dataset_files"}: what the plan checked
+        self.dataset_identity = dataset_identity  # what the plan checked and read: fingerprint, files, metadata
         self.missing = missing  # {instance: folds it had to train when the plan was made}
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
@@ -722,11 +722,11 @@ def train_missing_folds(routine, position, instance, planned, files, label):
         return "skipped"
     strings = routine.settings["experiment_dict"][instance]
     atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, planned["hash"]))
-    metadata_path = dataset_paths(routine.config["paths"]["features_folder"], routine.dataset)["metadata"]
+    identity = routine.dataset_identity
     base = {"experiment": routine.experiment, "instance": instance, "dataset": routine.dataset,
             "task_type": parameters["task_type"], "parameter_hash": planned["hash"],
-            "dataset_fingerprint": routine.dataset_identity["dataset_fingerprint"],
-            "class_names": read_json(metadata_path).get("class_names") if metadata_path.exists() else None,
+            "dataset_fingerprint": identity["dataset_fingerprint"], "class_names": identity["class_names"],
+            "foldable_item": identity["foldable_item"], "speaker_independent": identity["speaker_independent"],
             "parameter_strings": list(strings), "parameters": parameters,
             "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix(),
             "log_files": [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]}
@@ -843,8 +843,12 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     items = check_dataset(predictors, targets, dataset, clip_ids)
     for task_type in sorted({parameters["task_type"] for parameters in resolved.values()}):
         check_target(targets, dataset, task_type)
+    metadata_path = dataset_paths(features_folder, dataset)["metadata"]
+    metadata = read_json(metadata_path) if metadata_path.exists() else {}
     identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
-                "dataset_files": dataset_files}
+                "dataset_files": dataset_files, "class_names": metadata.get("class_names"),
+                "foldable_item": metadata.get("foldable_item"),
+                "speaker_independent": metadata.get("speaker_independent", True)}
     del predictors, targets, clip_ids
     root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
     root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
@@ -891,6 +895,10 @@ def launch(settings, argv, routine_file):
               f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
               f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
               flush=True)
+        if not routine.dataset_identity["speaker_independent"]:
+            print(f"xval: WARNING: dataset '{routine.dataset}' folds by {routine.dataset_identity['foldable_item']}: "
+                  "one speaker's clips can be in training and test, so the results are speaker-dependent",
+                  flush=True)
         for position, instance in enumerate(routine.selected, 1):
             outcomes[instance] = run_instance(routine, position, instance, plan[instance])
             if outcomes[instance] in ("complete", "failed"):  # its results changed

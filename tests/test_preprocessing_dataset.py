@@ -203,7 +203,7 @@ def test_class_folders_with_a_group_pattern(class_folders, small_config):
     assert sum(len(x) for x in predictors.values()) == 24 and "24 clips of 4 groups" in completed.stdout
 
 
-def test_folding_by_file_is_allowed_only_by_name_and_said_everywhere(class_folders, small_config):
+def test_folding_by_file_is_allowed_only_by_name_and_said_everywhere(class_folders, small_config, tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--folders", class_folders,
                                 "--dataset", "by_file", "--fold-by", "file", "--config", small_config, "--jobs", "1"],
                                capture_output=True, text=True, timeout=300)
@@ -212,6 +212,16 @@ def test_folding_by_file_is_allowed_only_by_name_and_said_everywhere(class_folde
     predictors, _, metadata, _ = read_dataset(small_config, "by_file")
     assert len(predictors) == 24 and metadata["speaker_independent"] is False
     assert metadata["foldable_item"] == "file"
+    routine = write_routine(tmp_path, {1: instance("by file", "num_epochs = 1")}, dataset="by_file", num_folds=2)
+    trained = run_routine(routine, small_config)
+    assert trained.returncode == 0, trained.stderr
+    assert "WARNING: dataset 'by_file' folds by file" in trained.stdout
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    document = json.loads((experiment_dir / "results" / "results_by_file_exp1_run1.json").read_text())
+    assert document["speaker_independent"] is False and document["foldable_item"] == "file"
+    import openpyxl
+    title = openpyxl.load_workbook(experiment_dir / "by_file_exp1_results_spreadsheet.xlsx")["summary"]["A1"].value
+    assert "folds by file" in title and "speaker-dependent" in title
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,3 +286,21 @@ def test_window_count_and_cut_windows():
     np.testing.assert_array_equal(pipeline.cut_windows(signal[:3], 5, 4), [[1, 2, 3, 0, 0]])
     with pytest.raises(XvalError, match="no column"):
         pipeline.csv_table(REPO / "requirements.txt", "file", "label", "speaker")
+
+
+def test_a_flat_folder_with_label_and_speaker_in_the_file_names(corpus, small_config, tmp_path):
+    flat = tmp_path / "recordings"  # a spoken-digit set's layout: <label>_<speaker>_<index>.wav, one folder
+    flat.mkdir()
+    for number, row in enumerate(corpus["rows"]):
+        suffix = ".flac" if row["file"].endswith("flac") else ".wav"
+        (flat / f"{row['label']}_{row['speaker']}_{number}{suffix}").write_bytes(
+            (corpus["root"] / row["file"]).read_bytes())
+    completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--folders", flat,
+                                "--dataset", "flat", "--label-pattern", "^(?P<label>[a-z]+)_", "--group-pattern",
+                                "_(?P<group>spk[0-9])_", "--config", small_config, "--jobs", "1"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    predictors, targets, metadata, _ = read_dataset(small_config, "flat")
+    assert sorted(predictors) == list(SPEAKERS) and metadata["class_names"] == ["angry", "happy", "neutral"]
+    for record in metadata["clips"]:
+        assert record["file"].startswith(record["label"] + "_" + record["group"] + "_")
