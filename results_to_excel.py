@@ -2,24 +2,15 @@
 
     python3 results_to_excel.py EXPERIMENT_FOLDER [OUTPUT.xlsx]
 
-EXPERIMENT_FOLDER is one experiment_{N}/ folder. Only results/results_{dataset}_exp{N}_run{R}.json files are read
-(anything else in results/, broken JSON included, is skipped with a warning), in the order of the instance number R.
-The default output is EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx, named after the dataset and
-experiment of the lowest-numbered instance (so the name stays the same while an experiment grows).
+Reads EXPERIMENT_FOLDER/results/results_{dataset}_exp{N}_run{R}.json in the order of R (nothing else; a broken or
+damaged file is skipped with a warning). Writes atomically the spreadsheet (by default
+EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance), its plots
+(EXPERIMENT_FOLDER/plots/*.png) and EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json. Sheets (see README.md): summary
+(summary_{task type} for a second task type), folds(_*) (with step timings when recorded), confusion, parameters, plots.
 
-Sheets:
-  summary      one row per instance: parameters that differ, status, mean and std over folds of every metric,
-               best mean and lowest std highlighted, the instance chosen on validation marked best, paired
-               t-test p-values against it, and the selection-aware test estimate to report
-               (also written to EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json)
-  summary_*    the same for the other task type when an experiment mixes classification and regression
-               ("summary" holds the task type of the lowest-numbered instance)
-  folds(_*)    one row per instance and fold: every metric, epochs, seconds and test items
-  confusion    test confusion matrix of each classification instance summed over folds, counts and row %
-  parameters   every resolved parameter of every instance, instances as columns
-  plots        learning curves and confusion matrix of each instance (PNG files in EXPERIMENT_FOLDER/plots/)
-
-The spreadsheet and the plots are written atomically; the result files are only read.
+How it is built: damage() checks a result file once, against RESULT_SCHEMA; the rest trusts it. A sheet's content is
+a table: a DataFrame with a Col (kind, header, width) per column. write_table() writes every table cell, its format
+chosen by its column's kind (KIND_STYLES) and by the highlight RULES that mark it.
 """
 import argparse
 import contextlib
@@ -31,10 +22,13 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import scipy.stats
 import xlsxwriter
 import xlsxwriter.exceptions
@@ -44,15 +38,9 @@ from matplotlib.lines import Line2D
 
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
                                TASK_TYPES, XvalError, atomic_write_bytes, atomic_write_json, commit_temp_file,
-                               exit_on_user_error,
-                               read_json, temp_path_for)
+                               exit_on_user_error, read_json, temp_path_for)
 
-# ----------------------------------------------------------------------------------------------------------------
-# Constants
-
-RESULTS_SUBFOLDER = "results"
-PLOTS_SUBFOLDER = "plots"
-RESULT_FILE_GLOB = "results_*_exp*_run*.json"
+RESULTS_SUBFOLDER, PLOTS_SUBFOLDER, RESULT_FILE_GLOB = "results", "plots", "results_*_exp*_run*.json"
 RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
 OUTPUT_NAME = "{dataset}_exp{experiment}_results_spreadsheet.xlsx"
 SUMMARY_NAME = "{dataset}_exp{experiment}_summary.json"
@@ -60,86 +48,91 @@ SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chos
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
                  "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
-STATUSES = ("complete", "incomplete", "failed")
+STATUSES, STATS = ("complete", "incomplete", "failed"), ("mean", "std")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
-SHORT_SPLIT_LABELS = {"train": "train", "val": "val", "test": "test"}
-STATS = ("mean", "std")
-# history curves drawn per task type (the first is always the loss); missing ones are left out
-CURVE_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "rmse", "mae")}
+TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings" in seconds, when it has them
+CURVE_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "rmse", "mae")}  # loss first
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
+SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
-SIGNIFICANCE_LEVEL = 0.05
-TEST_NAME = "paired t-test (scipy.stats.ttest_rel)"
-
-# look of the workbook
-METRIC_FORMAT = "0.000"
-P_VALUE_FORMAT = "[<0.001]0.0E+00;0.000"
-PERCENT_FORMAT = "0.0%"
-SECONDS_FORMAT = "0.0"
-HEADER_FILL, HEADER_FONT = "#1F4E79", "#FFFFFF"
-SUBHEADER_FILL = "#D9E1F2"
+# the look of the workbook
+METRIC_FORMAT, P_VALUE_FORMAT, PERCENT_FORMAT, SECONDS_FORMAT = "0.000", "[<0.001]0.0E+00;0.000", "0.0%", "0.0"
+HEADER_FILL, HEADER_FONT, SUBHEADER_FILL = "#1F4E79", "#FFFFFF", "#D9E1F2"
 BEST_FILL, BEST_FONT = "#C6EFCE", "#006100"  # best mean of a column
 LOWEST_STD_FILL, LOWEST_STD_FONT = "#BDD7EE", "#1F3864"  # lowest std of a column
-FAILED_FILL, FAILED_FONT = "#FFC7CE", "#9C0006"
-INCOMPLETE_FILL, INCOMPLETE_FONT = "#FFEB9C", "#9C5700"
+FAILED_FILL, FAILED_FONT, INCOMPLETE_FILL, INCOMPLETE_FONT = "#FFC7CE", "#9C0006", "#FFEB9C", "#9C5700"
 DIFFERS_FILL = "#FFF2CC"  # parameters sheet: a parameter whose value differs between instances
 EXCLUDED_FONT = "#808080"  # metrics of incomplete and failed instances: shown, never best
-GRID_COLOR = "#BFBFBF"
-BAND_FILL = "#F2F2F2"  # folds sheet: every other instance
-STATUS_STYLES = {"failed": {"bg_color": FAILED_FILL, "font_color": FAILED_FONT, "bold": True},
-                 "incomplete": {"bg_color": INCOMPLETE_FILL, "font_color": INCOMPLETE_FONT, "bold": True}}
-FOLDS_IDENTITY_STYLES = {0: {"align": "center", "bold": True}, 3: {"align": "center"}, 4: {"align": "center"},
-                         5: {"align": "center"}, 6: {"num_format": SECONDS_FORMAT}}  # by column
-CONFUSION_SCALE = ("#FFFFFF", "#63BE7B")
-COMMENT_WIDTH_LIMITS = (10, 40)
-PARAMETER_WIDTH_LIMITS = (8, 24)
-METRIC_COLUMN_WIDTH = 8
+GRID_COLOR, BAND_FILL, LINK_FONT, CONFUSION_SCALE = "#BFBFBF", "#F2F2F2", "#0563C1", ("#FFFFFF", "#63BE7B")
+SENTENCE_FONT, NOTE_FONT, SUBTITLE_FONT = "#1F3864", "#404040", "#595959"
+COMMENT_WIDTH, PARAMETER_WIDTH = (10, 40), (8, 24)  # (min, max): as wide as the texts need within these
 FROZEN_SUMMARY_COLUMNS = 3  # ID, parameters link and comment 1 stay in view when scrolling right
-
-# plots
-PLOT_DPI = 150
-PLOT_HEIGHT_INCHES = 3.6  # every figure is this high, so that all show at the same scale
-PLOT_HEIGHT_PIXELS = 330  # displayed height of every plot on the plots sheet
-PLOT_GAP_PIXELS = 16
-DEFAULT_ROW_PIXELS = 20
-DEFAULT_COLUMN_PIXELS = 64
+GRID = {"border": 1, "border_color": GRID_COLOR}
+SUMMARY_CELL = {"bottom": 1, "bottom_color": GRID_COLOR, "valign": "vcenter"}
+BLOCK_START, BLOCK_END = {"left": 1, "left_color": GRID_COLOR}, {"right": 2, "right_color": HEADER_FILL}
+HEADER = {"bold": True, "align": "center", "valign": "vcenter", "text_wrap": True, **GRID, "bg_color": HEADER_FILL,
+          "font_color": HEADER_FONT}
+SUBHEADER = {**HEADER, "bg_color": SUBHEADER_FILL, "font_color": "#000000"}
+LINK = {**SUMMARY_CELL, "font_color": LINK_FONT, "underline": 1}  # a link looks the same on every sheet
+# what each kind of column adds to the look of its sheet's table cells (None: the column stays empty)
+KIND_STYLES = {"id": {"bold": True, "align": "center"}, "text": {}, "name": {}, "status": {}, "link": {},
+               "parameter": {"align": "left"}, "error": {"font_color": FAILED_FONT}, "label": {"align": "center"},
+               "p_value": {"num_format": P_VALUE_FORMAT}, "metric": {"num_format": METRIC_FORMAT},
+               "metric_mean": {"num_format": METRIC_FORMAT, **BLOCK_START}, "metric_std": {"num_format": METRIC_FORMAT},
+               "seconds": {"num_format": SECONDS_FORMAT}, "index": {"align": "center"}, "count": {"num_format": "0"},
+               "total": {"num_format": "0", "italic": True}, "percent": {"num_format": PERCENT_FORMAT},
+               "items": {"indent": 1, **BLOCK_START}, "row_header": SUBHEADER, "gap": None}
+HIGHLIGHTS = {"band": {"bg_color": BAND_FILL}, "excluded": {"font_color": EXCLUDED_FONT, "italic": True},
+              "failed": {"bg_color": FAILED_FILL, "font_color": FAILED_FONT, "bold": True},
+              "incomplete": {"bg_color": INCOMPLETE_FILL, "font_color": INCOMPLETE_FONT, "bold": True},
+              "best": {"bg_color": BEST_FILL, "font_color": BEST_FONT, "bold": True},
+              "lowest_std": {"bg_color": LOWEST_STD_FILL, "font_color": LOWEST_STD_FONT},
+              "differs": {"bg_color": DIFFERS_FILL}, "bold": {"bold": True}, "italic": {"italic": True}}
+# (highlight, the kinds of column it applies to (None: all), its cells: f(table data, column name, Col) -> bool per
+# row); they read the hidden row facts _status, _band, _class, _italic and _differs; a later rule wins
+RULES = (("band", None, lambda data, name, col: data.get("_band", 0) % 2 == 1),
+         ("excluded", ("metric", "metric_mean", "metric_std"),
+          lambda data, name, col: data.get("_status", "complete") != "complete"),
+         ("failed", ("status",), lambda data, name, col: data.get("_status") == "failed"),
+         ("incomplete", ("status",), lambda data, name, col: data.get("_status") == "incomplete"),
+         ("best", ("metric_mean",),
+          lambda data, name, col: extreme_cells(data[name], data, HIGHER_IS_BETTER[col.key])),
+         ("lowest_std", ("metric_std",), lambda data, name, col: extreme_cells(data[name], data, False)),
+         ("bold", ("label",), lambda data, name, col: data[name].isin(("best", "yes"))),
+         ("bold", ("count", "percent"), lambda data, name, col: data.get("_class", -1) == col.key),  # the diagonal
+         ("italic", None, lambda data, name, col: data.get("_italic", False)),
+         ("differs", None, lambda data, name, col: data.get("_differs", False)),
+         ("bold", ("name",), lambda data, name, col: data.get("_differs", False)))
+PLOT_DPI, PLOT_HEIGHT_INCHES = 150, 3.6  # every figure is this high, so that all show at the same scale
+PLOT_HEIGHT_PIXELS, PLOT_GAP_PIXELS, DEFAULT_ROW_PIXELS, DEFAULT_COLUMN_PIXELS = 330, 16, 20, 64
 PLOTS_SHEET_COLUMNS = 40  # columns under the images, given explicit widths
-FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-               "#bcbd22", "#17becf")
+FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading the results
+# Reading the results: each file is checked once, by damage(); the rest trusts what it gets
 
-@dataclass(frozen=True)
-class Instance:
-    """One instance's result file, checked and with defaults for what a failed instance may lack."""
-    id: int
-    source: Path
-    dataset: str
-    experiment: int
-    task_type: str
-    status: str
-    error: str
-    parameters: dict
-    parameters_file: Path | None  # absolute; may not exist
-    parameter_hash: str
-    class_names: tuple | None
-    folds: tuple  # fold dicts sorted by fold number
-    summary: dict
+def finite_number(value):
+    """Whether value is a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-    @property
-    def comment_1(self):
-        return text_or_empty(self.parameters.get("comment_1"))
 
-    @property
-    def comment_2(self):
-        return text_or_empty(self.parameters.get("comment_2"))
-
-    @property
-    def is_complete(self):
-        return self.status == "complete"
+# What the engine writes. A schema is a type, a predicate, None (null), a tuple of alternatives, [item schema] for a
+# list, {key: schema} for an object (a missing key counts as null) or {str: schema} for an object with any keys.
+NUMBER = (finite_number, None)
+FOLD_SCHEMA = {"fold": int, "metrics": ({str: {str: NUMBER}}, None), "best_epoch": (int, None),
+               "epochs_run": (int, None), "seconds": NUMBER, "timings": ({str: NUMBER}, None),
+               "test_items": (list, None), "history": ({str: [NUMBER]}, None),
+               "confusion_matrix": ({"test": ([[finite_number]], None)}, None)}
+RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__contains__, "experiment": (int, None),
+                 "dataset": (str, None), "error": (str, None), "parameters": (dict, None),
+                 "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
+                 "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None)}
+RESULT_DEFAULTS = {"error": "", "parameters": {}, "parameters_file": "", "parameter_hash": "", "class_names": None,
+                   "folds": [], "summary": {}}
+FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
 
 
 def warn(message):
@@ -147,77 +140,78 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def text_or_empty(value):
-    """value as text, None as an empty string."""
-    return "" if value is None else str(value)
+def mismatch(value, schema, where=""):
+    """(where, value) of the first part of value that does not fit schema (see RESULT_SCHEMA), or None."""
+    if isinstance(schema, tuple):
+        found = [mismatch(value, option, where) for option in schema]
+        return None if None in found else max(found, key=lambda problem: len(problem[0]))  # the deepest
+    if isinstance(schema, (list, dict)) and not isinstance(value, type(schema)):
+        return where, value
+    if isinstance(schema, list):
+        parts = [(item, schema[0], f"{where}[{index}]") for index, item in enumerate(value)]
+        return next(filter(None, (mismatch(*part) for part in parts)), None)
+    if isinstance(schema, dict):
+        parts = [(value.get(key), schema.get(key, schema.get(str)), f"{where}.{key}".lstrip("."))
+                 for key in (value if str in schema else schema)]
+        return next(filter(None, (mismatch(*part) for part in parts)), None)
+    if isinstance(schema, type):
+        return None if isinstance(value, schema) and not isinstance(value, bool) else (where, value)
+    return None if (value is None if schema is None else schema(value)) else (where, value)
 
 
-def as_number(value):
-    """A finite int or float as float, anything else (null, text, bool, NaN) as None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def damage(raw):
+    """What is the first thing in a result file's JSON that is not what the engine writes ("folds[2].seconds is
+    'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, and have square test confusion matrices with
+    one row per class."""
+    problem = mismatch(raw, RESULT_SCHEMA)
+    if problem is None and re.search(r"[/\\]", raw.get("dataset") or ""):
+        problem = "dataset", raw["dataset"]
+    if problem is not None:
+        shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
+        return f"{problem[0] or 'its content'} is {shown}"
+    matrices = [(f"folds[{index}].confusion_matrix.test", (fold.get("confusion_matrix") or {}).get("test"))
+                for index, fold in enumerate(raw.get("folds") or [])]
+    matrices = [(where, matrix) for where, matrix in matrices if matrix is not None]
+    size = len(raw.get("class_names") or (matrices[0][1] if matrices else []))
+    return next((f"{where} is not {size}x{size} (a row and a column per class)" for where, matrix in matrices
+                 if not matrix or len(matrix) != size or any(len(row) != size for row in matrix)), None)
 
 
-def find_result_files(experiment_folder):
-    """[(instance number, dataset, path)] of the result files in results/, sorted by instance number."""
-    found = []
-    for path in Path(experiment_folder, RESULTS_SUBFOLDER).glob(RESULT_FILE_GLOB):
-        match = RESULT_FILE_PATTERN.match(path.name)
-        if not path.is_file():
-            continue
-        if not match:
-            warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
-            continue
-        found.append((int(match["instance"]), match["dataset"], path))
-    return sorted(found, key=lambda entry: (entry[0], entry[1], entry[2].name))
+def present(fields):
+    """fields without its null and empty-text values, which take their defaults."""
+    return {key: value for key, value in fields.items() if value is not None and value != ""}
 
 
-def parse_instance(raw, instance_id, dataset_from_name, path, experiment_folder):
-    """An Instance from the parsed JSON of a result file; XvalError (one line) if it is not one."""
-    if not isinstance(raw, dict):
-        raise XvalError(f"{path} does not hold a JSON object")
-    task_type, status = raw.get("task_type"), raw.get("status")
-    if task_type not in TASK_TYPES:
-        raise XvalError(f"{path}: task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
-    if status not in STATUSES:
-        raise XvalError(f"{path}: status {status!r} is not one of {', '.join(STATUSES)}")
-    if raw.get("instance") not in (None, instance_id):
-        warn(f"{path} says instance {raw.get('instance')!r}; using {instance_id} from its name")
-    dataset = raw.get("dataset")
-    if not isinstance(dataset, str) or not dataset or "/" in dataset or "\\" in dataset:
-        dataset = dataset_from_name
-    experiment = raw.get("experiment")
-    parameters = raw.get("parameters") if isinstance(raw.get("parameters"), dict) else {}
-    parameters_file = raw.get("parameters_file")
-    folds = [fold for fold in raw.get("folds") or [] if isinstance(fold, dict) and
-             isinstance(fold.get("fold"), int) and not isinstance(fold.get("fold"), bool)]
-    class_names = raw.get("class_names")
-    return Instance(
-        id=instance_id, source=path, dataset=dataset,
-        experiment=experiment if isinstance(experiment, int) else experiment_number_from_name(path),
-        task_type=task_type, status=status, error=text_or_empty(raw.get("error")).strip(),
-        parameters=parameters,
-        parameters_file=(Path(experiment_folder) / parameters_file).resolve()
-        if isinstance(parameters_file, str) and parameters_file else None,
-        parameter_hash=text_or_empty(raw.get("parameter_hash")),
-        class_names=tuple(str(name) for name in class_names) if isinstance(class_names, list) else None,
-        folds=tuple(sorted(folds, key=lambda fold: fold["fold"])),
-        summary=raw.get("summary") if isinstance(raw.get("summary"), dict) else {})
-
-
-def experiment_number_from_name(path):
-    """N of results_{dataset}_exp{N}_run{R}.json."""
-    return int(RESULT_FILE_PATTERN.match(path.name)["experiment"])
+def parse_instance(raw, path, experiment_folder):
+    """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
+    naming the file and what is wrong when damage() finds something."""
+    problem, name = damage(raw), RESULT_FILE_PATTERN.match(path.name)
+    if problem:
+        raise XvalError(f"{path} is damaged ({problem}): restore it or delete it to recompute")
+    if raw.get("instance") not in (None, int(name["instance"])):
+        warn(f"{path} says instance {raw['instance']!r}; using {int(name['instance'])} from its name")
+    instance = SimpleNamespace(**{**RESULT_DEFAULTS, "dataset": name["dataset"], "experiment": int(name["experiment"]),
+                                  **present(raw), "id": int(name["instance"]), "source": path})
+    instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
+    instance.error, instance.complete = instance.error.strip(), instance.status == "complete"
+    if instance.parameters_file:
+        instance.parameters_file = (Path(experiment_folder) / instance.parameters_file).resolve()
+    instance.comment_1, instance.comment_2 = ("" if instance.parameters.get(key) is None else
+                                              str(instance.parameters[key]) for key in ("comment_1", "comment_2"))
+    return instance
 
 
 def load_instances(experiment_folder):
-    """Every readable instance of an experiment folder, in instance order; unreadable files are warned about."""
+    """Every readable instance of an experiment folder, in instance order; other result files are warned about."""
+    paths = [path for path in Path(experiment_folder, RESULTS_SUBFOLDER).glob(RESULT_FILE_GLOB) if path.is_file()]
+    for path in paths:
+        if not RESULT_FILE_PATTERN.match(path.name):
+            warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
     instances = []
-    for instance_id, dataset, path in find_result_files(experiment_folder):
+    for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
+                           if (match := RESULT_FILE_PATTERN.match(path.name))):
         try:
-            raw = read_json(path)
-            instances.append(parse_instance(raw, instance_id, dataset, path, experiment_folder))
+            instances.append(parse_instance(read_json(path), path, experiment_folder))
         except XvalError as error:
             warn(f"{error}: skipped")
         except (OSError, UnicodeDecodeError) as error:
@@ -238,197 +232,91 @@ def check_experiment_folder(experiment_folder):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# What the numbers say: metric values, best instances, paired tests, parameters that differ
+# What the numbers say: the routine's choice and estimate, paired tests, parameters that differ
 
-def summary_value(instance, split, metric, stat):
-    """mean or std over folds of one metric as stored in the result file, or None."""
-    split_summary = instance.summary.get(split)
-    entry = split_summary.get(metric) if isinstance(split_summary, dict) else None
-    return as_number(entry.get(stat)) if isinstance(entry, dict) else None
-
-
-def fold_value(fold, split, metric):
-    """One fold's value of a metric, or None."""
-    metrics = fold.get("metrics") if isinstance(fold.get("metrics"), dict) else {}
-    split_metrics = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
-    return as_number(split_metrics.get(metric))
-
-
-def fold_values(instance, split, metric):
-    """{fold number: value} of the folds where the metric is defined."""
-    values = {fold["fold"]: fold_value(fold, split, metric) for fold in instance.folds}
-    return {number: value for number, value in values.items() if value is not None}
-
-
-def extreme_positions(values, higher_is_better):
-    """Positions of the best values in {position: value or None}; none unless at least two values compete."""
-    defined = {position: value for position, value in values.items() if value is not None}
-    if len(defined) < 2:
-        return set()
-    target = max(defined.values()) if higher_is_better else min(defined.values())
-    return {position for position, value in defined.items() if value == target}
-
-
-def best_positions(instances, split, metric):
-    """Positions (in instances) of the complete instances with the best mean of metric on split."""
-    values = {position: summary_value(instance, split, metric, "mean")
-              for position, instance in enumerate(instances) if instance.is_complete}
-    return extreme_positions(values, HIGHER_IS_BETTER[metric])
-
-
-def lowest_std_positions(instances, split, metric):
-    """Positions of the complete instances with the lowest std over folds of metric on split."""
-    values = {position: summary_value(instance, split, metric, "std")
-              for position, instance in enumerate(instances) if instance.is_complete}
-    return extreme_positions(values, higher_is_better=False)
-
-
-def paired_fold_values(best, other, metric, split="test"):
-    """(best's values, other's values) of metric on the folds both have a value for, in fold order."""
-    best_values, other_values = fold_values(best, split, metric), fold_values(other, split, metric)
-    common = sorted(set(best_values) & set(other_values))
-    return [best_values[fold] for fold in common], [other_values[fold] for fold in common]
-
-
-def paired_p_value(best_values, other_values):
-    """Two-sided p-value of a paired t-test (scipy.stats.ttest_rel), or None when it is undefined."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        p_value = float(scipy.stats.ttest_rel(best_values, other_values).pvalue)
-    return p_value if math.isfinite(p_value) else None
+def fold_frame(instances, split, metric):
+    """Folds x complete instances: their value of metric on split in each fold (NaN where undefined)."""
+    return pd.DataFrame({i.id: {fold["fold"]: fold["metrics"].get(split, {}).get(metric) for fold in i.folds}
+                         for i in instances if i.complete}, dtype=float).sort_index()
 
 
 def mean_and_std(values):
-    """{"mean", "std", "folds"} of a list of numbers; std with ddof=1 (None for fewer than two), mean None if empty."""
-    values = list(values)
+    """{"mean", "std", "folds"} of the defined values; std with ddof=1 (None for fewer than two), mean None if none."""
+    values = [value for value in values if not math.isnan(value)]
     return {"mean": float(np.mean(values)) if values else None,
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
 
 
-def ranked_first(candidates, higher_is_better):
-    """The key of the best value in {key: value}: highest or lowest, the lowest key among ties; None if empty."""
-    if not candidates:
-        return None
-    return min(candidates, key=lambda key: (-candidates[key] if higher_is_better else candidates[key], key))
+def ranked_first(values, higher_is_better):
+    """The key of the best defined value of {key: value}: highest or lowest, the lowest key among ties; or None."""
+    defined = {key: value for key, value in values.items() if value is not None and not math.isnan(value)}
+    return min(defined, key=lambda key: (-defined[key] if higher_is_better else defined[key], key), default=None)
 
 
 def routine_summary(instances, task_type):
-    """The honest numbers of a routine (one task type), derived from the complete instances' fold results alone.
-
-    main_metric is MAIN_METRIC[task_type]. Returns None without a complete instance, else:
-      chosen_on_validation: the instance with the best mean main metric over folds on validation (the one marked
-        best): selection never looks at a test fold;
-      selection_aware_test: in each fold, the instance with the best validation value in that fold; the mean and
-        std over folds of their test values (a nested cross-validation estimate of "run this routine, keep its
-        winner"), with the per-fold choices;
-      chosen_test: the chosen instance's own test mean and std (selected on validation, but on every fold at once);
-      highest_test_mean: the instance with the best test mean: optimistic, since it is chosen by its test score;
-      instances: each complete instance's validation and test mean and std.
-    """
-    metric, higher = MAIN_METRIC[task_type], HIGHER_IS_BETTER[MAIN_METRIC[task_type]]
-    complete = {instance.id: instance for instance in instances if instance.is_complete}
+    """The honest numbers of a routine (one task type), from the complete instances' fold results alone (None
+    without one): main_metric = MAIN_METRIC[task_type]; chosen_on_validation: the best validation mean (marked best;
+    selection never looks at a test fold); selection_aware_test: mean and std over folds of the test value of the
+    instance best on that fold's validation, with the choices per_fold (a nested cross-validation estimate of "run
+    this routine, keep its winner"); chosen_test: the chosen one's own test mean and std; highest_test_mean: the
+    best test mean, optimistic since chosen on test; instances: each one's validation and test mean and std."""
+    metric = MAIN_METRIC[task_type]
+    higher, complete = HIGHER_IS_BETTER[metric], sorted(instance.id for instance in instances if instance.complete)
     if not complete:
         return None
-    values = {number: {split: fold_values(instance, split, metric) for split in ("val", "test")}
-              for number, instance in complete.items()}
-    per_instance = {number: {split: mean_and_std(values[number][split].values()) for split in ("val", "test")}
-                    for number in complete}
-    chosen = ranked_first({number: entry["val"]["mean"] for number, entry in per_instance.items()
-                           if entry["val"]["mean"] is not None}, higher)
-    highest = ranked_first({number: entry["test"]["mean"] for number, entry in per_instance.items()
-                            if entry["test"]["mean"] is not None}, higher)
-    per_fold = []
-    for fold in sorted({fold for entry in values.values() for fold in entry["val"]}):
-        candidates = {number: entry["val"][fold] for number, entry in values.items()
-                      if fold in entry["val"] and fold in entry["test"]}
-        winner = ranked_first(candidates, higher)
-        if winner is not None:
-            per_fold.append({"fold": fold, "instance": winner, "val": values[winner]["val"][fold],
-                             "test": values[winner]["test"][fold]})
-    return {"task_type": task_type, "main_metric": metric, "higher_is_better": higher,
-            "complete_instances": sorted(complete),
-            "chosen_on_validation": None if chosen is None else {"instance": chosen,
-                                                                 "val": per_instance[chosen]["val"]},
+    val, test = fold_frame(instances, "val", metric), fold_frame(instances, "test", metric)
+    means = {number: {"val": mean_and_std(val[number]), "test": mean_and_std(test[number])} for number in complete}
+    chosen = ranked_first({number: entry["val"]["mean"] for number, entry in means.items()}, higher)
+    highest = ranked_first({number: entry["test"]["mean"] for number, entry in means.items()}, higher)
+    winners = {fold: ranked_first(row.to_dict(), higher) for fold, row in val.where(test.notna()).iterrows()}
+    per_fold = [{"fold": fold, "instance": winner, "val": val.at[fold, winner], "test": test.at[fold, winner]}
+                for fold, winner in winners.items() if winner is not None]
+    return {"task_type": task_type, "main_metric": metric, "higher_is_better": higher, "complete_instances": complete,
+            "chosen_on_validation": None if chosen is None else {"instance": chosen, "val": means[chosen]["val"]},
             "selection_aware_test": {**mean_and_std(entry["test"] for entry in per_fold), "per_fold": per_fold},
-            "chosen_test": None if chosen is None else per_instance[chosen]["test"],
-            "highest_test_mean": None if highest is None else {"instance": highest,
-                                                               "test": per_instance[highest]["test"]},
-            "instances": [{"instance": number, **per_instance[number]} for number in sorted(complete)]}
+            "chosen_test": None if chosen is None else means[chosen]["test"],
+            "highest_test_mean": None if highest is None else {"instance": highest, "test": means[highest]["test"]},
+            "instances": [{"instance": number, **means[number]} for number in complete]}
 
 
-def significance_column(instances, task_type, chosen):
-    """{position: (p-value or None, label)} for the summary sheet; chosen: the instance id chosen on validation.
-
-    Labels: 'best' for the chosen instance; 'yes' or 'no' (its per-fold test values differ from the chosen
-    instance's at SIGNIFICANCE_LEVEL); 'no (identical)' when every fold has the same value (the t-test is undefined
-    then); 'n/a' with fewer than two paired folds; '' for incomplete and failed instances.
-    """
-    metric = MAIN_METRIC[task_type]
-    column = {position: (None, "") for position in range(len(instances))}
-    best_instance = next((instance for instance in instances if instance.id == chosen), None)
-    if best_instance is None:
-        return column
-    for position, instance in enumerate(instances):
-        if not instance.is_complete:
+def significance(instances, task_type, chosen):
+    """{instance id: (p-value or None, label)}: a paired t-test of each complete instance's per-fold test main metric
+    against the chosen one's. Labels: 'best' (the chosen one), 'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no
+    (identical)' (equal on every fold: no test), 'n/a' (fewer than two paired folds); '' if not complete."""
+    labels, test = {instance.id: (None, "") for instance in instances}, fold_frame(instances, "test",
+                                                                                   MAIN_METRIC[task_type])
+    for other in (test if chosen in test else ()):
+        best, values = test[[chosen, other]].dropna().T.values.tolist()
+        if other == chosen or len(best) < 2 or best == values:
+            labels[other] = (None, "best" if other == chosen else "n/a" if len(best) < 2 else "no (identical)")
             continue
-        if instance is best_instance:
-            column[position] = (None, "best")
-            continue
-        best_values, other_values = paired_fold_values(best_instance, instance, metric)
-        if len(best_values) < 2:
-            column[position] = (None, "n/a")
-        elif best_values == other_values:
-            column[position] = (None, "no (identical)")
-        else:
-            p_value = paired_p_value(best_values, other_values)
-            label = "n/a" if p_value is None else ("yes" if p_value < SIGNIFICANCE_LEVEL else "no")
-            column[position] = (p_value, label)
-    return column
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            p_value = float(scipy.stats.ttest_rel(best, values).pvalue)
+        labels[other] = (None, "n/a") if math.isnan(p_value) else (p_value, "yes" if p_value < SIGNIFICANCE_LEVEL
+                                                                   else "no")
+    return labels
 
 
-def canonical(value):
-    """A key that tells parameter values apart exactly (True from 1, 1 from 1.0, lists by content)."""
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def parameter_names(instances):
-    """Every parameter name of the instances, in the order they first appear."""
-    names = {}
-    for instance in instances:
-        names.update(dict.fromkeys(instance.parameters))
-    return list(names)
+def differs(rows, name):
+    """Whether the parameter name has more than one value in rows (missing counts as a value; True != 1 != 1.0)."""
+    return len({json.dumps(row[name], sort_keys=True, default=str) if name in row else "<missing>"
+                for row in rows}) > 1
 
 
 def split_parameters(instances):
-    """(names of the parameters whose value differs between instances, {name: value} of those all share).
-
-    Instances without parameters (some failed ones) are left out of the comparison. The dataset counts as a
-    parameter; comments and the task type are shown elsewhere.
-    """
-    with_parameters = [instance for instance in instances if instance.parameters]
-    rows = [{"dataset": instance.dataset, **instance.parameters} for instance in with_parameters]
-    names = ["dataset"] + [name for name in parameter_names(with_parameters) if name != "dataset"]
-    varying, shared = [], {}
-    for name in names:
-        if name in EXCLUDED_FROM_COMPARISON:
-            continue
-        keys = {canonical(row[name]) if name in row else "<missing>" for row in rows}
-        if len(keys) > 1:
-            varying.append(name)
-        elif rows:
-            shared[name] = rows[0][name]
-    return varying, shared
+    """(names of the parameters whose value differs between instances, {name: value} of those all share); instances
+    without parameters (some failed ones) are left out, the dataset counts as a parameter."""
+    rows = [{"dataset": instance.dataset, **instance.parameters} for instance in instances if instance.parameters]
+    names = [name for name in dict.fromkeys(key for row in rows for key in row)
+             if name not in EXCLUDED_FROM_COMPARISON]
+    varying = [name for name in names if differs(rows, name)]
+    return varying, {name: rows[0][name] for name in names if name not in varying}
 
 
 def parameter_display(value):
-    """A parameter value for a cell: numbers stay numbers, the rest is written the way Python would."""
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, (int, float)):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, str):
-        return value
-    return repr(value)
+    """A parameter value for a cell: finite numbers and texts as they are, the rest written the way Python would."""
+    return value if isinstance(value, str) or finite_number(value) else repr(value)
 
 
 def fold_count(instances):
@@ -437,363 +325,37 @@ def fold_count(instances):
 
 
 def status_text(instance, k):
-    """'complete', 'incomplete, 3/5 folds' or 'failed'."""
-    if instance.status == "incomplete":
-        done = len(instance.folds)
-        return f"incomplete, {done}/{k} folds" if k > done else f"incomplete, {done} folds"
-    return instance.status
-
-
-def fold_confusion(fold):
-    """A fold's test confusion matrix as a square float array, or None (absent or not a square matrix)."""
-    matrices = fold.get("confusion_matrix")
-    matrix = matrices.get("test") if isinstance(matrices, dict) else None
-    if matrix is None:
-        return None
-    try:
-        matrix = np.asarray(matrix, dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return matrix if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] > 0 else None
+    """'complete', 'incomplete, 3/5 folds' (k: the experiment's number of folds) or 'failed'."""
+    done = len(instance.folds)
+    if instance.status != "incomplete":
+        return instance.status
+    return f"incomplete, {done}/{k} folds" if k > done else f"incomplete, {done} folds"
 
 
 def summed_confusion(instance):
-    """(test confusion matrix summed over folds or None, number of folds summed); rows true, columns predicted.
-
-    Every fold must match the class names (or, without them, the first fold's size); others are left out.
-    """
-    total, summed = None, 0
-    for fold in instance.folds:
-        matrix = fold_confusion(fold)
-        if matrix is None:
-            continue
-        size = len(instance.class_names) if instance.class_names else (len(total) if total is not None
-                                                                       else len(matrix))
-        if len(matrix) != size:
-            warn(f"{instance.source}: fold {fold['fold']} has a {len(matrix)}x{len(matrix)} confusion matrix "
-                 f"for {size} classes: left out of the sum")
-            continue
-        total = matrix if total is None else total + matrix
-        summed += 1
-    return total, summed
-
-
-def class_labels(instance, size):
-    """The class names of an instance, or class 0 ... class size-1 without them."""
-    if instance.class_names and len(instance.class_names) == size:
-        return list(instance.class_names)
-    return [f"class {index}" for index in range(size)]
-
-
-def row_percentages(matrix):
-    """Each row of a confusion matrix as shares of its total (NaN for an empty row)."""
+    """(test confusion matrix of a classification instance summed over folds (rows true, columns predicted) or None,
+    number of folds summed, class labels, row percentages (NaN for an empty row))."""
+    matrices = [np.asarray(fold["confusion_matrix"]["test"], dtype=float) for fold in instance.folds
+                if "test" in fold["confusion_matrix"] and instance.task_type == "classification"]
+    if not matrices:
+        return None, 0, [], None
+    matrix = sum(matrices)
     totals = matrix.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, matrix / np.where(totals > 0, totals, 1), np.nan)
+        shares = np.where(totals > 0, matrix / np.where(totals > 0, totals, 1), np.nan)
+    labels = [str(name) for name in instance.class_names or []] or [f"class {index}" for index in range(len(matrix))]
+    return matrix, len(matrices), labels, shares
 
 
-def group_by_task(instances):
-    """{task type: instances}, the task type of the lowest-numbered instance first."""
-    groups = {}
-    for instance in instances:
-        groups.setdefault(instance.task_type, []).append(instance)
-    return groups
-
-
-def sheet_name(base, task_type, first_task_type):
-    """'summary' for the task type of the first instance, 'summary_regression' (say) for the other one."""
-    return base if task_type == first_task_type else f"{base}_{task_type}"
-
-
-def default_output_path(experiment_folder, instances):
-    """EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx after the lowest-numbered instance."""
-    first = instances[0]
-    return Path(experiment_folder) / OUTPUT_NAME.format(dataset=first.dataset, experiment=first.experiment)
-
-
-def summary_path(experiment_folder, instances):
-    """EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json after the lowest-numbered instance, beside the spreadsheet."""
-    first = instances[0]
-    return Path(experiment_folder) / SUMMARY_NAME.format(dataset=first.dataset, experiment=first.experiment)
+def by_task(instances):
+    """{task type: its instances}, the task type of the lowest-numbered instance first."""
+    tasks = dict.fromkeys(instance.task_type for instance in instances)
+    return {task: [instance for instance in instances if instance.task_type == task] for task in tasks}
 
 
 def metric_label(metric):
     """'balanced accuracy' for balanced_accuracy."""
     return metric.replace("_", " ")
-
-
-def ordered_metrics(task_type):
-    """The task's metrics, the main one first."""
-    main = MAIN_METRIC[task_type]
-    return [main] + [metric for metric in METRICS_BY_TASK[task_type] if metric != main]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Plots: PNG files in EXPERIMENT_FOLDER/plots/, redrawn only when the result file is newer
-
-def plot_paths(experiment_folder, instance):
-    """{'curves': path, 'confusion': path} of an instance's plots."""
-    stem = f"{instance.dataset}_exp{instance.experiment}_run{instance.id}"
-    folder = Path(experiment_folder) / PLOTS_SUBFOLDER
-    return {"curves": folder / f"{stem}_learning_curves.png", "confusion": folder / f"{stem}_confusion.png"}
-
-
-def is_up_to_date(plot_path, instance):
-    """Whether plot_path exists and is newer than the instance's result file and than this program."""
-    try:
-        plot_time = plot_path.stat().st_mtime_ns
-        return plot_time > max(instance.source.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns)
-    except OSError:
-        return False
-
-
-def figure_png(figure):
-    """The PNG bytes of a matplotlib figure drawn with the Agg backend."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
-    return buffer.getvalue()
-
-
-def history_curve(fold, key):
-    """A fold's history list for key as floats (NaN where undefined), or None."""
-    history = fold.get("history")
-    values = history.get(key) if isinstance(history, dict) else None
-    if not isinstance(values, list) or not values:
-        return None
-    return [np.nan if as_number(value) is None else as_number(value) for value in values]
-
-
-def curve_metrics(instance):
-    """The history metrics to draw for an instance: loss and the main Keras metric(s) its folds recorded."""
-    return [metric for metric in CURVE_METRICS[instance.task_type]
-            if any(history_curve(fold, metric) for fold in instance.folds)]
-
-
-def learning_curves_png(instance):
-    """Learning curves (train solid, validation dashed, one colour per fold, dot at the best epoch) as PNG."""
-    metrics = curve_metrics(instance)
-    if not metrics:
-        return None
-    figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")
-    axes_row = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for axes, metric in zip(axes_row, metrics):
-        for index, fold in enumerate(instance.folds):
-            color = FOLD_COLORS[index % len(FOLD_COLORS)]
-            train, validation = history_curve(fold, metric), history_curve(fold, f"val_{metric}")
-            if train:
-                axes.plot(range(1, len(train) + 1), train, color=color, linewidth=1.4)
-            if validation:
-                axes.plot(range(1, len(validation) + 1), validation, color=color, linewidth=1.4, linestyle="--")
-                best_epoch = fold.get("best_epoch")
-                if isinstance(best_epoch, int) and 1 <= best_epoch <= len(validation):
-                    axes.plot([best_epoch], [validation[best_epoch - 1]], "o", color=color, markersize=5)
-        axes.set_title(metric_label(metric))
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    handles = [Line2D([], [], color=FOLD_COLORS[index % len(FOLD_COLORS)]) for index in range(len(instance.folds))]
-    handles += [Line2D([], [], color="black", linestyle=style, marker=marker)
-                for style, marker in (("-", ""), ("--", ""), ("", "o"))]
-    labels = [f"fold {fold['fold']}" for fold in instance.folds] + ["train", "validation", "best epoch"]
-    figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
-    figure.suptitle(f"Instance {instance.id}: learning curves ({instance.status})", fontsize=11)
-    return figure_png(figure)
-
-
-def confusion_png(instance):
-    """The summed test confusion matrix as a heat map of row percentages with counts, as PNG (None if none)."""
-    matrix, summed = summed_confusion(instance)
-    if matrix is None:
-        return None
-    shares = row_percentages(matrix)
-    labels = class_labels(instance, len(matrix))
-    font_size = max(3.5, min(8.0, 44 / len(labels)))  # cell text shrinks with the number of classes
-    figure = Figure(figsize=(PLOT_HEIGHT_INCHES * 1.3, PLOT_HEIGHT_INCHES), layout="constrained")
-    axes = figure.subplots()
-    image = axes.imshow(np.nan_to_num(shares) * 100, cmap="Greens", vmin=0, vmax=100)
-    for (row, col), count in np.ndenumerate(matrix):
-        share = shares[row, col]
-        text = f"{count:.0f}" if np.isnan(share) else f"{count:.0f}\n{share:.0%}"
-        axes.text(col, row, text, ha="center", va="center", fontsize=font_size,
-                  color="white" if not np.isnan(share) and share > 0.6 else "black")
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    axes.set_yticks(range(len(labels)), labels, fontsize=7)
-    axes.set_xlabel("predicted", fontsize=8)
-    axes.set_ylabel("true", fontsize=8)
-    colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
-    colorbar.set_label("% of true class", fontsize=7)
-    colorbar.ax.tick_params(labelsize=7)
-    axes.set_title(f"Instance {instance.id}: test, {summed} folds summed", fontsize=9)
-    return figure_png(figure)
-
-
-def make_plots(experiment_folder, instance):
-    """{'curves': path or None, 'confusion': path or None}: the instance's plots, drawn if out of date.
-
-    A plot left from an earlier run of the instance that now has nothing to draw is removed.
-    """
-    painters = {"curves": learning_curves_png, "confusion": confusion_png}
-    plots = {}
-    for kind, path in plot_paths(experiment_folder, instance).items():
-        plots[kind] = path
-        if is_up_to_date(path, instance):
-            continue
-        png = painters[kind](instance) if kind == "curves" or instance.task_type == "classification" else None
-        if png is None:
-            plots[kind] = None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        else:
-            atomic_write_bytes(path, png)
-    return plots
-
-
-def png_size(path):
-    """(width, height) in pixels from a PNG header."""
-    with open(path, "rb") as handle:
-        header = handle.read(24)
-    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Writing cells
-
-class FormatCache:
-    """xlsxwriter formats made on demand: one per distinct set of properties (Excel wants few, reused formats)."""
-
-    def __init__(self, workbook):
-        self._workbook = workbook
-        self._formats = {}
-
-    def __call__(self, **properties):
-        key = tuple(sorted(properties.items()))
-        if key not in self._formats:
-            self._formats[key] = self._workbook.add_format(properties)
-        return self._formats[key]
-
-
-def write_cell(worksheet, row, col, value, cell_format=None):
-    """Write a number, a text or (for None) a formatted blank."""
-    if value is None or value == "":
-        worksheet.write_blank(row, col, None, cell_format)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        worksheet.write_number(row, col, value, cell_format)
-    else:
-        worksheet.write_string(row, col, str(value), cell_format)
-
-
-def write_header(worksheet, formats, row, first_col, last_col, text, rows=1, sub=False):
-    """A header cell, merged over columns (and rows) when it spans more than one."""
-    header = formats(bold=True, align="center", valign="vcenter", text_wrap=True, border=1,
-                     border_color=GRID_COLOR, bg_color=SUBHEADER_FILL if sub else HEADER_FILL,
-                     font_color="#000000" if sub else HEADER_FONT)
-    if first_col == last_col and rows == 1:
-        worksheet.write_string(row, first_col, text, header)
-    else:
-        worksheet.merge_range(row, first_col, row + rows - 1, last_col, text, header)
-
-
-def text_width(values, limits):
-    """A column width that fits the longest value, within (minimum, maximum)."""
-    longest = max((len(str(value)) for value in values), default=0)
-    return max(limits[0], min(limits[1], longest + 2))
-
-
-def relative_link(target, output_path):
-    """target relative to the folder of the spreadsheet, as Excel resolves relative links."""
-    return os.path.relpath(target, Path(output_path).resolve().parent)
-
-
-def write_title(worksheet, formats, title, subtitle):
-    """A bold title in row 0 and a grey subtitle in row 1."""
-    worksheet.write_string(0, 0, title, formats(bold=True, font_size=14))
-    worksheet.write_string(1, 0, subtitle, formats(italic=True, font_color="#595959"))
-
-
-def set_print_layout(worksheet, header_rows):
-    """Landscape A4, one page wide, header rows repeated on every page."""
-    worksheet.set_landscape()
-    worksheet.set_paper(9)
-    worksheet.fit_to_pages(1, 0)
-    worksheet.repeat_rows(0, header_rows - 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sheet "summary": one row per instance
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the summary table: what it shows (kind and key), its header group and label, its width."""
-    kind: str  # id, link, comment_1, comment_2, parameter, status, error, p_value, significant, metric
-    label: str
-    width: float
-    key: tuple = ()  # parameter: (name,); metric: (metric, split, stat)
-
-
-def summary_columns(instances, task_type, varying):
-    """The columns of a summary sheet, left to right."""
-    main = metric_label(MAIN_METRIC[task_type])
-    comments_1 = [instance.comment_1 for instance in instances]
-    comments_2 = [instance.comment_2 for instance in instances]
-    columns = [Column("id", "ID", 5), Column("link", "parameters", 11),
-               Column("comment_1", "comment 1", text_width(comments_1 + ["comment 1"], COMMENT_WIDTH_LIMITS)),
-               Column("comment_2", "comment 2", text_width(comments_2 + ["comment 2"], COMMENT_WIDTH_LIMITS))]
-    for name in varying:
-        values = [instance.dataset if name == "dataset" else parameter_display(instance.parameters.get(name, ""))
-                  for instance in instances]
-        columns.append(Column("parameter", name, text_width(values + [name], PARAMETER_WIDTH_LIMITS), (name,)))
-    k = fold_count(instances)
-    statuses = [status_text(instance, k) for instance in instances]
-    columns += [Column("status", "status", text_width(statuses, (10, 24))),
-                Column("error", "error", 12),
-                Column("p_value", f"p vs best (test {main})", 11),
-                Column("significant", f"differs from best (p < {SIGNIFICANCE_LEVEL})", 11)]
-    for metric in ordered_metrics(task_type):
-        for split in SPLITS:
-            for stat in STATS:
-                label = f"{SHORT_SPLIT_LABELS[split]} {stat}" if stat == "mean" else "std"
-                columns.append(Column("metric", label, METRIC_COLUMN_WIDTH, (metric, split, stat)))
-    return columns
-
-
-def summary_cell(column, instance, position, context):
-    """(value, format properties) of one summary cell; context holds what compares instances."""
-    grid = {"bottom": 1, "bottom_color": GRID_COLOR, "valign": "vcenter"}
-    excluded = {} if instance.is_complete else {"font_color": EXCLUDED_FONT, "italic": True}
-    if column.kind == "id":
-        return instance.id, {**grid, "bold": True, "align": "center"}
-    if column.kind == "comment_1":
-        return instance.comment_1, grid
-    if column.kind == "comment_2":
-        return instance.comment_2, grid
-    if column.kind == "parameter":
-        name = column.key[0]
-        if name == "dataset":
-            return instance.dataset, grid
-        value = parameter_display(instance.parameters[name]) if name in instance.parameters else None
-        return value, {**grid, "align": "left"}
-    if column.kind == "status":
-        return status_text(instance, context["k"]), {**grid, **STATUS_STYLES.get(instance.status, {})}
-    if column.kind == "error":
-        return instance.error, {**grid, "font_color": FAILED_FONT}
-    if column.kind == "p_value":
-        return context["significance"][position][0], {**grid, "num_format": P_VALUE_FORMAT}
-    if column.kind == "significant":
-        label = context["significance"][position][1]
-        return label, {**grid, "align": "center", "bold": label in ("best", "yes")}
-    metric, split, stat = column.key
-    style = {**grid, "num_format": METRIC_FORMAT, **excluded}
-    if stat == "mean":
-        style["left"] = 1
-        style["left_color"] = GRID_COLOR
-        if position in context["best"][(metric, split)]:
-            style.update(bg_color=BEST_FILL, font_color=BEST_FONT, bold=True)
-    elif position in context["lowest_std"][(metric, split)]:
-        style.update(bg_color=LOWEST_STD_FILL, font_color=LOWEST_STD_FONT)
-    if split == "test" and stat == "std":
-        style.update(right=2, right_color=HEADER_FILL)
-    return summary_value(instance, split, metric, stat), style
 
 
 def honest_lines(summary):
@@ -803,7 +365,6 @@ def honest_lines(summary):
     main = metric_label(summary["main_metric"])
     chosen, estimate = summary["chosen_on_validation"], summary["selection_aware_test"]
     chosen_test, highest = summary["chosen_test"], summary["highest_test_mean"]
-    worse = "lower" if summary["higher_is_better"] else "higher"
 
     def plus_minus(entry):
         return f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
@@ -819,352 +380,426 @@ def honest_lines(summary):
     if highest is not None and len(summary["complete_instances"]) > 1:
         lines.append(f"Highest test mean of any instance: instance {highest['instance']}, "
                      f"{highest['test']['mean']:.3f}: optimistic, since it is picked by looking at the test folds; "
-                     f"the numbers above never use a test fold to choose, which is why they are usually {worse}.")
+                     "the numbers above never use a test fold to choose, which is why they are usually "
+                     f"{'lower' if summary['higher_is_better'] else 'higher'}.")
     return lines
 
 
-def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
-    """One row per instance with the parameters that differ, status, significance and every metric, under the
-    sentences that say which instance is chosen (on validation) and which test number to report."""
+# ----------------------------------------------------------------------------------------------------------------
+# Tables: a DataFrame whose columns have a kind, and the one function that writes one to a worksheet
+
+class Link(NamedTuple):
+    """A cell that links to a file: its text and its target relative to the spreadsheet (None: the file is missing)."""
+    text: str
+    target: str | None
+
+
+class Col(NamedTuple):
+    """A table column: its kind (which picks its cells' format); its header group (merged over neighbours of the same
+    group; without a label it spans both header rows) and label; its width (characters, or (min, max) to fit its
+    texts); its key (a metric, a class index) for the RULES; the borders that set off a block of columns."""
+    kind: str
+    group: str
+    label: str | None = None
+    width: float | tuple | None = None
+    key: object = None
+    style: dict = {}
+
+
+def make_table(columns, rows):
+    """(DataFrame of the rows, columns): a sheet's content. columns: {name: Col} left to right; each row a dict with a
+    value per column and hidden row facts for the RULES (names starting with _)."""
+    return pd.DataFrame(rows, dtype=object), columns
+
+
+def is_blank(value):
+    """Whether a value shows as an empty cell: None, '' or NaN."""
+    return value is None or (isinstance(value, str) and not value) or (isinstance(value, float) and math.isnan(value))
+
+
+def text_width(values, limits):
+    """A column width that fits the longest value, within limits (minimum, maximum)."""
+    return max(limits[0], min(limits[1], max((len(str(value)) for value in values), default=0) + 2))
+
+
+def extreme_cells(column, data, higher_is_better):
+    """The rows of the complete instances with the best value of column (none unless at least two compete)."""
+    values = column.where(data["_status"] == "complete").astype(float)
+    return values.count() > 1 and values == (values.max() if higher_is_better else values.min())
+
+
+def highlights(data, name, col):
+    """The highlight properties of each cell of a column, from the RULES that apply to its kind."""
+    styles = [{} for _ in range(len(data))]
+    for look, kinds, marks in RULES:
+        if kinds is None or col.kind in kinds:
+            for style, marked in zip(styles, pd.Series(marks(data, name, col), index=data.index)):
+                style.update(HIGHLIGHTS[look] if marked else {})
+    return styles
+
+
+def write_header(worksheet, formats, row, col, group, labels, rows):
+    """A header group from (row, col): its text over its columns and a label under each, or (without labels) its
+    text alone, down all the header rows (rows of them)."""
+    last_row, last_col = (row, col + len(labels) - 1) if labels else (row + rows - 1, col)
+    if group and (row, col) == (last_row, last_col):
+        worksheet.write_string(row, col, group, formats(**HEADER))
+    elif group:
+        worksheet.merge_range(row, col, last_row, last_col, group, formats(**HEADER))
+    for offset, label in enumerate(labels):
+        worksheet.write_string(row + 1, col + offset, label, formats(**SUBHEADER))
+
+
+def write_table(worksheet, formats, table, row, base, frozen_columns=None):
+    """Write a table's header at row and its cells below it, each formatted by base, its column's kind and style, and
+    the RULES that mark it; with frozen_columns, freeze the header and those columns and print the rows down to the
+    header on every page. Returns the row after the table."""
+    data, columns = table
+    header_rows, col = 2 if any(column.label for column in columns.values()) else 1, 0
+    for (group, labelled), run in groupby(columns.values(), key=lambda column: (column.group, bool(column.label))):
+        labels = [column.label for column in run]
+        for header in [labels] if labelled else [[]] * len(labels):  # labelled: one group; else one per column
+            write_header(worksheet, formats, row, col, group, header, header_rows)
+            col += max(len(header), 1)
+    for col, (name, column) in enumerate(columns.items()):
+        if column.width is not None:
+            texts = [value.text if isinstance(value, Link) else "" if is_blank(value) else value
+                     for value in data[name]]
+            worksheet.set_column(col, col, text_width(texts + [column.group], column.width)
+                                 if isinstance(column.width, tuple) else column.width)
+        if KIND_STYLES[column.kind] is None:
+            continue
+        for offset, (value, marks) in enumerate(zip(data[name], highlights(data, name, column))):
+            cell = (row + header_rows + offset, col)
+            if isinstance(value, Link) and value.target:
+                worksheet.write_url(*cell, f"external:{value.target}", formats(**LINK), string=value.text,
+                                    tip=value.target)
+            elif isinstance(value, Link):
+                worksheet.write_string(*cell, "missing", formats(**SUMMARY_CELL, **HIGHLIGHTS["excluded"]))
+            else:
+                worksheet.write(*cell, None if is_blank(value) else value,
+                                formats(**{**base, **KIND_STYLES[column.kind], **column.style, **marks}))
+    if frozen_columns is not None:
+        worksheet.freeze_panes(row + header_rows, frozen_columns)
+        worksheet.repeat_rows(0, row + header_rows - 1)
+    return row + header_rows + len(data)
+
+
+def new_sheet(workbook, formats, name, title, subtitle):
+    """A worksheet with a bold title and a grey subtitle, printed landscape on A4, one page wide."""
     worksheet = workbook.add_worksheet(name)
-    varying, shared = split_parameters(instances)
-    columns = summary_columns(instances, task_type, varying)
-    metrics = ordered_metrics(task_type)
-    chosen = summary["chosen_on_validation"]["instance"] if summary and summary["chosen_on_validation"] else None
-    context = {"k": fold_count(instances), "significance": significance_column(instances, task_type, chosen),
-               "best": {(m, s): best_positions(instances, s, m) for m in metrics for s in SPLITS},
-               "lowest_std": {(m, s): lowest_std_positions(instances, s, m) for m in metrics for s in SPLITS}}
+    worksheet.write_string(0, 0, title, formats(bold=True, font_size=14))
+    worksheet.write_string(1, 0, subtitle, formats(italic=True, font_color=SUBTITLE_FONT))
+    worksheet.set_landscape()
+    worksheet.set_paper(9)
+    worksheet.fit_to_pages(1, 0)
+    worksheet.repeat_rows(0)
+    return worksheet
 
+
+def parameters_link(instance, output_path):
+    """A Link to the instance's parameters file, relative to the spreadsheet's folder (as Excel resolves links)."""
+    return Link(f"run {instance.id}", os.path.relpath(instance.parameters_file, Path(output_path).parent)
+                if instance.parameters_file and instance.parameters_file.is_file() else None)
+
+
+def instance_title(instance, status):
+    """'Instance 3 (complete): its comment 1', above an instance's confusion matrix or plots."""
+    return f"Instance {instance.id} ({status})" + (f": {instance.comment_1}" if instance.comment_1 else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sheets
+
+def summary_table(instances, task_type, output_path, summary):
+    """One row per instance: ID, link, comments, the parameters that differ, status, error, p-value and label, then
+    the mean and std over folds of every metric (the main one first) on every split."""
+    main, (varying, _) = MAIN_METRIC[task_type], split_parameters(instances)
+    metrics, k = [main] + [m for m in METRICS_BY_TASK[task_type] if m != main], fold_count(instances)
+    tested = significance(instances, task_type, ((summary or {}).get("chosen_on_validation") or {}).get("instance"))
+    columns = {"id": Col("id", "ID", width=5), "link": Col("link", "parameters", width=11),
+               "comment_1": Col("text", "comment 1", width=COMMENT_WIDTH),
+               "comment_2": Col("text", "comment 2", width=COMMENT_WIDTH),
+               **{f"parameter {name}": Col("parameter", name, width=PARAMETER_WIDTH) for name in varying},
+               "status": Col("status", "status", width=(10, 24)), "error": Col("error", "error", width=12),
+               "p_value": Col("p_value", f"p vs best (test {metric_label(main)})", width=11),
+               "label": Col("label", f"differs from best (p < {SIGNIFICANCE_LEVEL})", width=11),
+               **{f"{split} {metric} {stat}": Col(f"metric_{stat}", metric_label(metric),
+                                                  f"{split} mean" if stat == "mean" else "std", 8, metric,
+                                                  BLOCK_END if (split, stat) == ("test", "std") else {})
+                  for metric in metrics for split in SPLITS for stat in STATS}}
+    rows = [{"id": i.id, "link": parameters_link(i, output_path), "comment_1": i.comment_1, "comment_2": i.comment_2,
+             **{f"parameter {name}": i.dataset if name == "dataset" else parameter_display(i.parameters[name])
+                if name in i.parameters else None for name in varying},
+             "status": status_text(i, k), "error": i.error, "p_value": tested[i.id][0], "label": tested[i.id][1],
+             **{f"{split} {metric} {stat}": i.summary.get(split, {}).get(metric, {}).get(stat)
+                for metric in metrics for split in SPLITS for stat in STATS}, "_status": i.status} for i in instances]
+    return make_table(columns, rows)
+
+
+def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
+    """The sentences that say which instance is chosen and which number to report, the summary table, the legend
+    and the parameters all instances share."""
     counts = {status: sum(i.status == status for i in instances) for status in STATUSES}
-    datasets = ", ".join(dict.fromkeys(i.dataset for i in instances))
-    write_title(worksheet, formats, f"Experiment {instances[0].experiment}: {datasets}, {task_type}",
-                f"{len(instances)} instances ({counts['complete']} complete, {counts['incomplete']} incomplete, "
-                f"{counts['failed']} failed), {context['k']} folds; mean and std over folds. "
-                f"Updated {time.strftime('%Y-%m-%d %H:%M')}")
-
+    worksheet = new_sheet(workbook, formats, name, f"Experiment {instances[0].experiment}: "
+                          f"{', '.join(dict.fromkeys(i.dataset for i in instances))}, {task_type}",
+                          f"{len(instances)} instances ({counts['complete']} complete, {counts['incomplete']} "
+                          f"incomplete, {counts['failed']} failed), {fold_count(instances)} folds; mean and std over "
+                          f"folds. Updated {time.strftime('%Y-%m-%d %H:%M')}")
     lines = honest_lines(summary)
     for offset, line in enumerate(lines):
-        worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
+        worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color=SENTENCE_FONT))
     header_row = 3 + len(lines)
-    first_data_row = header_row + 2
-    metric_start = next(index for index, column in enumerate(columns) if column.kind == "metric")
-    for index, column in enumerate(columns[:metric_start]):
-        write_header(worksheet, formats, header_row, index, index, column.label, rows=2)
-        worksheet.set_column(index, index, column.width)
-    for block, metric in enumerate(metrics):
-        first = metric_start + block * len(SPLITS) * len(STATS)
-        write_header(worksheet, formats, header_row, first, first + len(SPLITS) * len(STATS) - 1,
-                     metric_label(metric))
-        for offset in range(len(SPLITS) * len(STATS)):
-            column = columns[first + offset]
-            write_header(worksheet, formats, header_row + 1, first + offset, first + offset, column.label, sub=True)
-            worksheet.set_column(first + offset, first + offset, column.width)
+    end = write_table(worksheet, formats, summary_table(instances, task_type, output_path, summary), header_row,
+                      SUMMARY_CELL, FROZEN_SUMMARY_COLUMNS)
     worksheet.set_row(header_row, 30)
     worksheet.set_row(header_row + 1, 30)
-
-    for position, instance in enumerate(instances):
-        row = first_data_row + position
-        for index, column in enumerate(columns):
-            if column.kind == "link":
-                write_parameters_link(worksheet, formats, row, index, instance, output_path)
-                continue
-            value, style = summary_cell(column, instance, position, context)
-            write_cell(worksheet, row, index, value, formats(**style))
-
-    notes_row = first_data_row + len(instances) + 1
-    notes_row = write_summary_notes(worksheet, formats, notes_row, task_type)
-    write_shared_parameters(worksheet, formats, notes_row + 1, shared, len(instances))
-    worksheet.freeze_panes(first_data_row, FROZEN_SUMMARY_COLUMNS)
+    notes_row = write_summary_notes(worksheet, formats, end + 1, task_type)
+    worksheet.write_string(notes_row + 1, 0, f"Parameters shared by all {len(instances)} instances (those that "
+                           "differ are columns of the table; all are on the parameters sheet)", formats(bold=True))
+    for offset, (parameter, value) in enumerate(split_parameters(instances)[1].items(), start=2):
+        worksheet.write_string(notes_row + offset, 1, f"{parameter} = {parameter_display(value)}", formats())
     worksheet.hide_gridlines(2)
-    set_print_layout(worksheet, first_data_row)
-
-
-def write_parameters_link(worksheet, formats, row, col, instance, output_path):
-    """A relative link to the instance's parameters file, or a grey note when the file is missing."""
-    grid = {"bottom": 1, "bottom_color": GRID_COLOR, "valign": "vcenter"}
-    if instance.parameters_file is not None and instance.parameters_file.is_file():
-        target = relative_link(instance.parameters_file, output_path)
-        worksheet.write_url(row, col, f"external:{target}", formats(**grid, font_color="#0563C1", underline=1),
-                            string=f"run {instance.id}", tip=target)
-    else:
-        worksheet.write_string(row, col, "missing", formats(**grid, font_color=EXCLUDED_FONT, italic=True))
 
 
 def write_summary_notes(worksheet, formats, row, task_type):
-    """The legend and how to read the significance column, under the table; returns the next free row."""
-    main = metric_label(MAIN_METRIC[task_type])
-    higher = ", ".join(metric_label(m) for m in METRICS_BY_TASK[task_type] if HIGHER_IS_BETTER[m])
-    lower = ", ".join(metric_label(m) for m in METRICS_BY_TASK[task_type] if not HIGHER_IS_BETTER[m])
-    swatches = [(formats(bg_color=BEST_FILL, font_color=BEST_FONT, bold=True, border=1, border_color=GRID_COLOR),
-                 "best", f"best mean of its column among complete instances (highest {higher}; lowest {lower}); "
-                         "on test columns only a description: the instance marked 'best' is chosen on validation"),
-                (formats(bg_color=LOWEST_STD_FILL, font_color=LOWEST_STD_FONT, border=1, border_color=GRID_COLOR),
-                 "std", "lowest std over folds among complete instances (the steadiest)"),
-                (formats(font_color=EXCLUDED_FONT, italic=True), "grey",
-                 "incomplete or failed instance: shown, but never best and not tested")]
-    note = formats(font_color="#404040")
-    for fill, sample, text in swatches:
-        worksheet.write_string(row, 0, sample, fill)
-        worksheet.write_string(row, 1, text, note)
-        row += 1
-    explanation = (f"p vs best: {TEST_NAME} of each complete instance against the best one (chosen on "
-                   f"validation) on the per-fold test "
-                   f"{main}, paired by fold number; 'yes' = the difference is significant at "
-                   f"{SIGNIFICANCE_LEVEL} (not corrected for multiple comparisons); 'n/a' = fewer than 2 folds "
-                   "to pair.")
-    reason = ("A t-test because with 4 or 5 folds a Wilcoxon signed-rank test can never reach 0.05 "
-              "(its smallest two-sided p-value with n folds is 2/2^n), and it is weak up to 10 folds.")
-    worksheet.write_string(row, 0, "test", formats(bold=True, border=1, border_color=GRID_COLOR, align="center"))
-    worksheet.write_string(row, 1, explanation, note)
-    worksheet.write_string(row + 1, 1, reason, note)
-    return row + 2
+    """The legend and how to read the significance columns, under the table; returns the next free row."""
+    metrics = METRICS_BY_TASK[task_type]
+    higher = ", ".join(metric_label(m) for m in metrics if HIGHER_IS_BETTER[m])
+    lower = ", ".join(metric_label(m) for m in metrics if not HIGHER_IS_BETTER[m])
+    notes = [({**HIGHLIGHTS["best"], **GRID}, "best", f"best mean of its column among complete instances (highest "
+              f"{higher}; lowest {lower}); on test columns only a description: the instance marked 'best' is chosen "
+              "on validation"),
+             ({**HIGHLIGHTS["lowest_std"], **GRID}, "std", "lowest std over folds among complete instances (the "
+              "steadiest)"),
+             (HIGHLIGHTS["excluded"], "grey", "incomplete or failed instance: shown, but never best and not tested"),
+             ({"bold": True, **GRID, "align": "center"}, "test", f"p vs best: {TEST_NAME} of each complete instance "
+              "against the best one (chosen on validation) on the per-fold test "
+              f"{metric_label(MAIN_METRIC[task_type])}, paired by fold number; 'yes' = the difference is significant "
+              f"at {SIGNIFICANCE_LEVEL} (not corrected for multiple comparisons); 'n/a' = fewer than 2 folds to pair."),
+             (None, "", "A t-test because with 4 or 5 folds a Wilcoxon signed-rank test can never reach 0.05 (its "
+              "smallest two-sided p-value with n folds is 2/2^n), and it is weak up to 10 folds.")]
+    for offset, (look, sample, text) in enumerate(notes):
+        if sample:
+            worksheet.write_string(row + offset, 0, sample, formats(**look))
+        worksheet.write_string(row + offset, 1, text, formats(font_color=NOTE_FONT))
+    return row + len(notes)
 
-
-def write_shared_parameters(worksheet, formats, row, shared, instance_count):
-    """The parameters all instances share, one 'name = value' line each."""
-    worksheet.write_string(row, 0, f"Parameters shared by all {instance_count} instances "
-                                   "(those that differ are columns of the table; all are on the parameters sheet)",
-                           formats(bold=True))
-    for offset, (name, value) in enumerate(shared.items(), start=1):
-        worksheet.write_string(row + offset, 1, f"{name} = {parameter_display(value)}", formats())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sheet "folds": one row per instance and fold
 
 def write_folds_sheet(workbook, formats, name, instances, task_type):
-    """Every metric of every fold, with best epoch, epochs run, seconds and the fold's test items."""
-    worksheet = workbook.add_worksheet(name)
+    """One row per instance and fold (one empty row for an instance without folds): best epoch, epochs run, seconds,
+    the seconds of each step (when a fold recorded timings), every metric on every split and the test items."""
+    worksheet = new_sheet(workbook, formats, name, f"Experiment {instances[0].experiment}: every fold ({task_type})",
+                          "one row per instance and fold; failed instances without folds have one empty row")
     metrics = METRICS_BY_TASK[task_type]
-    write_title(worksheet, formats, f"Experiment {instances[0].experiment}: every fold ({task_type})",
-                "one row per instance and fold; failed instances without folds have one empty row")
-    identity = [("ID", 5), ("comment 1", text_width([i.comment_1 for i in instances], COMMENT_WIDTH_LIMITS)),
-                ("status", 11), ("fold", 5), ("best epoch", 7), ("epochs run", 7), ("seconds", 8)]
-    header_row, first_data_row = 2, 4
-    for col, (label, width) in enumerate(identity):
-        write_header(worksheet, formats, header_row, col, col, label, rows=2)
-        worksheet.set_column(col, col, width)
-    col = len(identity)
-    for split in SPLITS:
-        write_header(worksheet, formats, header_row, col, col + len(metrics) - 1, SPLIT_LABELS[split])
-        for offset, metric in enumerate(metrics):
-            write_header(worksheet, formats, header_row + 1, col + offset, col + offset, metric_label(metric),
-                         sub=True)
-        worksheet.set_column(col, col + len(metrics) - 1, 9)
-        col += len(metrics)
-    items_col = col
-    write_header(worksheet, formats, header_row, items_col, items_col, "test items", rows=2)
-    worksheet.set_column(items_col, items_col, 30)
-    worksheet.set_row(header_row + 1, 30)
-
-    row = first_data_row
-    for band, instance in enumerate(instances):
-        fill = {"bg_color": BAND_FILL} if band % 2 else {}
-        grey = {} if instance.is_complete else {"font_color": EXCLUDED_FONT, "italic": True}
-        for fold in instance.folds or [None]:
-            fold = fold or {}
-            cells = [instance.id, instance.comment_1, instance.status, fold.get("fold"),
-                     as_number(fold.get("best_epoch")), as_number(fold.get("epochs_run")),
-                     as_number(fold.get("seconds"))]
-            for col, value in enumerate(cells):
-                style = {**fill, **FOLDS_IDENTITY_STYLES.get(col, {})}
-                if col == 2:
-                    style.update(STATUS_STYLES.get(instance.status, {}))
-                write_cell(worksheet, row, col, value, formats(**style))
-            col = len(identity)
-            for split in SPLITS:
-                for offset, metric in enumerate(metrics):
-                    value = fold_value(fold, split, metric) if fold else None
-                    style = {**fill, **grey, "num_format": METRIC_FORMAT}
-                    if offset == 0:
-                        style.update(left=1, left_color=GRID_COLOR)
-                    write_cell(worksheet, row, col + offset, value, formats(**style))
-                col += len(metrics)
-            items = fold.get("test_items") if isinstance(fold.get("test_items"), list) else []
-            write_cell(worksheet, row, items_col, ", ".join(map(str, items)),
-                       formats(**fill, left=1, left_color=GRID_COLOR, indent=1))
-            row += 1
-    worksheet.freeze_panes(first_data_row, 4)
-    set_print_layout(worksheet, first_data_row)
+    steps = TIMING_STEPS if any(fold["timings"] for instance in instances for fold in instance.folds) else ()
+    columns = {"id": Col("id", "ID", width=5), "comment_1": Col("text", "comment 1", width=COMMENT_WIDTH),
+               "status": Col("status", "status", width=11), "fold": Col("index", "fold", width=5),
+               "best_epoch": Col("index", "best epoch", width=7), "epochs_run": Col("index", "epochs run", width=7),
+               "seconds": Col("seconds", "seconds", width=8),
+               **{step: Col("seconds", f"{step} s", width=8) for step in steps},
+               **{f"{split} {metric}": Col("metric", SPLIT_LABELS[split], metric_label(metric), 9, metric,
+                                           BLOCK_START if metric == metrics[0] else {})
+                  for split in SPLITS for metric in metrics}, "test_items": Col("items", "test items", width=30)}
+    rows = [{"id": i.id, "comment_1": i.comment_1, "status": i.status,
+             **{key: fold.get(key) for key in ("fold", "best_epoch", "epochs_run", "seconds")},
+             **{step: fold["timings"].get(step) for step in steps},
+             **{f"{split} {m}": fold["metrics"].get(split, {}).get(m) for split in SPLITS for m in metrics},
+             "test_items": ", ".join(map(str, fold["test_items"])), "_status": i.status, "_band": band}
+            for band, i in enumerate(instances) for fold in i.folds or [FOLD_DEFAULTS]]
+    write_table(worksheet, formats, make_table(columns, rows), 2, {}, frozen_columns=4)
+    worksheet.set_row(3, 30)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Sheet "confusion": summed test confusion matrices, counts and row percentages
+def confusion_table(matrix, summed, labels, shares):
+    """A summed test confusion matrix: a row per true class with its counts, total and row percentages."""
+    counts, classes = f"counts ({summed} folds summed)", range(len(labels))
+    columns = {"true": Col("row_header", "", "true \\ predicted"),
+               **{f"count {j}": Col("count", counts, labels[j], key=j) for j in classes},
+               "total": Col("total", counts, "total"), "gap": Col("gap", ""),
+               **{f"share {j}": Col("percent", "row %", labels[j], key=j) for j in classes}}
+    rows = [{"true": labels[i], **{f"count {j}": matrix[i, j] for j in classes}, "total": matrix[i].sum(),
+             "gap": None, **{f"share {j}": shares[i, j] for j in classes}, "_class": i} for i in classes]
+    return make_table(columns, rows)
+
 
 def write_confusion_sheet(workbook, formats, instances):
     """For each classification instance its summed test confusion matrix: counts, then row percentages."""
-    worksheet = workbook.add_worksheet("confusion")
-    write_title(worksheet, formats, "Test confusion matrices, summed over folds",
-                "rows: true class, columns: predicted class; row % = share of the true class")
-    matrices = [(instance, *summed_confusion(instance)) for instance in instances]
-    size = max((len(matrix) for _, matrix, _ in matrices if matrix is not None), default=2)
-    all_labels = [label for instance, matrix, _ in matrices if matrix is not None
-                  for label in class_labels(instance, len(matrix))]
-    worksheet.set_column(0, 0, text_width(all_labels + ["true \\ predicted"], (12, 30)))
-    worksheet.set_column(1, 2 * size + 2, max(8, min(14, text_width(all_labels, (8, 14)))))
+    worksheet = new_sheet(workbook, formats, "confusion", "Test confusion matrices, summed over folds",
+                          "rows: true class, columns: predicted class; row % = share of the true class")
+    confusions = [(instance, summed_confusion(instance)) for instance in instances]
+    labels = [label for _, (_, _, names, _) in confusions for label in names]
+    size = max((len(names) for _, (_, _, names, _) in confusions), default=2) or 2
+    worksheet.set_column(0, 0, text_width(labels + ["true \\ predicted"], (12, 30)))
+    worksheet.set_column(1, 2 * size + 2, max(8, min(14, text_width(labels, (8, 14)))))
     worksheet.set_column(size + 2, size + 2, 3)
     row = 3
-    for instance, matrix, summed in matrices:
-        title = f"Instance {instance.id} ({instance.status})" + (f": {instance.comment_1}" if instance.comment_1
-                                                                  else "")
-        worksheet.write_string(row, 0, title, formats(bold=True, font_size=12))
-        if matrix is None:
+    for instance, confusion in confusions:
+        worksheet.write_string(row, 0, instance_title(instance, instance.status), formats(bold=True, font_size=12))
+        if confusion[0] is None:
             worksheet.write_string(row + 1, 0, "no test confusion matrix (no completed fold)",
-                                   formats(italic=True, font_color=EXCLUDED_FONT))
+                                   formats(**HIGHLIGHTS["excluded"]))
             row += 3
             continue
-        row = write_confusion_block(worksheet, formats, row + 1, instance, matrix, summed) + 1
+        end = write_table(worksheet, formats, confusion_table(*confusion), row + 1, {**GRID, "align": "center"})
+        size = len(confusion[2])
+        worksheet.conditional_format(row + 3, size + 3, end - 1, 2 * size + 2, {
+            "type": "2_color_scale", "min_type": "num", "min_value": 0, "max_type": "num", "max_value": 1,
+            "min_color": CONFUSION_SCALE[0], "max_color": CONFUSION_SCALE[1]})
+        row = end + 1
     worksheet.hide_gridlines(2)
-    set_print_layout(worksheet, 1)
 
-
-def write_confusion_block(worksheet, formats, row, instance, matrix, summed):
-    """Counts at columns 1..n (+ total), row percentages from column n + 3; returns the next free row."""
-    labels = class_labels(instance, len(matrix))
-    size = len(labels)
-    percent_col = size + 3
-    write_header(worksheet, formats, row, 1, size + 1, f"counts ({summed} folds summed)")
-    write_header(worksheet, formats, row, percent_col, percent_col + size - 1, "row %")
-    write_header(worksheet, formats, row + 1, 0, 0, "true \\ predicted", sub=True)
-    for index, label in enumerate(labels):
-        write_header(worksheet, formats, row + 1, 1 + index, 1 + index, label, sub=True)
-        write_header(worksheet, formats, row + 1, percent_col + index, percent_col + index, label, sub=True)
-    write_header(worksheet, formats, row + 1, size + 1, size + 1, "total", sub=True)
-    shares = row_percentages(matrix)
-    cell = {"border": 1, "border_color": GRID_COLOR, "align": "center"}
-    for true_index, label in enumerate(labels):
-        r = row + 2 + true_index
-        write_header(worksheet, formats, r, 0, 0, label, sub=True)
-        for predicted in range(size):
-            diagonal = {"bold": True} if predicted == true_index else {}
-            worksheet.write_number(r, 1 + predicted, matrix[true_index, predicted],
-                                   formats(**cell, **diagonal, num_format="0"))
-            share = shares[true_index, predicted]
-            write_cell(worksheet, r, percent_col + predicted, None if np.isnan(share) else float(share),
-                       formats(**cell, **diagonal, num_format=PERCENT_FORMAT))
-        worksheet.write_number(r, size + 1, matrix[true_index].sum(), formats(**cell, num_format="0", italic=True))
-    worksheet.conditional_format(row + 2, percent_col, row + 1 + size, percent_col + size - 1,
-                                 {"type": "2_color_scale", "min_type": "num", "min_value": 0,
-                                  "max_type": "num", "max_value": 1,
-                                  "min_color": CONFUSION_SCALE[0], "max_color": CONFUSION_SCALE[1]})
-    return row + 2 + size
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sheet "parameters": every resolved parameter, instances as columns
 
 def write_parameters_sheet(workbook, formats, instances, output_path):
-    """Rows: status, task, dataset, hash, parameters file, then every parameter; differing ones highlighted."""
-    worksheet = workbook.add_worksheet("parameters")
-    write_title(worksheet, formats, "Every resolved parameter of every instance",
-                "highlighted: parameters whose value differs between instances")
-    names = parameter_names(instances)
-    header_row = 2
-    write_header(worksheet, formats, header_row, 0, 0, "parameter")
-    widths = [text_width(names + ["parameters file"], (14, 40))]
-    for col, instance in enumerate(instances, start=1):
-        write_header(worksheet, formats, header_row, col, col, f"ID {instance.id}")
-        values = [parameter_display(value) for value in instance.parameters.values()]
-        widths.append(text_width(values + [instance.status], (10, 30)))
-    for col, width in enumerate(widths):
-        worksheet.set_column(col, col, width)
-
-    identity = [("status", lambda i: i.status), ("task type", lambda i: i.task_type),
-                ("dataset", lambda i: i.dataset), ("parameter hash", lambda i: i.parameter_hash[:12])]
-    grid = {"border": 1, "border_color": GRID_COLOR, "align": "left"}
-    row = header_row + 1
-    for label, value_of in identity:
-        worksheet.write_string(row, 0, label, formats(**grid, italic=True))
-        for col, instance in enumerate(instances, start=1):
-            write_cell(worksheet, row, col, value_of(instance), formats(**grid, italic=True))
-        row += 1
-    worksheet.write_string(row, 0, "parameters file", formats(**grid, italic=True))
-    for col, instance in enumerate(instances, start=1):
-        write_parameters_link(worksheet, formats, row, col, instance, output_path)
-    row += 1
-    for name in names:
-        keys = {canonical(i.parameters[name]) if name in i.parameters else "<missing>"
-                for i in instances if i.parameters}
-        differs = {"bg_color": DIFFERS_FILL} if len(keys) > 1 else {}
-        worksheet.write_string(row, 0, name, formats(**grid, **differs, bold=bool(differs)))
-        for col, instance in enumerate(instances, start=1):
-            value = parameter_display(instance.parameters[name]) if name in instance.parameters else None
-            write_cell(worksheet, row, col, value, formats(**grid, **differs))
-        row += 1
-    worksheet.freeze_panes(header_row + 1, 1)
-    set_print_layout(worksheet, header_row + 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sheet "plots": the PNG files side by side, one instance under the other
-
-def image_options(path):
-    """insert_image options that show a PNG PLOT_HEIGHT_PIXELS high whatever its size and DPI."""
-    width, height = png_size(path)
-    natural_height = height * 96 / PLOT_DPI  # xlsxwriter shows a PNG at its stored DPI
-    scale = PLOT_HEIGHT_PIXELS / natural_height
-    return {"x_scale": scale, "y_scale": scale, "object_position": 3}, width * 96 / PLOT_DPI * scale
+    """Parameters as rows, instances as columns: status, task, dataset, hash and parameters file, then every resolved
+    parameter, highlighted where its value differs between instances."""
+    worksheet = new_sheet(workbook, formats, "parameters", "Every resolved parameter of every instance",
+                          "highlighted: parameters whose value differs between instances")
+    columns = {"name": Col("name", "parameter", width=(14, 40)),
+               **{f"id {i.id}": Col("parameter", f"ID {i.id}", width=(10, 30)) for i in instances}}
+    about = {"status": lambda i: i.status, "task type": lambda i: i.task_type, "dataset": lambda i: i.dataset,
+             "parameter hash": lambda i: i.parameter_hash[:12],
+             "parameters file": lambda i: parameters_link(i, output_path)}
+    rows = [{"name": label, **{f"id {i.id}": value_of(i) for i in instances}, "_italic": True, "_differs": False}
+            for label, value_of in about.items()]
+    compared = [i.parameters for i in instances if i.parameters]
+    rows += [{"name": name, **{f"id {i.id}": parameter_display(i.parameters[name]) if name in i.parameters else None
+                               for i in instances}, "_italic": False, "_differs": differs(compared, name)}
+             for name in dict.fromkeys(name for i in instances for name in i.parameters)]
+    write_table(worksheet, formats, make_table(columns, rows), 2, {**GRID, "align": "left"}, frozen_columns=1)
 
 
 def write_plots_sheet(workbook, formats, instances, experiment_folder):
     """For each instance a title row, then its learning curves and confusion matrix next to each other."""
-    worksheet = workbook.add_worksheet("plots")
-    write_title(worksheet, formats, "Learning curves and test confusion matrices",
-                f"PNG files in {PLOTS_SUBFOLDER}/; solid = train, dashed = validation, dot = best epoch")
+    worksheet = new_sheet(workbook, formats, "plots", "Learning curves and test confusion matrices",
+                          f"PNG files in {PLOTS_SUBFOLDER}/; solid = train, dashed = validation, dot = best epoch")
     worksheet.hide_gridlines(2)
     # explicit widths: images are anchored to cells, and LibreOffice's default column width differs from Excel's
     worksheet.set_column_pixels(0, PLOTS_SHEET_COLUMNS - 1, DEFAULT_COLUMN_PIXELS)
-    rows_per_plot = math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 2
     row = 3
     for instance in instances:
-        title = f"Instance {instance.id} ({status_text(instance, fold_count(instances))})" + (
-            f": {instance.comment_1}" if instance.comment_1 else "")
-        worksheet.write_string(row, 0, title, formats(bold=True, font_size=12))
-        plots = make_plots(experiment_folder, instance)
+        worksheet.write_string(row, 0, instance_title(instance, status_text(instance, fold_count(instances))),
+                               formats(bold=True, font_size=12))
         x_offset = 0
-        for kind in ("curves", "confusion"):
-            if plots[kind] is None:
-                continue
-            options, width = image_options(plots[kind])
-            worksheet.insert_image(row + 1, 0, str(plots[kind]), {**options, "x_offset": x_offset})
-            x_offset += int(width) + PLOT_GAP_PIXELS
+        for path in filter(None, make_plots(experiment_folder, instance)):
+            header = path.read_bytes()[:24]  # a PNG's width and height in pixels are at bytes 16 and 20
+            width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+            scale = PLOT_HEIGHT_PIXELS / (height * 96 / PLOT_DPI)  # xlsxwriter shows a PNG at its stored DPI
+            worksheet.insert_image(row + 1, 0, str(path), {"x_scale": scale, "y_scale": scale, "object_position": 3,
+                                                           "x_offset": x_offset})
+            x_offset += int(width * 96 / PLOT_DPI * scale) + PLOT_GAP_PIXELS
         if x_offset == 0:
-            worksheet.write_string(row + 1, 0, "nothing to plot (no completed fold)",
-                                   formats(italic=True, font_color=EXCLUDED_FONT))
-            row += 3
+            worksheet.write_string(row + 1, 0, "nothing to plot (no completed fold)", formats(**HIGHLIGHTS["excluded"]))
+        row += 3 if x_offset == 0 else math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots: PNG files in EXPERIMENT_FOLDER/plots/, redrawn only when the result file (or this program) is newer
+
+def figure_png(figure):
+    """The PNG bytes of a matplotlib figure drawn with the Agg backend."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
+    return buffer.getvalue()
+
+
+def learning_curves_png(instance):
+    """Learning curves (train solid, validation dashed, one colour per fold, dot at the best epoch) as PNG, or None."""
+    def curve(fold, key):
+        return [np.nan if value is None else value for value in fold["history"].get(key) or []]
+
+    metrics = [metric for metric in CURVE_METRICS[instance.task_type] if any(curve(f, metric) for f in instance.folds)]
+    if not metrics:
+        return None
+    figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")
+    for axes, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
+        for index, fold in enumerate(instance.folds):
+            color, train, validation = FOLD_COLORS[index % 10], curve(fold, metric), curve(fold, f"val_{metric}")
+            if train:
+                axes.plot(range(1, len(train) + 1), train, color=color, linewidth=1.4)
+            if validation:
+                axes.plot(range(1, len(validation) + 1), validation, color=color, linewidth=1.4, linestyle="--")
+            if validation and 1 <= (fold.get("best_epoch") or 0) <= len(validation):
+                axes.plot([fold["best_epoch"]], [validation[fold["best_epoch"] - 1]], "o", color=color, markersize=5)
+        axes.set_title(metric_label(metric))
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    handles = [Line2D([], [], color=FOLD_COLORS[index % 10]) for index in range(len(instance.folds))]
+    handles += [Line2D([], [], color="black", linestyle=style, marker=marker)
+                for style, marker in (("-", ""), ("--", ""), ("", "o"))]
+    labels = [f"fold {fold['fold']}" for fold in instance.folds] + ["train", "validation", "best epoch"]
+    figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    figure.suptitle(f"Instance {instance.id}: learning curves ({instance.status})", fontsize=11)
+    return figure_png(figure)
+
+
+def confusion_png(instance):
+    """The summed test confusion matrix as a heat map of row percentages with counts, as PNG (None if none)."""
+    matrix, summed, labels, shares = summed_confusion(instance)
+    if matrix is None:
+        return None
+    figure = Figure(figsize=(PLOT_HEIGHT_INCHES * 1.3, PLOT_HEIGHT_INCHES), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(np.nan_to_num(shares) * 100, cmap="Greens", vmin=0, vmax=100)
+    for (row, col), count in np.ndenumerate(matrix):
+        share = shares[row, col]
+        axes.text(col, row, f"{count:.0f}" if np.isnan(share) else f"{count:.0f}\n{share:.0%}", ha="center",
+                  va="center", fontsize=max(3.5, min(8.0, 44 / len(labels))),  # smaller text for more classes
+                  color="white" if not np.isnan(share) and share > 0.6 else "black")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.set_xlabel("predicted", fontsize=8)
+    axes.set_ylabel("true", fontsize=8)
+    colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
+    colorbar.set_label("% of true class", fontsize=7)
+    colorbar.ax.tick_params(labelsize=7)
+    axes.set_title(f"Instance {instance.id}: test, {summed} folds summed", fontsize=9)
+    return figure_png(figure)
+
+
+def make_plots(experiment_folder, instance):
+    """[learning curves path or None, confusion path or None]: the instance's plots, drawn when out of date; a plot
+    left from an earlier run of the instance that now has nothing to draw is removed."""
+    plots = []
+    for kind, painter in (("learning_curves", learning_curves_png), ("confusion", confusion_png)):
+        path = Path(experiment_folder, PLOTS_SUBFOLDER,
+                    f"{instance.dataset}_exp{instance.experiment}_run{instance.id}_{kind}.png")
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime_ns > max(instance.source.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns):
+                plots.append(path)
+                continue
+        png = painter(instance)
+        plots.append(None if png is None else path)
+        if png is None:
+            path.unlink(missing_ok=True)
         else:
-            row += rows_per_plot + 1
-    set_print_layout(worksheet, 1)
+            atomic_write_bytes(path, png)
+    return plots
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The workbook
 
-def check_output_path(output_path):
-    """XvalError unless output_path ends in .xlsx and its folder exists."""
-    output_path = Path(output_path)
-    if output_path.suffix.lower() != ".xlsx":
-        raise XvalError(f"output {output_path} must end in .xlsx: name it e.g. {output_path.stem}.xlsx")
-    if not output_path.parent.is_dir():
-        raise XvalError(f"output folder {output_path.parent} does not exist: create it or pick another path")
-    return output_path
-
-
 def build_workbook(path, instances, summaries, experiment_folder, output_path):
-    """Write every sheet into a new xlsx file at path; links are made relative to output_path.
-
-    summaries: {task type: routine_summary of that task type's instances}.
-    """
+    """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
+    routine_summary of its instances}."""
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
                                                "strings_to_urls": False})
-    formats = FormatCache(workbook)
-    groups = group_by_task(instances)
-    first_task_type = next(iter(groups))
+    made = {}  # one xlsxwriter format per distinct set of properties (Excel wants few, reused formats)
+
+    def formats(**properties):
+        key = tuple(sorted(properties.items()))
+        return made[key] if key in made else made.setdefault(key, workbook.add_format(properties))
+
+    groups = by_task(instances)
+    suffix = {task_type: "" if task_type == instances[0].task_type else f"_{task_type}" for task_type in groups}
     for task_type, group in groups.items():
-        write_summary_sheet(workbook, formats, sheet_name("summary", task_type, first_task_type), group,
-                            task_type, output_path, summaries[task_type])
+        write_summary_sheet(workbook, formats, f"summary{suffix[task_type]}", group, task_type, output_path,
+                            summaries[task_type])
     for task_type, group in groups.items():
-        write_folds_sheet(workbook, formats, sheet_name("folds", task_type, first_task_type), group, task_type)
+        write_folds_sheet(workbook, formats, f"folds{suffix[task_type]}", group, task_type)
     if "classification" in groups:
         write_confusion_sheet(workbook, formats, groups["classification"])
     write_parameters_sheet(workbook, formats, instances, output_path)
@@ -1184,14 +819,19 @@ def write_spreadsheet(experiment_folder, output_path=None):
     if not instances:
         raise XvalError(f"no results in {experiment_folder / RESULTS_SUBFOLDER} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
-    output_path = check_output_path(output_path or default_output_path(experiment_folder, instances)).resolve()
-    summaries = {task_type: routine_summary(group, task_type) for task_type, group in group_by_task(instances).items()}
+    named = {"dataset": instances[0].dataset, "experiment": instances[0].experiment}
+    output_path = Path(output_path or experiment_folder / OUTPUT_NAME.format(**named))
+    if output_path.suffix.lower() != ".xlsx":
+        raise XvalError(f"output {output_path} must end in .xlsx: name it e.g. {output_path.stem}.xlsx")
+    if not output_path.parent.is_dir():
+        raise XvalError(f"output folder {output_path.parent} does not exist: create it or pick another path")
+    output_path = output_path.resolve()
+    summaries = {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
     temp = temp_path_for(output_path)
     try:
-        atomic_write_json(summary_path(experiment_folder, instances),
-                          {"experiment": instances[0].experiment, "datasets": list(dict.fromkeys(
-                              instance.dataset for instance in instances)), "about": SUMMARY_ABOUT,
-                           "task_types": summaries})
+        atomic_write_json(experiment_folder / SUMMARY_NAME.format(**named), {
+            "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
+            "about": SUMMARY_ABOUT, "task_types": summaries})
         build_workbook(temp, instances, summaries, experiment_folder, output_path)
         commit_temp_file(temp, output_path)
     except (OSError, xlsxwriter.exceptions.XlsxWriterException) as error:

@@ -384,6 +384,38 @@ def test_folds_sheet_has_every_metric_of_every_fold_and_the_test_items(experimen
             assert (number, None) in rows
 
 
+def test_folds_sheet_shows_the_step_timings_after_seconds(tmp_path):
+    steps = ["data", "build", "fit", "evaluate", "save"]
+    folder = build_experiment(tmp_path / "timed", instance_ids=(1,))
+    older = make_instance(2)
+    del older["folds"][1]["timings"]  # a fold result written before the engine recorded timings
+    write_instance(folder, older)
+    sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(folder))["folds"]
+    header = header_row_of(sheet, "ID")
+    labels = [sheet.cell(header, col).value for col in range(1, sheet.max_column + 1)]
+    first = labels.index("seconds") + 2  # 1-based column of "data s"
+    assert labels[first - 1:first + 4] == [f"{step} s" for step in steps]
+    results, checked = read_results(folder), 0
+    for row in range(header + 2, sheet.max_row + 1):
+        number, fold_number = sheet.cell(row, 1).value, sheet.cell(row, labels.index("fold") + 1).value
+        fold = next(fold for fold in results[number]["folds"] if fold["fold"] == fold_number)
+        expected = [fold["timings"][step] for step in steps] if "timings" in fold else [None] * len(steps)
+        cells = [sheet.cell(row, first + offset) for offset in range(len(steps))]
+        assert [cell.value for cell in cells] == expected, (number, fold_number)
+        assert all(cell.number_format == "0.0" for cell in cells)
+        checked += 1
+    assert checked == sum(len(result["folds"]) for result in results.values())
+
+    untimed = make_instance(1)  # without any timings the sheet keeps its columns
+    for fold in untimed["folds"]:
+        del fold["timings"]
+    write_instance(tmp_path / "untimed" / "experiment_1", untimed)
+    sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(tmp_path / "untimed" / "experiment_1"))["folds"]
+    header = header_row_of(sheet, "ID")
+    labels = [sheet.cell(header, col).value for col in range(1, sheet.max_column + 1)]
+    assert labels[labels.index("seconds") + 1] == "train" and "data s" not in labels
+
+
 def test_confusion_sheet_sums_the_folds_with_counts_and_row_percentages(experiment):
     sheet = experiment.workbook["confusion"]
     results = by_task(experiment.results, "classification")
