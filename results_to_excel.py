@@ -52,7 +52,9 @@ STATUSES, STATS = ("complete", "incomplete", "failed"), ("mean", "std")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
 TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings" in seconds, when it has them
-CURVE_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "rmse", "mae")}  # loss first
+# history curves drawn per task type, loss first; those a fold lacks are left out, the learning rate unless it moved
+CURVE_METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "learning_rate"),
+                 "regression": ("loss", "rmse", "mae", "learning_rate")}
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
@@ -131,7 +133,7 @@ RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__cont
                  "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
                  "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None)}
 RESULT_DEFAULTS = {"error": "", "parameters": {}, "parameters_file": "", "parameter_hash": "", "class_names": None,
-                   "folds": [], "summary": {}}
+                   "folds": [], "summary": {}, "speaker_independent": True, "foldable_item": None}
 FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
 
 
@@ -541,8 +543,10 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
     """The sentences that say which instance is chosen and which number to report, the summary table, the legend
     and the parameters all instances share."""
     counts = {status: sum(i.status == status for i in instances) for status in STATUSES}
+    dependent = [i.foldable_item for i in instances if not i.speaker_independent]
+    warning = f" (folds by {dependent[0]}: speaker-dependent results)" if dependent else ""
     worksheet = new_sheet(workbook, formats, name, f"Experiment {instances[0].experiment}: "
-                          f"{', '.join(dict.fromkeys(i.dataset for i in instances))}, {task_type}",
+                          f"{', '.join(dict.fromkeys(i.dataset for i in instances))}, {task_type}{warning}",
                           f"{len(instances)} instances ({counts['complete']} complete, {counts['incomplete']} "
                           f"incomplete, {counts['failed']} failed), {fold_count(instances)} folds; mean and std over "
                           f"folds. Updated {time.strftime('%Y-%m-%d %H:%M')}")
@@ -704,12 +708,22 @@ def figure_png(figure):
     return buffer.getvalue()
 
 
+def curve(fold, key):
+    """One history curve of a fold (None values as NaN), or [] when the fold has none."""
+    return [np.nan if value is None else value for value in fold["history"].get(key) or []]
+
+
+def curve_metrics(instance):
+    """The panels of an instance's learning curves: CURVE_METRICS that its folds recorded (for training or
+    validation), the learning rate only where it changed during a fold."""
+    return [metric for metric in CURVE_METRICS[instance.task_type]
+            if any(curve(f, metric) or curve(f, f"val_{metric}") for f in instance.folds)
+            and (metric != "learning_rate" or any(len(set(curve(f, metric))) > 1 for f in instance.folds))]
+
+
 def learning_curves_png(instance):
     """Learning curves (train solid, validation dashed, one colour per fold, dot at the best epoch) as PNG, or None."""
-    def curve(fold, key):
-        return [np.nan if value is None else value for value in fold["history"].get(key) or []]
-
-    metrics = [metric for metric in CURVE_METRICS[instance.task_type] if any(curve(f, metric) for f in instance.folds)]
+    metrics = curve_metrics(instance)
     if not metrics:
         return None
     figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")

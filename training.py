@@ -19,6 +19,7 @@ Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one l
 """
 import ctypes
 import inspect
+import json
 import os
 import signal
 import sys
@@ -40,11 +41,12 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
+from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,  # noqa: E402
-                               MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SPLITS, XvalError, atomic_write_json,
-                               commit_temp_file, dataset_file_stats, load_clip_ids, load_dataset, read_json,
-                               temp_path_for)
+                               MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SKLEARN_MONITORED, SPLITS, XvalError,
+                               atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids, load_dataset,
+                               read_json, temp_path_for)
 
 # what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
 LOOP_PARAMETERS = tuple(name for name in CONFIG_SCHEMA["training"] if name not in MODEL_ONLY_TRAINING_PARAMETERS) + \
@@ -166,11 +168,27 @@ def monitor_mode(monitor, configured_mode):
     """min or max for a monitored metric: the configured one, or for auto max on accuracy and min otherwise."""
     if configured_mode != "auto":
         return configured_mode
-    return "max" if "accuracy" in monitor else "min"
+    return "max" if "accuracy" in monitor or "f1" in monitor else "min"
 
 
-def make_callbacks(keras, monitor, mode, parameters):
-    """Callbacks: best weights in memory, early stopping, NaN stop, one progress line per epoch, orphan stop."""
+def make_callbacks(keras, monitor, mode, parameters, validation):
+    """Callbacks: validation scores (first, so the others see them), NaN stop, best weights in memory, one progress
+    line per epoch with an orphan stop, early stopping, learning rate reduction on plateau.
+
+    validation: (x, y, owner, clip) of the validation items, scored per clip with scikit-learn after each epoch
+    when monitor is one of SKLEARN_MONITORED.
+    """
+
+    class ValidationScores(keras.callbacks.Callback):
+        """Add val_balanced_accuracy (UAR) and val_f1_macro, per clip, to the epoch's logs (and so the history)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            x, y, owner, clip = validation
+            output, first = clip_means(predict_in_batches(self.model, x, parameters["batch_size"]), owner, clip)
+            y_true, y_pred = y[first].argmax(axis=1), output.argmax(axis=1)
+            logs["val_balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
+            logs["val_f1_macro"] = float(skm.f1_score(y_true, y_pred, labels=np.arange(y.shape[1]),
+                                                      average="macro", zero_division=0))
 
     class BestWeights(keras.callbacks.Callback):
         """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths)."""
@@ -209,10 +227,119 @@ def make_callbacks(keras, monitor, mode, parameters):
                 os._exit(3)
 
     best = BestWeights()
-    callbacks = [StopOnNaN(), best, ProgressAndOrphanCheck()]
+    callbacks = [ValidationScores()] if monitor in SKLEARN_MONITORED else []
+    callbacks += [StopOnNaN(), best, ProgressAndOrphanCheck()]
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
+    if parameters["lr_patience"]:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=parameters["lr_factor"],
+                                                           patience=parameters["lr_patience"],
+                                                           min_lr=parameters["min_lr"]))
     return callbacks, best
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training batches: class weights, SpecAugment, mixup (training data only, never validation or test)
+
+def balanced_sample_weights(y_train):
+    """scikit-learn's 'balanced' class weights (n_clips / (classes * clips of the class)) of one-hot training
+    targets (n, classes), as one weight per example (n,) float32; classes absent from training get none."""
+    labels = y_train.argmax(axis=1)
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    lookup = np.zeros(y_train.shape[1], dtype=np.float32)
+    lookup[present] = weights
+    return lookup[labels]
+
+
+def spec_augment(x, rng, fill, time_masks, time_width, freq_masks, freq_width):
+    """SpecAugment-style masking of a batch x (batch, frames, bins): for every example, time_masks runs of up to
+    time_width frames and freq_masks runs of up to freq_width bins are set to fill (bins,), the training mean of
+    every bin (which the model's normalisation maps to 0). Returns a masked copy."""
+    x = x.copy()
+    frames, bins = x.shape[1:]
+    for example in x:
+        for _ in range(time_masks):
+            width = rng.integers(0, min(time_width, frames) + 1)
+            start = rng.integers(0, frames - width + 1)
+            example[start:start + width] = fill
+        for _ in range(freq_masks):
+            width = rng.integers(0, min(freq_width, bins) + 1)
+            start = rng.integers(0, bins - width + 1)
+            example[:, start:start + width] = fill[start:start + width]
+    return x
+
+
+def mixup(x, y, weights, rng, alpha):
+    """mixup of a batch: each example mixed with a random other one of the batch, lam ~ Beta(alpha, alpha) per
+    example; x (batch, frames, bins), y targets (one-hot or values) and weights (batch,) or None mixed alike."""
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    partner = rng.permutation(len(x))
+
+    def mixed(array):
+        share = lam.reshape(-1, *[1] * (array.ndim - 1))
+        return (share * array + (1 - share) * array[partner]).astype(np.float32)
+
+    return mixed(x), mixed(y), None if weights is None else mixed(weights)
+
+
+def training_batches(keras, x, y, weights, parameters, fill):
+    """Training data for model.fit: the arrays themselves, or, with SpecAugment or mixup, a keras PyDataset that
+    shuffles every epoch and augments every batch with a generator seeded by the instance's seed."""
+    augmenting = parameters["time_masks"] or parameters["freq_masks"] or parameters["mixup_alpha"] > 0
+    if not augmenting:
+        return {"x": x, "y": y, "sample_weight": weights, "shuffle": True, "batch_size": parameters["batch_size"]}
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        """Shuffled, augmented training batches: (x, y) or (x, y, sample weights)."""
+
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(parameters["seed"])
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return -(-len(x) // parameters["batch_size"])
+
+        def __getitem__(self, index):
+            rows = self.order[index * parameters["batch_size"]:(index + 1) * parameters["batch_size"]]
+            xb, yb, wb = x[rows], y[rows], None if weights is None else weights[rows]
+            if parameters["time_masks"] or parameters["freq_masks"]:
+                xb = spec_augment(xb, self.rng, fill, parameters["time_masks"], parameters["time_mask_width"],
+                                  parameters["freq_masks"], parameters["freq_mask_width"])
+            if parameters["mixup_alpha"] > 0:
+                xb, yb, wb = mixup(xb, yb, wb, self.rng, parameters["mixup_alpha"])
+            return (xb, yb) if wb is None else (xb, yb, wb)
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return {"x": AugmentedBatches()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning: start from a saved model's weights
+
+def leaf_layers(model):
+    """Every layer of a model, nested models opened, in order."""
+    layers = []
+    for layer in model.layers:
+        layers += leaf_layers(layer) if hasattr(layer, "layers") else [layer]
+    return layers
+
+
+def start_from(model, path, trainable):
+    """Load the weights of the saved model at path into model (same architecture and shapes), then freeze every
+    layer but the last one that has weights when trainable is 'last_layer'."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as error:
+        raise XvalError(f"initial_model {path} does not fit this instance's model ({str(error).splitlines()[0]}): "
+                        "start from a model of the same architecture and parameters") from None
+    if trainable == "last_layer":
+        with_weights = [layer for layer in leaf_layers(model) if layer.weights]
+        for layer in with_weights[:-1]:
+            layer.trainable = False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,6 +393,9 @@ def run_fold(job, loaded=None):
     """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result.
 
     loaded: the dataset as load_all returns it, when the fold server already holds it (else read here).
+    A final job (job["final"], from use_model.py) trains on every item for a fixed number of epochs: no
+    validation or test items, so no early stopping and no best-epoch choice (its learning-rate plateau watches the
+    training loss); the last epoch's weights are saved and only the training items are scored.
     """
     started = time.monotonic()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
@@ -282,8 +412,13 @@ def run_fold(job, loaded=None):
         raise XvalError(f"the files of dataset '{job['dataset']}' changed since the routine checked them "
                         "(preprocessed again while it ran?): rerun the routine")
     dataset = loaded or load_all(job["features_folder"], job["dataset"])
-    data = {split: stack_items(dataset, job[f"{split}_items"]) for split in SPLITS}
+    final = job.get("final", False)
+    splits = ("train",) if final else SPLITS
+    data = {split: stack_items(dataset, job[f"{split}_items"]) for split in splits}
     del dataset
+    if job.get("smoke_batches"):  # a smoke run: a few batches of every split
+        data = {split: tuple(array[:job["smoke_batches"] * parameters["batch_size"]] for array in arrays)
+                for split, arrays in data.items()}
     if task_type == "regression":
         data = {split: (x, y.reshape(-1), owner, clip) for split, (x, y, owner, clip) in data.items()}
     x_train, y_train, _, _ = data["train"]
@@ -292,8 +427,12 @@ def run_fold(job, loaded=None):
     mean, variance = normalisation_statistics(x_train)
     clock.lap("data")
     model = build_model(keras, define_models, parameters, x_train.shape[1:], output_size, mean, variance)
+    if job.get("initial_model_path"):
+        start_from(model, job["initial_model_path"], parameters["trainable"])
     if task_type == "classification":
         loss, keras_metrics = "categorical_crossentropy", ["accuracy"]
+        if parameters["loss"] == "focal":  # alpha 1: with gamma 0 it is the cross-entropy
+            loss = keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=parameters["focal_gamma"])
     else:
         loss = "mean_squared_error"
         keras_metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
@@ -301,15 +440,18 @@ def run_fold(job, loaded=None):
                   loss=loss, metrics=keras_metrics)
     clock.lap("build")
 
-    monitor = parameters["save_best_model_metric"]
-    mode = monitor_mode(monitor, parameters["save_best_model_mode"])
-    callbacks, best = make_callbacks(keras, monitor, mode, parameters)
-    x_val, y_val, _, _ = data["val"]
-    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=parameters["num_epochs"],
-                        batch_size=parameters["batch_size"], shuffle=True, verbose=0, callbacks=callbacks)
+    monitor = "loss" if final else parameters["save_best_model_metric"]
+    mode = "min" if final else monitor_mode(monitor, parameters["save_best_model_mode"])
+    callbacks, best = make_callbacks(keras, monitor, mode, parameters, data.get("val"))
+    weights = balanced_sample_weights(y_train) if parameters["class_weight"] == "balanced" else None
+    batches = training_batches(keras, x_train, y_train, weights, parameters, mean)
+    validation = None if final else data["val"][:2]
+    history = model.fit(**batches, validation_data=validation, epochs=parameters["num_epochs"], verbose=0,
+                        callbacks=callbacks)
     if best.best_weights is None:
         raise XvalError(f"no epoch gave a finite {monitor}: lower learning_rate or check the features")
-    model.set_weights(best.best_weights)
+    if not final:
+        model.set_weights(best.best_weights)
     clock.lap("fit")
 
     temp = temp_path_for(job["model_path"])
@@ -321,10 +463,11 @@ def run_fold(job, loaded=None):
               "dataset_fingerprint": job["dataset_fingerprint"],
               "train_items": job["train_items"], "val_items": job["val_items"], "test_items": job["test_items"],
               "metrics": {}, "history": {key: [float(v) for v in values] for key, values in history.history.items()},
-              "best_epoch": best.best_epoch, "epochs_run": len(history.history["loss"]),
+              "best_epoch": len(history.history["loss"]) if final else best.best_epoch,
+              "epochs_run": len(history.history["loss"]),
               "monitor": monitor, "monitor_mode": mode, "model_file": job["model_file"],
               "predictions": {}, "confusion_matrix": {}}
-    for split in SPLITS:
+    for split in splits:
         x, y, owner, clip = data[split]
         scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, clip,
                                                            parameters["batch_size"])
@@ -355,7 +498,7 @@ def fold_main(job_path, loaded=None):
         print(f"{ERROR_PREFIX}{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
               file=sys.stderr, flush=True)
         return 1
-    print(f"xval-done: fold {result['fold']} test {result['metrics']['test']}", flush=True)
+    print(f"xval-done: fold {result['fold']} {json.dumps(result['metrics'])}", flush=True)
     return 0
 
 

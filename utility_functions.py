@@ -39,7 +39,10 @@ MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}
 MODEL_ONLY_TRAINING_PARAMETERS = ("regularization_lambda",)
 DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architecture's first three arguments
 # what training.py may monitor for early stopping and best-model selection, by task type
-MONITORABLE = {"classification": ("val_loss", "val_accuracy"), "regression": ("val_loss", "val_mae", "val_rmse")}
+MONITORABLE = {"classification": ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"),
+               "regression": ("val_loss", "val_mae", "val_rmse")}
+# the monitorable metrics training.py computes itself with scikit-learn on the validation clips after each epoch
+SKLEARN_MONITORED = ("val_balanced_accuracy", "val_f1_macro")
 SPLITS = ("train", "val", "test")
 # RAVDESS emotion codes 01..08, read by preprocessing_ravdess.py and written by demo_corpus.py
 RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -95,7 +98,11 @@ CONFIG_SCHEMA = {
     "folds": {"folds_seed": int, "validation_share": float},
     "training": {"batch_size": int, "num_epochs": int, "learning_rate": float, "optimizer": OPTIMIZERS,
                  "early_stopping": bool, "patience": int, "save_best_model_metric": str,
-                 "save_best_model_mode": ("min", "max", "auto"), "regularization_lambda": float, "seed": int},
+                 "save_best_model_mode": ("min", "max", "auto"), "regularization_lambda": float, "seed": int,
+                 "class_weight": ("none", "balanced"), "loss": ("auto", "focal"), "focal_gamma": float,
+                 "time_masks": int, "time_mask_width": int, "freq_masks": int, "freq_mask_width": int,
+                 "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
+                 "initial_model": str, "trainable": ("all", "last_layer")},
 }
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),

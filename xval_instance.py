@@ -23,14 +23,15 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC,
-                               MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
+from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST,
+                               MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
                                SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
                                check_target, claim, config_path_in_use, dataset_file_stats, dataset_fingerprint,
                                dataset_paths, exit_on_user_error, file_mutex, load_clip_ids, load_config,
@@ -40,8 +41,20 @@ MODELS_FILE = PROJECT_DIR / "define_models.py"
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
 MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
 NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate finished folds
+# parameters that act only with some value of others: (name, whether it acts, what idles it, what would make it act)
+CONDITIONAL_PARAMETERS = (
+    ("patience", lambda p: p["early_stopping"], "early_stopping = False", "early_stopping = True"),
+    ("focal_gamma", lambda p: p["loss"] == "focal", "loss = 'auto'", 'loss = "focal"'),
+    ("time_mask_width", lambda p: p["time_masks"] > 0, "time_masks = 0", "time_masks = 1 or more"),
+    ("freq_mask_width", lambda p: p["freq_masks"] > 0, "freq_masks = 0", "freq_masks = 1 or more"),
+    ("lr_factor", lambda p: p["lr_patience"] > 0, "lr_patience = 0", "lr_patience = 1 or more"),
+    ("min_lr", lambda p: p["lr_patience"] > 0, "lr_patience = 0", "lr_patience = 1 or more"),
+    ("trainable", lambda p: bool(p["initial_model"]), "no initial_model", "initial_model"),
+)
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max", "round", "int", "float", "str",
                                                           "bool", "list", "tuple", "dict", "range", "len", "sum")}
+SMOKE_FLAG = "--smoke"
+SMOKE_BATCHES = 2  # batches per split of a smoke run's fold
 PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "librosa", "scikit-learn", "pandas", "soundfile",
                      "xlsxwriter", "matplotlib", "h5py")
 
@@ -51,7 +64,7 @@ PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "librosa", "scikit
 
 def parse_command_line(argv, instance_ids, default_gpu, script_name):
     """[FIRST [LAST [GPU]]] -> (selected instance ids, gpu). One id alone selects that instance only."""
-    usage = (f"usage: python3 {script_name} [FIRST_INSTANCE [LAST_INSTANCE [GPU_ID]]]  "
+    usage = (f"usage: python3 {script_name} [{SMOKE_FLAG}] [FIRST_INSTANCE [LAST_INSTANCE [GPU_ID]]]  "
              f"(instances defined: {', '.join(map(str, instance_ids))})")
     if len(argv) > 3:
         raise XvalError(f"too many arguments ({len(argv)}, at most 3) — {usage}")
@@ -223,8 +236,9 @@ def closest(name, known):
     return f"did you mean {' or '.join(matches)}?" if matches else f"known names: {', '.join(sorted(known))}"
 
 
-def check_training_values(parameters, where):
-    """Value checks beyond the type: choices and ranges of the training parameters."""
+def check_training_values(parameters, overridden, where):
+    """Value checks beyond the type: choices, ranges, what a task type allows, and that every parameter the
+    instance sets (overridden: their names) acts with the others' values."""
     def fail(message):
         raise XvalError(f"{where}: {message}")
     if parameters["optimizer"] not in OPTIMIZERS:
@@ -235,14 +249,28 @@ def check_training_values(parameters, where):
              f"{parameters['task_type']}: use one of {', '.join(allowed)}")
     if parameters["save_best_model_mode"] not in ("min", "max", "auto"):
         fail(f"save_best_model_mode {parameters['save_best_model_mode']!r} must be min, max or auto")
-    for name in ("batch_size", "num_epochs", "learning_rate"):
+    for name, kind in CONFIG_SCHEMA["training"].items():
+        if isinstance(kind, tuple) and parameters[name] not in kind:
+            fail(f"{name} {parameters[name]!r} is not one of {', '.join(kind)}")
+    for name in ("batch_size", "num_epochs", "learning_rate", "time_mask_width", "freq_mask_width"):
         if parameters[name] <= 0:
             fail(f"{name} = {parameters[name]} must be greater than 0")
-    for name in ("patience", "regularization_lambda"):
+    for name in ("patience", "regularization_lambda", "focal_gamma", "time_masks", "freq_masks", "mixup_alpha",
+                 "lr_patience", "min_lr"):
         if name in parameters and parameters[name] < 0:
             fail(f"{name} = {parameters[name]} must not be negative")
+    if not 0 < parameters["lr_factor"] < 1:
+        fail(f"lr_factor = {parameters['lr_factor']} must be between 0 and 1 (the learning rate is multiplied by it)")
     if not 0 <= parameters["seed"] < 2 ** 32:
         fail(f"seed = {parameters['seed']} must be between 0 and 2**32 - 1")
+    if parameters["task_type"] == "regression":
+        for name, default in (("class_weight", "none"), ("loss", "auto")):
+            if parameters[name] != default:
+                fail(f"{name} = {parameters[name]!r} is for classification only: remove it from regression "
+                     "instances")
+    for name, acts, idle, fix in CONDITIONAL_PARAMETERS:
+        if name in overridden and not acts(parameters):
+            fail(f"{name} = {parameters[name]!r} has no effect with {idle}: remove it, or set {fix}")
 
 
 def resolve_instance(parameter_strings, training_defaults, signatures, where):
@@ -298,11 +326,8 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
             parameters[name] = value if isinstance(value, str) else str(value)
         elif name not in ("task_type", "architecture"):
             parameters[name] = coerce_to_default_type(value, defaults[name], f"{where}, {name}")
-    if "patience" in overrides and not parameters["early_stopping"]:
-        raise XvalError(f"{where}: patience = {parameters['patience']} has no effect with early_stopping = False: "
-                        "remove it, or set early_stopping = True")
     parameters = json.loads(json.dumps(parameters))  # tuples become lists: what is hashed is what is saved
-    check_training_values(parameters, where)
+    check_training_values(parameters, set(overrides), where)
     return parameters
 
 
@@ -311,6 +336,76 @@ def parameter_hash(parameters, dataset, num_folds):
     hashed = {name: value for name, value in parameters.items() if name not in NOT_HASHED}
     text = json.dumps({"parameters": hashed, "dataset": dataset, "num_folds": num_folds}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning: the saved models an instance starts from
+
+def initial_model_paths(parameters, experiment_dir, folds):
+    """{fold number: absolute path} of an instance's initial_model ('{fold}' replaced by each fold's number; a
+    relative path is taken from the experiment folder), or {} when it starts from scratch."""
+    if not parameters["initial_model"]:
+        return {}
+    return {fold["fold"]: (experiment_dir / Path(parameters["initial_model"].replace("{fold}", str(fold["fold"])))
+                           .expanduser()).resolve() for fold in folds}
+
+
+def output_units(model_config):
+    """Units of the layer that gives a Keras model config's output, nested models opened; None if not a Dense."""
+    config = model_config["config"]
+    outputs = config.get("output_layers") or []
+    name = outputs[0] if outputs and isinstance(outputs[0], str) else (outputs[0][0] if outputs else None)
+    layer = next((layer for layer in config.get("layers", []) if layer.get("name", layer["config"].get("name"))
+                  == name), None)
+    if layer is None:
+        return None
+    if layer["class_name"] in ("Functional", "Model", "Sequential"):
+        return output_units(layer)
+    return layer["config"].get("units")
+
+
+def saved_model_shapes(path):
+    """(input shape without the batch, output size) of a Keras .hdf5 model file, read with h5py (no TensorFlow);
+    None for what cannot be read there."""
+    import h5py  # here: only fine-tuning needs it
+    try:
+        with h5py.File(path, "r") as handle:
+            config = json.loads(handle.attrs["model_config"])
+    except (OSError, KeyError, ValueError):
+        return None, None
+    inputs = [layer["config"].get("batch_shape") for layer in config["config"].get("layers", [])
+              if layer["class_name"] == "InputLayer"]
+    return (tuple(inputs[0][1:]) if inputs and inputs[0] else None), output_units(config)
+
+
+def check_initial_models(parameters, experiment_dir, data_shape, output_size, dataset, folds, where):
+    """An instance's initial models: ({fold number: path}, warning lines). Refuses models that are missing or do
+    not fit the data (input shape, output size); warns of starting models of this dataset from an experiment
+    with other folds, or of one model for every fold (their weights saw test items of the fold they start)."""
+    paths, warnings = initial_model_paths(parameters, experiment_dir, folds), []
+    per_fold = "{fold}" in parameters["initial_model"]
+    for fold in folds if paths else []:
+        path = paths[fold["fold"]]
+        if not path.is_file():
+            raise XvalError(f"{where}: initial_model for fold {fold['fold']} is {path}, which does not exist: fix the "
+                            "path ({fold} stands for the fold number; relative paths start in the experiment folder)")
+        input_shape, units = saved_model_shapes(path) if path.suffix.lower() in (".hdf5", ".h5") else (None, None)
+        if input_shape is not None and tuple(input_shape) != tuple(data_shape):
+            raise XvalError(f"{where}: initial_model {path} takes input {tuple(input_shape)}, the dataset has "
+                            f"{tuple(data_shape)} (frames, bins): start from a model made with the same features")
+        if units is not None and units != output_size:
+            raise XvalError(f"{where}: initial_model {path} has {units} outputs, the dataset needs {output_size}: "
+                            "start from a model of the same classes")
+        origin = path.parent.parent / "folds.json"
+        if origin.is_file():
+            saved = read_json(origin)
+            same = next((f for f in saved.get("folds", []) if f["fold"] == fold["fold"]), None)
+            if saved.get("dataset") == dataset and (not per_fold or same is None
+                                                    or same["test_items"] != fold["test_items"]):
+                warnings.append(f"{where}: initial_model {path} was trained on dataset '{dataset}' with other folds: "
+                                f"its weights saw some of fold {fold['fold']}'s test items, so that fold's test "
+                                "score is optimistic")
+    return paths, warnings
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -590,6 +685,7 @@ class Routine:
         self.fold_runner = fold_runner
         self.phases = {}  # {phase: seconds} of this launch, see launch()
         self.fold_runs = []  # [{"instance", "fold", "seconds", "exit_code"}]: each fold process of this launch
+        self.warnings = []  # lines the plan wants the user to read before training
 
     def record_fold(self, instance, fold, seconds, exit_code):
         """Remember one fold process's wall time (seen from this process) and exit code."""
@@ -727,6 +823,7 @@ def train_missing_folds(routine, position, instance, planned, files, label):
             "task_type": parameters["task_type"], "parameter_hash": planned["hash"],
             "dataset_fingerprint": identity["dataset_fingerprint"], "class_names": identity["class_names"],
             "foldable_item": identity["foldable_item"], "speaker_independent": identity["speaker_independent"],
+            "features": identity["features"],
             "parameter_strings": list(strings), "parameters": parameters,
             "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix(),
             "log_files": [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]}
@@ -738,7 +835,11 @@ def train_missing_folds(routine, position, instance, planned, files, label):
         fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
         result, error, seconds = run_fold_job(routine, files, fold, planned, fold_label)
         if error:
-            write_instance_json(files, base, done, "failed", error)
+            log = files["logs"][fold["fold"] - 1]
+            write_instance_json(files, base, done, "failed", f"{error} (log: {log.relative_to(experiment_dir)})")
+            print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: {log}")
+            if routine.settings["debug_mode"]:
+                print(log.read_text(encoding="utf-8", errors="replace")[-6000:], file=sys.stderr)
             return "failed"
         done.append(result)
         write_instance_json(files, base, done, "incomplete", None)
@@ -753,15 +854,16 @@ def train_missing_folds(routine, position, instance, planned, files, label):
     return "complete"
 
 
-def run_fold_job(routine, files, fold, planned, fold_label):
-    """Write one fold's job file and run it in a fold process. Returns (result, None, seconds) when it completed,
-    (None, the error line with its log, seconds) when it failed."""
+def run_fold_job(routine, files, fold, planned, fold_label, extra_job=None):
+    """Write one fold's job file (with extra_job's keys) and run it in a fold process. Returns (result, None,
+    seconds) when it completed, (None, its error line, seconds) when it failed (its log: files["logs"])."""
     index, experiment_dir = fold["fold"] - 1, routine.experiment_dir
     job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": routine.dataset,
            "parameters": planned["parameters"], "fold": fold["fold"], **planned["fingerprints"][index],
            "dataset_files": routine.dataset_identity["dataset_files"], "model_path": str(files["models"][index]),
+           "initial_model_path": planned["initial_models"].get(fold["fold"]),
            "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
-           "result_path": str(files["fold_results"][index])}
+           "result_path": str(files["fold_results"][index]), **(extra_job or {})}
     atomic_write_json(files["jobs"][index], job)
     started = time.monotonic()
     code, error_line = routine.fold_runner.run(files["jobs"][index], files["logs"][index], fold_label,
@@ -770,12 +872,7 @@ def run_fold_job(routine, files, fold, planned, fold_label):
     routine.record_fold(planned["instance"], fold["fold"], seconds, code)
     if code == 0 and files["fold_results"][index].exists():
         return read_json(files["fold_results"][index]), None, seconds
-    log = files["logs"][index].relative_to(experiment_dir).as_posix()
-    error = f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}"
-    print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: {files['logs'][index]}")
-    if routine.settings["debug_mode"]:
-        print(files["logs"][index].read_text(encoding="utf-8", errors="replace")[-6000:], file=sys.stderr)
-    return None, f"{error} (log: {log})", seconds
+    return None, f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}", seconds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -804,7 +901,7 @@ def check_settings(settings):
         raise XvalError(f"experiment_dict keys must be whole numbers (instance ids), not {bad_keys[0]!r}")
 
 
-def prepare(settings, argv, routine_file):
+def prepare(settings, argv, routine_file, smoke=False):
     """Everything that can be refused, refused before anything is written. Returns the ready Routine and inputs.
 
     The fold server is started first: TensorFlow's import (~3 s) runs while this process validates the routine
@@ -817,19 +914,21 @@ def prepare(settings, argv, routine_file):
     fold_runner.start()
     try:
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
-        return validate(settings, selected, gpu, routine_file, fold_runner)
+        return validate(settings, selected, gpu, routine_file, fold_runner, smoke)
     except BaseException:
         fold_runner.abort()
         raise
 
 
-def validate(settings, selected, gpu, routine_file, fold_runner):
+def validate(settings, selected, gpu, routine_file, fold_runner, smoke=False):
     """prepare() after the command line: the plan. Every check of the routine's input runs here, once.
 
     Parameters, the dataset (its arrays, each task type's target, a fingerprint of its content), the folds
-    (folds.json's, or a new split) and, per instance, the completed folds that can be reused: a fold made from
-    other parameters, other features or another split is refused unless overwrite_results asks to retrain it.
-    Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing"}}, the split settings).
+    (folds.json's, or a new split), the models instances start from, and, per instance, the completed folds that
+    can be reused: a fold made from other parameters, other features or another split is refused unless
+    overwrite_results asks to retrain it (not for a smoke run, which reuses nothing).
+    Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing", "initial_models"}},
+    the split settings).
     """
     config = load_config()
     signatures = architecture_signatures()
@@ -843,12 +942,16 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     items = check_dataset(predictors, targets, dataset, clip_ids)
     for task_type in sorted({parameters["task_type"] for parameters in resolved.values()}):
         check_target(targets, dataset, task_type)
+    data_shape = next(x.shape[1:] for x in predictors.values() if len(x))
+    first_target = next(iter(targets.values()))
+    output_sizes = {"classification": first_target.shape[-1] if first_target.ndim == 2 else 1, "regression": 1}
     metadata_path = dataset_paths(features_folder, dataset)["metadata"]
     metadata = read_json(metadata_path) if metadata_path.exists() else {}
     identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
                 "dataset_files": dataset_files, "class_names": metadata.get("class_names"),
                 "foldable_item": metadata.get("foldable_item"),
-                "speaker_independent": metadata.get("speaker_independent", True)}
+                "speaker_independent": metadata.get("speaker_independent", True),
+                "features": {key: metadata.get(key) for key in ("feature_settings", "length", "sample_rate")}}
     del predictors, targets, clip_ids
     root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
     root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
@@ -856,13 +959,19 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
     experiment_dir = root / f"experiment_{settings['num_experiment']}"
     split = fold_settings(dataset, items, num_folds, config["folds"])
     folds = planned_folds(experiment_dir, split)
-    plan = {}
+    plan, warnings = {}, []
     for instance in selected:
-        current_hash = parameter_hash(resolved[instance], dataset, num_folds)
-        plan[instance] = {"instance": instance, "parameters": resolved[instance], "hash": current_hash,
+        parameters = resolved[instance]
+        current_hash = parameter_hash(parameters, dataset, num_folds)
+        initial_models, cautions = check_initial_models(parameters, experiment_dir, data_shape,
+                                                        output_sizes[parameters["task_type"]], dataset, folds,
+                                                        f"experiment_dict[{instance}]")
+        warnings += cautions
+        plan[instance] = {"instance": instance, "parameters": parameters, "hash": current_hash,
                           "fingerprints": [fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold)
-                                           for fold in folds], "missing": num_folds}
-        if not settings["overwrite_results"] and experiment_dir.exists():
+                                           for fold in folds], "missing": num_folds,
+                          "initial_models": {fold: str(path) for fold, path in initial_models.items()}}
+        if not settings["overwrite_results"] and not smoke and experiment_dir.exists():
             files = instance_files(experiment_dir, dataset, settings["num_experiment"], instance, num_folds)
             reused, conflict = reusable_folds(files, experiment_dir, plan[instance]["fingerprints"])
             if conflict:
@@ -871,14 +980,46 @@ def validate(settings, selected, gpu, routine_file, fold_runner):
             plan[instance]["missing"] = num_folds - len(reused)
     routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner, folds, identity,
                       {instance: planned["missing"] for instance, planned in plan.items()})
+    routine.warnings = warnings
     return routine, plan, split
+
+
+def smoke_run(routine, plan):
+    """Each selected instance on the first fold for one epoch of SMOKE_BATCHES batches, in a scratch folder that is
+    deleted afterwards: one line per instance (ok or its error) with its seconds. Returns the exit code (0 all
+    ok, 1 one failed). Nothing is written into the experiment folder."""
+    experiment_dir, failed = routine.experiment_dir, []
+    routine.experiment_dir = Path(tempfile.mkdtemp(prefix="xval-smoke-"))
+    print(f"xval: smoke run of instances {', '.join(map(str, routine.selected))}: fold 1, 1 epoch, "
+          f"{SMOKE_BATCHES} batches each, in {routine.experiment_dir}", flush=True)
+    try:
+        for instance in routine.selected:
+            planned = dict(plan[instance], parameters=dict(plan[instance]["parameters"], num_epochs=1))
+            files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance,
+                                   routine.num_folds)
+            label = f"instance {instance}"
+            _, error, seconds = run_fold_job(routine, files, routine.folds[0], planned, label,
+                                             {"smoke_batches": SMOKE_BATCHES})
+            print(f"{label}: {'ok' if error is None else 'FAILED: ' + error} ({seconds:.1f} s)", flush=True)
+            if error:
+                failed.append(instance)
+    finally:
+        routine.fold_runner.close()
+        shutil.rmtree(routine.experiment_dir, ignore_errors=True)
+    print(f"xval: smoke run: {len(routine.selected) - len(failed)} ok, {len(failed)} failed; nothing was written "
+          f"to {experiment_dir}")
+    return 1 if failed else 0
 
 
 def launch(settings, argv, routine_file):
     """Run the routine; returns the exit code: 0 every selected instance is complete, 1 one failed, 3 none failed
-    but some were left to another process running them (not complete yet: rerun later to check)."""
+    but some were left to another process running them (not complete yet: rerun later to check).
+    With --smoke among the arguments: smoke_run()."""
     started = time.monotonic()
-    routine, plan, split = prepare(settings, argv, routine_file)
+    smoke = SMOKE_FLAG in argv
+    routine, plan, split = prepare(settings, [text for text in argv if text != SMOKE_FLAG], routine_file, smoke)
+    if smoke:
+        return smoke_run(routine, plan)
     routine.phases["validate"] = time.monotonic() - started
     experiment_dir = routine.experiment_dir
     outcomes = {}
@@ -895,6 +1036,8 @@ def launch(settings, argv, routine_file):
               f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
               f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
               flush=True)
+        for warning in routine.warnings:
+            print(f"xval: WARNING: {warning}", flush=True)
         if not routine.dataset_identity["speaker_independent"]:
             print(f"xval: WARNING: dataset '{routine.dataset}' folds by {routine.dataset_identity['foldable_item']}: "
                   "one speaker's clips can be in training and test, so the results are speaker-dependent",

@@ -1,0 +1,227 @@
+"""The training recipes, each tested by its effect: class weights and focal loss change the loss, SpecAugment masks
+what the model is fed, mixup mixes targets, the learning rate drops on a plateau, the best epoch on validation UAR
+is the one with the best validation UAR, fine-tuning starts from the given weights, a smoke run writes nothing."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.utils.class_weight import compute_class_weight
+
+import training
+import xval_instance as xi
+from routine_helpers import copy_project, instance, run_routine, write_routine
+from utility_functions import XvalError, load_config, load_dataset
+
+TRAINING = load_config(xi.PROJECT_DIR / "config.ini")["training"]
+BASE = ['task_type = "classification"', 'architecture = "EXAMPLE_model"', 'comment_1 = ""', 'comment_2 = ""']
+
+
+def resolve(*strings, task_type="classification"):
+    base = [text for text in BASE if not text.startswith("task_type")] + [f'task_type = "{task_type}"']
+    return xi.resolve_instance([*base, *strings], TRAINING, xi.architecture_signatures(), "experiment_dict[1]")
+
+
+def results(experiment_dir, run, dataset="tiny"):
+    return json.loads((experiment_dir / "results" / f"results_{dataset}_exp{experiment_dir.name[11:]}_run{run}.json")
+                      .read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameters: defaults, refusals
+
+@pytest.mark.parametrize("strings, task_type, expected", [
+    (['class_weight = "balanced"'], "regression", "class_weight = 'balanced' is for classification only"),
+    (['loss = "focal"'], "regression", "loss = 'focal' is for classification only"),
+    (['class_weight = "balance"'], "classification", "class_weight 'balance' is not one of none, balanced"),
+    (["focal_gamma = 3.0"], "classification", "focal_gamma = 3.0 has no effect with loss = 'auto'"),
+    (["time_mask_width = 4"], "classification", "time_mask_width = 4 has no effect with time_masks = 0"),
+    (["lr_factor = 0.2"], "classification", "lr_factor = 0.2 has no effect with lr_patience = 0"),
+    (["lr_patience = 2", "lr_factor = 1.5"], "classification", "lr_factor = 1.5 must be between 0 and 1"),
+    (['trainable = "last_layer"'], "classification", "trainable = 'last_layer' has no effect with no initial_model"),
+    (["mixup_alpha = -0.2"], "classification", "mixup_alpha = -0.2 must not be negative"),
+    (['save_best_model_metric = "val_balanced_accuracy"'], "regression", "not available for regression"),
+])
+def test_recipes_that_would_not_act_are_refused(strings, task_type, expected):
+    with pytest.raises(XvalError) as refusal:
+        resolve(*strings, task_type=task_type)
+    assert expected in str(refusal.value)
+
+
+def test_every_recipe_is_off_by_default():
+    parameters = resolve()
+    assert (parameters["class_weight"], parameters["loss"], parameters["time_masks"], parameters["freq_masks"],
+            parameters["mixup_alpha"], parameters["lr_patience"], parameters["initial_model"]) == \
+        ("none", "auto", 0, 0, 0.0, 0, "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The batches the model is fed
+
+def test_balanced_weights_are_scikit_learns_from_the_training_clips():
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 3])
+    y = np.eye(4, dtype=np.float32)[labels]
+    weights = training.balanced_sample_weights(y)
+    expected = dict(zip([0, 1, 3], compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=labels)))
+    np.testing.assert_allclose(weights, [expected[label] for label in labels], rtol=1e-6)
+
+
+def test_spec_augment_and_mixup_are_in_the_batches_the_model_is_fed():
+    import keras
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 2, (40, 30, 12)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    mean, variance = training.normalisation_statistics(x)
+    parameters = dict(TRAINING, batch_size=8, seed=3, time_masks=2, time_mask_width=5, freq_masks=1,
+                      freq_mask_width=4, mixup_alpha=0.0)
+    batches = training.training_batches(keras, x, y, None, parameters, mean)["x"]
+    normalise = keras.layers.Normalization(axis=-1, mean=mean, variance=variance)
+    masked_somewhere = 0
+    for index in range(len(batches)):
+        xb, yb = batches[index]
+        fed = np.asarray(normalise(xb))  # what the model's first layer passes on
+        zero_frames = np.all(fed == 0, axis=2)  # a time mask zeroes whole frames
+        zero_bins = np.all(fed == 0, axis=1)  # a frequency mask zeroes whole bins
+        assert zero_frames.sum(axis=1).max() <= 2 * 5 and zero_bins.sum(axis=1).max() <= 4
+        masked_somewhere += int(zero_frames.any()) + int(zero_bins.any())
+        assert np.all(np.isin(yb, (0, 1)))  # no mixup: targets stay one-hot
+    assert masked_somewhere > len(batches)
+    first, second = (training.training_batches(keras, x, y, None, parameters, mean)["x"][0][0] for _ in range(2))
+    np.testing.assert_array_equal(first, second)  # seeded: the same batches every time
+
+    mixing = dict(parameters, time_masks=0, freq_masks=0, mixup_alpha=0.4)
+    xb, yb = training.training_batches(keras, x, y, None, mixing, mean)["x"][0]
+    assert not np.all(np.isin(yb, (0, 1)))  # mixed targets are not one-hot
+    np.testing.assert_allclose(yb.sum(axis=1), 1, rtol=1e-6)
+    plain = training.training_batches(keras, x, y, None, dict(mixing, mixup_alpha=0.0), mean)
+    assert plain["x"] is x and plain["shuffle"]  # nothing to augment: the arrays themselves
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Effects in real trainings
+
+@pytest.fixture(scope="module")
+def recipes(tiny_features, tmp_path_factory):
+    """One routine of tiny instances, each with one recipe, on the same 2 folds (the tiny set is imbalanced:
+    2 neutral clips per actor against 4 of every other emotion)."""
+    folder = tmp_path_factory.mktemp("recipes")
+    short = ["num_epochs = 3", "early_stopping = False"]
+    experiment_dict = {
+        1: instance("plain", *short),
+        2: instance("balanced", *short, 'class_weight = "balanced"'),
+        3: instance("focal", *short, 'loss = "focal"', "focal_gamma = 2.0"),
+        4: instance("plateau", "num_epochs = 4", "early_stopping = False", "learning_rate = 0.000001",
+                    "lr_patience = 1", "lr_factor = 0.5"),
+        5: instance("uar", "num_epochs = 4", "early_stopping = False",
+                    'save_best_model_metric = "val_balanced_accuracy"'),
+        6: instance("augmented", *short, "time_masks = 2", "freq_masks = 2", "mixup_alpha = 0.3"),
+    }
+    routine = write_routine(folder, experiment_dict, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"])
+    return {"completed": completed, "dir": folder / "experiments" / "experiment_1", "folder": folder,
+            "routine": routine, "features": tiny_features}
+
+
+def test_the_recipe_routine_runs(recipes):
+    assert recipes["completed"].returncode == 0, recipes["completed"].stderr
+
+
+def test_class_weights_and_focal_loss_change_the_loss(recipes):
+    plain, balanced, focal = (results(recipes["dir"], run) for run in (1, 2, 3))
+    for fold in range(2):
+        first = plain["folds"][fold]["history"]["loss"][0]
+        assert balanced["folds"][fold]["history"]["loss"][0] != pytest.approx(first, rel=1e-3)
+        assert focal["folds"][fold]["history"]["loss"][0] < first  # (1 - p) ** 2 shrinks every term
+
+
+def test_the_learning_rate_drops_on_a_plateau_in_the_history_and_the_curves(recipes):
+    for fold in results(recipes["dir"], 4)["folds"]:
+        rates = fold["history"]["learning_rate"]
+        assert len(rates) == 4 and rates[0] == pytest.approx(1e-6)
+        assert all(later <= earlier for earlier, later in zip(rates, rates[1:])) and rates[-1] < rates[0]
+    import results_to_excel
+    instances = {instance.id: instance for instance in results_to_excel.load_instances(recipes["dir"])}
+    assert "learning_rate" in results_to_excel.curve_metrics(instances[4])
+    assert "learning_rate" not in results_to_excel.curve_metrics(instances[1])  # constant: no panel
+    assert "balanced_accuracy" in results_to_excel.curve_metrics(instances[5])
+    assert (recipes["dir"] / "plots").is_dir()
+
+
+def test_the_epoch_chosen_on_validation_uar_has_the_best_validation_uar(recipes):
+    import keras
+    predictors, targets = load_dataset(recipes["features"]["features_folder"], "tiny")
+    for fold in results(recipes["dir"], 5)["folds"]:
+        uar = fold["history"]["val_balanced_accuracy"]
+        assert fold["best_epoch"] == int(np.argmax(uar)) + 1 and fold["monitor"] == "val_balanced_accuracy"
+        model = keras.models.load_model(recipes["dir"] / fold["model_file"])
+        x = np.concatenate([predictors[item] for item in fold["val_items"]])
+        y = np.concatenate([targets[item] for item in fold["val_items"]]).argmax(axis=1)
+        assert skm.balanced_accuracy_score(y, model.predict(x, verbose=0).argmax(axis=1)) == \
+            pytest.approx(max(uar))
+
+
+def test_augmented_training_completes_and_is_recorded(recipes):
+    document = results(recipes["dir"], 6)
+    assert document["status"] == "complete" and document["parameters"]["mixup_alpha"] == 0.3
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_trains_only_the_last_layer(recipes, tiny_features):
+    import keras
+    folder = recipes["folder"]
+    start = "../experiment_1/models/model_tiny_exp1_run1_fold{fold}.hdf5"
+    routine = write_routine(folder, {1: instance("tuned", "num_epochs = 2", f'initial_model = "{start}"',
+                                                 'trainable = "last_layer"')},
+                            name="finetune.py", num_experiment=2, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    assert "WARNING" not in completed.stdout  # same dataset, same folds: nothing to warn of
+    tuned_dir = folder / "experiments" / "experiment_2"
+    for fold in results(tuned_dir, 1)["folds"]:
+        tuned = keras.models.load_model(tuned_dir / fold["model_file"])
+        initial = keras.models.load_model(recipes["dir"] / f"models/model_tiny_exp1_run1_fold{fold['fold']}.hdf5")
+        tuned_weights, initial_weights = tuned.get_weights(), initial.get_weights()
+        for before, after in zip(initial_weights[:-2], tuned_weights[:-2]):  # all but the last kernel and bias
+            np.testing.assert_array_equal(before, after)
+        assert not np.array_equal(initial_weights[-2], tuned_weights[-2])
+
+    one_model = write_routine(folder, {1: instance("one model", "num_epochs = 1",
+                                                   'initial_model = "../experiment_1/models/'
+                                                   'model_tiny_exp1_run1_fold1.hdf5"')},
+                              name="one_model.py", num_experiment=3, num_folds=2)
+    warned = run_routine(one_model, tiny_features["config_path"])
+    assert warned.returncode == 0 and "saw some of fold 2's test items" in warned.stdout
+
+
+def test_an_initial_model_that_does_not_fit_is_refused_before_training(recipes, tiny_features):
+    folder = recipes["folder"]
+    for initial, words in (("../experiment_1/models/nothing_fold{fold}.hdf5", "which does not exist"),
+                           (str(recipes["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"), None)):
+        routine = write_routine(folder, {1: instance("bad start", "num_epochs = 1", f'initial_model = "{initial}"',
+                                                     task_type="regression")},
+                                name="bad_start.py", num_experiment=4, num_folds=2, dataset="tiny_intensity")
+        refused = run_routine(routine, tiny_features["config_path"])
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert (words or "has 8 outputs, the dataset needs 1") in refused.stderr
+        assert not (folder / "experiments" / "experiment_4").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The smoke run
+
+def test_a_smoke_run_tries_every_instance_and_writes_nothing(tiny_features, tmp_path):
+    project = copy_project(tmp_path / "project")
+    with open(project / "define_models.py", "a", encoding="utf-8") as models:
+        models.write("\n\ndef BROKEN_model(input_shape, output_size, task_type, width=3):\n"
+                     "    raise ValueError('shapes do not match at layer 7')\n")
+    experiment_dict = {1: instance("fine"), 2: instance("broken", model=['architecture = "BROKEN_model"']),
+                       3: instance("also fine", "num_epochs = 50")}
+    routine = write_routine(project, experiment_dict, num_folds=3)
+    completed = run_routine(routine, tiny_features["config_path"], "--smoke", project=project)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("instance ")]
+    assert [line.split(":")[0] for line in lines] == ["instance 1", "instance 2", "instance 3"]
+    assert lines[0].startswith("instance 1: ok (") and lines[2].startswith("instance 3: ok (")
+    assert "FAILED" in lines[1] and "shapes do not match at layer 7" in lines[1]
+    assert not (project / "experiments").exists()
+    only_two = run_routine(routine, tiny_features["config_path"], "--smoke", 3, project=project)
+    assert only_two.returncode == 0 and "instance 3: ok" in only_two.stdout and "instance 1" not in only_two.stdout

@@ -1,0 +1,148 @@
+"""use_model.py: the final model of the instance chosen on validation, and predictions of new audio files that
+equal the predictions the folds saved (so the features at prediction time are the features at training time)."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routine_helpers import REPO, instance, routine_environment, run_routine, write_routine
+from utility_functions import load_config
+
+
+def use_model(*arguments, config_path):
+    return subprocess.run([sys.executable, str(REPO / "use_model.py"), *map(str, arguments)], capture_output=True,
+                          text=True, timeout=600, env=routine_environment(config_path))
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def clip_files_of(metadata, items):
+    """The audio files of the clips of items, in the order a fold's saved predictions list them."""
+    root = Path(metadata["input_folder"] if "input_folder" in metadata else Path(metadata["source"]).parent)
+    return [root / record["file"] for item in items for record in metadata["clips"]
+            if record[metadata["foldable_item"]] == item]
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_features, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("use_model")
+    routine = write_routine(folder, {1: instance("a", "num_epochs = 3", "early_stopping = False"),
+                                     2: instance("b", "num_epochs = 2", "learning_rate = 0.01")}, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    config = load_config(tiny_features["config_path"])
+    metadata = json.loads((config["paths"]["features_folder"] / "tiny_metadata.json").read_text())
+    return {"dir": folder / "experiments" / "experiment_1", "folder": folder, "metadata": metadata,
+            "config": tiny_features["config_path"]}
+
+
+def saved_results(experiment, run):
+    return json.loads((experiment["dir"] / "results" / f"results_tiny_exp1_run{run}.json").read_text())
+
+
+def test_a_fold_model_predicts_its_test_clips_as_the_fold_saved_them(experiment, tmp_path):
+    document = saved_results(experiment, 1)
+    for fold in document["folds"]:
+        files = clip_files_of(experiment["metadata"], fold["test_items"])
+        out = tmp_path / f"fold{fold['fold']}.csv"
+        completed = use_model("predict", experiment["dir"] / fold["model_file"], *files, "--out", out,
+                              config_path=experiment["config"])
+        assert completed.returncode == 0, completed.stderr
+        rows = read_csv(out)
+        assert [row["file"] for row in rows] == [str(path) for path in files]
+        names = document["class_names"]
+        assert [row["prediction"] for row in rows] == [names[index] for index in fold["predictions"]["test"]["y_pred"]]
+        probabilities = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
+def test_the_final_model_of_the_instance_chosen_on_validation(experiment, tmp_path):
+    summary = json.loads((experiment["dir"] / "tiny_exp1_summary.json").read_text())
+    chosen = summary["task_types"]["classification"]["chosen_on_validation"]["instance"]
+    completed = use_model("final", experiment["dir"], "--instance", "best", config_path=experiment["config"])
+    assert completed.returncode == 0, completed.stderr
+    stem = f"model_tiny_exp1_run{chosen}_final"
+    model, card_path = experiment["dir"] / "final" / f"{stem}.hdf5", experiment["dir"] / "final" / f"{stem}_card.json"
+    card = json.loads(card_path.read_text())
+    document = saved_results(experiment, chosen)
+    best_epochs = [fold["best_epoch"] for fold in document["folds"]]
+    assert card["trained_on"]["epochs"] == int(np.floor(np.median(best_epochs) + 0.5))
+    assert card["trained_on"]["items"] == sorted(experiment["metadata"]["items"])
+    assert card["parameters"] == document["parameters"] and card["class_names"] == document["class_names"]
+    assert card["dataset"] == "tiny" and card["dataset_fingerprint"] == document["dataset_fingerprint"]
+    assert card["features"]["feature_settings"]["type"] == "mel" and card["features"]["sample_rate"] == 16000
+    assert card["cross_validation"]["routine"]["chosen_on_validation"]["instance"] == chosen
+    assert "selection_aware_test" in card["cross_validation"]["routine"] and card["code"]["git_commit"]
+    result = json.loads((experiment["dir"] / "final" / f"{stem}_result.json").read_text())
+    assert result["train_items"] == sorted(experiment["metadata"]["items"]) and result["test_items"] == []
+    assert result["epochs_run"] == card["trained_on"]["epochs"]
+
+    again = use_model("final", experiment["dir"], config_path=experiment["config"])
+    assert again.returncode == 2 and "--overwrite" in again.stderr and again.stderr.count("\n") == 1
+
+    new_audio = tmp_path / "new recordings"
+    new_audio.mkdir()
+    for path in clip_files_of(experiment["metadata"], ["01", "02"])[:5]:
+        shutil.copy(path, new_audio / path.name)
+    (new_audio / "broken.wav").write_bytes(b"RIFF, but not audio")
+    out = tmp_path / "predictions.csv"
+    predicted = use_model("predict", model, new_audio, "--out", out, config_path=experiment["config"])
+    assert predicted.returncode == 0, predicted.stderr
+    rows = read_csv(out)
+    assert len(rows) == 5 and all(row["prediction"] in card["class_names"] for row in rows)
+    assert all(row["model"] == model.name for row in rows)
+    assert "skipped 1 files" in predicted.stdout and "broken.wav" in predicted.stdout
+
+
+def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_path):
+    files = clip_files_of(experiment["metadata"], ["03"])
+    out = tmp_path / "mean.csv"
+    completed = use_model("predict", experiment["dir"], *files, "--instance", "2", "--out", out,
+                          config_path=experiment["config"])
+    assert completed.returncode == 0, completed.stderr
+    import keras
+    document = saved_results(experiment, 2)
+    from preprocessing_dataset import clip_signals
+    import feat_analysis
+    features = experiment["metadata"]
+    expected = 0
+    for fold in document["folds"]:
+        model = keras.models.load_model(experiment["dir"] / fold["model_file"])
+        x = np.concatenate([feat_analysis.extract_features_batch(clip_signals(path, features["length"])[0], 16000,
+                                                                 features["feature_settings"]) for path in files])
+        expected = expected + model.predict(x, verbose=0)
+    rows = read_csv(out)
+    assert [row["prediction"] for row in rows] == [document["class_names"][i] for i in expected.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete"])
+def test_bad_inputs_are_one_line(experiment, tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not audio")
+    some_audio = clip_files_of(experiment["metadata"], ["01"])[:1]
+    fold_model = experiment["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"
+    if case == "no-audio":
+        arguments, words = ["predict", fold_model, empty], "no audio files"
+    elif case == "missing-model":
+        arguments, words = ["predict", tmp_path / "nothing.hdf5", *some_audio], "does not exist"
+    elif case == "no-card":
+        shutil.copy(fold_model, tmp_path / "copied.hdf5")
+        arguments, words = ["predict", tmp_path / "copied.hdf5", *some_audio], "has no card"
+    else:
+        unfinished = tmp_path / "experiment_9"
+        shutil.copytree(experiment["dir"], unfinished)
+        result = unfinished / "results" / "results_tiny_exp1_run1.json"
+        result.write_text(result.read_text().replace('"status": "complete"', '"status": "incomplete"'))
+        arguments, words = ["final", unfinished, "--instance", "1"], "instance 1 is incomplete"
+    completed = use_model(*arguments, config_path=experiment["config"])
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1 and words in completed.stderr

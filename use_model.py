@@ -1,0 +1,302 @@
+"""From results to a model: train the chosen instance on all data, and predict new audio files with it.
+
+    python3 use_model.py final EXPERIMENT_DIR [--instance N | --instance best] [--overwrite] [--gpu N]
+    python3 use_model.py predict MODEL_OR_EXPERIMENT AUDIO... [--instance N | --instance best] [--out FILE.csv]
+
+final: trains the instance (default: best, the one chosen on validation) on every foldable item, in a process of
+its own like a fold (training.py), with the same parameters, seed and normalisation rule, for the median of its
+folds' best epochs (the epoch count cross-validation found on validation items; with no validation items left,
+the final model cannot choose an epoch itself). It writes final/model_{dataset}_exp{N}_run{R}_final.hdf5, then its
+card final/..._final_card.json: parameters, feature settings and sample rate, class names, the dataset's name and
+fingerprint, the cross-validation results it is backed by (the instance's and the routine's selection-aware
+estimate), the epochs and their rule, the code version. An incomplete instance is refused; an existing final
+model is replaced only with --overwrite.
+
+predict: reads audio files or folders (any format and rate the preprocessing reads), makes features with exactly
+the settings stored with the model, through the preprocessing's own code (preprocessing_dataset.clip_signals and
+feat_analysis), scores each file as the fold does (the mean over its windows, or its one fixed-length clip), and
+writes one CSV row per file: file, prediction, the probability of every class (classification) or the value
+(regression), and the model. MODEL_OR_EXPERIMENT is a final model (with its card), one fold model of an
+experiment, or an experiment folder with --instance (the mean of its fold models' outputs). Unreadable files are
+listed and skipped.
+"""
+import argparse
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
+                               dataset_fingerprint, exit_on_user_error, load_clip_ids, load_dataset, read_json)
+
+TRAINING_SCRIPT = PROJECT_DIR / "training.py"
+FOLD_MODEL = re.compile(r"^model_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)_fold(?P<fold>\d+)\.hdf5$")
+FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting needs to make the same features
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An experiment's instances
+
+def instance_result(experiment_dir, instance):
+    """(path, JSON) of an instance's results file in experiment_dir; XvalError when there is none."""
+    found = sorted(Path(experiment_dir, "results").glob(f"results_*_exp*_run{instance}.json"))
+    if not found:
+        raise XvalError(f"{experiment_dir} has no results of instance {instance}: pass an instance it holds "
+                        "(results/results_*_run{N}.json)")
+    return found[0], read_json(found[0])
+
+
+def chosen_instance(experiment_dir):
+    """The instance chosen on validation (the spreadsheet's 'best'), from the routine summary JSON."""
+    summaries = sorted(Path(experiment_dir).glob("*_summary.json"))
+    if not summaries:
+        import results_to_excel  # the summary is derived from the fold results; rebuild it
+        results_to_excel.write_spreadsheet(experiment_dir)
+        summaries = sorted(Path(experiment_dir).glob("*_summary.json"))
+    task_types = {task: summary for task, summary in read_json(summaries[-1])["task_types"].items() if summary}
+    chosen = [summary["chosen_on_validation"]["instance"] for summary in task_types.values()
+              if summary.get("chosen_on_validation")]
+    if len(chosen) != 1:
+        what = "no complete instance" if not chosen else "instances of several task types"
+        raise XvalError(f"{experiment_dir} has {what}: pass --instance N")
+    return chosen[0]
+
+
+def which_instance(experiment_dir, text):
+    """The instance number asked for: a number, or 'best' (chosen on validation)."""
+    if text in (None, "best"):
+        return chosen_instance(experiment_dir)
+    if not text.isdigit():
+        raise XvalError(f"--instance {text!r} must be an instance number or best")
+    return int(text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# final
+
+def epochs_for_final(folds):
+    """The epochs a final model trains for: the median of the folds' best epochs, rounded half up."""
+    return int(np.floor(np.median([fold["best_epoch"] for fold in folds]) + 0.5))
+
+
+def git_commit():
+    """The project's git commit (with '+changes' when the tree differs from it), or None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_DIR), "status", "--porcelain"], capture_output=True,
+                               text=True)
+    except OSError:
+        return None
+    return (head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) if head.returncode == 0 else None
+
+
+def final_job(experiment_dir, document, epochs, model_path):
+    """The job of a final model: fold 1's job file with every item for training, none for validation or test."""
+    stem = f"{document['dataset']}_exp{document['experiment']}_run{document['instance']}"
+    template = read_json(Path(experiment_dir) / "logs" / f"{stem}_fold1.job.json")
+    parameters = document["parameters"]
+    if "{fold}" in parameters.get("initial_model", ""):
+        raise XvalError(f"instance {document['instance']} starts each fold from that fold's model "
+                        f"({parameters['initial_model']}): a final model has no such fold; give initial_model "
+                        "without {fold} in another instance")
+    items = sorted({item for fold in document["folds"] for item in fold["test_items"]})
+    return {**template, "parameters": dict(parameters, num_epochs=epochs, early_stopping=False), "fold": 0,
+            "final": True, "train_items": items, "val_items": [], "test_items": [],
+            "dataset_files": dataset_file_stats(template["features_folder"], template["dataset"]),
+            "model_path": str(model_path), "model_file": f"final/{model_path.name}",
+            "result_path": str(model_path.with_name(model_path.stem + "_result.json"))}
+
+
+def check_same_dataset(job, document):
+    """XvalError unless the dataset files still hold the features the instance was cross-validated on."""
+    predictors, targets = load_dataset(job["features_folder"], job["dataset"])
+    fingerprint = dataset_fingerprint(predictors, targets, load_clip_ids(job["features_folder"], job["dataset"],
+                                                                         predictors))
+    if fingerprint != document.get("dataset_fingerprint"):
+        raise XvalError(f"dataset '{job['dataset']}' in {job['features_folder']} no longer holds the features "
+                        f"instance {document['instance']} was cross-validated on: restore them (preprocess with the "
+                        "same settings) before training its final model")
+
+
+def final(experiment_dir, instance_text, overwrite, gpu):
+    """use_model.py final: train and save the final model of one instance; returns the card's path."""
+    experiment_dir = Path(experiment_dir).expanduser().resolve()
+    instance = which_instance(experiment_dir, instance_text)
+    _, document = instance_result(experiment_dir, instance)
+    if document["status"] != "complete":
+        raise XvalError(f"instance {instance} is {document['status']}: finish its cross-validation (rerun the "
+                        "routine) before training its final model")
+    stem = f"model_{document['dataset']}_exp{document['experiment']}_run{instance}_final"
+    model_path = experiment_dir / "final" / f"{stem}.hdf5"
+    card_path = model_path.with_name(f"{stem}_card.json")
+    if model_path.exists() and not overwrite:
+        raise XvalError(f"{model_path} exists: pass --overwrite to replace it")
+    epochs = epochs_for_final(document["folds"])
+    job = final_job(experiment_dir, document, epochs, model_path)
+    check_same_dataset(job, document)
+    job_path = model_path.with_name(f"{stem}.job.json")
+    atomic_write_json(job_path, job)
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_FORCE_GPU_ALLOW_GROWTH="true")
+    if gpu is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = "" if gpu < 0 else str(gpu)
+    print(f"final model of instance {instance}: {len(job['train_items'])} foldable items, {epochs} epochs "
+          f"(median best epoch of its folds) -> {model_path}", flush=True)
+    started = time.monotonic()
+    log_path = model_path.with_name(f"{stem}.log")
+    with open(log_path, "a", encoding="utf-8") as log:
+        completed = subprocess.run([sys.executable, str(TRAINING_SCRIPT), str(job_path)], stdout=log,
+                                   stderr=subprocess.STDOUT, env=environment, cwd=str(PROJECT_DIR))
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line[len("xval-error: "):] for line in lines if line.startswith("xval-error: ")]
+    if completed.returncode != 0 or not model_path.exists():
+        raise XvalError(f"the final model failed: {errors[-1] if errors else f'exit code {completed.returncode}'} "
+                        f"(log: {log_path})")
+    summaries = sorted(experiment_dir.glob("*_summary.json"))
+    routine = read_json(summaries[-1])["task_types"].get(document["task_type"]) if summaries else None
+    card = {
+        "model_file": model_path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "experiment": document["experiment"], "instance": instance, "task_type": document["task_type"],
+        "class_names": document["class_names"], "dataset": document["dataset"],
+        "dataset_fingerprint": document["dataset_fingerprint"], "features": document["features"],
+        "parameters": document["parameters"], "parameter_strings": document["parameter_strings"],
+        "trained_on": {"items": job["train_items"], "epochs": epochs,
+                       "rule": "median of the folds' best epochs (on their validation items), rounded half up",
+                       "fold_best_epochs": [fold["best_epoch"] for fold in document["folds"]]},
+        "cross_validation": {"summary": document["summary"], "routine": routine},
+        "code": {"git_commit": git_commit(), "python": sys.version.split()[0]},
+    }
+    atomic_write_json(card_path, card)
+    print(f"wrote {model_path} and {card_path.name} in {time.monotonic() - started:.1f} s")
+    return card_path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# predict
+
+def model_set(target, instance_text):
+    """(model paths, card: {task_type, class_names, features, name}) of what predict was given."""
+    target = Path(target).expanduser().resolve()
+    if target.is_dir():
+        instance = which_instance(target, instance_text)
+        _, document = instance_result(target, instance)
+        if document["status"] != "complete":
+            raise XvalError(f"instance {instance} is {document['status']}: predict with a complete instance")
+        models = [target / fold["model_file"] for fold in document["folds"]]
+        return models, dict(document, name=f"{target.name} instance {instance} (mean of {len(models)} folds)")
+    if not target.is_file():
+        raise XvalError(f"model {target} does not exist: pass a final model, a fold model or an experiment folder")
+    card_path = target.with_name(f"{target.stem}_card.json")
+    if card_path.is_file():
+        return [target], dict(read_json(card_path), name=target.name)
+    match = FOLD_MODEL.match(target.name)
+    if match and target.parent.name == "models":
+        _, document = instance_result(target.parent.parent, int(match["instance"]))
+        return [target], dict(document, name=target.name)
+    raise XvalError(f"model {target} has no card ({card_path.name}) and is not a fold model of an experiment: "
+                    "xval cannot know the features it takes")
+
+
+def audio_files(paths):
+    """The audio files named or found (recursively) under the folders named, in order; XvalError if none."""
+    from preprocessing_dataset import AUDIO_SUFFIXES
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise XvalError(f"{path} does not exist: pass audio files or folders")
+    if not files:
+        raise XvalError(f"no audio files in {', '.join(map(str, paths))} ({', '.join(AUDIO_SUFFIXES)})")
+    return files
+
+
+def file_features(path, features):
+    """Features of one audio file with the stored settings: float32 (pieces, frames, bins), one piece per window
+    (or the one fixed-length clip); the preprocessing's own code, so the same numbers as at training time."""
+    import feat_analysis
+    from preprocessing_dataset import clip_signals
+    signals, _, _ = clip_signals(path, features["length"])
+    return feat_analysis.extract_features_batch(signals, features["sample_rate"], features["feature_settings"])
+
+
+def predict(target, audio, instance_text, out):
+    """use_model.py predict: write one CSV row per readable audio file; returns (CSV path, unreadable files)."""
+    models, card = model_set(target, instance_text)
+    features = card.get("features") or {}
+    if any(not features.get(key) for key in FEATURE_KEYS):
+        raise XvalError(f"{card['name']} does not store the feature settings it was trained with (made before xval "
+                        "recorded them): its features cannot be reproduced; preprocess and train it again")
+    files = audio_files(audio)
+    pieces, unreadable = {}, []
+    for path in files:
+        try:
+            pieces[path] = file_features(path, features)
+        except (RuntimeError, OSError, ValueError, EOFError) as error:
+            unreadable.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+    if not pieces:
+        raise XvalError(f"none of the {len(files)} files can be read as audio (e.g. {unreadable[0][0]}: "
+                        f"{unreadable[0][1]})")
+    import keras
+    outputs = {path: 0.0 for path in pieces}
+    for model_path in models:
+        model = keras.models.load_model(model_path)
+        for path, x in pieces.items():
+            outputs[path] = outputs[path] + np.asarray(model.predict_on_batch(x), dtype=np.float64).mean(axis=0)
+    classes = card["class_names"] if card["task_type"] == "classification" else None
+    header = ["file", "prediction"] + ([f"p_{name}" for name in classes] if classes else []) + ["model"]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for path, total in outputs.items():
+        mean = total / len(models)
+        prediction = classes[int(mean.argmax())] if classes else float(mean[0])
+        writer.writerow([str(path), prediction] + ([f"{p:.6f}" for p in mean] if classes else []) + [card["name"]])
+    out = Path(out or "predictions.csv").expanduser().resolve()
+    atomic_write_text(out, text.getvalue())
+    print(f"predicted {len(pieces)} files with {card['name']} -> {out}")
+    if unreadable:
+        print(f"skipped {len(unreadable)} files that cannot be read:")
+        for path, reason in unreadable:
+            print(f"  {path}: {reason}")
+    return out, unreadable
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_args(argv):
+    """The two commands and their options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description="Train the final model of an instance, or predict audio files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    final_parser = commands.add_parser("final", help="train an instance on every foldable item")
+    final_parser.add_argument("experiment", help="an experiment_{N} folder")
+    final_parser.add_argument("--instance", help="instance number, or best (default: chosen on validation)")
+    final_parser.add_argument("--overwrite", action="store_true", help="replace an existing final model")
+    final_parser.add_argument("--gpu", type=int, help="GPU for training (-1: CPU; default: as the environment)")
+    predict_parser = commands.add_parser("predict", help="predict audio files")
+    predict_parser.add_argument("model", help="a final model, a fold model, or an experiment folder")
+    predict_parser.add_argument("audio", nargs="+", help="audio files or folders")
+    predict_parser.add_argument("--instance", help="with an experiment folder: instance number or best")
+    predict_parser.add_argument("--out", help="CSV to write (default predictions.csv)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Command line entry point; a user's mistake ends with one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    if args.command == "final":
+        exit_on_user_error(lambda: final(args.experiment, args.instance, args.overwrite, args.gpu))
+    else:
+        exit_on_user_error(lambda: predict(args.model, args.audio, args.instance, args.out))
+
+
+if __name__ == "__main__":
+    main()
