@@ -265,6 +265,16 @@ def test_windows_cover_every_clip_and_a_routine_scores_clips_not_windows(corpus,
             output = model.predict(predictors[item], verbose=0)
             means += [output[clip_ids[item] == clip].mean(axis=0).argmax() for clip in np.unique(clip_ids[item])]
         assert means == y_pred
+        files = [corpus["root"] / record["file"] for item in fold["test_items"] for record in metadata["clips"]
+                 if record["speaker"] == item]
+        out = tmp_path / f"fold{fold['fold']}.csv"
+        model = tmp_path / "experiments" / "experiment_1" / fold["model_file"]
+        predicted = subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", model, *files,
+                                    "--out", out], capture_output=True, text=True, timeout=300)
+        assert predicted.returncode == 0, predicted.stderr
+        with open(out, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [row["prediction"] for row in rows] == [metadata["class_names"][index] for index in y_pred]
 
 
 def test_a_routine_runs_on_a_csv_dataset(corpus, small_config, tmp_path):
