@@ -84,3 +84,55 @@ def POOLED_STATS_model(input_shape, output_size, task_type, regularization_lambd
         x = layers.Dropout(dropout)(x)
     outputs = output_layer(output_size, task_type)(x)
     return keras.Model(inputs, outputs, name="POOLED_STATS_model")
+
+
+# The architectures that run on one Keras backend only (read from the source, like the signatures, so a routine
+# refuses an instance of another backend before anything is trained).
+ARCHITECTURE_BACKENDS = {"TORCH_CNN_model": "torch"}
+
+
+def TORCH_CNN_model(input_shape, output_size, task_type, channels=(8, 16), kernel_size=3, hidden_units=32,
+                    dropout=0.2):
+    """A small CNN written as a plain torch.nn.Module, wrapped for Keras: how to bring a PyTorch model to xval.
+
+    Needs backend = "torch" (ARCHITECTURE_BACKENDS says so; torch is imported here, never on other backends).
+    The module's layers have fixed sizes (no lazy layers), so Keras sees its weights the moment it is built; xval
+    saves such a model's weights (.weights.h5) and rebuilds it from this function to reload it.
+
+    Args:
+        input_shape: (frames, bins) of one clip.
+        output_size, task_type: as in EXAMPLE_model.
+        channels: output channels of each conv block (3x3 conv, ReLU, 2x2 max-pool), one block per entry.
+        kernel_size: square conv kernel, in (frames, bins) cells (odd: the padding keeps the size).
+        hidden_units: width of the dense layer after the mean over time.
+        dropout: dropout rate before the last layer.
+    Returns: an uncompiled keras.Model, (batch, frames, bins) -> (batch, output_size).
+    """
+    import torch
+
+    class SpectrogramCNN(torch.nn.Module):
+        """(batch, frames, bins) -> (batch, output_size) scores: conv blocks, mean over time, two linear layers."""
+
+        def __init__(self):
+            super().__init__()
+            blocks, previous = [], 1
+            for width in channels:
+                blocks += [torch.nn.Conv2d(previous, width, kernel_size, padding=kernel_size // 2),
+                           torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+                previous = width
+            self.blocks = torch.nn.Sequential(*blocks)
+            bins = input_shape[1] // 2 ** len(channels)
+            self.head = torch.nn.Sequential(torch.nn.Linear(previous * bins, hidden_units), torch.nn.ReLU(),
+                                            torch.nn.Dropout(dropout), torch.nn.Linear(hidden_units, output_size))
+
+        def forward(self, x):
+            x = self.blocks(x.unsqueeze(1))  # (batch, channels, frames', bins')
+            x = x.mean(dim=2).flatten(1)  # mean over time: (batch, channels x bins')
+            return self.head(x)
+
+    if keras.backend.backend() != "torch":
+        raise ValueError(f"TORCH_CNN_model needs backend = \"torch\", this process runs {keras.backend.backend()!r}")
+    inputs = keras.Input(shape=tuple(input_shape))
+    scores = layers.TorchModuleWrapper(SpectrogramCNN(), output_shape=(None, output_size), name="torch_cnn")(inputs)
+    outputs = layers.Activation("softmax" if task_type == "classification" else "linear", name="prediction")(scores)
+    return keras.Model(inputs, outputs, name="TORCH_CNN_model")

@@ -1,20 +1,24 @@
 """Train, select, save and evaluate one fold of one instance, in a process of its own.
 
-Every fold runs in a process of its own, so that the memory TensorFlow takes (host and GPU) is given back when
+Every fold runs in a process of its own, so that the memory the backend takes (host and GPU) is given back when
 the fold ends and a crash stays contained. Two ways in:
-  python3 training.py JOB.json    one fold (a fold can be rerun by hand this way);
-  python3 training.py --serve     what xval_instance uses: imports TensorFlow once, then reads job paths on stdin
-                                  and forks one child per fold, so no fold pays the ~3 s import again. The child
-                                  touches the GPU first (the server never does), and after each fold the server
-                                  prints `xval-exit: <exit code of the child>`.
+  python3 training.py JOB.json    one fold (a fold can be rerun by hand this way, with KERAS_BACKEND set to the
+                                  instance's backend);
+  python3 training.py --serve     what xval_instance uses, one server per backend: imports Keras once, then reads
+                                  job paths on stdin and forks one child per fold, so no fold pays the import
+                                  again. The child touches the GPU first (the server never does), and after each
+                                  fold the server prints `xval-exit: <exit code of the child>`.
 JOB.json (written by xval_instance, kept in the experiment's logs/) holds the dataset, the fold's items, the
 resolved parameters and the output paths. The fold:
   1. loads the dataset and splits it by foldable item (train / validation / test speakers);
-  2. builds the model from define_models, with the input normalised by statistics of the training items only;
-  3. compiles it (loss by task_type), trains with early stopping, keeps the weights of the best epoch on the
-     configured metric, and stops with a clear error on a NaN loss;
-  4. saves the best model as .hdf5 (atomically), then evaluates it on train, validation and test with
-     scikit-learn metrics and writes the fold result JSON (atomically, after the model).
+  2. builds the model from define_models (or starts from a saved model), with the input normalised by statistics
+     of the training items only;
+  3. compiles it (loss by task_type and parameters), trains with the recipes the parameters ask for (class
+     weights, augmentation, learning-rate plateau), keeps the weights of the best epoch on the configured metric,
+     and stops with a clear error on a NaN loss;
+  4. saves the best model (.hdf5, or .weights.h5 for a model wrapping a PyTorch module; atomically), then
+     evaluates it on train, validation and test, per clip, with scikit-learn metrics and writes the fold result
+     JSON (atomically, after the model).
 Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
 """
 import ctypes
@@ -49,6 +53,7 @@ from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERRO
                                read_json, temp_path_for)
 
 # what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
+WEIGHTS_SUFFIX = ".weights.h5"  # Keras 3's required suffix of a weights-only file
 LOOP_PARAMETERS = tuple(name for name in CONFIG_SCHEMA["training"] if name not in MODEL_ONLY_TRAINING_PARAMETERS) + \
     ("architecture", "comment_1", "comment_2")
 
@@ -371,6 +376,40 @@ def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
     return scores, predictions, confusion
 
 
+def save_model(keras, model, model_path, model_file):
+    """Save a fold's model atomically; returns (path, the name relative to the experiment) as saved.
+
+    Stock layers: the whole model in Keras 3's legacy .hdf5 (it reloads on every backend with load_model). A
+    model that wraps a PyTorch module (TorchModuleWrapper), whose whole-model files need pickle: its weights only,
+    in .weights.h5, which load_model_file rebuilds from the architecture and parameters.
+    """
+    if any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in leaf_layers(model)):
+        model_path = str(model_path)[:-len(".hdf5")] + WEIGHTS_SUFFIX
+        model_file = model_file[:-len(".hdf5")] + WEIGHTS_SUFFIX
+        temp = temp_path_for(model_path).with_name(temp_path_for(model_path).name.replace(".h5", WEIGHTS_SUFFIX))
+        model.save_weights(temp)
+    else:
+        temp = temp_path_for(model_path)
+        model.save(temp)
+    commit_temp_file(temp, model_path)
+    return model_path, model_file
+
+
+def load_model_file(path, parameters=None, input_shape=None, output_size=None, normalisation=None):
+    """A saved fold or final model, ready to predict: load_model for .hdf5; for .weights.h5, the architecture of
+    parameters rebuilt for input_shape (frames, bins) and output_size with the fold's normalisation statistics
+    ({"mean", "variance"} of its result: they are the layer's settings, not weights), then its weights.
+    Keras must run on the backend the model was trained on (KERAS_BACKEND)."""
+    import keras
+    if not str(path).endswith(WEIGHTS_SUFFIX):
+        return keras.models.load_model(path)
+    import define_models
+    mean, variance = (np.asarray(normalisation[key], np.float32) for key in ("mean", "variance"))
+    model = build_model(keras, define_models, parameters, input_shape, output_size, mean, variance)
+    model.load_weights(path)
+    return model
+
+
 def load_all(features_folder, dataset):
     """(predictors, targets, clip ids) of a dataset, each {item: array} (see utility_functions)."""
     predictors, targets = load_dataset(features_folder, dataset)
@@ -401,11 +440,14 @@ def run_fold(job, loaded=None):
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
     import keras  # here, not at the top: the process is set up first (environment, death signal)
     import define_models
-    if job.get("allow_memory_growth", True):
+    if keras.backend.backend() != parameters["backend"]:
+        raise XvalError(f"this fold process runs Keras on {keras.backend.backend()!r}, the instance asks for "
+                        f"{parameters['backend']!r}: run it through the routine, or set KERAS_BACKEND")
+    if parameters["backend"] == "tensorflow" and job.get("allow_memory_growth", True):
         import tensorflow as tf
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-    keras.utils.set_random_seed(parameters["seed"])
+    keras.utils.set_random_seed(parameters["seed"])  # Python, NumPy and the backend's own generators
     clock = Stopwatch()  # where the fold's time goes, recorded in its result
 
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
@@ -454,9 +496,7 @@ def run_fold(job, loaded=None):
         model.set_weights(best.best_weights)
     clock.lap("fit")
 
-    temp = temp_path_for(job["model_path"])
-    model.save(temp)  # .hdf5: Keras 3 writes the legacy HDF5 format, optimizer state included
-    commit_temp_file(temp, job["model_path"])
+    model_path, model_file = save_model(keras, model, job["model_path"], job["model_file"])
     clock.lap("save")
 
     result = {"fold": job["fold"], "parameter_hash": job["parameter_hash"],
@@ -465,7 +505,8 @@ def run_fold(job, loaded=None):
               "metrics": {}, "history": {key: [float(v) for v in values] for key, values in history.history.items()},
               "best_epoch": len(history.history["loss"]) if final else best.best_epoch,
               "epochs_run": len(history.history["loss"]),
-              "monitor": monitor, "monitor_mode": mode, "model_file": job["model_file"],
+              "monitor": monitor, "monitor_mode": mode, "model_file": model_file,
+              "normalisation": {"mean": mean.tolist(), "variance": variance.tolist()},
               "predictions": {}, "confusion_matrix": {}}
     for split in splits:
         x, y, owner, clip = data[split]
@@ -524,14 +565,16 @@ def load_for_children(job_path, held):
 
 
 def serve(job_paths, report):
-    """Import TensorFlow once, then fork one child per job path read from job_paths; report each exit code.
+    """Import Keras on its backend once, then fork one child per job path read from job_paths; report each exit code.
 
-    The server itself never touches a device, so every child initialises the GPU (with memory growth) afresh.
+    The server itself runs no backend operation and never touches a device (so forking it is safe on every
+    backend: it has no threads of TensorFlow, PyTorch or JAX yet), and every child initialises the GPU afresh.
     It holds the dataset in memory, so a fold reads no feature file.
     """
-    import keras  # noqa: F401  (the imports every fold needs, paid once)
+    import keras  # the imports every fold needs, paid once (KERAS_BACKEND chose the backend)
     import define_models  # noqa: F401
-    import tensorflow  # noqa: F401
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow  # noqa: F401
     print("xval-ready", file=report, flush=True)
     held = {}
     for line in job_paths:

@@ -142,7 +142,8 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     check_same_dataset(job, document)
     job_path = model_path.with_name(f"{stem}.job.json")
     atomic_write_json(job_path, job)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_FORCE_GPU_ALLOW_GROWTH="true")
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_FORCE_GPU_ALLOW_GROWTH="true",
+                       XLA_PYTHON_CLIENT_PREALLOCATE="false", KERAS_BACKEND=document["parameters"]["backend"])
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = "" if gpu < 0 else str(gpu)
     print(f"final model of instance {instance}: {len(job['train_items'])} foldable items, {epochs} epochs "
@@ -164,6 +165,7 @@ def final(experiment_dir, instance_text, overwrite, gpu):
         "experiment": document["experiment"], "instance": instance, "task_type": document["task_type"],
         "class_names": document["class_names"], "dataset": document["dataset"],
         "dataset_fingerprint": document["dataset_fingerprint"], "features": document["features"],
+        "normalisation": read_json(job["result_path"])["normalisation"],
         "parameters": document["parameters"], "parameter_strings": document["parameter_strings"],
         "trained_on": {"items": job["train_items"], "epochs": epochs,
                        "rule": "median of the folds' best epochs (on their validation items), rounded half up",
@@ -180,24 +182,27 @@ def final(experiment_dir, instance_text, overwrite, gpu):
 # predict
 
 def model_set(target, instance_text):
-    """(model paths, card: {task_type, class_names, features, name}) of what predict was given."""
+    """([(model path, its normalisation statistics)], card: {task_type, class_names, features, parameters, name})
+    of what predict was given."""
     target = Path(target).expanduser().resolve()
     if target.is_dir():
         instance = which_instance(target, instance_text)
         _, document = instance_result(target, instance)
         if document["status"] != "complete":
             raise XvalError(f"instance {instance} is {document['status']}: predict with a complete instance")
-        models = [target / fold["model_file"] for fold in document["folds"]]
+        models = [(target / fold["model_file"], fold.get("normalisation")) for fold in document["folds"]]
         return models, dict(document, name=f"{target.name} instance {instance} (mean of {len(models)} folds)")
     if not target.is_file():
         raise XvalError(f"model {target} does not exist: pass a final model, a fold model or an experiment folder")
     card_path = target.with_name(f"{target.stem}_card.json")
     if card_path.is_file():
-        return [target], dict(read_json(card_path), name=target.name)
-    match = FOLD_MODEL.match(target.name)
+        card = read_json(card_path)
+        return [(target, card.get("normalisation"))], dict(card, name=target.name)
+    match = FOLD_MODEL.match(target.name.replace(".weights.h5", ".hdf5"))
     if match and target.parent.name == "models":
         _, document = instance_result(target.parent.parent, int(match["instance"]))
-        return [target], dict(document, name=target.name)
+        fold = next(fold for fold in document["folds"] if fold["fold"] == int(match["fold"]))
+        return [(target, fold.get("normalisation"))], dict(document, name=target.name)
     raise XvalError(f"model {target} has no card ({card_path.name}) and is not a fold model of an experiment: "
                     "xval cannot know the features it takes")
 
@@ -244,13 +249,15 @@ def predict(target, audio, instance_text, out):
     if not pieces:
         raise XvalError(f"none of the {len(files)} files can be read as audio (e.g. {unreadable[0][0]}: "
                         f"{unreadable[0][1]})")
-    import keras
+    os.environ["KERAS_BACKEND"] = card["parameters"]["backend"]  # read once, when Keras is first imported
+    from training import load_model_file
+    classes = card["class_names"] if card["task_type"] == "classification" else None
+    shape = next(iter(pieces.values())).shape[1:]
     outputs = {path: 0.0 for path in pieces}
-    for model_path in models:
-        model = keras.models.load_model(model_path)
+    for model_path, normalisation in models:
+        model = load_model_file(model_path, card["parameters"], shape, len(classes) if classes else 1, normalisation)
         for path, x in pieces.items():
             outputs[path] = outputs[path] + np.asarray(model.predict_on_batch(x), dtype=np.float64).mean(axis=0)
-    classes = card["class_names"] if card["task_type"] == "classification" else None
     header = ["file", "prediction"] + ([f"p_{name}" for name in classes] if classes else []) + ["model"]
     text = io.StringIO()
     writer = csv.writer(text)

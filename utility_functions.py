@@ -28,6 +28,10 @@ TEMP_MARKER = ".xvaltmp-"  # every temporary file xval writes has this in its na
 
 TASK_TYPES = ("classification", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad", "adamax")
+# Keras 3 backends a fold can run on: {backend: (the module that must be importable, how to install it)}
+BACKENDS = {"tensorflow": ("tensorflow", "python3 -m pip install -r requirements.txt"),
+            "torch": ("torch", "python3 -m pip install -r requirements-backends.txt"),
+            "jax": ("jax", "python3 -m pip install -r requirements-backends.txt")}
 CLASSIFICATION_METRICS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro")
 REGRESSION_METRICS = ("loss", "rmse", "mae", "r2", "pearson_r", "ccc")
 HIGHER_IS_BETTER = {"loss": False, "rmse": False, "mae": False, "accuracy": True, "balanced_accuracy": True,
@@ -102,7 +106,7 @@ CONFIG_SCHEMA = {
                  "class_weight": ("none", "balanced"), "loss": ("auto", "focal"), "focal_gamma": float,
                  "time_masks": int, "time_mask_width": int, "freq_masks": int, "freq_mask_width": int,
                  "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
-                 "initial_model": str, "trainable": ("all", "last_layer")},
+                 "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS)},
 }
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),

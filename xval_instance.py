@@ -16,6 +16,7 @@ import ast
 import builtins
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST,
+from utility_functions import (BACKENDS, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST,
                                MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
                                SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
                                check_target, claim, config_path_in_use, dataset_file_stats, dataset_fingerprint,
@@ -40,6 +41,7 @@ from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERRO
 MODELS_FILE = PROJECT_DIR / "define_models.py"
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
 MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
+BACKENDS_NAME = "ARCHITECTURE_BACKENDS"  # define_models.py's {architecture: the only backend it runs on}
 NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate finished folds
 # parameters that act only with some value of others: (name, whether it acts, what idles it, what would make it act)
 CONDITIONAL_PARAMETERS = (
@@ -55,8 +57,8 @@ SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max",
                                                           "bool", "list", "tuple", "dict", "range", "len", "sum")}
 SMOKE_FLAG = "--smoke"
 SMOKE_BATCHES = 2  # batches per split of a smoke run's fold
-PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "librosa", "scikit-learn", "pandas", "soundfile",
-                     "xlsxwriter", "matplotlib", "h5py")
+PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "jaxlib", "librosa", "scikit-learn",
+                     "pandas", "soundfile", "xlsxwriter", "matplotlib", "h5py")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -92,14 +94,17 @@ def architecture_signatures(models_file=MODELS_FILE):
     An architecture is a public top-level function whose first arguments are input_shape, output_size, task_type.
     Its signature: {"arguments": the names after those three, positional then keyword-only, "required": those
     without a default, "defaults": {name: literal default}, "unsupported": why xval cannot pass every parameter
-    to it (a *args, **kwargs or positional-only argument), or None}. A default that is not a literal is refused.
+    to it (a *args, **kwargs or positional-only argument), or None, "backend": the Keras backend it needs (from
+    the module's ARCHITECTURE_BACKENDS literal), or None}. A default that is not a literal is refused.
     """
     try:
         tree = ast.parse(Path(models_file).read_text(encoding="utf-8"), filename=str(models_file))
     except SyntaxError as error:
         raise XvalError(f"{models_file} line {error.lineno}: {error.msg}: fix the syntax") from None
-    signatures = {}
+    signatures, backends = {}, {}
     for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [BACKENDS_NAME]:
+            backends = ast.literal_eval(node.value)
         if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
             continue
         positional = node.args.posonlyargs + node.args.args
@@ -126,6 +131,8 @@ def architecture_signatures(models_file=MODELS_FILE):
         arguments = [argument.arg for argument in positional[3:] + node.args.kwonlyargs]
         signatures[node.name] = {"arguments": arguments, "defaults": defaults, "unsupported": unsupported,
                                  "required": [name for name in arguments if name not in defaults]}
+    for name, signature in signatures.items():
+        signature["backend"] = backends.get(name)
     return signatures
 
 
@@ -328,7 +335,17 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
             parameters[name] = coerce_to_default_type(value, defaults[name], f"{where}, {name}")
     parameters = json.loads(json.dumps(parameters))  # tuples become lists: what is hashed is what is saved
     check_training_values(parameters, set(overrides), where)
+    if signature["backend"] not in (None, parameters["backend"]):
+        raise XvalError(f"{where}: architecture {architecture} runs on backend {signature['backend']!r} only, this "
+                        f"instance has backend = {parameters['backend']!r}: add 'backend = \"{signature['backend']}\"'")
     return parameters
+
+
+def check_backend_installed(backend, find_spec=importlib.util.find_spec):
+    """XvalError with the command that installs it unless backend's package can be imported (it is not imported)."""
+    package, install = BACKENDS[backend]
+    if find_spec(package) is None:
+        raise XvalError(f"backend {backend!r} is not installed ({package} cannot be imported): {install}")
 
 
 def parameter_hash(parameters, dataset, num_folds):
@@ -596,15 +613,18 @@ def format_seconds(seconds):
 
 
 class FoldRunner:
-    """Runs folds in child processes of one `training.py --serve` server, started on first use.
+    """Runs folds in child processes of one `training.py --serve` server of one Keras backend, started on first use.
 
-    The server imports TensorFlow once and forks a fresh process per fold, so each fold still has its own
-    memory and crash boundary, with CUDA_VISIBLE_DEVICES set to the routine's GPU and memory growth on.
+    The server imports Keras on its backend (KERAS_BACKEND, read once at import) without running any operation,
+    and forks a fresh process per fold, so each fold still has its own memory and crash boundary, with
+    CUDA_VISIBLE_DEVICES set to the routine's GPU and GPU memory taken as needed (TensorFlow's memory growth, no
+    JAX preallocation), so that two routines can share a GPU.
     """
 
-    def __init__(self, gpu):
+    def __init__(self, gpu, backend="tensorflow"):
         self.environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
-                                TF_FORCE_GPU_ALLOW_GROWTH="true", PYTHONUNBUFFERED="1")
+                                TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                                KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
         self.server = None
         self.used = False  # whether a fold has been sent to the server
 
@@ -668,6 +688,31 @@ class FoldRunner:
                 self.server.kill()
                 self.server.wait()
         self.server = None
+
+
+class FoldRunners:
+    """A FoldRunner per Keras backend, each started on first use: a routine that mixes backends runs every fold on
+    its own backend's server."""
+
+    def __init__(self, gpu):
+        self.gpu, self.runners = gpu, {}
+
+    def get(self, backend):
+        """The running FoldRunner of backend (started now if it is not yet)."""
+        if backend not in self.runners:
+            self.runners[backend] = FoldRunner(self.gpu, backend)
+            self.runners[backend].start()
+        return self.runners[backend]
+
+    def abort(self):
+        """Stop every server at once."""
+        for runner in self.runners.values():
+            runner.abort()
+
+    def close(self):
+        """Stop every server (see FoldRunner.close)."""
+        for runner in self.runners.values():
+            runner.close()
 
 
 class Routine:
@@ -806,7 +851,8 @@ def train_missing_folds(routine, position, instance, planned, files, label):
     """run_instance() once the instance is ours: what is reusable now, then each missing fold in turn."""
     experiment_dir, parameters = routine.experiment_dir, planned["parameters"]
     if routine.settings["overwrite_results"]:
-        for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"]]:
+        weights = [path.with_name(path.name.replace(".hdf5", ".weights.h5")) for path in files["models"]]
+        for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"], *weights]:
             path.unlink(missing_ok=True)
     reused, conflict = reusable_folds(files, experiment_dir, planned["fingerprints"])  # again: now it is ours
     if conflict:
@@ -866,8 +912,8 @@ def run_fold_job(routine, files, fold, planned, fold_label, extra_job=None):
            "result_path": str(files["fold_results"][index]), **(extra_job or {})}
     atomic_write_json(files["jobs"][index], job)
     started = time.monotonic()
-    code, error_line = routine.fold_runner.run(files["jobs"][index], files["logs"][index], fold_label,
-                                               routine.show_progress)
+    runner = routine.fold_runner.get(planned["parameters"]["backend"])
+    code, error_line = runner.run(files["jobs"][index], files["logs"][index], fold_label, routine.show_progress)
     seconds = time.monotonic() - started
     routine.record_fold(planned["instance"], fold["fold"], seconds, code)
     if code == 0 and files["fold_results"][index].exists():
@@ -910,17 +956,18 @@ def prepare(settings, argv, routine_file, smoke=False):
     check_settings(settings)
     instance_ids = sorted(settings["experiment_dict"])
     selected, gpu = parse_command_line(argv, instance_ids, settings["gpu_ID"], Path(routine_file).name)
-    fold_runner = FoldRunner(gpu)
-    fold_runner.start()
+    config = load_config()
+    fold_runner = FoldRunners(gpu)
     try:
+        fold_runner.get(config["training"]["backend"])  # the default backend's server: most instances use it
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
-        return validate(settings, selected, gpu, routine_file, fold_runner, smoke)
+        return validate(settings, config, selected, gpu, routine_file, fold_runner, smoke)
     except BaseException:
         fold_runner.abort()
         raise
 
 
-def validate(settings, selected, gpu, routine_file, fold_runner, smoke=False):
+def validate(settings, config, selected, gpu, routine_file, fold_runner, smoke=False):
     """prepare() after the command line: the plan. Every check of the routine's input runs here, once.
 
     Parameters, the dataset (its arrays, each task type's target, a fingerprint of its content), the folds
@@ -930,10 +977,11 @@ def validate(settings, selected, gpu, routine_file, fold_runner, smoke=False):
     Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing", "initial_models"}},
     the split settings).
     """
-    config = load_config()
     signatures = architecture_signatures()
     resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
                                            f"experiment_dict[{instance}]") for instance in selected}
+    for backend in sorted({parameters["backend"] for parameters in resolved.values()}):
+        check_backend_installed(backend)
     dataset, num_folds = settings["dataset"], settings["num_folds"]
     features_folder = config["paths"]["features_folder"]
     dataset_files = dataset_file_stats(features_folder, dataset)  # before reading: a later rewrite shows

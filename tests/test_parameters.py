@@ -104,7 +104,8 @@ def test_architecture_signatures_read_from_source_without_tensorflow(tmp_path):
     signatures = xi.architecture_signatures(models)
     assert set(signatures) == {"A", "B"}
     assert signatures["A"] == {"arguments": ["regularization_lambda", "width", "name"], "unsupported": None,
-                               "required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"}}
+                               "required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"},
+                               "backend": None}
 
 
 MODELS_OF_EVERY_KIND = (

@@ -1,0 +1,134 @@
+"""Every instance chooses its Keras 3 backend: TensorFlow, PyTorch and JAX folds side by side in one routine, on the
+same folds, with models that reload on their backend and reproduce the saved predictions, resume after a kill on
+the PyTorch backend, and a plain torch.nn.Module trained through xval with its parameters reaching it."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import xval_instance as xi
+from routine_helpers import REPO, instance, routine_environment, run_routine, start_routine, write_routine
+from utility_functions import XvalError, load_config
+
+MISSING = [name for name in ("torch", "jax") if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(bool(MISSING) and os.environ.get("CI") != "true",
+                                reason=f"{', '.join(MISSING)} not installed: python3 -m pip install -r "
+                                       "requirements-backends.txt (CI installs them and never skips)")
+TORCH_CNN = ['architecture = "TORCH_CNN_model"', "channels = [4]", "hidden_units = 6", "num_epochs = 2",
+             "batch_size = 16", 'backend = "torch"']
+RELOAD = """
+import json, sys
+import numpy as np
+from training import load_model_file
+from utility_functions import load_dataset
+experiment, features = sys.argv[1], sys.argv[2]
+document = json.load(open(sys.argv[3]))
+predictors, _ = load_dataset(features, "tiny")
+same = []
+for fold in document["folds"]:
+    x = np.concatenate([predictors[item] for item in fold["test_items"]])
+    model = load_model_file(experiment + "/" + fold["model_file"], document["parameters"], x.shape[1:], 8,
+                            fold["normalisation"])
+    same.append(model.predict(x, verbose=0).argmax(axis=1).tolist() == fold["predictions"]["test"]["y_pred"])
+print(json.dumps({"backend": __import__("keras").backend.backend(), "same": same}))
+"""
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_features, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backends")
+    experiment_dict = {1: instance("tf"), 2: instance("torch", 'backend = "torch"'),
+                       3: instance("jax", 'backend = "jax"'), 4: instance("torch module", model=TORCH_CNN)}
+    routine = write_routine(folder, experiment_dict, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"])
+    return {"completed": completed, "dir": folder / "experiments" / "experiment_1", "features": tiny_features,
+            "folder": folder}
+
+
+def results(experiment_dir, run):
+    return json.loads((experiment_dir / "results" / f"results_tiny_exp1_run{run}.json").read_text())
+
+
+def test_a_routine_mixes_backends_on_the_same_folds(backends):
+    assert backends["completed"].returncode == 0, backends["completed"].stdout + backends["completed"].stderr
+    documents = {run: results(backends["dir"], run) for run in (1, 2, 3, 4)}
+    folds = {run: [(f["train_items"], f["val_items"], f["test_items"]) for f in d["folds"]]
+             for run, d in documents.items()}
+    assert folds[1] == folds[2] == folds[3] == folds[4]
+    assert [documents[run]["parameters"]["backend"] for run in (1, 2, 3, 4)] == ["tensorflow", "torch", "jax", "torch"]
+    for document in documents.values():
+        for fold in document["folds"]:
+            predictions = fold["predictions"]["test"]
+            assert fold["metrics"]["test"]["balanced_accuracy"] == pytest.approx(
+                skm.balanced_accuracy_score(predictions["y_true"], predictions["y_pred"]))
+    versions = json.loads(next((backends["dir"] / "code").glob("*/versions.json")).read_text())
+    assert versions["torch"] and versions["jax"]
+
+
+@pytest.mark.parametrize("run, backend", [(2, "torch"), (3, "jax"), (4, "torch")])
+def test_models_reload_on_their_backend_and_reproduce_the_saved_predictions(backends, run, backend):
+    document = results(backends["dir"], run)
+    if run == 4:
+        assert all(fold["model_file"].endswith(".weights.h5") for fold in document["folds"])
+    completed = subprocess.run([sys.executable, "-c", RELOAD, str(backends["dir"]),
+                                str(backends["features"]["features_folder"]),
+                                str(backends["dir"] / "results" / f"results_tiny_exp1_run{run}.json")],
+                               capture_output=True, text=True, timeout=300, cwd=REPO,
+                               env=dict(routine_environment(backends["features"]["config_path"]),
+                                        KERAS_BACKEND=backend))
+    assert completed.returncode == 0, completed.stderr
+    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outcome == {"backend": backend, "same": [True, True]}
+
+
+def test_the_torch_module_receives_its_parameters(backends):
+    import h5py
+    fold = results(backends["dir"], 4)["folds"][0]
+    with h5py.File(backends["dir"] / fold["model_file"], "r") as weights:
+        shapes = []
+        weights.visititems(lambda name, item: shapes.append(item.shape) if hasattr(item, "shape") else None)
+    assert (4, 1, 3, 3) in shapes  # channels = [4]: one conv block of 4 filters over 3x3
+    assert any(shape in ((6, 4 * 16), (4 * 16, 6)) for shape in shapes)  # hidden_units = 6 after 32 // 2 bins
+
+
+def test_resume_after_a_kill_on_the_torch_backend(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("torch", 'backend = "torch"', "num_epochs = 2")}, num_folds=3)
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    process = start_routine(routine, tiny_features["config_path"])
+    folds_dir = experiment_dir / "results" / "folds"
+    while not (folds_dir.is_dir() and list(folds_dir.glob("*.json"))):
+        try:
+            process.wait(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    survivors = {path.name: path.read_bytes() for path in folds_dir.glob("*.json")}
+    assert survivors
+    finished = run_routine(routine, tiny_features["config_path"])
+    assert finished.returncode == 0, finished.stderr
+    document = json.loads((experiment_dir / "results" / "results_tiny_exp1_run1.json").read_text())
+    assert document["status"] == "complete" and len(document["folds"]) == 3
+    for name, data in survivors.items():
+        assert (folds_dir / name).read_bytes() == data
+
+
+def test_backend_refusals_name_the_fix(tmp_path):
+    training = load_config(xi.PROJECT_DIR / "config.ini")["training"]
+    base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""']
+    with pytest.raises(XvalError, match='runs on backend \'torch\' only.*add \'backend = "torch"\''):
+        xi.resolve_instance([*base, 'architecture = "TORCH_CNN_model"'], training, xi.architecture_signatures(),
+                            "i")
+    with pytest.raises(XvalError, match="backend 'jax' is not installed.*requirements-backends.txt"):
+        xi.check_backend_installed("jax", find_spec=lambda name: None)
+    with pytest.raises(XvalError, match="is not one of tensorflow, torch, jax"):
+        xi.resolve_instance([*base, 'architecture = "EXAMPLE_model"', 'backend = "mxnet"'], training,
+                            xi.architecture_signatures(), "i")
