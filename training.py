@@ -376,6 +376,18 @@ def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
     return scores, predictions, confusion
 
 
+def backend_devices(backend):
+    """The devices this fold's backend computes on, as text (GPUs when it sees any, else the CPU)."""
+    if backend == "torch":
+        import torch
+        return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "cpu"
+    if backend == "jax":
+        import jax
+        return ", ".join(str(device) for device in jax.devices())
+    import tensorflow as tf
+    return ", ".join(device.name for device in tf.config.list_logical_devices("GPU")) or "cpu"
+
+
 def save_model(keras, model, model_path, model_file):
     """Save a fold's model atomically; returns (path, the name relative to the experiment) as saved.
 
@@ -448,6 +460,7 @@ def run_fold(job, loaded=None):
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     keras.utils.set_random_seed(parameters["seed"])  # Python, NumPy and the backend's own generators
+    print(f"xval-device: {parameters['backend']} {backend_devices(parameters['backend'])}", flush=True)
     clock = Stopwatch()  # where the fold's time goes, recorded in its result
 
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
