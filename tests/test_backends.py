@@ -23,6 +23,7 @@ TORCH_CNN = ['architecture = "TORCH_CNN_model"', "channels = [4]", "hidden_units
              "batch_size = 16", 'backend = "torch"']
 RELOAD = """
 import json, sys
+import numpy as np
 from training import load_model_file
 from utility_functions import load_dataset
 experiment, features = sys.argv[1], sys.argv[2]
