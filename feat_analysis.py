@@ -11,7 +11,8 @@ The work is librosa 0.11's (stft, filters.mel, power_to_db, feature.mfcc; keywor
   identical numbers;
 - the numbers do not depend on BLAS threading: the mel projection is a sparse product (each FFT bin feeds at
   most two mel bands) in float64, outside BLAS, rounded to float32 once (librosa's dense float32 product changes
-  in the last bit with the number of threads); it is also the cheap part this way (0.12 ms a clip, not 0.27);
+  in the last bit with the number of threads: benchmarks/tweaks.py, d_sparse_mel). It is kept for that, not for
+  speed: on or off, 0.40 ms a clip;
 - the dB floor (top_db) is per clip, as if each clip went through librosa.power_to_db on its own.
 """
 import librosa

@@ -333,9 +333,9 @@ def error_text(error):
 def _prepare_worker():
     """Pool initializer: one BLAS thread per worker (the workers are the parallelism; more threads only spin),
     and glibc's malloc told to keep freed memory (each file's temporary arrays would otherwise come fresh from
-    the kernel, page faults costing a third of the time)."""
+    the kernel)."""
     threadpoolctl.threadpool_limits(limits=1)
-    try:
+    try:  # -0.51 s of a 2.75 s demo preprocessing, median of 7 (benchmarks/tweaks.py: a_mallopt)
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
         libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_FREED_BYTES)
@@ -358,11 +358,6 @@ def compute_features(clips, length, feature_settings, jobs, label):
     tasks = [{"paths": [clip["path"] for clip in chunk], "length": length, "feature_settings": feature_settings,
               "plan": plan} for chunk in chunks]
     jobs = max(1, min(jobs, len(tasks)))
-    # librosa's first STFT loads its lazy modules and numba functions (~1.5 s, far more on a fresh machine):
-    # pay it once here, so that the forked workers inherit it instead of each paying it again
-    samples = length["clip_samples" if length["mode"] == "fixed" else "window_samples"]
-    feat_analysis.extract_features_batch(np.zeros((1, samples), np.float32), length["sample_rate"], feature_settings,
-                                         plan)
     results = []
     with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
         if jobs == 1:

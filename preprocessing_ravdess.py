@@ -243,4 +243,4 @@ if __name__ == "__main__":
     main()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # every output is written and synced: skip the interpreter's teardown of librosa's stack (~0.25 s)
+    os._exit(0)  # outputs written and synced: no teardown of librosa's stack, -0.36 s of 2.75 s (tweaks.py: c_os_exit)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (BACKENDS, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, HOST,
-                               MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG,
-                               SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
+from utility_functions import (BACKENDS, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,
+                               HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS,
+                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
                                check_target, claim, config_path_in_use, dataset_file_stats, dataset_fingerprint,
                                dataset_paths, exit_on_user_error, file_mutex, load_clip_ids, load_config,
                                load_dataset, read_json, release, remove_stale_temp_files)
@@ -959,7 +959,9 @@ def prepare(settings, argv, routine_file, smoke=False):
     config = load_config()
     fold_runner = FoldRunners(gpu)
     try:
-        fold_runner.get(config["training"]["backend"])  # the default backend's server: most instances use it
+        # the default backend's server first, importing while this process validates: -0.88 s a run (median of 7,
+        # benchmarks/tweaks.py: e_early_server)
+        fold_runner.get(config["training"]["backend"])
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
         return validate(settings, config, selected, gpu, routine_file, fold_runner, smoke)
     except BaseException:
