@@ -22,6 +22,7 @@ resolved parameters and the output paths. The fold:
 Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
 """
 import ctypes
+import gc
 import inspect
 import json
 import os
@@ -508,6 +509,7 @@ def run_fold(job, loaded=None):
     if not final:
         model.set_weights(best.best_weights)
     clock.lap("fit")
+    gc.freeze()  # the garbage collector never rescans what fit left: evaluate 0.53 -> 0.25 s (a 15-epoch demo fold)
 
     model_path, model_file = save_model(keras, model, job["model_path"], job["model_file"])
     clock.lap("save")
