@@ -252,18 +252,14 @@ def resample(signal, orig_rate, target_rate):
         np.float32, copy=False)
 
 
-def fit_length(signal, n_samples, cut_mode, out=None):
+def fit_length(signal, n_samples, cut_mode):
     """signal (samples,) padded with zeros at the end, or cut at the start (cut_mode 'start') or around the
-    centre ('center'), to exactly n_samples; written into out (n_samples,) when given."""
-    if len(signal) == n_samples and out is None:
+    centre ('center'), to exactly n_samples."""
+    if len(signal) == n_samples:
         return signal
     start = 0 if cut_mode == "start" or len(signal) <= n_samples else (len(signal) - n_samples) // 2
     kept = signal[start:start + n_samples]
-    if out is None:
-        out = np.empty(n_samples, dtype=signal.dtype)
-    out[:len(kept)] = kept
-    out[len(kept):] = 0
-    return out
+    return np.concatenate([kept, np.zeros(n_samples - len(kept), dtype=signal.dtype)])
 
 
 def window_count(n_samples, window_samples, hop_samples):
@@ -280,11 +276,10 @@ def cut_windows(signal, window_samples, hop_samples):
     return np.lib.stride_tricks.sliding_window_view(padded, window_samples)[::hop_samples].copy()
 
 
-def load_clip(path, sample_rate, clip_samples, cut_mode, out=None):
-    """One fixed-length clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz
-    (written into out when given)."""
-    signal, native_rate = read_mono(path)
-    return fit_length(resample(signal, native_rate, sample_rate), clip_samples, cut_mode, out)
+def load_clip(path, sample_rate, clip_samples, cut_mode):
+    """One fixed-length clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz."""
+    length = {"mode": "fixed", "sample_rate": sample_rate, "clip_samples": clip_samples, "cut_mode": cut_mode}
+    return clip_signals(path, length)[0][0]
 
 
 def clip_signals(path, length):

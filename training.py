@@ -399,7 +399,8 @@ def save_model(keras, model, model_path, model_file):
     if any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in leaf_layers(model)):
         model_path = str(model_path)[:-len(".hdf5")] + WEIGHTS_SUFFIX
         model_file = model_file[:-len(".hdf5")] + WEIGHTS_SUFFIX
-        temp = temp_path_for(model_path).with_name(temp_path_for(model_path).name.replace(".h5", WEIGHTS_SUFFIX))
+        temp = temp_path_for(model_path)
+        temp = temp.with_name(temp.name[:-len(".h5")] + WEIGHTS_SUFFIX)  # Keras wants the .weights.h5 ending
         model.save_weights(temp)
     else:
         temp = temp_path_for(model_path)
