@@ -821,6 +821,13 @@ def build_workbook(path, instances, summaries, experiment_folder, output_path):
     workbook.close()
 
 
+def read_routine_summary(experiment_folder):
+    """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}."""
+    found = sorted(Path(experiment_folder).glob(SUMMARY_NAME.format(dataset="*", experiment="*")),
+                   key=lambda path: path.stat().st_mtime)
+    return read_json(found[-1])["task_types"] if found else {}
+
+
 def write_spreadsheet(experiment_folder, output_path=None):
     """Write the results spreadsheet of an experiment folder atomically and return its path.
 

@@ -54,12 +54,12 @@ def instance_result(experiment_dir, instance):
 
 def chosen_instance(experiment_dir):
     """The instance chosen on validation (the spreadsheet's 'best'), from the routine summary JSON."""
-    summaries = sorted(Path(experiment_dir).glob("*_summary.json"))
-    if not summaries:
-        import results_to_excel  # the summary is derived from the fold results; rebuild it
+    import results_to_excel
+    task_types = results_to_excel.read_routine_summary(experiment_dir)
+    if not task_types:  # the summary is derived from the fold results: rebuild it
         results_to_excel.write_spreadsheet(experiment_dir)
-        summaries = sorted(Path(experiment_dir).glob("*_summary.json"))
-    task_types = {task: summary for task, summary in read_json(summaries[-1])["task_types"].items() if summary}
+        task_types = results_to_excel.read_routine_summary(experiment_dir)
+    task_types = {task: summary for task, summary in task_types.items() if summary}
     chosen = [summary["chosen_on_validation"]["instance"] for summary in task_types.values()
               if summary.get("chosen_on_validation")]
     if len(chosen) != 1:
@@ -158,8 +158,8 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     if completed.returncode != 0 or not model_path.exists():
         raise XvalError(f"the final model failed: {errors[-1] if errors else f'exit code {completed.returncode}'} "
                         f"(log: {log_path})")
-    summaries = sorted(experiment_dir.glob("*_summary.json"))
-    routine = read_json(summaries[-1])["task_types"].get(document["task_type"]) if summaries else None
+    import results_to_excel
+    routine = results_to_excel.read_routine_summary(experiment_dir).get(document["task_type"])
     card = {
         "model_file": model_path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "experiment": document["experiment"], "instance": instance, "task_type": document["task_type"],

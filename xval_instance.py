@@ -821,12 +821,9 @@ def print_choice(experiment_dir):
     """Print which instance is chosen on validation and the test number to report, from the summary JSON that
     the last spreadsheet rebuild wrote (nothing if there is none)."""
     import results_to_excel
-    summaries = sorted(experiment_dir.glob(results_to_excel.SUMMARY_NAME.format(dataset="*", experiment="*")),
-                       key=lambda path: path.stat().st_mtime)
-    if summaries:
-        for summary in read_json(summaries[-1])["task_types"].values():
-            for line in results_to_excel.honest_lines(summary)[:2]:
-                print(f"xval: {line}")
+    for summary in results_to_excel.read_routine_summary(experiment_dir).values():
+        for line in results_to_excel.honest_lines(summary)[:2]:
+            print(f"xval: {line}")
 
 
 def run_instance(routine, position, instance, planned):
