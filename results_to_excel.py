@@ -2,15 +2,12 @@
 
     python3 results_to_excel.py EXPERIMENT_FOLDER [OUTPUT.xlsx]
 
-Reads EXPERIMENT_FOLDER/results/results_{dataset}_exp{N}_run{R}.json in the order of R (nothing else; a broken or
-damaged file is skipped with a warning). Writes atomically the spreadsheet (by default
-EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance), its plots
-(EXPERIMENT_FOLDER/plots/*.png) and EXPERIMENT_FOLDER/{dataset}_exp{N}_summary.json. Sheets (see README.md): summary
-(summary_{task type} for a second task type), folds(_*) (with step timings when recorded), confusion, parameters, plots.
-
-How it is built: damage() checks a result file once, against RESULT_SCHEMA; the rest trusts it. A sheet's content is
-a table: a DataFrame with a Col (kind, header, width) per column. write_table() writes every table cell, its format
-chosen by its column's kind (KIND_STYLES) and by the highlight RULES that mark it.
+Reads EXPERIMENT_FOLDER/results/results_{dataset}_exp{N}_run{R}.json in the order of R (a broken or damaged file is
+skipped with a warning). Writes atomically, into EXPERIMENT_FOLDER, the spreadsheet (by default
+{dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance), plots/*.png and
+{dataset}_exp{N}_summary.json. Sheets (see README.md): summary(_{task type}), folds(_*), confusion, parameters, plots.
+damage() checks each file once, against RESULT_SCHEMA; the rest trusts it. Each sheet's content is a table: a Col
+(kind, header, width) per column, a dict per row; write_table() formats a cell by its kind (KIND_STYLES) and the RULES.
 """
 import argparse
 import contextlib
@@ -32,7 +29,7 @@ import pandas as pd
 import scipy.stats
 import xlsxwriter
 import xlsxwriter.exceptions
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -58,63 +55,51 @@ CURVE_METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "le
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
-# the look of the workbook
-METRIC_FORMAT, P_VALUE_FORMAT, PERCENT_FORMAT, SECONDS_FORMAT = "0.000", "[<0.001]0.0E+00;0.000", "0.0%", "0.0"
-HEADER_FILL, HEADER_FONT, SUBHEADER_FILL = "#1F4E79", "#FFFFFF", "#D9E1F2"
-BEST_FILL, BEST_FONT = "#C6EFCE", "#006100"  # best mean of a column
-LOWEST_STD_FILL, LOWEST_STD_FONT = "#BDD7EE", "#1F3864"  # lowest std of a column
-FAILED_FILL, FAILED_FONT, INCOMPLETE_FILL, INCOMPLETE_FONT = "#FFC7CE", "#9C0006", "#FFEB9C", "#9C5700"
-DIFFERS_FILL = "#FFF2CC"  # parameters sheet: a parameter whose value differs between instances
-EXCLUDED_FONT = "#808080"  # metrics of incomplete and failed instances: shown, never best
-GRID_COLOR, BAND_FILL, LINK_FONT, CONFUSION_SCALE = "#BFBFBF", "#F2F2F2", "#0563C1", ("#FFFFFF", "#63BE7B")
-SENTENCE_FONT, NOTE_FONT, SUBTITLE_FONT = "#1F3864", "#404040", "#595959"
-COMMENT_WIDTH, PARAMETER_WIDTH = (10, 40), (8, 24)  # (min, max): as wide as the texts need within these
-FROZEN_SUMMARY_COLUMNS = 3  # ID, parameters link and comment 1 stay in view when scrolling right
+# The look of the workbook: what each kind of column (KIND_STYLES; None: left empty) and each highlight adds to a cell
+BEST_FILL, LOWEST_STD_FILL, HEADER_FILL, GRID_COLOR = "#C6EFCE", "#BDD7EE", "#1F4E79", "#BFBFBF"
+METRIC_FORMAT, FAILED_FONT, COMMENT_WIDTH = "0.000", "#9C0006", (10, 40)  # width: (min, max) to fit the texts
 GRID = {"border": 1, "border_color": GRID_COLOR}
 SUMMARY_CELL = {"bottom": 1, "bottom_color": GRID_COLOR, "valign": "vcenter"}
 BLOCK_START, BLOCK_END = {"left": 1, "left_color": GRID_COLOR}, {"right": 2, "right_color": HEADER_FILL}
 HEADER = {"bold": True, "align": "center", "valign": "vcenter", "text_wrap": True, **GRID, "bg_color": HEADER_FILL,
-          "font_color": HEADER_FONT}
-SUBHEADER = {**HEADER, "bg_color": SUBHEADER_FILL, "font_color": "#000000"}
-LINK = {**SUMMARY_CELL, "font_color": LINK_FONT, "underline": 1}  # a link looks the same on every sheet
-# what each kind of column adds to the look of its sheet's table cells (None: the column stays empty)
-KIND_STYLES = {"id": {"bold": True, "align": "center"}, "text": {}, "name": {}, "status": {}, "link": {},
-               "parameter": {"align": "left"}, "error": {"font_color": FAILED_FONT}, "label": {"align": "center"},
-               "p_value": {"num_format": P_VALUE_FORMAT}, "metric": {"num_format": METRIC_FORMAT},
+          "font_color": "#FFFFFF"}
+SUBHEADER = {**HEADER, "bg_color": "#D9E1F2", "font_color": "#000000"}
+LINK = {**SUMMARY_CELL, "font_color": "#0563C1", "underline": 1}  # a link looks the same on every sheet
+KIND_STYLES = {"id": {"bold": True, "align": "center"}, "parameter": {"align": "left"},
+               "error": {"font_color": FAILED_FONT}, "label": {"align": "center"},
+               "p_value": {"num_format": "[<0.001]0.0E+00;0.000"}, "metric": {"num_format": METRIC_FORMAT},
                "metric_mean": {"num_format": METRIC_FORMAT, **BLOCK_START}, "metric_std": {"num_format": METRIC_FORMAT},
-               "seconds": {"num_format": SECONDS_FORMAT}, "index": {"align": "center"}, "count": {"num_format": "0"},
-               "total": {"num_format": "0", "italic": True}, "percent": {"num_format": PERCENT_FORMAT},
-               "items": {"indent": 1, **BLOCK_START}, "row_header": SUBHEADER, "gap": None}
-HIGHLIGHTS = {"band": {"bg_color": BAND_FILL}, "excluded": {"font_color": EXCLUDED_FONT, "italic": True},
-              "failed": {"bg_color": FAILED_FILL, "font_color": FAILED_FONT, "bold": True},
-              "incomplete": {"bg_color": INCOMPLETE_FILL, "font_color": INCOMPLETE_FONT, "bold": True},
-              "best": {"bg_color": BEST_FILL, "font_color": BEST_FONT, "bold": True},
-              "lowest_std": {"bg_color": LOWEST_STD_FILL, "font_color": LOWEST_STD_FONT},
-              "differs": {"bg_color": DIFFERS_FILL}, "bold": {"bold": True}, "italic": {"italic": True}}
-# (highlight, the kinds of column it applies to (None: all), its cells: f(table data, column name, Col) -> bool per
-# row); they read the hidden row facts _status, _band, _class, _italic and _differs; a later rule wins
-RULES = (("band", None, lambda data, name, col: data.get("_band", 0) % 2 == 1),
+               "seconds": {"num_format": "0.0"}, "index": {"align": "center"}, "count": {"num_format": "0"},
+               "total": {"num_format": "0", "italic": True}, "percent": {"num_format": "0.0%"},
+               "items": {"indent": 1, **BLOCK_START}, "row_header": SUBHEADER, "gap": None}  # others: {}
+HIGHLIGHTS = {"band": {"bg_color": "#F2F2F2"}, "excluded": {"font_color": "#808080", "italic": True},
+              "failed": {"bg_color": "#FFC7CE", "font_color": FAILED_FONT, "bold": True},
+              "incomplete": {"bg_color": "#FFEB9C", "font_color": "#9C5700", "bold": True},
+              "best": {"bg_color": BEST_FILL, "font_color": "#006100", "bold": True},  # best mean of a column
+              "lowest_std": {"bg_color": LOWEST_STD_FILL, "font_color": "#1F3864"},  # lowest std of a column
+              "differs": {"bg_color": "#FFF2CC"}, "bold": {"bold": True}, "italic": {"italic": True}}
+# (highlight, the kinds of column it applies to (None: all), its cells: f(d: the table data, v: the column's values,
+# c: its Col) -> bool per row); they read the hidden row facts _status, _band, _class, _italic and _differs; a later
+# rule wins
+RULES = (("band", None, lambda d, v, c: d.get("_band", 0) % 2 == 1),
          ("excluded", ("metric", "metric_mean", "metric_std"),
-          lambda data, name, col: data.get("_status", "complete") != "complete"),
-         ("failed", ("status",), lambda data, name, col: data.get("_status") == "failed"),
-         ("incomplete", ("status",), lambda data, name, col: data.get("_status") == "incomplete"),
-         ("best", ("metric_mean",),
-          lambda data, name, col: extreme_cells(data[name], data, HIGHER_IS_BETTER[col.key])),
-         ("lowest_std", ("metric_std",), lambda data, name, col: extreme_cells(data[name], data, False)),
-         ("bold", ("label",), lambda data, name, col: data[name].isin(("best", "yes"))),
-         ("bold", ("count", "percent"), lambda data, name, col: data.get("_class", -1) == col.key),  # the diagonal
-         ("italic", None, lambda data, name, col: data.get("_italic", False)),
-         ("differs", None, lambda data, name, col: data.get("_differs", False)),
-         ("bold", ("name",), lambda data, name, col: data.get("_differs", False)))
+          lambda d, v, c: d.get("_status", "complete") != "complete"),
+         ("failed", ("status",), lambda d, v, c: d.get("_status") == "failed"),
+         ("incomplete", ("status",), lambda d, v, c: d.get("_status") == "incomplete"),
+         ("best", ("metric_mean",), lambda d, v, c: extreme_cells(v, d, HIGHER_IS_BETTER[c.key])),
+         ("lowest_std", ("metric_std",), lambda d, v, c: extreme_cells(v, d, False)),
+         ("bold", ("label",), lambda d, v, c: v.isin(("best", "yes"))),
+         ("bold", ("count", "percent"), lambda d, v, c: d.get("_class", -1) == c.key),  # the diagonal
+         ("italic", None, lambda d, v, c: d.get("_italic", False)),
+         ("differs", None, lambda d, v, c: d.get("_differs", False)),
+         ("bold", ("name",), lambda d, v, c: d.get("_differs", False)))
 PLOT_DPI, PLOT_HEIGHT_INCHES = 150, 3.6  # every figure is this high, so that all show at the same scale
 PLOT_HEIGHT_PIXELS, PLOT_GAP_PIXELS, DEFAULT_ROW_PIXELS, DEFAULT_COLUMN_PIXELS = 330, 16, 20, 64
 PLOTS_SHEET_COLUMNS = 40  # columns under the images, given explicit widths
-FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-               "#17becf")
+FOLD_COLORS = colormaps["tab10"].colors  # one per fold, in turn
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading the results: each file is checked once, by damage(); the rest trusts what it gets
+# ---- Reading the results: each file is checked once, by damage(); the rest trusts what it gets
 
 def finite_number(value):
     """Whether value is a finite int or float (not a bool)."""
@@ -221,20 +206,7 @@ def load_instances(experiment_folder):
     return instances
 
 
-def check_experiment_folder(experiment_folder):
-    """XvalError unless experiment_folder is a folder with a results/ subfolder."""
-    folder = Path(experiment_folder)
-    if not folder.is_dir():
-        raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
-    if not (folder / RESULTS_SUBFOLDER).is_dir():
-        children = sorted(child.name for child in folder.glob("experiment_*") if child.is_dir())
-        hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
-            "run an experiment first, or pass the experiment_{N} folder that holds results/"
-        raise XvalError(f"{folder} has no {RESULTS_SUBFOLDER}/ folder: {hint}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# What the numbers say: the routine's choice and estimate, paired tests, parameters that differ
+# ---- What the numbers say: the routine's choice and estimate, paired tests, parameters that differ
 
 def fold_frame(instances, split, metric):
     """Folds x complete instances: their value of metric on split in each fold (NaN where undefined)."""
@@ -285,8 +257,7 @@ def significance(instances, task_type, chosen):
     """{instance id: (p-value or None, label)}: a paired t-test of each complete instance's per-fold test main metric
     against the chosen one's. Labels: 'best' (the chosen one), 'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no
     (identical)' (equal on every fold: no test), 'n/a' (fewer than two paired folds); '' if not complete."""
-    labels, test = {instance.id: (None, "") for instance in instances}, fold_frame(instances, "test",
-                                                                                   MAIN_METRIC[task_type])
+    labels, test = {i.id: (None, "") for i in instances}, fold_frame(instances, "test", MAIN_METRIC[task_type])
     for other in (test if chosen in test else ()):
         best, values = test[[chosen, other]].dropna().T.values.tolist()
         if other == chosen or len(best) < 2 or best == values:
@@ -321,17 +292,17 @@ def parameter_display(value):
     return value if isinstance(value, str) or finite_number(value) else repr(value)
 
 
-def fold_count(instances):
-    """k: the highest fold number any instance reached (0 without folds)."""
-    return max((fold["fold"] for instance in instances for fold in instance.folds), default=0)
-
-
-def status_text(instance, k):
-    """'complete', 'incomplete, 3/5 folds' (k: the experiment's number of folds) or 'failed'."""
-    done = len(instance.folds)
+def status_text(instance, instances):
+    """'complete', 'failed' or 'incomplete, 3/5 folds' (5: the highest fold number any of instances reached)."""
+    done, k = len(instance.folds), fold_count(instances)
     if instance.status != "incomplete":
         return instance.status
     return f"incomplete, {done}/{k} folds" if k > done else f"incomplete, {done} folds"
+
+
+def fold_count(instances):
+    """k: the highest fold number any instance reached (0 without folds)."""
+    return max((fold["fold"] for instance in instances for fold in instance.folds), default=0)
 
 
 def summed_confusion(instance):
@@ -343,8 +314,7 @@ def summed_confusion(instance):
         return None, 0, [], None
     matrix = sum(matrices)
     totals = matrix.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = np.where(totals > 0, matrix / np.where(totals > 0, totals, 1), np.nan)
+    shares = np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
     labels = [str(name) for name in instance.class_names or []] or [f"class {index}" for index in range(len(matrix))]
     return matrix, len(matrices), labels, shares
 
@@ -364,31 +334,26 @@ def honest_lines(summary):
     """The sentences that say which number to report, from a routine_summary (None: no complete instance)."""
     if summary is None or summary["chosen_on_validation"] is None:
         return ["No complete instance yet: nothing is chosen and no estimate is reported."]
-    main = metric_label(summary["main_metric"])
-    chosen, estimate = summary["chosen_on_validation"], summary["selection_aware_test"]
-    chosen_test, highest = summary["chosen_test"], summary["highest_test_mean"]
-
-    def plus_minus(entry):
-        return f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
-
-    choices = ", ".join(str(entry["instance"]) for entry in estimate["per_fold"])
+    main, chosen, estimate = metric_label(summary["main_metric"]), summary["chosen_on_validation"], \
+        summary["selection_aware_test"]
+    plus_minus = [f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
+                  for entry in (estimate, summary["chosen_test"])]
     lines = [f"Best = chosen on validation: instance {chosen['instance']} (mean validation {main} "
              f"{chosen['val']['mean']:.3f} over {chosen['val']['folds']} folds); 'p vs best' tests the others "
              "against it on the test folds.",
-             f"Report for this routine: selection-aware test {main} {plus_minus(estimate)} over "
-             f"{estimate['folds']} folds (in each fold, the instance best on that fold's validation items, scored on "
-             f"its test items; chosen per fold: {choices}).",
-             f"Instance {chosen['instance']}'s own test {main}: {plus_minus(chosen_test)}."]
-    if highest is not None and len(summary["complete_instances"]) > 1:
-        lines.append(f"Highest test mean of any instance: instance {highest['instance']}, "
-                     f"{highest['test']['mean']:.3f}: optimistic, since it is picked by looking at the test folds; "
-                     "the numbers above never use a test fold to choose, which is why they are usually "
-                     f"{'lower' if summary['higher_is_better'] else 'higher'}.")
+             f"Report for this routine: selection-aware test {main} {plus_minus[0]} over {estimate['folds']} folds "
+             "(in each fold, the instance best on that fold's validation items, scored on its test items; chosen per "
+             f"fold: {', '.join(str(entry['instance']) for entry in estimate['per_fold'])}).",
+             f"Instance {chosen['instance']}'s own test {main}: {plus_minus[1]}."]
+    if summary["highest_test_mean"] is not None and len(summary["complete_instances"]) > 1:
+        lines.append(f"Highest test mean of any instance: instance {summary['highest_test_mean']['instance']}, "
+                     f"{summary['highest_test_mean']['test']['mean']:.3f}: optimistic, since it is picked by looking "
+                     "at the test folds; the numbers above never use a test fold to choose, which is why they are "
+                     f"usually {'lower' if summary['higher_is_better'] else 'higher'}.")
     return lines
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tables: a DataFrame whose columns have a kind, and the one function that writes one to a worksheet
+# ---- Tables: columns that have a kind, rows of values, and the one function that writes them to a worksheet
 
 class Link(NamedTuple):
     """A cell that links to a file: its text and its target relative to the spreadsheet (None: the file is missing)."""
@@ -406,12 +371,6 @@ class Col(NamedTuple):
     width: float | tuple | None = None
     key: object = None
     style: dict = {}
-
-
-def make_table(columns, rows):
-    """(DataFrame of the rows, columns): a sheet's content. columns: {name: Col} left to right; each row a dict with a
-    value per column and hidden row facts for the RULES (names starting with _)."""
-    return pd.DataFrame(rows, dtype=object), columns
 
 
 def is_blank(value):
@@ -435,63 +394,64 @@ def highlights(data, name, col):
     styles = [{} for _ in range(len(data))]
     for look, kinds, marks in RULES:
         if kinds is None or col.kind in kinds:
-            for style, marked in zip(styles, pd.Series(marks(data, name, col), index=data.index)):
+            for style, marked in zip(styles, pd.Series(marks(data, data[name], col), index=data.index)):
                 style.update(HIGHLIGHTS[look] if marked else {})
     return styles
 
 
-def write_header(worksheet, formats, row, col, group, labels, rows):
-    """A header group from (row, col): its text over its columns and a label under each, or (without labels) its
-    text alone, down all the header rows (rows of them)."""
-    last_row, last_col = (row, col + len(labels) - 1) if labels else (row + rows - 1, col)
-    if group and (row, col) == (last_row, last_col):
-        worksheet.write_string(row, col, group, formats(**HEADER))
-    elif group:
-        worksheet.merge_range(row, col, last_row, last_col, group, formats(**HEADER))
-    for offset, label in enumerate(labels):
-        worksheet.write_string(row + 1, col + offset, label, formats(**SUBHEADER))
-
-
-def write_table(worksheet, formats, table, row, base, frozen_columns=None):
-    """Write a table's header at row and its cells below it, each formatted by base, its column's kind and style, and
-    the RULES that mark it; with frozen_columns, freeze the header and those columns and print the rows down to the
-    header on every page. Returns the row after the table."""
-    data, columns = table
-    header_rows, col = 2 if any(column.label for column in columns.values()) else 1, 0
-    for (group, labelled), run in groupby(columns.values(), key=lambda column: (column.group, bool(column.label))):
+def write_header(worksheet, formats, row, columns):
+    """The header of a table at row: a labelled group merged over its columns with the labels under it, an unlabelled
+    column's group alone down all the header rows. Returns the number of header rows (1, or 2 with labels)."""
+    header_rows, col = 2 if any(column.label for column in columns) else 1, 0
+    for (group, labelled), run in groupby(columns, key=lambda column: (column.group, bool(column.label))):
         labels = [column.label for column in run]
-        for header in [labels] if labelled else [[]] * len(labels):  # labelled: one group; else one per column
-            write_header(worksheet, formats, row, col, group, header, header_rows)
-            col += max(len(header), 1)
+        spans = [(col, col + len(labels) - 1, row)] if labelled else \
+            [(at, at, row + header_rows - 1) for at in range(col, col + len(labels))]
+        for first, last, bottom in spans if group else ():
+            if (first, row) == (last, bottom):
+                worksheet.write_string(row, first, group, formats(**HEADER))
+            else:
+                worksheet.merge_range(row, first, bottom, last, group, formats(**HEADER))
+        for offset, label in enumerate(labels if labelled else ()):
+            worksheet.write_string(row + 1, col + offset, label, formats(**SUBHEADER))
+        col += len(labels)
+    return header_rows
+
+
+def write_table(worksheet, formats, columns, rows, row, base, frozen_columns=None):
+    """Write a table at row: the header of columns ({name: Col}, left to right), then its rows (a dict each: a value
+    per column and hidden row facts for the RULES, named _*), each cell formatted by base, its column's kind and
+    style, and the RULES that mark it; with frozen_columns, freeze the header and those columns and print the rows
+    down to the header on every page. Returns the row after the table."""
+    data, top = pd.DataFrame(rows, dtype=object), row + write_header(worksheet, formats, row, columns.values())
     for col, (name, column) in enumerate(columns.items()):
         if column.width is not None:
             texts = [value.text if isinstance(value, Link) else "" if is_blank(value) else value
                      for value in data[name]]
             worksheet.set_column(col, col, text_width(texts + [column.group], column.width)
                                  if isinstance(column.width, tuple) else column.width)
-        if KIND_STYLES[column.kind] is None:
+        if KIND_STYLES.get(column.kind, {}) is None:
             continue
-        for offset, (value, marks) in enumerate(zip(data[name], highlights(data, name, column))):
-            cell = (row + header_rows + offset, col)
+        for cell_row, value, marks in zip(range(top, top + len(data)), data[name], highlights(data, name, column)):
             if isinstance(value, Link) and value.target:
-                worksheet.write_url(*cell, f"external:{value.target}", formats(**LINK), string=value.text,
+                worksheet.write_url(cell_row, col, f"external:{value.target}", formats(**LINK), string=value.text,
                                     tip=value.target)
             elif isinstance(value, Link):
-                worksheet.write_string(*cell, "missing", formats(**SUMMARY_CELL, **HIGHLIGHTS["excluded"]))
+                worksheet.write_string(cell_row, col, "missing", formats(**SUMMARY_CELL, **HIGHLIGHTS["excluded"]))
             else:
-                worksheet.write(*cell, None if is_blank(value) else value,
-                                formats(**{**base, **KIND_STYLES[column.kind], **column.style, **marks}))
+                worksheet.write(cell_row, col, None if is_blank(value) else value,
+                                formats(**{**base, **KIND_STYLES.get(column.kind, {}), **column.style, **marks}))
     if frozen_columns is not None:
-        worksheet.freeze_panes(row + header_rows, frozen_columns)
-        worksheet.repeat_rows(0, row + header_rows - 1)
-    return row + header_rows + len(data)
+        worksheet.freeze_panes(top, frozen_columns)
+        worksheet.repeat_rows(0, top - 1)
+    return top + len(data)
 
 
 def new_sheet(workbook, formats, name, title, subtitle):
     """A worksheet with a bold title and a grey subtitle, printed landscape on A4, one page wide."""
     worksheet = workbook.add_worksheet(name)
     worksheet.write_string(0, 0, title, formats(bold=True, font_size=14))
-    worksheet.write_string(1, 0, subtitle, formats(italic=True, font_color=SUBTITLE_FONT))
+    worksheet.write_string(1, 0, subtitle, formats(italic=True, font_color="#595959"))
     worksheet.set_landscape()
     worksheet.set_paper(9)
     worksheet.fit_to_pages(1, 0)
@@ -505,24 +465,25 @@ def parameters_link(instance, output_path):
                 if instance.parameters_file and instance.parameters_file.is_file() else None)
 
 
-def instance_title(instance, status):
-    """'Instance 3 (complete): its comment 1', above an instance's confusion matrix or plots."""
-    return f"Instance {instance.id} ({status})" + (f": {instance.comment_1}" if instance.comment_1 else "")
+def write_instance_title(worksheet, formats, row, instance, status):
+    """'Instance 3 (complete): its comment 1' at row, above an instance's confusion matrix or plots."""
+    worksheet.write_string(row, 0, f"Instance {instance.id} ({status})" + (f": {instance.comment_1}" if
+                                                                           instance.comment_1 else ""),
+                           formats(bold=True, font_size=12))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The sheets
+# ---- The sheets
 
 def summary_table(instances, task_type, output_path, summary):
-    """One row per instance: ID, link, comments, the parameters that differ, status, error, p-value and label, then
-    the mean and std over folds of every metric (the main one first) on every split."""
+    """(columns, rows) of a summary sheet, a row per instance: ID, link, comments, the parameters that differ, status,
+    error, p-value and label, then the mean and std over folds of every metric (the main one first) on every split."""
     main, (varying, _) = MAIN_METRIC[task_type], split_parameters(instances)
-    metrics, k = [main] + [m for m in METRICS_BY_TASK[task_type] if m != main], fold_count(instances)
+    metrics = [main] + [m for m in METRICS_BY_TASK[task_type] if m != main]
     tested = significance(instances, task_type, ((summary or {}).get("chosen_on_validation") or {}).get("instance"))
     columns = {"id": Col("id", "ID", width=5), "link": Col("link", "parameters", width=11),
                "comment_1": Col("text", "comment 1", width=COMMENT_WIDTH),
                "comment_2": Col("text", "comment 2", width=COMMENT_WIDTH),
-               **{f"parameter {name}": Col("parameter", name, width=PARAMETER_WIDTH) for name in varying},
+               **{f"parameter {name}": Col("parameter", name, width=(8, 24)) for name in varying},
                "status": Col("status", "status", width=(10, 24)), "error": Col("error", "error", width=12),
                "p_value": Col("p_value", f"p vs best (test {metric_label(main)})", width=11),
                "label": Col("label", f"differs from best (p < {SIGNIFICANCE_LEVEL})", width=11),
@@ -533,44 +494,41 @@ def summary_table(instances, task_type, output_path, summary):
     rows = [{"id": i.id, "link": parameters_link(i, output_path), "comment_1": i.comment_1, "comment_2": i.comment_2,
              **{f"parameter {name}": i.dataset if name == "dataset" else parameter_display(i.parameters[name])
                 if name in i.parameters else None for name in varying},
-             "status": status_text(i, k), "error": i.error, "p_value": tested[i.id][0], "label": tested[i.id][1],
-             **{f"{split} {metric} {stat}": i.summary.get(split, {}).get(metric, {}).get(stat)
-                for metric in metrics for split in SPLITS for stat in STATS}, "_status": i.status} for i in instances]
-    return make_table(columns, rows)
+             "status": status_text(i, instances), "error": i.error, "p_value": tested[i.id][0],
+             "label": tested[i.id][1], **{f"{split} {metric} {stat}": i.summary.get(split, {}).get(metric, {}).get(stat)
+                                          for metric in metrics for split in SPLITS for stat in STATS},
+             "_status": i.status} for i in instances]
+    return columns, rows
 
 
 def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
-    """The sentences that say which instance is chosen and which number to report, the summary table, the legend
-    and the parameters all instances share."""
-    counts = {status: sum(i.status == status for i in instances) for status in STATUSES}
+    """The sentences that say which instance is chosen and which number to report, the summary table (ID, link and
+    comment 1 stay in view when scrolling right), the legend and the parameters all instances share."""
+    counts = ", ".join(f"{sum(i.status == status for i in instances)} {status}" for status in STATUSES)
     dependent = [i.foldable_item for i in instances if not i.speaker_independent]
     warning = f" (folds by {dependent[0]}: speaker-dependent results)" if dependent else ""
     worksheet = new_sheet(workbook, formats, name, f"Experiment {instances[0].experiment}: "
                           f"{', '.join(dict.fromkeys(i.dataset for i in instances))}, {task_type}{warning}",
-                          f"{len(instances)} instances ({counts['complete']} complete, {counts['incomplete']} "
-                          f"incomplete, {counts['failed']} failed), {fold_count(instances)} folds; mean and std over "
+                          f"{len(instances)} instances ({counts}), {fold_count(instances)} folds; mean and std over "
                           f"folds. Updated {time.strftime('%Y-%m-%d %H:%M')}")
     lines = honest_lines(summary)
     for offset, line in enumerate(lines):
-        worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color=SENTENCE_FONT))
+        worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
     header_row = 3 + len(lines)
-    end = write_table(worksheet, formats, summary_table(instances, task_type, output_path, summary), header_row,
-                      SUMMARY_CELL, FROZEN_SUMMARY_COLUMNS)
+    end = write_table(worksheet, formats, *summary_table(instances, task_type, output_path, summary), header_row,
+                      SUMMARY_CELL, frozen_columns=3)
     worksheet.set_row(header_row, 30)
     worksheet.set_row(header_row + 1, 30)
-    notes_row = write_summary_notes(worksheet, formats, end + 1, task_type)
-    worksheet.write_string(notes_row + 1, 0, f"Parameters shared by all {len(instances)} instances (those that "
-                           "differ are columns of the table; all are on the parameters sheet)", formats(bold=True))
-    for offset, (parameter, value) in enumerate(split_parameters(instances)[1].items(), start=2):
-        worksheet.write_string(notes_row + offset, 1, f"{parameter} = {parameter_display(value)}", formats())
+    write_summary_notes(worksheet, formats, end + 1, instances, task_type)
     worksheet.hide_gridlines(2)
 
 
-def write_summary_notes(worksheet, formats, row, task_type):
-    """The legend and how to read the significance columns, under the table; returns the next free row."""
+def write_summary_notes(worksheet, formats, row, instances, task_type):
+    """From row down, under the summary table: the legend, how to read the significance columns, and the parameters
+    all instances share."""
     metrics = METRICS_BY_TASK[task_type]
-    higher = ", ".join(metric_label(m) for m in metrics if HIGHER_IS_BETTER[m])
-    lower = ", ".join(metric_label(m) for m in metrics if not HIGHER_IS_BETTER[m])
+    higher, lower = (", ".join(metric_label(m) for m in metrics if HIGHER_IS_BETTER[m] is wanted) for wanted in
+                     (True, False))
     notes = [({**HIGHLIGHTS["best"], **GRID}, "best", f"best mean of its column among complete instances (highest "
               f"{higher}; lowest {lower}); on test columns only a description: the instance marked 'best' is chosen "
               "on validation"),
@@ -586,8 +544,12 @@ def write_summary_notes(worksheet, formats, row, task_type):
     for offset, (look, sample, text) in enumerate(notes):
         if sample:
             worksheet.write_string(row + offset, 0, sample, formats(**look))
-        worksheet.write_string(row + offset, 1, text, formats(font_color=NOTE_FONT))
-    return row + len(notes)
+        worksheet.write_string(row + offset, 1, text, formats(font_color="#404040"))
+    row += len(notes) + 1
+    worksheet.write_string(row, 0, f"Parameters shared by all {len(instances)} instances (those that differ are "
+                           "columns of the table; all are on the parameters sheet)", formats(bold=True))
+    for offset, (parameter, value) in enumerate(split_parameters(instances)[1].items(), start=1):
+        worksheet.write_string(row + offset, 1, f"{parameter} = {parameter_display(value)}", formats())
 
 
 def write_folds_sheet(workbook, formats, name, instances, task_type):
@@ -611,45 +573,40 @@ def write_folds_sheet(workbook, formats, name, instances, task_type):
              **{f"{split} {m}": fold["metrics"].get(split, {}).get(m) for split in SPLITS for m in metrics},
              "test_items": ", ".join(map(str, fold["test_items"])), "_status": i.status, "_band": band}
             for band, i in enumerate(instances) for fold in i.folds or [FOLD_DEFAULTS]]
-    write_table(worksheet, formats, make_table(columns, rows), 2, {}, frozen_columns=4)
+    write_table(worksheet, formats, columns, rows, 2, {}, frozen_columns=4)
     worksheet.set_row(3, 30)
 
 
-def confusion_table(matrix, summed, labels, shares):
-    """A summed test confusion matrix: a row per true class with its counts, total and row percentages."""
-    counts, classes = f"counts ({summed} folds summed)", range(len(labels))
-    columns = {"true": Col("row_header", "", "true \\ predicted"),
-               **{f"count {j}": Col("count", counts, labels[j], key=j) for j in classes},
-               "total": Col("total", counts, "total"), "gap": Col("gap", ""),
-               **{f"share {j}": Col("percent", "row %", labels[j], key=j) for j in classes}}
-    rows = [{"true": labels[i], **{f"count {j}": matrix[i, j] for j in classes}, "total": matrix[i].sum(),
-             "gap": None, **{f"share {j}": shares[i, j] for j in classes}, "_class": i} for i in classes]
-    return make_table(columns, rows)
-
-
 def write_confusion_sheet(workbook, formats, instances):
-    """For each classification instance its summed test confusion matrix: counts, then row percentages."""
+    """For each classification instance its summed test confusion matrix: a row per true class with its counts and
+    total, then its row percentages."""
     worksheet = new_sheet(workbook, formats, "confusion", "Test confusion matrices, summed over folds",
                           "rows: true class, columns: predicted class; row % = share of the true class")
-    confusions = [(instance, summed_confusion(instance)) for instance in instances]
-    labels = [label for _, (_, _, names, _) in confusions for label in names]
-    size = max((len(names) for _, (_, _, names, _) in confusions), default=2) or 2
-    worksheet.set_column(0, 0, text_width(labels + ["true \\ predicted"], (12, 30)))
-    worksheet.set_column(1, 2 * size + 2, max(8, min(14, text_width(labels, (8, 14)))))
-    worksheet.set_column(size + 2, size + 2, 3)
+    confusions = [(instance, *summed_confusion(instance)) for instance in instances]
+    names = [label for *_, labels, _ in confusions for label in labels]
+    widest = max((len(labels) for *_, labels, _ in confusions), default=2) or 2
+    worksheet.set_column(0, 0, text_width(names + ["true \\ predicted"], (12, 30)))
+    worksheet.set_column(1, 2 * widest + 2, text_width(names, (8, 14)))
+    worksheet.set_column(widest + 2, widest + 2, 3)
     row = 3
-    for instance, confusion in confusions:
-        worksheet.write_string(row, 0, instance_title(instance, instance.status), formats(bold=True, font_size=12))
-        if confusion[0] is None:
+    for instance, matrix, summed, labels, shares in confusions:
+        write_instance_title(worksheet, formats, row, instance, instance.status)
+        if matrix is None:
             worksheet.write_string(row + 1, 0, "no test confusion matrix (no completed fold)",
                                    formats(**HIGHLIGHTS["excluded"]))
             row += 3
             continue
-        end = write_table(worksheet, formats, confusion_table(*confusion), row + 1, {**GRID, "align": "center"})
-        size = len(confusion[2])
+        counts, size = f"counts ({summed} folds summed)", len(labels)
+        columns = {"true": Col("row_header", "", "true \\ predicted"),
+                   **{f"count {j}": Col("count", counts, labels[j], key=j) for j in range(size)},
+                   "total": Col("total", counts, "total"), "gap": Col("gap", ""),
+                   **{f"share {j}": Col("percent", "row %", labels[j], key=j) for j in range(size)}}
+        rows = [{"true": labels[i], **{f"count {j}": matrix[i, j] for j in range(size)}, "total": matrix[i].sum(),
+                 "gap": None, **{f"share {j}": shares[i, j] for j in range(size)}, "_class": i} for i in range(size)]
+        end = write_table(worksheet, formats, columns, rows, row + 1, {**GRID, "align": "center"})
         worksheet.conditional_format(row + 3, size + 3, end - 1, 2 * size + 2, {
             "type": "2_color_scale", "min_type": "num", "min_value": 0, "max_type": "num", "max_value": 1,
-            "min_color": CONFUSION_SCALE[0], "max_color": CONFUSION_SCALE[1]})
+            "min_color": "#FFFFFF", "max_color": "#63BE7B"})
         row = end + 1
     worksheet.hide_gridlines(2)
 
@@ -670,7 +627,7 @@ def write_parameters_sheet(workbook, formats, instances, output_path):
     rows += [{"name": name, **{f"id {i.id}": parameter_display(i.parameters[name]) if name in i.parameters else None
                                for i in instances}, "_italic": False, "_differs": differs(compared, name)}
              for name in dict.fromkeys(name for i in instances for name in i.parameters)]
-    write_table(worksheet, formats, make_table(columns, rows), 2, {**GRID, "align": "left"}, frozen_columns=1)
+    write_table(worksheet, formats, columns, rows, 2, {**GRID, "align": "left"}, frozen_columns=1)
 
 
 def write_plots_sheet(workbook, formats, instances, experiment_folder):
@@ -682,8 +639,7 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
     worksheet.set_column_pixels(0, PLOTS_SHEET_COLUMNS - 1, DEFAULT_COLUMN_PIXELS)
     row = 3
     for instance in instances:
-        worksheet.write_string(row, 0, instance_title(instance, status_text(instance, fold_count(instances))),
-                               formats(bold=True, font_size=12))
+        write_instance_title(worksheet, formats, row, instance, status_text(instance, instances))
         x_offset = 0
         for path in filter(None, make_plots(experiment_folder, instance)):
             header = path.read_bytes()[:24]  # a PNG's width and height in pixels are at bytes 16 and 20
@@ -697,16 +653,7 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
         row += 3 if x_offset == 0 else math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 3
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Plots: PNG files in EXPERIMENT_FOLDER/plots/, redrawn only when the result file (or this program) is newer
-
-def figure_png(figure):
-    """The PNG bytes of a matplotlib figure drawn with the Agg backend."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
-    return buffer.getvalue()
-
+# ---- Plots: PNG files in EXPERIMENT_FOLDER/plots/, redrawn only when the result file (or this program) is newer
 
 def curve(fold, key):
     """One history curve of a fold (None values as NaN), or [] when the fold has none."""
@@ -721,36 +668,35 @@ def curve_metrics(instance):
             and (metric != "learning_rate" or any(len(set(curve(f, metric))) > 1 for f in instance.folds))]
 
 
-def learning_curves_png(instance):
-    """Learning curves (train solid, validation dashed, one colour per fold, dot at the best epoch) as PNG, or None."""
+def learning_curves_figure(instance):
+    """A figure of the learning curves (train solid, validation dashed, a colour per fold, dot at the best epoch)."""
     metrics = curve_metrics(instance)
     if not metrics:
         return None
     figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")
     for axes, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-        for index, fold in enumerate(instance.folds):
-            color, train, validation = FOLD_COLORS[index % 10], curve(fold, metric), curve(fold, f"val_{metric}")
-            if train:
-                axes.plot(range(1, len(train) + 1), train, color=color, linewidth=1.4)
-            if validation:
-                axes.plot(range(1, len(validation) + 1), validation, color=color, linewidth=1.4, linestyle="--")
-            if validation and 1 <= (fold.get("best_epoch") or 0) <= len(validation):
-                axes.plot([fold["best_epoch"]], [validation[fold["best_epoch"] - 1]], "o", color=color, markersize=5)
+        for fold, color in zip(instance.folds, FOLD_COLORS * len(instance.folds)):
+            validation, best = curve(fold, f"val_{metric}"), fold.get("best_epoch") or 0
+            for values, style in ((curve(fold, metric), "-"), (validation, "--")):
+                if values:
+                    axes.plot(range(1, len(values) + 1), values, color=color, linewidth=1.4, linestyle=style)
+            if validation and 1 <= best <= len(validation):
+                axes.plot([best], [validation[best - 1]], "o", color=color, markersize=5)
         axes.set_title(metric_label(metric))
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    handles = [Line2D([], [], color=FOLD_COLORS[index % 10]) for index in range(len(instance.folds))]
+    handles = [Line2D([], [], color=color) for _, color in zip(instance.folds, FOLD_COLORS * len(instance.folds))]
     handles += [Line2D([], [], color="black", linestyle=style, marker=marker)
                 for style, marker in (("-", ""), ("--", ""), ("", "o"))]
     labels = [f"fold {fold['fold']}" for fold in instance.folds] + ["train", "validation", "best epoch"]
     figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     figure.suptitle(f"Instance {instance.id}: learning curves ({instance.status})", fontsize=11)
-    return figure_png(figure)
+    return figure
 
 
-def confusion_png(instance):
-    """The summed test confusion matrix as a heat map of row percentages with counts, as PNG (None if none)."""
+def confusion_figure(instance):
+    """A figure of the summed test confusion matrix: a heat map of row percentages with counts (None if none)."""
     matrix, summed, labels, shares = summed_confusion(instance)
     if matrix is None:
         return None
@@ -770,31 +716,31 @@ def confusion_png(instance):
     colorbar.set_label("% of true class", fontsize=7)
     colorbar.ax.tick_params(labelsize=7)
     axes.set_title(f"Instance {instance.id}: test, {summed} folds summed", fontsize=9)
-    return figure_png(figure)
+    return figure
 
 
 def make_plots(experiment_folder, instance):
     """[learning curves path or None, confusion path or None]: the instance's plots, drawn when out of date; a plot
     left from an earlier run of the instance that now has nothing to draw is removed."""
     plots = []
-    for kind, painter in (("learning_curves", learning_curves_png), ("confusion", confusion_png)):
+    for kind, painter in (("learning_curves", learning_curves_figure), ("confusion", confusion_figure)):
         path = Path(experiment_folder, PLOTS_SUBFOLDER,
                     f"{instance.dataset}_exp{instance.experiment}_run{instance.id}_{kind}.png")
         with contextlib.suppress(OSError):
             if path.stat().st_mtime_ns > max(instance.source.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns):
                 plots.append(path)
                 continue
-        png = painter(instance)
-        plots.append(None if png is None else path)
-        if png is None:
+        figure, png = painter(instance), io.BytesIO()
+        plots.append(None if figure is None else path)
+        if figure is None:
             path.unlink(missing_ok=True)
         else:
-            atomic_write_bytes(path, png)
+            figure.savefig(png, format="png", dpi=PLOT_DPI)
+            atomic_write_bytes(path, png.getvalue())
     return plots
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The workbook
+# ---- The workbook
 
 def build_workbook(path, instances, summaries, experiment_folder, output_path):
     """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
@@ -828,12 +774,21 @@ def read_routine_summary(experiment_folder):
     return read_json(found[-1])["task_types"] if found else {}
 
 
-def write_spreadsheet(experiment_folder, output_path=None):
-    """Write the results spreadsheet of an experiment folder atomically and return its path.
+def check_experiment_folder(experiment_folder):
+    """XvalError unless experiment_folder is a folder with a results/ subfolder."""
+    folder = Path(experiment_folder)
+    if not folder.is_dir():
+        raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
+    if not (folder / RESULTS_SUBFOLDER).is_dir():
+        children = sorted(child.name for child in folder.glob("experiment_*") if child.is_dir())
+        hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
+            "run an experiment first, or pass the experiment_{N} folder that holds results/"
+        raise XvalError(f"{folder} has no {RESULTS_SUBFOLDER}/ folder: {hint}")
 
-    output_path defaults to EXPERIMENT_FOLDER/{dataset}_exp{N}_results_spreadsheet.xlsx. Raises XvalError when
-    the folder holds no readable result file or the output cannot be written.
-    """
+
+def write_spreadsheet(experiment_folder, output_path=None):
+    """Write the results spreadsheet of an experiment folder atomically (by default as EXPERIMENT_FOLDER/OUTPUT_NAME)
+    and return its path; XvalError when the folder holds no readable result file or the output cannot be written."""
     experiment_folder = Path(experiment_folder).resolve()
     check_experiment_folder(experiment_folder)
     instances = load_instances(experiment_folder)
@@ -846,9 +801,8 @@ def write_spreadsheet(experiment_folder, output_path=None):
         raise XvalError(f"output {output_path} must end in .xlsx: name it e.g. {output_path.stem}.xlsx")
     if not output_path.parent.is_dir():
         raise XvalError(f"output folder {output_path.parent} does not exist: create it or pick another path")
-    output_path = output_path.resolve()
+    output_path, temp = output_path.resolve(), temp_path_for(output_path.resolve())
     summaries = {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
-    temp = temp_path_for(output_path)
     try:
         atomic_write_json(experiment_folder / SUMMARY_NAME.format(**named), {
             "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
