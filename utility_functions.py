@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ ERROR_PREFIX = "xval-error: "
 EPOCH_PREFIX = "xval-epoch: "
 EXIT_PREFIX = "xval-exit: "
 SERVE_FLAG = "--serve"
+SLURM_LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING",
+                     "SUSPENDED")
 
 
 class XvalError(Exception):
@@ -107,13 +110,15 @@ CONFIG_SCHEMA = {
                  "time_masks": int, "time_mask_width": int, "freq_masks": int, "freq_mask_width": int,
                  "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
                  "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS)},
+    "slurm": {"partition": str, "time": str, "mem": str, "cpus_per_task": int, "gres": str, "max_parallel": int,
+              "extra_sbatch": str},
 }
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
              ("features", "win_length"), ("features", "hop_length"), ("features", "n_mels"),
              ("features", "n_mfcc"), ("training", "batch_size"), ("training", "num_epochs"),
-             ("training", "learning_rate"), ("features", "power_law_compression")}
+             ("training", "learning_rate"), ("features", "power_law_compression"), ("slurm", "cpus_per_task")}
 
 
 def config_path_in_use(path=None):
@@ -121,7 +126,7 @@ def config_path_in_use(path=None):
     return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
 
 
-def _parse_config_value(raw, kind, config_dir, where):
+def parse_config_value(raw, kind, config_dir, where):
     """One config value from its text; kind is int, float, bool, str, PATH or a tuple of allowed strings."""
     raw = raw.strip()
     try:
@@ -171,13 +176,16 @@ def load_config(path=None):
             where = f"{path} [{section}] {key}"
             if not parser.has_option(section, key):
                 raise XvalError(f"{where} is missing: add it (see config.ini in the repository)")
-            value = _parse_config_value(parser.get(section, key), kind, path.parent, where)
+            value = parse_config_value(parser.get(section, key), kind, path.parent, where)
             if (section, key) in _POSITIVE and value <= 0:
                 raise XvalError(f"{where} = {value} must be greater than 0: fix that line")
             config[section][key] = value
     share = config["folds"]["validation_share"]
     if not 0 < share < 1:
         raise XvalError(f"{path} [folds] validation_share = {share} must be between 0 and 1: fix that line")
+    if config["slurm"]["max_parallel"] < 0:
+        raise XvalError(f"{path} [slurm] max_parallel = {config['slurm']['max_parallel']} must be 0 (no cap) or "
+                        "more: fix that line")
     return config
 
 
@@ -307,7 +315,7 @@ def remove_stale_temp_files(folder):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Locks: a flock'ed mutex for short critical sections, and claim files (host + PID) for instances
+# Locks: a flock'ed mutex for short critical sections, and claim files (host, PID, SLURM job) for fold jobs
 
 @contextlib.contextmanager
 def file_mutex(path):
@@ -331,8 +339,42 @@ def _process_start_time(pid):
         return None
 
 
+def slurm_job_id(environ=os.environ):
+    """This process's SLURM job as squeue names it ("123_4" for task 4 of array 123, "125"), or None outside SLURM.
+
+    A requeued task keeps it, which is how it recognises the claim its killed attempt left."""
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ.get("SLURM_JOB_ID")
+
+
+def slurm_job_running(job_id):
+    """Whether squeue lists job_id as pending, running or being requeued; None when squeue cannot tell."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        completed = subprocess.run([squeue, "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                                   timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if completed.returncode != 0:  # squeue refuses a job id it no longer knows: long gone
+        return False if "Invalid job id" in completed.stderr else None
+    return any(state in SLURM_LIVE_STATES for state in completed.stdout.split())
+
+
 def lock_owner_alive(owner):
-    """Whether the process described by a claim file's content still runs (assumed so for other hosts)."""
+    """Whether the process described by a claim file's content still runs.
+
+    A SLURM task's claim is alive while squeue lists its job (it is dead to a requeued attempt of the same task);
+    another host's process is assumed alive; this host's is checked by PID and start time.
+    """
+    if owner.get("slurm_job"):
+        if owner["slurm_job"] == slurm_job_id():
+            return False  # a killed, requeued attempt of this very task
+        running = slurm_job_running(owner["slurm_job"])
+        if running is not None:
+            return running
     if owner.get("host") != HOST:
         return True
     pid = owner.get("pid")
@@ -345,7 +387,8 @@ def lock_owner_alive(owner):
 def claim(lock_path):
     """Claim lock_path for this process. Returns None on success, else the live owner's {host, pid, since}.
 
-    A claim whose process is gone (same host, PID not running) is stale and taken over.
+    A claim whose process is gone (same host, PID not running; a SLURM job squeue no longer lists) is stale and
+    taken over.
     """
     lock_path = Path(lock_path)
     with file_mutex(lock_path.parent / ".claims.mutex"):
@@ -359,7 +402,7 @@ def claim(lock_path):
             if owner and lock_owner_alive(owner):
                 return owner
         me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id()}
         atomic_write_json(lock_path, me)
     return None
 
