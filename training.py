@@ -377,6 +377,24 @@ def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
     return scores, predictions, confusion
 
 
+def limit_threads(backend, threads):
+    """Make the fold's framework compute with `threads` CPU threads (None: its own default, every core).
+
+    Called before the fold's first operation. Fold processes that share a machine's cores get an equal part each;
+    a fold rerun alone with the same count makes the same computations (xval_instance.worker_threads)."""
+    if not threads:
+        return
+    if backend == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    # jax: XLA reads its thread settings from XLA_FLAGS at start-up, which xval_instance sets for the process
+
+
 def backend_devices(backend):
     """The devices this fold's backend computes on, as text (GPUs when it sees any, else the CPU)."""
     if backend == "torch":
@@ -450,7 +468,7 @@ def run_fold(job, loaded=None):
     validation or test items, so no early stopping and no best-epoch choice (its learning-rate plateau watches the
     training loss); the last epoch's weights are saved and only the training items are scored.
     """
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
     import keras  # here, not at the top: the process is set up first (environment, death signal)
     import define_models
@@ -461,6 +479,7 @@ def run_fold(job, loaded=None):
         import tensorflow as tf
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
+    limit_threads(parameters["backend"], job.get("threads"))
     keras.utils.set_random_seed(parameters["seed"])  # Python, NumPy and the backend's own generators
     print(f"xval-device: {parameters['backend']} {backend_devices(parameters['backend'])}", flush=True)
     clock = Stopwatch()  # where the fold's time goes, recorded in its result
@@ -537,6 +556,8 @@ def run_fold(job, loaded=None):
         del result["confusion_matrix"]
     clock.lap("evaluate")
     result["timings"] = clock.laps
+    result["threads"] = job.get("threads")
+    result["started_at"], result["finished_at"] = round(started_at, 3), round(time.time(), 3)  # Unix time, s
     result["seconds"] = round(time.monotonic() - started, 3)
     atomic_write_json(job["result_path"], result)
     return result
