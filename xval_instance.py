@@ -1,16 +1,19 @@
 """The experiment engine: a routine script's settings in, one complete results folder out.
 
 A routine script (xval_routine_example.py, copied per experiment) ends with run_routine(...). It:
-  1. reads the command line (which instances, which GPU);
+  1. reads the command line (which instances, which devices; --smoke, --status, --slurm);
   2. makes the plan (validate): resolves every selected instance's parameter strings over the defaults (config.ini
      [training] plus the architecture's keyword defaults), checks and fingerprints the dataset, makes (or reuses)
      the experiment's k-fold split over the foldable items, and finds which folds are done and may be reused;
      anything doubtful is refused before anything is written;
-  3. runs each missing fold job (one instance x one fold) in its own process (training.py);
-  4. assembles each instance's results JSON from its fold results and rebuilds the spreadsheet after each instance
-     it trains; logs/launch_*.json records where the launch's time went.
+  3. runs each missing fold job (one instance x one fold) in its own process (training.py): on a pool of local
+     workers, one per listed device, or as the tasks of a SLURM job array (--slurm);
+  4. whoever lands a fold claims it first and assembles its instance's results JSON from the fold results on disk
+     afterwards (complete when the last fold lands), and rebuilds the spreadsheet when an instance completes or
+     fails; logs/launch_*.json records where a local launch's time went.
 This module imports neither TensorFlow nor define_models: the architectures' signatures are read from the source,
-so validation is instant and the parent process stays small however many instances it runs.
+so validation is instant and the parent process stays small however many instances it runs. It is also the
+script a SLURM array task runs: python3 xval_instance.py --fold-task FOLD_JOBS.txt INDEX.
 """
 import ast
 import builtins
@@ -21,22 +24,28 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (BACKENDS, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,
-                               HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS,
-                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json, atomic_write_text, check_dataset,
-                               check_target, claim, config_path_in_use, dataset_file_stats, dataset_fingerprint,
-                               dataset_paths, exit_on_user_error, file_mutex, load_clip_ids, load_config,
-                               load_dataset, read_json, release, remove_stale_temp_files)
+from utility_functions import (BACKENDS, CONFIG_ENV_VAR, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX,
+                               EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE,
+                               OPTIMIZERS, PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json,
+                               atomic_write_text, check_dataset, check_target, claim, config_path_in_use,
+                               dataset_file_stats, dataset_fingerprint, dataset_paths, exit_on_user_error,
+                               file_mutex, load_clip_ids, load_config, load_dataset, lock_owner_alive,
+                               parse_config_value, read_json, release, remove_stale_temp_files, slurm_job_id,
+                               to_jsonable)
 
 MODELS_FILE = PROJECT_DIR / "define_models.py"
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
@@ -55,7 +64,11 @@ CONDITIONAL_PARAMETERS = (
 )
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max", "round", "int", "float", "str",
                                                           "bool", "list", "tuple", "dict", "range", "len", "sum")}
-SMOKE_FLAG = "--smoke"
+MODE_FLAGS = ("--smoke", "--status", "--slurm")
+# the [slurm] keys a --slurm command line may override: {option: key}; --sbatch-line may be given several times
+SLURM_OPTIONS = {"--partition": "partition", "--time": "time", "--mem": "mem", "--cpus-per-task": "cpus_per_task",
+                 "--gres": "gres", "--max-parallel": "max_parallel", "--sbatch-line": "extra_sbatch"}
+TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS.txt INDEX: one SLURM array task
 SMOKE_BATCHES = 2  # batches per split of a smoke run's fold
 PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "jaxlib", "librosa", "scikit-learn",
                      "pandas", "soundfile", "xlsxwriter", "matplotlib", "h5py")
@@ -64,16 +77,61 @@ PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "j
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 
-def parse_command_line(argv, instance_ids, default_gpu, script_name):
-    """[FIRST [LAST [GPU]]] -> (selected instance ids, gpu). One id alone selects that instance only."""
-    usage = (f"usage: python3 {script_name} [{SMOKE_FLAG}] [FIRST_INSTANCE [LAST_INSTANCE [GPU_ID]]]  "
-             f"(instances defined: {', '.join(map(str, instance_ids))})")
-    if len(argv) > 3:
-        raise XvalError(f"too many arguments ({len(argv)}, at most 3) — {usage}")
+def parse_devices(text, where):
+    """Devices from the command line ('0,1,2,3', '-1,-1', '1') or gpu_ID (1, -1, [0, 1]) -> [int].
+
+    Each entry is one worker: a fold process at a time on that CUDA device; -1 is a CPU worker. A device may be
+    listed twice (two folds share it)."""
+    values = text.split(",") if isinstance(text, str) else (text if isinstance(text, (list, tuple)) else [text])
+    devices = []
+    for value in values:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+            raise XvalError(f"{where}: devices must be CUDA device numbers or -1 (a CPU worker), e.g. 0 or 0,1,2,3 "
+                            f"or -1,-1; got {text!r}")
+        devices.append(value)
+    if not devices:
+        raise XvalError(f"{where}: no device given: name at least one (-1: a CPU worker)")
+    return devices
+
+
+def parse_command_line(argv, instance_ids, default_devices, script_name):
+    """[--smoke | --status | --slurm [SLURM OPTIONS]] [FIRST [LAST [DEVICES]]] -> {"mode": run|smoke|status|slurm,
+    "selected": instance ids, "devices": [int], "slurm": {[slurm] key: text}}. One id alone selects that instance;
+    SLURM OPTIONS (--time 1:00:00 or --time=1:00:00, ...) override config.ini's [slurm] for this submission."""
+    usage = (f"usage: python3 {script_name} [{' | '.join(MODE_FLAGS)} [SLURM OPTIONS]] [FIRST_INSTANCE "
+             f"[LAST_INSTANCE [DEVICES]]]  (instances defined: {', '.join(map(str, instance_ids))}; DEVICES: 0 or "
+             f"0,1,2,3 or -1,-1; SLURM OPTIONS: {' '.join(SLURM_OPTIONS)})")
+    modes, slurm, positional, words = [], {}, [], list(argv)
+    while words:
+        word = words.pop(0)
+        name, _, value = word.partition("=")
+        if word in MODE_FLAGS:
+            modes.append(word[2:])
+        elif name in SLURM_OPTIONS:
+            if not value and not words:
+                raise XvalError(f"{name} needs a value — {usage}")
+            value = value or words.pop(0)
+            key = SLURM_OPTIONS[name]
+            slurm[key] = f"{slurm[key]};{value}" if key == "extra_sbatch" and key in slurm else value
+        elif word.startswith("--"):
+            raise XvalError(f"unknown option {word} — {usage}")
+        else:
+            positional.append(word)
+    if len(modes) > 1:
+        raise XvalError(f"{' and '.join('--' + mode for mode in modes)} cannot be combined — {usage}")
+    mode = modes[0] if modes else "run"
+    if slurm and mode != "slurm":
+        raise XvalError(f"{', '.join(n for n, k in SLURM_OPTIONS.items() if k in slurm)} only acts with --slurm "
+                        f"— {usage}")
+    if len(positional) > 3:
+        raise XvalError(f"too many arguments ({len(positional)}, at most 3) — {usage}")
     try:
-        numbers = [int(text) for text in argv]
+        numbers = [int(text) for text in positional[:2]]
     except ValueError:
-        raise XvalError(f"arguments must be whole numbers, got {' '.join(argv)!r} — {usage}") from None
+        raise XvalError(f"instance numbers must be whole numbers, got {' '.join(positional[:2])!r} — {usage}") \
+            from None
     first = numbers[0] if numbers else min(instance_ids)
     last = numbers[1] if len(numbers) > 1 else (first if numbers else max(instance_ids))
     if first > last:
@@ -81,8 +139,13 @@ def parse_command_line(argv, instance_ids, default_gpu, script_name):
     selected = [instance for instance in instance_ids if first <= instance <= last]
     if not selected:
         raise XvalError(f"no instance between {first} and {last} — {usage}")
-    gpu = numbers[2] if len(numbers) > 2 else default_gpu
-    return selected, gpu
+    if len(positional) > 2 and mode in ("slurm", "status"):
+        raise XvalError(f"--{mode} takes no DEVICES (SLURM allocates them: [slurm] gres, or --gres) — {usage}")
+    try:
+        devices = parse_devices(positional[2], "DEVICES") if len(positional) > 2 else default_devices
+    except XvalError as error:
+        raise XvalError(f"{error} — {usage}") from None
+    return {"mode": mode, "selected": selected, "devices": devices, "slurm": slurm}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -528,8 +591,10 @@ def instance_files(experiment_dir, dataset, experiment, instance, num_folds):
     return {
         "result": results / f"results_{stem}.json",
         "parameters": results / "parameters" / f"parameters_{stem}.txt",
-        "lock": experiment_dir / "locks" / f"run{instance}.lock",
+        "mutex": experiment_dir / "locks" / f"run{instance}.mutex",  # held while its results JSON is assembled
+        "locks": [experiment_dir / "locks" / f"run{instance}_fold{f}.lock" for f in range(1, num_folds + 1)],
         "fold_results": [results / "folds" / f"results_{stem}_fold{f}.json" for f in range(1, num_folds + 1)],
+        "failures": [experiment_dir / "logs" / f"{stem}_fold{f}.failed.json" for f in range(1, num_folds + 1)],
         "models": [experiment_dir / "models" / f"model_{stem}_fold{f}.hdf5" for f in range(1, num_folds + 1)],
         "logs": [experiment_dir / "logs" / f"{stem}_fold{f}.log" for f in range(1, num_folds + 1)],
         "jobs": [experiment_dir / "logs" / f"{stem}_fold{f}.job.json" for f in range(1, num_folds + 1)],
@@ -575,20 +640,6 @@ def snapshot_code(experiment_dir, routine_file, config_file):
     return target
 
 
-def summarise_folds(folds):
-    """{split: {metric: {"mean", "std"}}} over folds; std with ddof=1 (None for one fold); None values skipped."""
-    summary = {}
-    for split in SPLITS:
-        summary[split] = {}
-        names = {name for fold in folds for name in fold["metrics"][split]}
-        for name in sorted(names):
-            values = [fold["metrics"][split][name] for fold in folds if fold["metrics"][split].get(name) is not None]
-            summary[split][name] = {
-                "mean": float(np.mean(values)) if values else None,
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
-    return summary
-
-
 def parameters_text(instance, parameters, parameter_strings, parameter_hash_value):
     """The readable parameters file: the strings as given, then every resolved value."""
     width = max(len(name) for name in parameters)
@@ -600,7 +651,7 @@ def parameters_text(instance, parameters, parameter_strings, parameter_hash_valu
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Running
+# Running: fold jobs in fold processes, one at a time per worker (a device of this machine)
 
 def format_seconds(seconds):
     """12 s, 3 min 04 s, 1 h 02 min."""
@@ -612,19 +663,47 @@ def format_seconds(seconds):
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def available_cores():
+    """The CPU cores this process may run on (its affinity, which SLURM and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def worker_threads(workers, cores):
+    """Threads per fold process when `workers` fold processes share `cores` cores: an equal part, at least 1."""
+    return max(1, cores // workers)
+
+
+def fold_environment(backend, threads, device=None):
+    """The environment of a fold process: its Keras backend and thread count, and its device when device is not
+    None ('' hides every GPU; under SLURM the allocation sets CUDA_VISIBLE_DEVICES). GPU memory is taken as needed
+    (TensorFlow's memory growth, no JAX preallocation), so that two fold processes can share a GPU."""
+    environment = dict(os.environ, TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                       KERAS_BACKEND=backend, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
+                       OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if threads == 1:  # XLA's CPU backend has no thread count, only single- or multi-threaded
+        environment["XLA_FLAGS"] = (environment.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                    "intra_op_parallelism_threads=1").strip()
+    if device is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = "" if device < 0 else str(device)
+    return environment
+
+
+def error_line_of(lines):
+    """The last `xval-error:` line's message among a fold process's output lines, or None."""
+    errors = [line[len(ERROR_PREFIX):].strip() for line in lines if line.startswith(ERROR_PREFIX)]
+    return errors[-1] if errors else None
+
+
 class FoldRunner:
     """Runs folds in child processes of one `training.py --serve` server of one Keras backend, started on first use.
 
     The server imports Keras on its backend (KERAS_BACKEND, read once at import) without running any operation,
-    and forks a fresh process per fold, so each fold still has its own memory and crash boundary, with
-    CUDA_VISIBLE_DEVICES set to the routine's GPU and GPU memory taken as needed (TensorFlow's memory growth, no
-    JAX preallocation), so that two routines can share a GPU.
+    and forks a fresh process per fold, so each fold still has its own memory and crash boundary, and sees only
+    its worker's device.
     """
 
-    def __init__(self, gpu, backend="tensorflow"):
-        self.environment = dict(os.environ, CUDA_VISIBLE_DEVICES="" if gpu is None or gpu < 0 else str(gpu),
-                                TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-                                KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
+    def __init__(self, device, backend, threads):
+        self.environment = fold_environment(backend, threads, device)
         self.server = None
         self.used = False  # whether a fold has been sent to the server
 
@@ -640,8 +719,7 @@ class FoldRunner:
         if self.server is None or self.server.poll() is not None:
             self.start()
         self.used = True
-        code, error_line = None, None
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        code, lines = None, []
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {HOST} pid {os.getpid()}: {label}\n")
             log.flush()
@@ -656,18 +734,18 @@ class FoldRunner:
                     break
                 log.write(line)
                 if line.startswith(ERROR_PREFIX):
-                    error_line = line[len(ERROR_PREFIX):].strip()
+                    lines.append(line)
                 elif line.startswith(EPOCH_PREFIX) and show_progress:
                     print(f"\r  {label}  epoch {line[len(EPOCH_PREFIX):].strip()}"[:150].ljust(150), end="",
                           flush=True)
             if code is None:  # the server itself ended
                 code = self.server.wait()
                 log.write(f"the fold server ended with exit code {code}\n")
-                error_line = error_line or f"the fold server ended with exit code {code}"
+                lines.append(f"{ERROR_PREFIX}the fold server ended with exit code {code}")
                 self.server = None
         if show_progress:
             print("\r" + " " * 150 + "\r", end="", flush=True)
-        return code, error_line
+        return code, error_line_of(lines)
 
     def abort(self):
         """Stop the server at once, wherever it is (it may still be importing TensorFlow)."""
@@ -690,17 +768,17 @@ class FoldRunner:
         self.server = None
 
 
-class FoldRunners:
-    """A FoldRunner per Keras backend, each started on first use: a routine that mixes backends runs every fold on
-    its own backend's server."""
+class Worker:
+    """One device of this machine (a CUDA device, or -1: a share of the CPU cores) running one fold at a time,
+    with a FoldRunner per Keras backend, each started on first use."""
 
-    def __init__(self, gpu):
-        self.gpu, self.runners = gpu, {}
+    def __init__(self, device, threads, label):
+        self.device, self.threads, self.label, self.runners = device, threads, label, {}
 
-    def get(self, backend):
+    def runner(self, backend):
         """The running FoldRunner of backend (started now if it is not yet)."""
         if backend not in self.runners:
-            self.runners[backend] = FoldRunner(self.gpu, backend)
+            self.runners[backend] = FoldRunner(self.device, backend, self.threads)
             self.runners[backend].start()
         return self.runners[backend]
 
@@ -715,41 +793,69 @@ class FoldRunners:
             runner.close()
 
 
-class Routine:
-    """One launch of a routine script: its settings, its plan, and what it has timed so far."""
+def make_workers(devices, cores):
+    """A Worker per listed device; the cores are shared equally between them (threads per fold process)."""
+    threads = worker_threads(len(devices), cores)
+    cpu_numbers = iter(range(1, len(devices) + 1))
+    return [Worker(device, threads, f"GPU {device}" if device >= 0 else
+                   f"CPU worker {next(cpu_numbers)}" if devices.count(-1) > 1 else "CPU") for device in devices]
 
-    def __init__(self, settings, selected, gpu, config, experiment_dir, fold_runner, folds, dataset_identity,
-                 missing):
-        self.settings, self.selected, self.gpu, self.config = settings, selected, gpu, config
-        self.experiment_dir, self.folds = experiment_dir, folds
+
+class Routine:
+    """One launch of a routine script: its settings, its plan, its workers, and what it has timed so far."""
+
+    def __init__(self, settings, selected, config, experiment_dir, workers, folds, dataset_identity):
+        self.settings, self.selected, self.config = settings, selected, config
+        self.experiment_dir, self.folds, self.workers = experiment_dir, folds, workers
         self.dataset_identity = dataset_identity  # what the plan checked and read: fingerprint, files, metadata
-        self.missing = missing  # {instance: folds it had to train when the plan was made}
         self.dataset, self.experiment = settings["dataset"], settings["num_experiment"]
         self.num_folds = settings["num_folds"]
-        self.show_progress = sys.stdout.isatty()
-        self.fold_runner = fold_runner
+        self.show_progress = sys.stdout.isatty() and len(workers) == 1  # one \r epoch line: one fold at a time
         self.phases = {}  # {phase: seconds} of this launch, see launch()
-        self.fold_runs = []  # [{"instance", "fold", "seconds", "exit_code"}]: each fold process of this launch
+        self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
         self.warnings = []  # lines the plan wants the user to read before training
+        self.lock = threading.Lock()  # the workers' threads share fold_runs, phases and the console
 
-    def record_fold(self, instance, fold, seconds, exit_code):
+    def record_fold(self, instance, fold, device, seconds, exit_code):
         """Remember one fold process's wall time (seen from this process) and exit code."""
-        self.fold_runs.append({"instance": instance, "fold": fold, "seconds": round(seconds, 3),
-                               "exit_code": exit_code})
+        with self.lock:
+            self.fold_runs.append({"instance": instance, "fold": fold, "device": device,
+                                   "seconds": round(seconds, 3), "exit_code": exit_code})
 
-    def eta(self, position, left_in_instance):
-        """Seconds left: the mean time of this launch's completed folds times the folds still to train, which are
-        left_in_instance of the instance at position (1-based in selected) and every later instance's missing."""
+    def eta(self, left):
+        """Seconds until `left` more fold jobs are done: the mean time of this launch's completed folds times the
+        rounds the workers need for them (left / workers, rounded up); None before a fold has completed."""
         seconds = [run["seconds"] for run in self.fold_runs if run["exit_code"] == 0]
         if not seconds:
             return None
-        return float(np.mean(seconds)) * (left_in_instance + sum(self.missing[i] for i in self.selected[position:]))
+        return float(np.mean(seconds)) * math.ceil(left / len(self.workers))
 
+    def say(self, line, stream=None):
+        """Print one line for the user, whole (the workers' threads print too)."""
+        with self.lock:
+            print(line, file=stream or sys.stdout, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A fold job: its fingerprint, its job file, one attempt at it, and the instance results JSON it completes
 
 def fold_fingerprint(parameter_hash_value, dataset_fingerprint_value, fold):
     """What a fold result must have been made from to be reused: parameters, dataset content and the fold's items."""
     return {"parameter_hash": parameter_hash_value, "dataset_fingerprint": dataset_fingerprint_value,
             **{f"{split}_items": fold[f"{split}_items"] for split in SPLITS}}
+
+
+def fold_result_problem(path, result, expected, experiment_dir):
+    """Why the fold result at path cannot stand for the fold job fingerprinted `expected` (one line), or None."""
+    if result.get("parameter_hash") != expected["parameter_hash"]:
+        return f"{path} was computed with other parameters"
+    if result.get("dataset_fingerprint") != expected["dataset_fingerprint"]:
+        return f"{path} was trained on other features than the dataset files hold now (preprocessed again since?)"
+    if any(result.get(key) != expected[key] for key in expected if key.endswith("_items")):
+        return f"{path} was trained on another split than folds.json's"
+    if not (Path(experiment_dir) / str(result.get("model_file"))).is_file():
+        return f"{path} names the model {result.get('model_file')}, which is missing"
+    return None
 
 
 def reusable_folds(files, experiment_dir, fingerprints):
@@ -762,16 +868,10 @@ def reusable_folds(files, experiment_dir, fingerprints):
     for index, path in enumerate(files["fold_results"]):
         if not path.exists():
             continue
-        result, expected = read_json(path), fingerprints[index]
-        if result.get("parameter_hash") != expected["parameter_hash"]:
-            return done, f"{path} was computed with other parameters"
-        if result.get("dataset_fingerprint") != expected["dataset_fingerprint"]:
-            return done, (f"{path} was trained on other features than the dataset files hold now (preprocessed "
-                          "again since?)")
-        if any(result.get(key) != expected[key] for key in expected if key.endswith("_items")):
-            return done, f"{path} was trained on another split than folds.json's"
-        if not (experiment_dir / str(result.get("model_file"))).is_file():
-            return done, f"{path} names the model {result.get('model_file')}, which is missing"
+        result = read_json(path)
+        problem = fold_result_problem(path, result, fingerprints[index], experiment_dir)
+        if problem:
+            return done, problem
         done[index] = result
     if files["result"].exists() and read_json(files["result"]).get("parameter_hash") != \
             fingerprints[0]["parameter_hash"]:
@@ -779,13 +879,247 @@ def reusable_folds(files, experiment_dir, fingerprints):
     return done, None
 
 
-def write_instance_json(files, base, folds, status, error):
-    """The instance's results JSON, assembled from its completed folds (atomic)."""
-    folds = sorted(folds, key=lambda fold: fold["fold"])
-    document = {**base, "status": status, "error": error, "folds": folds,
-                "summary": summarise_folds(folds) if folds else None}
-    atomic_write_json(files["result"], document)
-    return document
+def instance_base(routine, planned, files):
+    """What an instance's results JSON holds besides its folds: the instance, its parameters and the dataset."""
+    identity, parameters = routine.dataset_identity, planned["parameters"]
+    return {"experiment": routine.experiment, "instance": planned["instance"], "dataset": routine.dataset,
+            "task_type": parameters["task_type"], "parameter_hash": planned["hash"],
+            "dataset_fingerprint": identity["dataset_fingerprint"], "class_names": identity["class_names"],
+            "foldable_item": identity["foldable_item"], "speaker_independent": identity["speaker_independent"],
+            "features": identity["features"],
+            "parameter_strings": list(routine.settings["experiment_dict"][planned["instance"]]),
+            "parameters": parameters,
+            "parameters_file": files["parameters"].relative_to(routine.experiment_dir).as_posix(),
+            "log_files": [path.relative_to(routine.experiment_dir).as_posix() for path in files["logs"]]}
+
+
+def instance_collect(routine, planned):
+    """What whoever lands one of the instance's folds needs to assemble its results JSON (collect_instance)."""
+    files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, planned["instance"],
+                           routine.num_folds)
+    return {"experiment_dir": str(routine.experiment_dir), "instance": planned["instance"],
+            "result": str(files["result"]), "mutex": str(files["mutex"]),
+            "fold_results": [str(path) for path in files["fold_results"]],
+            "failures": [str(path) for path in files["failures"]], "fingerprints": planned["fingerprints"],
+            "base": instance_base(routine, planned, files)}
+
+
+def fold_job(routine, planned, fold, threads, extra=None):
+    """The job file's content of one fold job: what training.py needs to train it, and what whoever finishes it
+    needs to record it ("collect": instance_collect's, and the fold's claim, log and failure record)."""
+    instance, index, experiment_dir = planned["instance"], fold["fold"] - 1, routine.experiment_dir
+    files = instance_files(experiment_dir, routine.dataset, routine.experiment, instance, routine.num_folds)
+    return {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": routine.dataset,
+            "parameters": planned["parameters"], "fold": fold["fold"], **planned["fingerprints"][index],
+            "dataset_files": routine.dataset_identity["dataset_files"], "model_path": str(files["models"][index]),
+            "initial_model_path": planned["initial_models"].get(fold["fold"]),
+            "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
+            "result_path": str(files["fold_results"][index]), "threads": threads,
+            "overwrite": routine.settings["overwrite_results"],
+            "label": f"instance {instance} fold {fold['fold']}/{routine.num_folds}",
+            "collect": {**instance_collect(routine, planned), "lock": str(files["locks"][index]),
+                        "log": str(files["logs"][index]), "failure": str(files["failures"][index])},
+            **(extra or {})}
+
+
+def summarise_folds(folds):
+    """{split: {metric: {"mean", "std"}}} over folds; std with ddof=1 (None for one fold); None values skipped."""
+    summary = {}
+    for split in SPLITS:
+        summary[split] = {}
+        names = {name for fold in folds for name in fold["metrics"][split]}
+        for name in sorted(names):
+            values = [fold["metrics"][split][name] for fold in folds if fold["metrics"][split].get(name) is not None]
+            summary[split][name] = {
+                "mean": float(np.mean(values)) if values else None,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+    return summary
+
+
+def collect_instance(collect):
+    """Assemble an instance's results JSON from what is on disk now, under the instance's mutex, so that whoever
+    lands its last fold writes it complete. Returns (status before, status now, the document).
+
+    Complete: every fold has a result made as planned (fingerprint and model); failed: a fold without one has a
+    failure record; incomplete otherwise (folds pending, running elsewhere, or never run)."""
+    experiment_dir, result_path = Path(collect["experiment_dir"]), Path(collect["result"])
+    with file_mutex(collect["mutex"]):
+        folds, errors = [], []
+        for index, path in enumerate(map(Path, collect["fold_results"])):
+            result = read_json(path) if path.exists() else None
+            if result and not fold_result_problem(path, result, collect["fingerprints"][index], experiment_dir):
+                folds.append(result)
+            elif Path(collect["failures"][index]).exists():
+                errors.append(read_json(collect["failures"][index])["error"])
+        status = "complete" if len(folds) == len(collect["fold_results"]) else "failed" if errors else "incomplete"
+        before = read_json(result_path).get("status") if result_path.exists() else None
+        document = {**collect["base"], "status": status, "error": errors[0] if errors else None, "folds": folds,
+                    "summary": summarise_folds(folds) if folds else None}
+        if not result_path.exists() or read_json(result_path) != json.loads(json.dumps(to_jsonable(document))):
+            atomic_write_json(result_path, document)  # unchanged: left as it is
+    return before, status, document
+
+
+def attempt_fold(job, job_path, run_process, write_job=False):
+    """Claim the fold job `job` (its file: job_path), train it unless it is done already, and assemble its
+    instance's results.
+
+    run_process(job_path, log_path) runs training.py on it and returns (exit code, error line); write_job: write
+    the job file once the fold is ours (a local run; a SLURM task reads the one written at submission).
+    Returns (outcome, detail, collected): "busy" and the live owner's claim; "done" (someone finished it
+    meanwhile) or "trained", and the fold result; "failed" and its error line; collected is collect_instance's
+    return (None when busy). With job["overwrite"], a fold result older than the
+    job file is replaced (the job file is written before the fold runs, so a result newer than it is this job's).
+    """
+    collect, index = job["collect"], job["fold"] - 1
+    owner = claim(collect["lock"])
+    if owner:
+        return "busy", owner, None
+    try:
+        result_path, experiment_dir = Path(job["result_path"]), Path(collect["experiment_dir"])
+        model = Path(job["model_path"])
+        if write_job:
+            atomic_write_json(job_path, job)
+        if job["overwrite"] and result_path.exists() and result_path.stat().st_mtime < job_path.stat().st_mtime:
+            for path in (result_path, model, model.with_name(model.name.replace(".hdf5", ".weights.h5"))):
+                path.unlink(missing_ok=True)
+        if result_path.exists():
+            result = read_json(result_path)
+            problem = fold_result_problem(result_path, result, collect["fingerprints"][index], experiment_dir)
+            if problem:
+                raise XvalError(f"instance {collect['instance']}: {problem}: set overwrite_results = True to "
+                                "retrain it, or restore what changed")
+            return "done", result, collect_instance(collect)
+        Path(collect["failure"]).unlink(missing_ok=True)
+        code, error_line = run_process(job_path, Path(collect["log"]))
+        if code == 0 and result_path.exists():
+            return "trained", read_json(result_path), collect_instance(collect)
+        log = Path(collect["log"]).relative_to(experiment_dir)
+        error = f"fold {job['fold']}: {error_line or f'the fold process ended with exit code {code}'}"
+        atomic_write_json(collect["failure"], {"error": f"{error} (log: {log})", "host": HOST, "pid": os.getpid(),
+                                               "slurm_job": slurm_job_id(), "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return "failed", error, collect_instance(collect)
+    finally:
+        release(collect["lock"])
+
+
+def instance_done_line(document, main_metric, num_folds, label):
+    """The line printed when an instance's last fold lands."""
+    test = document["summary"]["test"][main_metric]
+    return f"{label} complete: test {main_metric} {test['mean']:.3f} ± {test['std'] or 0:.3f} over {num_folds} folds"
+
+
+def report_attempt(say, job, outcome, detail, collected, seconds, where, eta=None):
+    """Print what one attempt at a fold job gave (one line; two for a failure, and the instance's line when this
+    fold completed it). Returns whether the instance's results changed to complete or failed just now."""
+    label = job["label"]
+    if outcome == "busy":
+        runner = f"SLURM job {detail['slurm_job']}" if detail.get("slurm_job") else f"pid {detail.get('pid')}"
+        say(f"{label}: skipped, being run by {detail.get('host')} {runner} since {detail.get('since')}")
+        return False
+    main_metric = MAIN_METRIC[job["parameters"]["task_type"]]
+    if outcome == "done":
+        say(f"{label}: finished meanwhile by another process, kept")
+    elif outcome == "trained":
+        value = detail["metrics"]["test"].get(main_metric)
+        say(f"{label} on {where}: test {main_metric} {value if value is None else f'{value:.3f}'}, best epoch "
+            f"{detail['best_epoch']}/{detail['epochs_run']}, {format_seconds(seconds)}"
+            f"{'' if eta is None else f', ETA {format_seconds(eta)}'}")
+    else:
+        say(f"{label} on {where}: FAILED after {format_seconds(seconds)}: {detail}\n  log: {job['collect']['log']}")
+    before, status, document = collected
+    if status == "complete" and before != "complete":
+        say(instance_done_line(document, main_metric, len(job["collect"]["fold_results"]),
+                               f"instance {job['collect']['instance']}"))
+    return status in ("complete", "failed") and status != before
+
+
+def rebuild_spreadsheet(experiment_dir, debug=False):
+    """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
+    import results_to_excel  # here, not at the top: loaded by prepare() while the fold server starts
+    try:
+        with file_mutex(experiment_dir / "locks" / "spreadsheet.mutex"):
+            return results_to_excel.write_spreadsheet(experiment_dir)
+    except Exception as error:
+        if debug:
+            raise
+        print(f"warning: the spreadsheet was not rebuilt ({type(error).__name__}: {error}); the results are "
+              f"safe in results/; rebuild with python3 results_to_excel.py {experiment_dir}", file=sys.stderr)
+        return None
+
+
+def timed_rebuild(routine):
+    """rebuild_spreadsheet for a local run, its time added to the launch's "spreadsheet" phase."""
+    started = time.monotonic()
+    rebuild_spreadsheet(routine.experiment_dir, routine.settings["debug_mode"])
+    with routine.lock:
+        routine.phases["spreadsheet"] = routine.phases.get("spreadsheet", 0.0) + time.monotonic() - started
+
+
+def run_on_worker(routine, worker, planned, fold, left):
+    """One fold job on one worker: write its job file once the fold is ours, run it, report it. Returns
+    (outcome, detail). left() counts the fold jobs not finished yet, for the ETA."""
+    instance, index = planned["instance"], fold["fold"] - 1
+    files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance, routine.num_folds)
+    job = fold_job(routine, planned, fold, worker.threads)
+    runner = worker.runner(planned["parameters"]["backend"])
+
+    def run_process(job_path, log_path):
+        started = time.monotonic()
+        code, error_line = runner.run(job_path, log_path, job["label"], routine.show_progress)
+        routine.record_fold(instance, fold["fold"], worker.label, time.monotonic() - started, code)
+        return code, error_line
+
+    started = time.monotonic()
+    outcome, detail, collected = attempt_fold(job, files["jobs"][index], run_process, write_job=True)
+    changed = report_attempt(routine.say, job, outcome, detail, collected, time.monotonic() - started,
+                             worker.label, routine.eta(left()) if outcome == "trained" else None)
+    if outcome == "failed" and routine.settings["debug_mode"]:
+        log = files["logs"][index].read_text(encoding="utf-8", errors="replace")[-6000:]
+        routine.say(log, sys.stderr)
+    if changed:
+        timed_rebuild(routine)
+    return outcome, detail
+
+
+def run_fold_jobs(routine, jobs):
+    """Run the fold jobs [(planned, fold)] on the routine's workers, a thread each taking the next job in order;
+    the rest of an instance is dropped once one of its folds failed (and everything stops at the first failure
+    in debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
+    pending, outcomes = deque(jobs), {}
+    state = {"active": 0, "stop": False, "error": None}
+
+    def take():
+        with routine.lock:
+            while pending and not state["stop"]:
+                planned, fold = pending.popleft()
+                if not outcomes.get(planned["instance"], {}).get("failed"):
+                    state["active"] += 1
+                    return planned, fold
+            return None
+
+    def left():
+        return len(pending) + state["active"] - 1
+
+    def work(worker):
+        try:
+            while (job := take()) is not None:
+                outcome, detail = run_on_worker(routine, worker, *job, left)
+                with routine.lock:
+                    state["active"] -= 1
+                    outcomes.setdefault(job[0]["instance"], {}).setdefault(outcome, []).append(detail)
+                    state["stop"] = state["stop"] or (outcome == "failed" and routine.settings["debug_mode"])
+        except BaseException as error:  # a refusal or a bug: stop every worker, raise it in the main thread
+            state["stop"], state["error"] = True, state["error"] or error
+
+    threads = [threading.Thread(target=work, args=(worker,), daemon=True) for worker in routine.workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if state["error"] is not None:
+        raise state["error"]
+    return outcomes
 
 
 def write_launch_record(routine, argv, outcomes):
@@ -794,27 +1128,11 @@ def write_launch_record(routine, argv, outcomes):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     atomic_write_json(routine.experiment_dir / "logs" / f"launch_{stamp}_{HOST}_{os.getpid()}.json", {
         "host": HOST, "pid": os.getpid(), "arguments": list(argv), "instances": routine.selected,
+        "devices": [worker.device for worker in routine.workers],
+        "threads_per_fold": routine.workers[0].threads,
         "outcomes": {str(instance): outcome for instance, outcome in outcomes.items()},
         "phases": {phase: round(seconds, 3) for phase, seconds in routine.phases.items()},
         "fold_runs": routine.fold_runs})
-
-
-def rebuild_spreadsheet(routine):
-    """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
-    import results_to_excel  # here, not at the top: loaded by prepare() while the fold server starts
-    started = time.monotonic()
-    try:
-        with file_mutex(routine.experiment_dir / "locks" / "spreadsheet.mutex"):
-            return results_to_excel.write_spreadsheet(routine.experiment_dir)
-    except Exception as error:
-        if routine.settings["debug_mode"]:
-            raise
-        print(f"warning: the spreadsheet was not rebuilt ({type(error).__name__}: {error}); the results are "
-              f"safe in results/; rebuild with python3 results_to_excel.py {routine.experiment_dir}",
-              file=sys.stderr)
-        return None
-    finally:
-        routine.phases["spreadsheet"] = routine.phases.get("spreadsheet", 0.0) + time.monotonic() - started
 
 
 def print_choice(experiment_dir):
@@ -826,96 +1144,227 @@ def print_choice(experiment_dir):
             print(f"xval: {line}")
 
 
-def run_instance(routine, position, instance, planned):
-    """Claim one instance, train its missing folds and write its results. Returns complete|failed|skipped|busy.
+def missing_jobs(routine, plan):
+    """The fold jobs still to train, [(planned, fold)], instance by instance in the order selected."""
+    return [(plan[instance], fold) for instance in routine.selected for fold in routine.folds
+            if fold["fold"] - 1 in plan[instance]["missing"]]
 
-    planned: the instance's {"instance", "parameters", "hash", "fingerprints", "missing"} from validate().
-    """
-    files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance, routine.num_folds)
-    label = f"instance {instance} ({position} of {len(routine.selected)})"
-    owner = claim(files["lock"])
-    if owner:
-        print(f"{label}: skipped, being run by {owner.get('host')} pid {owner.get('pid')} since "
-              f"{owner.get('since')}")
+
+def write_parameters_files(routine, plan):
+    """Each selected instance's readable parameters file (the same content for the same plan: atomic, rewritten)."""
+    for instance in routine.selected:
+        planned = plan[instance]
+        files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance,
+                               routine.num_folds)
+        strings = routine.settings["experiment_dict"][instance]
+        atomic_write_text(files["parameters"], parameters_text(instance, planned["parameters"], strings,
+                                                               planned["hash"]))
+
+
+def instance_outcome(routine, planned, outcomes):
+    """After the workers: complete | skipped (complete before this launch) | failed | busy (a fold left to another
+    process) | stopped (not run: debug_mode stopped first). The results JSON of an instance whose folds are all
+    done is assembled once more (its last fold may have landed in another process that was killed meanwhile)."""
+    instance = planned["instance"]
+    if outcomes.get("failed"):
+        return "failed"
+    if outcomes.get("busy"):
         return "busy"
-    try:
-        return train_missing_folds(routine, position, instance, planned, files, label)
-    finally:
-        release(files["lock"])
-
-
-def train_missing_folds(routine, position, instance, planned, files, label):
-    """run_instance() once the instance is ours: what is reusable now, then each missing fold in turn."""
-    experiment_dir, parameters = routine.experiment_dir, planned["parameters"]
-    if routine.settings["overwrite_results"]:
-        weights = [path.with_name(path.name.replace(".hdf5", ".weights.h5")) for path in files["models"]]
-        for path in [files["result"], files["parameters"], *files["fold_results"], *files["models"], *weights]:
-            path.unlink(missing_ok=True)
-    reused, conflict = reusable_folds(files, experiment_dir, planned["fingerprints"])  # again: now it is ours
-    if conflict:
-        raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
-                        "or restore what changed")
-    if len(reused) == routine.num_folds and files["result"].exists() and \
-            read_json(files["result"]).get("status") == "complete":
-        print(f"{label}: complete already, skipped (overwrite_results = False)")
-        return "skipped"
-    strings = routine.settings["experiment_dict"][instance]
-    atomic_write_text(files["parameters"], parameters_text(instance, parameters, strings, planned["hash"]))
-    identity = routine.dataset_identity
-    base = {"experiment": routine.experiment, "instance": instance, "dataset": routine.dataset,
-            "task_type": parameters["task_type"], "parameter_hash": planned["hash"],
-            "dataset_fingerprint": identity["dataset_fingerprint"], "class_names": identity["class_names"],
-            "foldable_item": identity["foldable_item"], "speaker_independent": identity["speaker_independent"],
-            "features": identity["features"],
-            "parameter_strings": list(strings), "parameters": parameters,
-            "parameters_file": files["parameters"].relative_to(experiment_dir).as_posix(),
-            "log_files": [path.relative_to(experiment_dir).as_posix() for path in files["logs"]]}
-    done = list(reused.values())
-    write_instance_json(files, base, done, "incomplete", None)
-    missing = [fold for fold in routine.folds if fold["fold"] - 1 not in reused]
-    main_metric = MAIN_METRIC[parameters["task_type"]]
-    for count, fold in enumerate(missing, 1):
-        fold_label = f"{label} fold {fold['fold']}/{routine.num_folds}"
-        result, error, seconds = run_fold_job(routine, files, fold, planned, fold_label)
-        if error:
-            log = files["logs"][fold["fold"] - 1]
-            write_instance_json(files, base, done, "failed", f"{error} (log: {log.relative_to(experiment_dir)})")
-            print(f"{fold_label}: FAILED after {format_seconds(seconds)}: {error}\n  log: {log}")
-            if routine.settings["debug_mode"]:
-                print(log.read_text(encoding="utf-8", errors="replace")[-6000:], file=sys.stderr)
-            return "failed"
-        done.append(result)
-        write_instance_json(files, base, done, "incomplete", None)
-        value = result["metrics"]["test"].get(main_metric)
-        eta = routine.eta(position, len(missing) - count)
-        print(f"{fold_label}: test {main_metric} {value if value is None else f'{value:.3f}'}, "
-              f"best epoch {result['best_epoch']}/{result['epochs_run']}, {format_seconds(seconds)}"
-              f"{'' if eta is None else f', ETA {format_seconds(eta)}'}", flush=True)
-    test_summary = write_instance_json(files, base, done, "complete", None)["summary"]["test"][main_metric]
-    print(f"{label} complete: test {main_metric} {test_summary['mean']:.3f} ± {test_summary['std'] or 0:.3f} over "
-          f"{routine.num_folds} folds", flush=True)
+    if planned["missing"] and not outcomes:
+        return "stopped"
+    before, status, document = collect_instance(instance_collect(routine, planned))
+    if status != "complete":
+        return "stopped"
+    if not planned["missing"]:
+        if before == "complete":
+            routine.say(f"instance {instance}: complete already, skipped (overwrite_results = False)")
+            return "skipped"
+        main_metric = MAIN_METRIC[planned["parameters"]["task_type"]]
+        routine.say(instance_done_line(document, main_metric, routine.num_folds, f"instance {instance}"))
+        timed_rebuild(routine)
     return "complete"
 
 
-def run_fold_job(routine, files, fold, planned, fold_label, extra_job=None):
-    """Write one fold's job file (with extra_job's keys) and run it in a fold process. Returns (result, None,
-    seconds) when it completed, (None, its error line, seconds) when it failed (its log: files["logs"])."""
-    index, experiment_dir = fold["fold"] - 1, routine.experiment_dir
-    job = {"features_folder": str(routine.config["paths"]["features_folder"]), "dataset": routine.dataset,
-           "parameters": planned["parameters"], "fold": fold["fold"], **planned["fingerprints"][index],
-           "dataset_files": routine.dataset_identity["dataset_files"], "model_path": str(files["models"][index]),
-           "initial_model_path": planned["initial_models"].get(fold["fold"]),
-           "model_file": files["models"][index].relative_to(experiment_dir).as_posix(),
-           "result_path": str(files["fold_results"][index]), **(extra_job or {})}
-    atomic_write_json(files["jobs"][index], job)
+# ----------------------------------------------------------------------------------------------------------------
+# SLURM: one array task per missing fold job, then a job that rebuilds the spreadsheet
+
+def slurm_job_name(dataset, experiment):
+    """The name of an experiment's SLURM jobs (what --status asks squeue for)."""
+    return f"xval_{dataset}_exp{experiment}"
+
+
+def sbatch_lines(slurm):
+    """#SBATCH lines of [slurm]'s resource settings (empty ones left to the cluster's defaults)."""
+    lines = [f"#SBATCH --{option}={slurm[key]}" for option, key in
+             (("partition", "partition"), ("time", "time"), ("mem", "mem"), ("gres", "gres")) if slurm[key]]
+    lines += [f"#SBATCH {line.strip()}" for line in slurm["extra_sbatch"].split(";") if line.strip()]
+    return lines
+
+
+def fold_array_script(routine, list_path, count, command_line):
+    """The sbatch script of the fold jobs listed in list_path: array task i runs line i (0-based)."""
+    slurm, logs = routine.config["slurm"], routine.experiment_dir / "logs"
+    cap = f"%{slurm['max_parallel']}" if slurm["max_parallel"] else ""
+    return "\n".join([
+        "#!/bin/bash",
+        f"# xval: experiment {routine.experiment} on '{routine.dataset}', {count} fold job(s) of instances "
+        f"{', '.join(map(str, routine.selected))},",
+        f"# written by: {command_line}",
+        f"# Array task i trains the fold job on line i (0-based) of {list_path.name}, unless it is done already or",
+        "# being run by a live process; preempted or on a failed node, SLURM requeues the task and the fold starts",
+        "# again. Submitting this script again runs whatever is not done.",
+        f"#SBATCH --job-name={slurm_job_name(routine.dataset, routine.experiment)}",
+        f"#SBATCH --array=0-{count - 1}{cap}",
+        f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
+        *sbatch_lines(slurm),
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={logs}/slurm_%A_%a.out",
+        "",
+        f"export {CONFIG_ENV_VAR}={shlex.quote(str(config_path_in_use()))}",
+        f"cd {shlex.quote(str(PROJECT_DIR))}",
+        f"exec {shlex.quote(sys.executable)} xval_instance.py {TASK_FLAG} {shlex.quote(str(list_path))} "
+        '"$SLURM_ARRAY_TASK_ID"', ""])
+
+
+def spreadsheet_script(routine):
+    """The sbatch script that rebuilds the spreadsheet (submitted to run after the fold array, however it ends)."""
+    slurm = dict(routine.config["slurm"], gres="")
+    return "\n".join([
+        "#!/bin/bash",
+        "# xval: rebuild the spreadsheet from the fold results, once the fold jobs' array has ended",
+        f"#SBATCH --job-name={slurm_job_name(routine.dataset, routine.experiment)}_spreadsheet",
+        "#SBATCH --cpus-per-task=1",
+        *sbatch_lines(slurm),
+        f"#SBATCH --output={routine.experiment_dir / 'logs'}/slurm_spreadsheet_%j.out",
+        "",
+        f"cd {shlex.quote(str(PROJECT_DIR))}",
+        f"exec {shlex.quote(sys.executable)} results_to_excel.py {shlex.quote(str(routine.experiment_dir))}", ""])
+
+
+def sbatch(arguments):
+    """Submit with sbatch --parsable; returns the job id, or raises XvalError with sbatch's own message."""
+    command = shutil.which("sbatch")
+    if command is None:
+        raise XvalError("sbatch is not on PATH: --slurm submits to a SLURM cluster; run it on the cluster's login "
+                        "node (or run the routine locally, without --slurm)")
+    completed = subprocess.run([command, "--parsable", *map(str, arguments)], capture_output=True, text=True)
+    if completed.returncode != 0:
+        message = " ".join(completed.stderr.split()) or f"exit code {completed.returncode}"
+        raise XvalError(f"sbatch refused the submission ({message}): check the [slurm] section of config.ini or "
+                        "the --slurm options")
+    return completed.stdout.strip().split(";")[0]
+
+
+def submit_to_slurm(routine, plan, argv):
+    """Write the missing fold jobs, the sbatch scripts into slurm/{time}/ of the experiment folder, and submit
+    them: the fold array, then the spreadsheet job after it. Returns 0."""
+    jobs = missing_jobs(routine, plan)
+    if not jobs:
+        routine.say("xval: nothing to submit: every selected fold job is done")
+        rebuild_spreadsheet(routine.experiment_dir, routine.settings["debug_mode"])
+        return 0
+    folder = routine.experiment_dir / "slurm" / f"{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}"
+    paths = []
+    for planned, fold in jobs:
+        path = folder / "jobs" / f"run{planned['instance']}_fold{fold['fold']}.job.json"
+        atomic_write_json(path, fold_job(routine, planned, fold, routine.config["slurm"]["cpus_per_task"]))
+        paths.append(str(path))
+    list_path = folder / "fold_jobs.txt"
+    atomic_write_text(list_path, "\n".join(paths) + "\n")
+    command_line = " ".join(["python3", Path(sys.argv[0]).name, *argv])
+    atomic_write_text(folder / "folds.sbatch", fold_array_script(routine, list_path, len(paths), command_line))
+    atomic_write_text(folder / "spreadsheet.sbatch", spreadsheet_script(routine))
+    array = sbatch([folder / "folds.sbatch"])
+    sheet = sbatch([f"--dependency=afterany:{array}", folder / "spreadsheet.sbatch"])
+    atomic_write_json(folder / "submitted.json", {"array_job": array, "spreadsheet_job": sheet,
+                                                  "fold_jobs": paths, "host": HOST,
+                                                  "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    routine.say(f"xval: submitted {len(paths)} fold job(s) as SLURM array {array} "
+                f"({folder / 'folds.sbatch'}), and the spreadsheet as job {sheet} after it. Follow them with: "
+                f"python3 {Path(sys.argv[0]).name} --status")
+    return 0
+
+
+def stop_on_sigterm(*_):
+    """SLURM stops a task with SIGTERM (cancelled, preempted, requeued, out of time): the fold is not failed, its
+    claim is released on the way out (exit code 143), and the next attempt trains it from the start."""
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def run_slurm_task(list_path, index):
+    """An array task: the fold job on line `index` of list_path, in a fresh training.py process on the devices
+    and cores SLURM allocated. Exit code 0 when the fold is done (now or before) or being run elsewhere, 1 when
+    it failed."""
+    job_path = Path(Path(list_path).read_text(encoding="utf-8").splitlines()[int(index)])
+    job = read_json(job_path)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    environment = fold_environment(job["parameters"]["backend"], job["threads"])
+    where = f"{HOST} (SLURM job {slurm_job_id()}, GPU {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
+
+    def run_process(path, log_path):
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}: {job['label']}\n")
+            log.flush()
+            completed = subprocess.run([sys.executable, str(TRAINING_SCRIPT), str(path)], stdout=log,
+                                       stderr=subprocess.STDOUT, env=environment, cwd=str(PROJECT_DIR))
+        if completed.returncode == -signal.SIGTERM:
+            stop_on_sigterm()
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+        return completed.returncode, error_line_of(tail)
+
     started = time.monotonic()
-    runner = routine.fold_runner.get(planned["parameters"]["backend"])
-    code, error_line = runner.run(files["jobs"][index], files["logs"][index], fold_label, routine.show_progress)
-    seconds = time.monotonic() - started
-    routine.record_fold(planned["instance"], fold["fold"], seconds, code)
-    if code == 0 and files["fold_results"][index].exists():
-        return read_json(files["fold_results"][index]), None, seconds
-    return None, f"fold {fold['fold']}: {error_line or f'the fold process ended with exit code {code}'}", seconds
+    outcome, detail, collected = attempt_fold(job, job_path, run_process)
+    changed = report_attempt(lambda line, stream=None: print(line, file=stream or sys.stdout, flush=True), job,
+                             outcome, detail, collected, time.monotonic() - started, where)
+    if changed:
+        rebuild_spreadsheet(Path(job["collect"]["experiment_dir"]))
+    return 1 if outcome == "failed" else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Status: what the experiment folder (and squeue) say about each fold job
+
+def fold_state(files, index, experiment_dir):
+    """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
+    lock, result_path, failure = files["locks"][index], files["fold_results"][index], files["failures"][index]
+    owner = read_json(lock) if lock.exists() else None
+    if owner:
+        runner = f"SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else f"pid {owner.get('pid')}"
+        if lock_owner_alive(owner):
+            return f"running on {owner.get('host')} ({runner}) since {owner.get('since')}"
+        return (f"stale claim of {owner.get('host')} ({runner}, since {owner.get('since')}; the process is gone): "
+                "the next run takes it over")
+    if result_path.exists():
+        metrics = read_json(result_path).get("metrics", {}).get("test", {})
+        metric = next((name for name in MAIN_METRIC.values() if metrics.get(name) is not None), None)
+        return f"done, test {metric} {metrics[metric]:.3f}" if metric else "done"
+    if failure.exists():
+        return f"failed: {read_json(failure).get('error')}"
+    return "pending"
+
+
+def print_status(settings, config, selected, routine_file):
+    """--status: each selected instance's fold jobs, from the experiment folder alone, then squeue's lines for
+    the experiment's SLURM jobs where squeue is available. Returns 0."""
+    experiment_dir = experiment_path(settings, config, routine_file)
+    print(f"xval: experiment {settings['num_experiment']} on '{settings['dataset']}' in {experiment_dir}")
+    for instance in selected:
+        files = instance_files(experiment_dir, settings["dataset"], settings["num_experiment"], instance,
+                               settings["num_folds"])
+        states = [fold_state(files, index, experiment_dir) for index in range(settings["num_folds"])]
+        counts = {word: sum(state.startswith(word) for state in states)
+                  for word in ("done", "running", "failed", "stale", "pending")}
+        print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n))
+        for fold, state in enumerate(states, 1):
+            print(f"  fold {fold}: {state}")
+    squeue = shutil.which("squeue")
+    if squeue:
+        name = slurm_job_name(settings["dataset"], settings["num_experiment"])
+        listed = subprocess.run([squeue, "-h", "-o", "%i %j %T %M %R"], capture_output=True, text=True)
+        lines = [line for line in listed.stdout.splitlines() if f" {name}" in line]
+        print(f"squeue: {len(lines)} job(s) of this experiment" + "".join(f"\n  {line}" for line in lines))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -929,9 +1378,8 @@ def check_settings(settings):
         value = settings[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise XvalError(f"routine setting {name} = {value!r} must be a {kind.__name__}")
-    if settings["gpu_ID"] is not None and (not isinstance(settings["gpu_ID"], int) or
-                                           isinstance(settings["gpu_ID"], bool)):
-        raise XvalError(f"routine setting gpu_ID = {settings['gpu_ID']!r} must be a whole number (-1: CPU only)")
+    parse_devices(-1 if settings["gpu_ID"] is None else settings["gpu_ID"],
+                  f"routine setting gpu_ID = {settings['gpu_ID']!r}")
     if not settings["dataset"] or "/" in settings["dataset"] or "\\" in settings["dataset"]:
         raise XvalError(f"routine setting dataset = {settings['dataset']!r} must be a features name such as "
                         "'ravdess_demo', not a path")
@@ -944,37 +1392,58 @@ def check_settings(settings):
         raise XvalError(f"experiment_dict keys must be whole numbers (instance ids), not {bad_keys[0]!r}")
 
 
-def prepare(settings, argv, routine_file, smoke=False):
-    """Everything that can be refused, refused before anything is written. Returns the ready Routine and inputs.
-
-    The fold server is started first: TensorFlow's import (~3 s) runs while this process validates the routine
-    and imports the spreadsheet code; a refusal stops the server at once.
-    """
+def read_command(settings, argv, routine_file):
+    """The checked settings and command line: (parse_command_line's dict, config with --slurm's overrides)."""
     check_settings(settings)
-    instance_ids = sorted(settings["experiment_dict"])
-    selected, gpu = parse_command_line(argv, instance_ids, settings["gpu_ID"], Path(routine_file).name)
+    default_devices = parse_devices(-1 if settings["gpu_ID"] is None else settings["gpu_ID"], "gpu_ID")
+    command = parse_command_line(argv, sorted(settings["experiment_dict"]), default_devices, Path(routine_file).name)
     config = load_config()
-    fold_runner = FoldRunners(gpu)
+    for key, text in command["slurm"].items():
+        option = next(name for name, value in SLURM_OPTIONS.items() if value == key)
+        config["slurm"][key] = parse_config_value(text, CONFIG_SCHEMA["slurm"][key], Path.cwd(), option)
+    if config["slurm"]["cpus_per_task"] <= 0 or config["slurm"]["max_parallel"] < 0:
+        raise XvalError("--cpus-per-task must be 1 or more and --max-parallel 0 (no cap) or more")
+    return command, config
+
+
+def experiment_path(settings, config, routine_file):
+    """{experiment_folder}/experiment_{N}: a relative experiment_folder is taken from the routine file's folder."""
+    root = Path(settings["experiment_folder"] or config["paths"]["experiment_folder"]).expanduser()
+    if not root.is_absolute():
+        root = Path(routine_file).resolve().parent / root
+    return root / f"experiment_{settings['num_experiment']}"
+
+
+def prepare(settings, command, config, routine_file):
+    """Everything that can be refused, refused before anything is written. Returns validate()'s plan.
+
+    For a local run the workers' fold servers start first: TensorFlow's import (~3 s) runs while this process
+    validates the routine and imports the spreadsheet code; a refusal stops the servers at once.
+    """
+    workers = make_workers(command["devices"], available_cores())
     try:
-        # the default backend's server first, importing while this process validates: -0.88 s a run (median of 7,
-        # benchmarks/tweaks.py: e_early_server)
-        fold_runner.get(config["training"]["backend"])
+        # a local run starts the default backend's servers first, importing while this process validates: -0.88 s
+        # a run (median of 7, benchmarks/tweaks.py: e_early_server)
+        early = workers if command["mode"] == "run" else []
+        for worker in early:
+            worker.runner(config["training"]["backend"])
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
-        return validate(settings, config, selected, gpu, routine_file, fold_runner, smoke)
+        return validate(settings, config, command["selected"], workers, routine_file, command["mode"] == "smoke")
     except BaseException:
-        fold_runner.abort()
+        for worker in workers:
+            worker.abort()
         raise
 
 
-def validate(settings, config, selected, gpu, routine_file, fold_runner, smoke=False):
+def validate(settings, config, selected, workers, routine_file, smoke=False):
     """prepare() after the command line: the plan. Every check of the routine's input runs here, once.
 
     Parameters, the dataset (its arrays, each task type's target, a fingerprint of its content), the folds
     (folds.json's, or a new split), the models instances start from, and, per instance, the completed folds that
     can be reused: a fold made from other parameters, other features or another split is refused unless
     overwrite_results asks to retrain it (not for a smoke run, which reuses nothing).
-    Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing", "initial_models"}},
-    the split settings).
+    Returns (Routine, {instance: {"instance", "parameters", "hash", "fingerprints", "missing": fold indices,
+    "initial_models"}}, the split settings).
     """
     signatures = architecture_signatures()
     resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
@@ -1000,10 +1469,7 @@ def validate(settings, config, selected, gpu, routine_file, fold_runner, smoke=F
                 "speaker_independent": metadata.get("speaker_independent", True),
                 "features": {key: metadata.get(key) for key in ("feature_settings", "length", "sample_rate")}}
     del predictors, targets, clip_ids
-    root = settings["experiment_folder"] or config["paths"]["experiment_folder"]
-    root = Path(routine_file).resolve().parent / Path(root).expanduser() if not Path(root).expanduser().is_absolute() \
-        else Path(root).expanduser()
-    experiment_dir = root / f"experiment_{settings['num_experiment']}"
+    experiment_dir = experiment_path(settings, config, routine_file)
     split = fold_settings(dataset, items, num_folds, config["folds"])
     folds = planned_folds(experiment_dir, split)
     plan, warnings = {}, []
@@ -1016,7 +1482,7 @@ def validate(settings, config, selected, gpu, routine_file, fold_runner, smoke=F
         warnings += cautions
         plan[instance] = {"instance": instance, "parameters": parameters, "hash": current_hash,
                           "fingerprints": [fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold)
-                                           for fold in folds], "missing": num_folds,
+                                           for fold in folds], "missing": list(range(num_folds)),
                           "initial_models": {fold: str(path) for fold, path in initial_models.items()}}
         if not settings["overwrite_results"] and not smoke and experiment_dir.exists():
             files = instance_files(experiment_dir, dataset, settings["num_experiment"], instance, num_folds)
@@ -1024,9 +1490,8 @@ def validate(settings, config, selected, gpu, routine_file, fold_runner, smoke=F
             if conflict:
                 raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
                                 "or restore what changed")
-            plan[instance]["missing"] = num_folds - len(reused)
-    routine = Routine(settings, selected, gpu, config, experiment_dir, fold_runner, folds, identity,
-                      {instance: planned["missing"] for instance, planned in plan.items()})
+            plan[instance]["missing"] = [index for index in range(num_folds) if index not in reused]
+    routine = Routine(settings, selected, config, experiment_dir, workers, folds, identity)
     routine.warnings = warnings
     return routine, plan, split
 
@@ -1035,7 +1500,7 @@ def smoke_run(routine, plan):
     """Each selected instance on the first fold for one epoch of SMOKE_BATCHES batches, in a scratch folder that is
     deleted afterwards: one line per instance (ok or its error) with its seconds. Returns the exit code (0 all
     ok, 1 one failed). Nothing is written into the experiment folder."""
-    experiment_dir, failed = routine.experiment_dir, []
+    experiment_dir, failed, worker = routine.experiment_dir, [], routine.workers[0]
     routine.experiment_dir = Path(tempfile.mkdtemp(prefix="xval-smoke-"))
     print(f"xval: smoke run of instances {', '.join(map(str, routine.selected))}: fold 1, 1 epoch, "
           f"{SMOKE_BATCHES} batches each, in {routine.experiment_dir}", flush=True)
@@ -1044,68 +1509,80 @@ def smoke_run(routine, plan):
             planned = dict(plan[instance], parameters=dict(plan[instance]["parameters"], num_epochs=1))
             files = instance_files(routine.experiment_dir, routine.dataset, routine.experiment, instance,
                                    routine.num_folds)
-            label = f"instance {instance}"
-            _, error, seconds = run_fold_job(routine, files, routine.folds[0], planned, label,
-                                             {"smoke_batches": SMOKE_BATCHES})
-            print(f"{label}: {'ok' if error is None else 'FAILED: ' + error} ({seconds:.1f} s)", flush=True)
+            job = fold_job(routine, planned, routine.folds[0], worker.threads, {"smoke_batches": SMOKE_BATCHES})
+            atomic_write_json(files["jobs"][0], job)
+            started = time.monotonic()
+            code, error_line = worker.runner(planned["parameters"]["backend"]).run(
+                files["jobs"][0], files["logs"][0], f"instance {instance}", routine.show_progress)
+            error = None if code == 0 else error_line or f"the fold process ended with exit code {code}"
+            print(f"instance {instance}: {'ok' if error is None else 'FAILED: ' + error} "
+                  f"({time.monotonic() - started:.1f} s)", flush=True)
             if error:
                 failed.append(instance)
     finally:
-        routine.fold_runner.close()
+        worker.close()
         shutil.rmtree(routine.experiment_dir, ignore_errors=True)
     print(f"xval: smoke run: {len(routine.selected) - len(failed)} ok, {len(failed)} failed; nothing was written "
           f"to {experiment_dir}")
     return 1 if failed else 0
 
 
+def set_up_experiment_folder(routine, split, routine_file):
+    """What every run writes before training: folds.json, the description, a snapshot of the code."""
+    check_writable(routine.experiment_dir)
+    (routine.experiment_dir / "logs").mkdir(exist_ok=True)  # fold logs, and SLURM's output files, go there
+    remove_stale_temp_files(routine.experiment_dir)  # left by killed xval processes; never read as results
+    write_folds(routine.experiment_dir, split, routine.folds)
+    atomic_write_text(routine.experiment_dir / f"experiment_{routine.experiment}_description.txt",
+                      routine.settings["description"].strip() + "\n")
+    snapshot_code(routine.experiment_dir, routine_file, config_path_in_use())
+
+
 def launch(settings, argv, routine_file):
     """Run the routine; returns the exit code: 0 every selected instance is complete, 1 one failed, 3 none failed
     but some were left to another process running them (not complete yet: rerun later to check).
-    With --smoke among the arguments: smoke_run()."""
+    --smoke: smoke_run(); --status: print_status(); --slurm: submit_to_slurm()."""
     started = time.monotonic()
-    smoke = SMOKE_FLAG in argv
-    routine, plan, split = prepare(settings, [text for text in argv if text != SMOKE_FLAG], routine_file, smoke)
-    if smoke:
+    command, config = read_command(settings, argv, routine_file)
+    if command["mode"] == "status":
+        return print_status(settings, config, command["selected"], routine_file)
+    routine, plan, split = prepare(settings, command, config, routine_file)
+    if command["mode"] == "smoke":
         return smoke_run(routine, plan)
     routine.phases["validate"] = time.monotonic() - started
     experiment_dir = routine.experiment_dir
     outcomes = {}
     try:
         setup_started = time.monotonic()
-        check_writable(experiment_dir)
-        remove_stale_temp_files(experiment_dir)  # left by killed xval processes; never read as results
-        write_folds(experiment_dir, split, routine.folds)
-        atomic_write_text(experiment_dir / f"experiment_{routine.experiment}_description.txt",
-                          settings["description"].strip() + "\n")
-        snapshot_code(experiment_dir, routine_file, config_path_in_use())
+        set_up_experiment_folder(routine, split, routine_file)
+        write_parameters_files(routine, plan)
         routine.phases["setup"] = time.monotonic() - setup_started
-        print(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
-              f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, "
-              f"{'CPU' if routine.gpu is None or routine.gpu < 0 else f'GPU {routine.gpu}'} -> {experiment_dir}",
-              flush=True)
         for warning in routine.warnings:
-            print(f"xval: WARNING: {warning}", flush=True)
+            routine.say(f"xval: WARNING: {warning}")
         if not routine.dataset_identity["speaker_independent"]:
-            print(f"xval: WARNING: dataset '{routine.dataset}' folds by {routine.dataset_identity['foldable_item']}: "
-                  "one speaker's clips can be in training and test, so the results are speaker-dependent",
-                  flush=True)
-        for position, instance in enumerate(routine.selected, 1):
-            outcomes[instance] = run_instance(routine, position, instance, plan[instance])
-            if outcomes[instance] in ("complete", "failed"):  # its results changed
-                rebuild_spreadsheet(routine)
-            if outcomes[instance] == "failed" and settings["debug_mode"]:
-                print(f"debug_mode: stopped at the first failure (instance {instance})", file=sys.stderr)
-                break
+            routine.say(f"xval: WARNING: dataset '{routine.dataset}' folds by "
+                        f"{routine.dataset_identity['foldable_item']}: one speaker's clips can be in training and "
+                        "test, so the results are speaker-dependent")
+        if command["mode"] == "slurm":
+            return submit_to_slurm(routine, plan, argv)
+        routine.say(f"xval: experiment {routine.experiment} on '{routine.dataset}', instances "
+                    f"{', '.join(map(str, routine.selected))}, {routine.num_folds} folds, on "
+                    f"{', '.join(worker.label for worker in routine.workers)} ({routine.workers[0].threads} "
+                    f"thread(s) per fold) -> {experiment_dir}")
+        by_instance = run_fold_jobs(routine, missing_jobs(routine, plan))
+        for instance in routine.selected:
+            outcomes[instance] = instance_outcome(routine, plan[instance], by_instance.get(instance, {}))
     finally:
         close_started = time.monotonic()
-        routine.fold_runner.close()
+        for worker in routine.workers:
+            worker.close()
         routine.phases["close_server"] = time.monotonic() - close_started
     if not {"complete", "failed"} & set(outcomes.values()):
-        rebuild_spreadsheet(routine)  # nothing changed: one rebuild makes sure the spreadsheet is there
+        timed_rebuild(routine)  # nothing changed: one rebuild makes sure the spreadsheet is there
     routine.phases["total"] = time.monotonic() - started
     write_launch_record(routine, argv, outcomes)
     counts = {status: [i for i, s in outcomes.items() if s == status]
-              for status in ("complete", "skipped", "failed", "busy")}
+              for status in ("complete", "skipped", "failed", "busy", "stopped")}
     print(f"xval: done in {format_seconds(time.monotonic() - started)}: " +
           ", ".join(f"{len(ids)} {status} ({', '.join(map(str, ids))})" for status, ids in counts.items() if ids) +
           f". Results: {experiment_dir}")
@@ -1113,7 +1590,9 @@ def launch(settings, argv, routine_file):
     if counts["failed"]:
         print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
               "are kept", file=sys.stderr)
-    if counts["failed"] or len(outcomes) < len(routine.selected):
+        if settings["debug_mode"]:
+            print(f"debug_mode: stopped at the first failure (instance {counts['failed'][0]})", file=sys.stderr)
+    if counts["failed"] or counts["stopped"]:
         return 1
     if counts["busy"]:
         print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} are being run by another process and are "
@@ -1127,8 +1606,9 @@ def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experim
     """Run a routine script's instances; exits the process (0 all complete, 1 some failed, 2 refused input,
     3 some left to another process).
 
-    The keyword arguments are the routine script's settings of the same names; argv defaults to sys.argv[1:]
-    ([FIRST [LAST [GPU]]]). Parameter strings come only from experiment_dict, i.e. from the user's own routine file.
+    The keyword arguments are the routine script's settings of the same names (gpu_ID: a device number, -1 for
+    the CPU, or a list of them: one worker each); argv defaults to sys.argv[1:] (see parse_command_line).
+    Parameter strings come only from experiment_dict, i.e. from the user's own routine file.
     """
     settings = {"description": description, "gpu_ID": gpu_ID, "dataset": dataset, "num_experiment": num_experiment,
                 "num_folds": num_folds, "experiment_folder": experiment_folder,
@@ -1137,3 +1617,11 @@ def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experim
     routine_file = getattr(sys.modules.get("__main__"), "__file__", None) or "routine.py"
     code = exit_on_user_error(lambda: launch(settings, argv, routine_file), debug=debug_mode is True)
     raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != TASK_FLAG:
+        print(f"usage: python3 xval_instance.py {TASK_FLAG} FOLD_JOBS.txt INDEX (what the sbatch scripts of "
+              "--slurm run; a routine script is what you run)", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(exit_on_user_error(lambda: run_slurm_task(sys.argv[2], sys.argv[3])))

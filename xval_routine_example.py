@@ -3,6 +3,9 @@
     python3 xval_routine_exp1.py            # every instance, on gpu_ID below
     python3 xval_routine_exp1.py 3 7 1      # instances 3 to 7 on GPU 1
     python3 xval_routine_exp1.py 4          # instance 4 only
+    python3 xval_routine_exp1.py 1 20 0,1   # folds in parallel on GPUs 0 and 1 (-1,-1: two CPU workers)
+    python3 xval_routine_exp1.py --slurm    # every missing fold job as a SLURM array task ([slurm] in config.ini)
+    python3 xval_routine_exp1.py --status   # each fold job: done, running, failed or pending
 
 Each instance is a list of parameter strings applied over the defaults (config.ini [training] plus the keyword
 defaults of the architecture in define_models.py). A typo, an unknown name or a wrong type stops the run before
@@ -12,7 +15,7 @@ import xval_instance
 
 description = """Demo: emotion classification on the synthetic RAVDESS-format corpus (log-mel features).
 Compares the example CNN with two L2 strengths and a pooled-statistics MLP, on identical actor folds."""
-gpu_ID = 0                    # CUDA device for the fold processes (-1: CPU only); the command line may override
+gpu_ID = 0                    # CUDA device of the folds (-1: CPU; [0, 1]: a worker each); the command line may override
 dataset = "ravdess_demo"      # features name: {features_folder}/{dataset}_predictors.npz (preprocessing_ravdess.py)
 num_experiment = 1            # results go to {experiment_folder}/experiment_{num_experiment}/
 num_folds = 4                 # k of the speaker-independent k-fold cross-validation over actors

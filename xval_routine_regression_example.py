@@ -1,7 +1,7 @@
 """An xval routine with regression instances: predict RAVDESS intensity (0 normal, 1 strong) per clip.
 
 Needs the intensity features first:  python3 preprocessing_ravdess.py --demo --target intensity
-Then:                                python3 xval_routine_regression_example.py [FIRST [LAST [GPU]]]
+Then:                                python3 xval_routine_regression_example.py [FIRST [LAST [DEVICES]]]
 """
 import xval_instance
 

@@ -178,14 +178,16 @@ def test_a_refusal_kills_the_fold_server_it_started(tiny_features, finished, mon
     settings = {"description": "refused", "gpu_ID": -1, "dataset": "tiny", "num_experiment": 1, "num_folds": 2,
                 "experiment_folder": str(finished / "experiments"), "overwrite_results": False, "debug_mode": False,
                 "experiment_dict": {1: GOOD + ["learnin_rate = 0.1"]}}
+    routine_file = str(finished / "routine_refused.py")
+    command, config = xval_instance.read_command(settings, [], routine_file)
     with pytest.raises(XvalError, match="learnin_rate"):
-        xval_instance.prepare(settings, [], str(finished / "routine_refused.py"))
+        xval_instance.prepare(settings, command, config, routine_file)
     assert len(servers) == 1 and servers[0].poll() == -signal.SIGKILL
 
 
 def test_closing_a_fold_server_that_ran_no_fold_kills_it_without_waiting():
     import xval_instance
-    runner = xval_instance.FoldRunner(-1)
+    runner = xval_instance.FoldRunner(-1, "tensorflow", 1)
     runner.start()
     server = runner.server
     runner.close()  # a server that ran a fold would be asked to finish (end of input) and waited for

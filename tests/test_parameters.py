@@ -179,19 +179,33 @@ def test_the_hash_is_stable_and_ignores_comments():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ([1, 2, 5, 7], 0)), (["2"], ([2], 0)), (["2", "5"], ([2, 5], 0)), (["1", "9", "3"], ([1, 2, 5, 7], 3)),
+    ([], ([1, 2, 5, 7], [0])), (["2"], ([2], [0])), (["2", "5"], ([2, 5], [0])),
+    (["1", "9", "3"], ([1, 2, 5, 7], [3])), (["1", "9", "0,1,2,3"], ([1, 2, 5, 7], [0, 1, 2, 3])),
+    (["2", "2", "-1,-1"], ([2], [-1, -1])),
 ])
-def test_command_line_selects_instances_and_gpu(argv, expected):
-    assert xi.parse_command_line(argv, [1, 2, 5, 7], 0, "exp.py") == expected
+def test_command_line_selects_instances_and_devices(argv, expected):
+    command = xi.parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
+    assert (command["selected"], command["devices"], command["mode"]) == (*expected, "run")
+
+
+def test_command_line_modes_and_slurm_options():
+    command = xi.parse_command_line(["--slurm", "--time=0:10:00", "--max-parallel", "2", "--sbatch-line",
+                                     "--qos=a", "--sbatch-line=--account=b", "5"], [1, 2, 5, 7], [0], "exp.py")
+    assert command["mode"] == "slurm" and command["selected"] == [5]
+    assert command["slurm"] == {"time": "0:10:00", "max_parallel": "2", "extra_sbatch": "--qos=a;--account=b"}
+    assert xi.parse_command_line(["--status"], [1, 2], [0], "exp.py")["mode"] == "status"
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["a"], "must be whole numbers"), (["5", "3"], "is after last"), (["3", "4"], "no instance between 3 and 4"),
-    (["1", "2", "3", "4"], "too many arguments"),
+    (["1", "2", "3", "4"], "too many arguments"), (["1", "2", "0,x"], "devices must be CUDA device numbers"),
+    (["1", "2", "-2"], "devices must be"), (["--time=1:00:00"], "--time only acts with --slurm"),
+    (["--slurm", "--status"], "cannot be combined"), (["--slurm", "1", "2", "0"], "--slurm takes no DEVICES"),
+    (["--fast"], "unknown option --fast"), (["--slurm", "--mem"], "--mem needs a value"),
 ])
 def test_command_line_errors_show_the_usage(argv, expected):
     with pytest.raises(XvalError) as refusal:
-        xi.parse_command_line(argv, [1, 2, 5, 7], 0, "exp.py")
+        xi.parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
     assert expected in str(refusal.value) and "usage: python3 exp.py" in str(refusal.value)
 
 

@@ -122,18 +122,23 @@ def test_two_routines_on_overlapping_ranges_train_each_instance_once(tiny_featur
     openpyxl.load_workbook(next(experiment_dir.glob("*_results_spreadsheet.xlsx")))
 
 
-def test_an_instance_left_to_a_live_process_exits_3_not_0(tiny_features, tmp_path):
+def test_a_fold_left_to_a_live_process_exits_3_and_the_other_folds_run(tiny_features, tmp_path):
     routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1"), 2: instance("b", "num_epochs = 1")})
     locks = tmp_path / "experiments" / "experiment_1" / "locks"
     locks.mkdir(parents=True)
-    (locks / "run1.lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
+    (locks / "run1_fold1.lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
     completed = run_routine(routine, tiny_features["config_path"])
     assert completed.returncode == 3, completed.stdout + completed.stderr
-    assert "being run by another-host" in completed.stdout
+    assert "instance 1 fold 1/2: skipped, being run by another-host pid 1 since earlier" in completed.stdout
     assert "instance(s) 1 are being run by another process and are not complete yet" in completed.stderr
     results = tmp_path / "experiments" / "experiment_1" / "results"
     assert json.loads((results / "results_tiny_exp1_run2.json").read_text())["status"] == "complete"
-    assert not (results / "results_tiny_exp1_run1.json").exists()
+    waiting = json.loads((results / "results_tiny_exp1_run1.json").read_text())
+    assert waiting["status"] == "incomplete" and [fold["fold"] for fold in waiting["folds"]] == [2]
+    (locks / "run1_fold1.lock").unlink()  # the other process ended without training it: the next run does
+    again = run_routine(routine, tiny_features["config_path"])
+    assert again.returncode == 0 and "instance 1 fold 1/2 on CPU" in again.stdout and "fold 2/2" not in again.stdout
+    assert json.loads((results / "results_tiny_exp1_run1.json").read_text())["status"] == "complete"
 
 
 def own_features(tiny_features, folder):
