@@ -1,0 +1,173 @@
+"""A routine submitted to a real SLURM cluster: every fold job lands once, at most the capped number at a time, the
+spreadsheet job runs last; a task requeued mid-fold (preemption, node failure) trains its fold again, and a task
+cancelled mid-fold is submitted again by the next --slurm and resumes.
+
+CI starts a one-node cluster (.ci/start_slurm: 4 CPUs, 2 fake GPUs). With CI=true these tests fail when it is not
+up; elsewhere they skip, saying why. Waits are for observed progress: a job's end (sbatch --wait on a job that
+the queue no longer listing it), an epoch line in a fold's log, polled.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from conftest import write_config
+from routine_helpers import instance, routine_environment, write_routine
+
+SLURM_SETTINGS = {"cpus_per_task": 1, "mem": "400M", "time": "0:10:00", "gres": "gpu:1", "max_parallel": 0}
+
+
+def cluster_problem():
+    """Why no SLURM cluster can take jobs here (one line), or None."""
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return "sbatch/sinfo not found (no SLURM client installed)"
+    completed = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
+    states = completed.stdout.split()
+    if completed.returncode != 0 or not any(state.rstrip("*") in ("idle", "mixed", "allocated") for state in states):
+        return f"no SLURM node is up (sinfo: {(completed.stdout + completed.stderr).strip()[:200]!r})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The cluster, or a failure (CI=true: .ci/start_slurm should have started it) or a skip elsewhere."""
+    problem = cluster_problem()
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {problem}: .ci/start_slurm starts a one-node cluster")
+    if problem:
+        pytest.skip(f"{problem}; as root, .ci/start_slurm sets up a one-node cluster")
+
+
+def slurm_config(tiny_features, folder):
+    """A copy of the tiny dataset's config with the test cluster's [slurm] settings."""
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(tiny_features["config_path"], encoding="utf-8")
+    overrides = {section: dict(parser[section]) for section in parser.sections()}
+    overrides["slurm"] = SLURM_SETTINGS
+    return write_config(folder, overrides)
+
+
+def xval(routine, config, *arguments):
+    """Run the routine script with arguments; returns the CompletedProcess."""
+    return subprocess.run(["python3", str(routine), *arguments], capture_output=True, text=True, timeout=600,
+                          env=routine_environment(config), cwd=str(Path(routine).parent))
+
+
+def submission(experiment_dir):
+    """The latest submission's record (submitted.json) and its folder."""
+    folder = sorted((experiment_dir / "slurm").iterdir())[-1]
+    return json.loads((folder / "submitted.json").read_text()), folder
+
+
+def job_ended(job_id):
+    """Whether SLURM's queue no longer holds job_id (every task of an array) as pending, running or completing."""
+    listed = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                            timeout=60)
+    return listed.returncode != 0 or not listed.stdout.split()
+
+
+def wait_until(condition, job_id, timeout=600):
+    """Poll (every 0.2 s) until condition() holds: True; False if job_id ended first. Fails after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job_ended(job_id):
+            return condition()
+        assert time.monotonic() < deadline, f"waited {timeout} s for SLURM job {job_id}"
+        time.sleep(0.2)  # a polling interval, not a wait for an assumed duration
+    return True
+
+
+def epochs_logged(log, count=1):
+    """A condition: the fold log holds `count` epoch lines."""
+    return lambda: log.exists() and log.read_text(errors="replace").count("xval-epoch: ") >= count
+
+
+def fold_results(experiment_dir):
+    """{name: result} of the fold results present."""
+    return {path.name: json.loads(path.read_text()) for path in (experiment_dir / "results" / "folds").glob("*.json")}
+
+
+def most_at_once(results):
+    """The largest number of folds whose training intervals (started_at, finished_at) overlap."""
+    events = sorted([(r["started_at"], 1) for r in results] + [(r["finished_at"], -1) for r in results])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def test_a_routine_submitted_to_slurm_lands_every_fold_once_then_the_spreadsheet(slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {n: instance(f"i{n}", "num_epochs = 2") for n in (1, 2)}, num_folds=2)
+    submitted = xval(routine, config, "--slurm", "--max-parallel", "2", "--time=0:05:00")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "submitted 4 fold job(s) as SLURM array" in submitted.stdout
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    record, folder = submission(experiment_dir)
+    script = (folder / "folds.sbatch").read_text()
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "#SBATCH --time=0:05:00",
+                 f"#SBATCH --output={experiment_dir / 'logs'}/slurm_%A_%a.out", "#SBATCH --cpus-per-task=1"):
+        assert line in script
+    wait_until(lambda: False, record["spreadsheet_job"])
+
+    results = fold_results(experiment_dir)
+    assert sorted(results) == sorted(f"results_tiny_exp1_run{n}_fold{f}.json" for n in (1, 2) for f in (1, 2))
+    assert 1 <= most_at_once(results.values()) <= 2, "more fold jobs ran at once than --max-parallel 2"
+    assert all(result["threads"] == 1 for result in results.values())
+    for n in (1, 2):
+        assert json.loads((experiment_dir / "results" / f"results_tiny_exp1_run{n}.json").read_text())[
+            "status"] == "complete"
+        for f in (1, 2):
+            log = (experiment_dir / "logs" / f"tiny_exp1_run{n}_fold{f}.log").read_text()
+            assert log.count("\n===== ") == 1 and "SLURM job" in log
+    workbook = next(experiment_dir.glob("*_results_spreadsheet.xlsx"))
+    sheet_log = experiment_dir / "logs" / f"slurm_spreadsheet_{record['spreadsheet_job']}.out"
+    assert sheet_log.exists(), "the spreadsheet job did not run"
+    assert workbook.stat().st_mtime >= max(path.stat().st_mtime
+                                           for path in (experiment_dir / "results" / "folds").glob("*.json"))
+    assert openpyxl.load_workbook(workbook)["summary"]["A1"].value
+
+    status = xval(routine, config, "--status")
+    assert status.returncode == 0 and status.stdout.count("2 done") == 2, status.stdout
+    again = xval(routine, config, "--slurm")
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
+
+
+def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    slow = ["num_epochs = 60", "early_stopping = False", "batch_size = 4"]
+    routine = write_routine(tmp_path, {1: instance("slow", *slow)}, num_folds=2)
+    submitted = xval(routine, config, "--slurm")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    record, folder = submission(experiment_dir)
+    logs = [experiment_dir / "logs" / f"tiny_exp1_run1_fold{fold}.log" for fold in (1, 2)]
+    for log in logs:
+        assert wait_until(epochs_logged(log), record["array_job"]), "the folds ended before the kills"
+    # fold 1 as if preempted (SLURM requeues it); fold 2 cancelled by its user
+    subprocess.run(["scontrol", "requeue", f"{record['array_job']}_0"], check=True, timeout=60)
+    subprocess.run(["scancel", f"{record['array_job']}_1"], check=True, timeout=60)
+    wait_until(lambda: False, record["array_job"])
+
+    results = fold_results(experiment_dir)
+    assert list(results) == ["results_tiny_exp1_run1_fold1.json"]
+    assert logs[0].read_text().count("\n===== ") == 2, "the requeued task did not train its fold again"
+    status = xval(routine, config, "--status")
+    assert "fold 1: done" in status.stdout, status.stdout
+    assert "fold 2: pending" in status.stdout or "fold 2: stale claim" in status.stdout, status.stdout
+
+    resubmitted = xval(routine, config, "--slurm")
+    assert resubmitted.returncode == 0 and "submitted 1 fold job(s)" in resubmitted.stdout, resubmitted.stdout
+    record, _ = submission(experiment_dir)
+    wait_until(lambda: False, record["spreadsheet_job"])
+    assert logs[1].read_text().count("\n===== ") == 2
+    document = json.loads((experiment_dir / "results" / "results_tiny_exp1_run1.json").read_text())
+    assert document["status"] == "complete" and [fold["fold"] for fold in document["folds"]] == [1, 2]
+    assert document["folds"][0] == results["results_tiny_exp1_run1_fold1.json"], "the finished fold was retrained"
