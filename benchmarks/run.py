@@ -3,9 +3,10 @@
     python3 benchmarks/run.py [--smoke] [--only NAME ...] [--workdir DIR] [--output JSON] [--markdown MD]
 
 Makes the workspace (config.ini, demo corpus, features; only what is missing), then runs preprocessing.py,
-overhead.py and memory.py (and tweaks.py, only when named in --only), and records how much of the machine's CPU
-other processes used meanwhile: a figure measured on a busy machine is worth less. The full run takes about
-12 minutes on 2 cores (tweaks.py 7.5 more); --smoke (tiny sizes, seconds a script) is what CI runs.
+overhead.py, memory.py and parallel.py (and tweaks.py, only when named in --only), and records how much of the
+machine's CPU other processes used meanwhile: a figure measured on a busy machine is worth less. The full run takes
+about 12 minutes on 2 cores without parallel.py (which adds about 6; tweaks.py 7.5 more); --smoke (tiny sizes,
+seconds a script) is what CI runs. parallel.py needs requirements-benchmarks.txt (scikeras) installed.
 """
 import argparse
 import json
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import common
 
-SCRIPTS = ("preprocessing", "overhead", "memory", "tweaks")
-DEFAULT = SCRIPTS[:3]
+SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks")
+DEFAULT = SCRIPTS[:4]
 HEADER = ("benchmark", "figure", "value", "target", "met")
 
 

@@ -2,7 +2,7 @@
 
 Only the output is checked, never a timing or memory figure against a threshold (those depend on the machine and
 its load; `python3 benchmarks/run.py` measures them). Two run.py processes run at once, each in its own temporary
-workspace: preprocessing + overhead, and memory + tweaks.
+workspace: preprocessing + overhead + parallel, and memory + tweaks.
 """
 import json
 import math
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = {"timing": ("preprocessing", "overhead"), "memory": ("memory", "tweaks")}
+GROUPS = {"timing": ("preprocessing", "overhead", "parallel"), "memory": ("memory", "tweaks")}
 TIMEOUT_SECONDS = 600
 TWEAKS = ("a_mallopt", "c_os_exit", "d_sparse_mel", "e_early_server")
 
@@ -58,7 +58,8 @@ def labels(results, benchmark):
     return [row["figure"] for row in results[benchmark]["rows"]]
 
 
-@pytest.mark.parametrize("script", ["run.py", "preprocessing.py", "overhead.py", "memory.py", "tweaks.py"])
+@pytest.mark.parametrize("script", ["run.py", "preprocessing.py", "overhead.py", "memory.py", "parallel.py",
+                                    "tweaks.py"])
 def test_every_script_has_a_command_line(script):
     completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
                                text=True, cwd=str(REPO), timeout=60)
@@ -106,6 +107,22 @@ def test_memory(reports):
     assert figures["routine_peak_end_mib"] >= figures["routine_peak_after_first_mib"] > 0
     assert figures["fold_peak_mib"] > 0 and figures["baseline_mib"] > 0 and figures["arrays_mib"] > 0
     assert "fold: (peak - baseline) / arrays" in labels(results, "memory")
+
+
+def test_parallel(reports):
+    results, _ = reports
+    figures = figures_of(results, "parallel")
+    assert {"speed-up of 2 workers: 1 worker / 2 workers", "ratio xval / peer, 1 worker vs n_jobs=1",
+            "ratio xval / peer, 2 workers vs n_jobs=2"} <= set(labels(results, "parallel"))
+    assert all(figures["wall"][kind] > 0 for kind in ("one", "two", "peer1", "peer2"))
+    assert figures["speedup"] == pytest.approx(figures["wall"]["one"] / figures["wall"]["two"])
+    assert figures["ratio"]["one"] == pytest.approx(figures["wall"]["one"] / figures["wall"]["peer1"])
+    assert figures["ratio"]["two"] == pytest.approx(figures["wall"]["two"] / figures["wall"]["peer2"])
+    # --smoke machines may have one core; otherwise two workers share them: cores // 2 threads per fold each
+    assert figures["threads_per_fold"]["two"] == max(1, figures["threads_per_fold"]["one"] // 2)
+    assert figures["fit"]["one"] > 0 and figures["fit"]["two"] > 0 and figures["peer_fit"]["peer2"] > 0
+    # both sides cross-validated the same folds: a test score per fold of every instance
+    assert sum(map(len, figures["peer_test_scores"])) == sum(map(len, figures["xval_test_scores"])) == figures["folds"]
 
 
 def test_tweaks(reports):
