@@ -1557,6 +1557,10 @@ def launch(settings, argv, routine_file):
         set_up_experiment_folder(routine, split, routine_file)
         write_parameters_files(routine, plan)
         routine.phases["setup"] = time.monotonic() - setup_started
+        cpu_workers, cores = command["devices"].count(-1), available_cores()
+        if command["mode"] == "run" and cpu_workers > cores:
+            routine.warnings.append(f"{cpu_workers} CPU workers share {cores} cores: each fold gets 1 thread and "
+                                    f"they take turns; list at most {cores} (-1,-1,...)")
         for warning in routine.warnings:
             routine.say(f"xval: WARNING: {warning}")
         if not routine.dataset_identity["speaker_independent"]:

@@ -208,6 +208,10 @@ def test_without_debug_mode_a_failing_instance_is_recorded_and_the_routine_goes_
     assert "logs/tiny_exp1_run1_fold1.log" in failed["error"]
     assert instance_json(experiment_dir, 2)["status"] == "complete"
     assert "1 failed (1)" in completed.stdout
+    status = run_routine(routine, tiny_features["config_path"], "--status").stdout.splitlines()
+    assert "instance 1: 1 failed, 1 pending" in status  # its second fold was not tried after the first failed
+    assert any(line.startswith("  fold 1: failed: fold 1: ") and "raised ValueError" in line for line in status)
+    assert "instance 2: 2 done" in status
 
 
 def test_with_debug_mode_the_first_failure_stops_the_routine_with_its_traceback(tiny_features, tmp_path):
