@@ -1242,13 +1242,19 @@ def spreadsheet_script(routine):
         f"exec {shlex.quote(sys.executable)} results_to_excel.py {shlex.quote(str(routine.experiment_dir))}", ""])
 
 
-def sbatch(arguments):
-    """Submit with sbatch --parsable; returns the job id, or raises XvalError with sbatch's own message."""
+def sbatch_command():
+    """The path of sbatch, or an XvalError saying where --slurm must run."""
     command = shutil.which("sbatch")
     if command is None:
         raise XvalError("sbatch is not on PATH: --slurm submits to a SLURM cluster; run it on the cluster's login "
                         "node (or run the routine locally, without --slurm)")
-    completed = subprocess.run([command, "--parsable", *map(str, arguments)], capture_output=True, text=True)
+    return command
+
+
+def sbatch(arguments):
+    """Submit with sbatch --parsable; returns the job id, or raises XvalError with sbatch's own message."""
+    completed = subprocess.run([sbatch_command(), "--parsable", *map(str, arguments)], capture_output=True,
+                               text=True)
     if completed.returncode != 0:
         message = " ".join(completed.stderr.split()) or f"exit code {completed.returncode}"
         raise XvalError(f"sbatch refused the submission ({message}): check the [slurm] section of config.ini or "
@@ -1546,6 +1552,8 @@ def launch(settings, argv, routine_file):
     command, config = read_command(settings, argv, routine_file)
     if command["mode"] == "status":
         return print_status(settings, config, command["selected"], routine_file)
+    if command["mode"] == "slurm":
+        sbatch_command()  # refused before anything is written
     routine, plan, split = prepare(settings, command, config, routine_file)
     if command["mode"] == "smoke":
         return smoke_run(routine, plan)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def slurm_config(tiny_features, folder):
 
 def xval(routine, config, *arguments):
     """Run the routine script with arguments; returns the CompletedProcess."""
-    return subprocess.run(["python3", str(routine), *arguments], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, str(routine), *arguments], capture_output=True, text=True, timeout=600,
                           env=routine_environment(config), cwd=str(Path(routine).parent))
 
 
@@ -171,3 +172,15 @@ def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_feature
     document = json.loads((experiment_dir / "results" / "results_tiny_exp1_run1.json").read_text())
     assert document["status"] == "complete" and [fold["fold"] for fold in document["folds"]] == [1, 2]
     assert document["folds"][0] == results["results_tiny_exp1_run1_fold1.json"], "the finished fold was retrained"
+
+
+def test_slurm_without_sbatch_is_refused_before_anything_is_written(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("a")})
+    environment = dict(routine_environment(tiny_features["config_path"]), PATH=str(tmp_path / "no-slurm-here"))
+    completed = subprocess.run([sys.executable, str(routine), "--slurm"], capture_output=True, text=True,
+                               env=environment, cwd=str(tmp_path), timeout=120)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        "error: sbatch is not on PATH: --slurm submits to a SLURM cluster; run it on the cluster's login node (or "
+        "run the routine locally, without --slurm)"]
+    assert not (tmp_path / "experiments").exists()
