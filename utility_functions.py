@@ -363,25 +363,31 @@ def slurm_job_running(job_id):
     return any(state in SLURM_LIVE_STATES for state in completed.stdout.split())
 
 
+def slurm_restart_count(environ=os.environ):
+    """How often SLURM has requeued this task so far (0 for its first attempt, and outside SLURM)."""
+    return int(environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def lock_owner_alive(owner):
     """Whether the process described by a claim file's content still runs.
 
-    A SLURM task's claim is alive while squeue lists its job (it is dead to a requeued attempt of the same task);
-    another host's process is assumed alive; this host's is checked by PID and start time.
+    On this host, its PID and start time decide. Elsewhere, a SLURM task's claim is dead to a later attempt of
+    the same task (requeued: a higher restart count) and alive while squeue lists its job; another host's process
+    without SLURM is assumed alive.
     """
+    if owner.get("host") == HOST:
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or not _pid_alive(pid):
+            return False
+        started = owner.get("start_time")
+        return started is None or _process_start_time(pid) in (None, started)
     if owner.get("slurm_job"):
-        if owner["slurm_job"] == slurm_job_id():
-            return False  # a killed, requeued attempt of this very task
+        if owner["slurm_job"] == slurm_job_id() and owner.get("slurm_restart", 0) < slurm_restart_count():
+            return False  # a killed attempt of this very task, which SLURM requeued
         running = slurm_job_running(owner["slurm_job"])
         if running is not None:
             return running
-    if owner.get("host") != HOST:
-        return True
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid):
-        return False
-    started = owner.get("start_time")
-    return started is None or _process_start_time(pid) in (None, started)
+    return True
 
 
 def claim(lock_path):
@@ -402,7 +408,8 @@ def claim(lock_path):
             if owner and lock_owner_alive(owner):
                 return owner
         me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id()}
+              "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id(),
+              "slurm_restart": slurm_restart_count()}
         atomic_write_json(lock_path, me)
     return None
 

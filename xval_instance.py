@@ -85,8 +85,11 @@ def parse_devices(text, where):
     values = text.split(",") if isinstance(text, str) else (text if isinstance(text, (list, tuple)) else [text])
     devices = []
     for value in values:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                pass  # refused below
         if not isinstance(value, int) or isinstance(value, bool) or value < -1:
             raise XvalError(f"{where}: devices must be CUDA device numbers or -1 (a CPU worker), e.g. 0 or 0,1,2,3 "
                             f"or -1,-1; got {text!r}")
@@ -106,13 +109,14 @@ def parse_command_line(argv, instance_ids, default_devices, script_name):
     modes, slurm, positional, words = [], {}, [], list(argv)
     while words:
         word = words.pop(0)
-        name, _, value = word.partition("=")
+        name, equals, value = word.partition("=")
         if word in MODE_FLAGS:
             modes.append(word[2:])
         elif name in SLURM_OPTIONS:
-            if not value and not words:
-                raise XvalError(f"{name} needs a value — {usage}")
-            value = value or words.pop(0)
+            if not equals:
+                if not words or (words[0].startswith("--") and name != "--sbatch-line"):  # its value is an option
+                    raise XvalError(f"{name} needs a value ({name} VALUE or {name}=VALUE) — {usage}")
+                value = words.pop(0)
             key = SLURM_OPTIONS[name]
             slurm[key] = f"{slurm[key]};{value}" if key == "extra_sbatch" and key in slurm else value
         elif word.startswith("--"):
@@ -815,6 +819,7 @@ class Routine:
         self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
         self.warnings = []  # lines the plan wants the user to read before training
         self.lock = threading.Lock()  # the workers' threads share fold_runs, phases and the console
+        self.interrupted = False  # set on Ctrl-C: a fold ending now was stopped, not failed
 
     def record_fold(self, instance, fold, device, seconds, exit_code):
         """Remember one fold process's wall time (seen from this process) and exit code."""
@@ -938,7 +943,8 @@ def summarise_folds(folds):
 
 def collect_instance(collect):
     """Assemble an instance's results JSON from what is on disk now, under the instance's mutex, so that whoever
-    lands its last fold writes it complete. Returns (status before, status now, the document).
+    lands its last fold writes it complete. Returns (status before, status now, the document, whether the file
+    changed).
 
     Complete: every fold has a result made as planned (fingerprint and model); failed: a fold without one has a
     failure record; incomplete otherwise (folds pending, running elsewhere, or never run)."""
@@ -952,12 +958,13 @@ def collect_instance(collect):
             elif Path(collect["failures"][index]).exists():
                 errors.append(read_json(collect["failures"][index])["error"])
         status = "complete" if len(folds) == len(collect["fold_results"]) else "failed" if errors else "incomplete"
-        before = read_json(result_path).get("status") if result_path.exists() else None
+        previous = read_json(result_path) if result_path.exists() else {}
         document = {**collect["base"], "status": status, "error": errors[0] if errors else None, "folds": folds,
                     "summary": summarise_folds(folds) if folds else None}
-        if not result_path.exists() or read_json(result_path) != json.loads(json.dumps(to_jsonable(document))):
-            atomic_write_json(result_path, document)  # unchanged: left as it is
-    return before, status, document
+        changed = previous != json.loads(json.dumps(to_jsonable(document)))
+        if changed:  # unchanged: left as it is
+            atomic_write_json(result_path, document)
+    return previous.get("status"), status, document, changed
 
 
 def attempt_fold(job, job_path, run_process, write_job=False):
@@ -1011,7 +1018,7 @@ def instance_done_line(document, main_metric, num_folds, label):
 
 def report_attempt(say, job, outcome, detail, collected, seconds, where, eta=None):
     """Print what one attempt at a fold job gave (one line; two for a failure, and the instance's line when this
-    fold completed it). Returns whether the instance's results changed to complete or failed just now."""
+    fold completed it). Returns whether the instance's results JSON was rewritten complete or failed just now."""
     label = job["label"]
     if outcome == "busy":
         runner = f"SLURM job {detail['slurm_job']}" if detail.get("slurm_job") else f"pid {detail.get('pid')}"
@@ -1027,11 +1034,11 @@ def report_attempt(say, job, outcome, detail, collected, seconds, where, eta=Non
             f"{'' if eta is None else f', ETA {format_seconds(eta)}'}")
     else:
         say(f"{label} on {where}: FAILED after {format_seconds(seconds)}: {detail}\n  log: {job['collect']['log']}")
-    before, status, document = collected
-    if status == "complete" and before != "complete":
+    before, status, document, changed = collected
+    if status == "complete" and changed:
         say(instance_done_line(document, main_metric, len(job["collect"]["fold_results"]),
                                f"instance {job['collect']['instance']}"))
-    return status in ("complete", "failed") and status != before
+    return status in ("complete", "failed") and changed
 
 
 def rebuild_spreadsheet(experiment_dir, debug=False):
@@ -1067,6 +1074,8 @@ def run_on_worker(routine, worker, planned, fold, left):
     def run_process(job_path, log_path):
         started = time.monotonic()
         code, error_line = runner.run(job_path, log_path, job["label"], routine.show_progress)
+        if routine.interrupted:  # the fold was stopped by Ctrl-C, not failed: no failure record, claim released
+            raise KeyboardInterrupt
         routine.record_fold(instance, fold["fold"], worker.label, time.monotonic() - started, code)
         return code, error_line
 
@@ -1115,8 +1124,16 @@ def run_fold_jobs(routine, jobs):
     threads = [threading.Thread(target=work, args=(worker,), daemon=True) for worker in routine.workers]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:  # stop the folds, let each worker release its claim, then stop
+        routine.interrupted, state["stop"] = True, True
+        for worker in routine.workers:
+            worker.abort()
+        for thread in threads:
+            thread.join()
+        raise
     if state["error"] is not None:
         raise state["error"]
     return outcomes
@@ -1172,12 +1189,15 @@ def instance_outcome(routine, planned, outcomes):
         return "busy"
     if planned["missing"] and not outcomes:
         return "stopped"
-    before, status, document = collect_instance(instance_collect(routine, planned))
+    before, status, document, changed = collect_instance(instance_collect(routine, planned))
     if status != "complete":
         return "stopped"
     if not planned["missing"]:
         if before == "complete":
-            routine.say(f"instance {instance}: complete already, skipped (overwrite_results = False)")
+            routine.say(f"instance {instance}: complete already, skipped (overwrite_results = False)"
+                        + ("; its edited comments written to its results" if changed else ""))
+            if changed:
+                timed_rebuild(routine)
             return "skipped"
         main_metric = MAIN_METRIC[planned["parameters"]["task_type"]]
         routine.say(instance_done_line(document, main_metric, routine.num_folds, f"instance {instance}"))
@@ -1193,9 +1213,17 @@ def slurm_job_name(dataset, experiment):
     return f"xval_{dataset}_exp{experiment}"
 
 
+def sbatch_value(text):
+    """A value for an #SBATCH line: in double quotes when it holds a space (sbatch reads those as one word)."""
+    if '"' in text:
+        raise XvalError(f"{text!r} holds a double quote, which an #SBATCH line cannot carry: rename the folder or "
+                        "dataset for --slurm")
+    return f'"{text}"' if any(character.isspace() for character in text) else text
+
+
 def sbatch_lines(slurm):
     """#SBATCH lines of [slurm]'s resource settings (empty ones left to the cluster's defaults)."""
-    lines = [f"#SBATCH --{option}={slurm[key]}" for option, key in
+    lines = [f"#SBATCH --{option}={sbatch_value(slurm[key])}" for option, key in
              (("partition", "partition"), ("time", "time"), ("mem", "mem"), ("gres", "gres")) if slurm[key]]
     lines += [f"#SBATCH {line.strip()}" for line in slurm["extra_sbatch"].split(";") if line.strip()]
     return lines
@@ -1213,13 +1241,13 @@ def fold_array_script(routine, list_path, count, command_line):
         f"# Array task i trains the fold job on line i (0-based) of {list_path.name}, unless it is done already or",
         "# being run by a live process; preempted or on a failed node, SLURM requeues the task and the fold starts",
         "# again. Submitting this script again runs whatever is not done.",
-        f"#SBATCH --job-name={slurm_job_name(routine.dataset, routine.experiment)}",
+        f"#SBATCH --job-name={sbatch_value(slurm_job_name(routine.dataset, routine.experiment))}",
         f"#SBATCH --array=0-{count - 1}{cap}",
         f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
         *sbatch_lines(slurm),
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
-        f"#SBATCH --output={logs}/slurm_%A_%a.out",
+        f"#SBATCH --output={sbatch_value(f'{logs}/slurm_%A_%a.out')}",
         "",
         f"export {CONFIG_ENV_VAR}={shlex.quote(str(config_path_in_use()))}",
         f"cd {shlex.quote(str(PROJECT_DIR))}",
@@ -1233,10 +1261,10 @@ def spreadsheet_script(routine):
     return "\n".join([
         "#!/bin/bash",
         "# xval: rebuild the spreadsheet from the fold results, once the fold jobs' array has ended",
-        f"#SBATCH --job-name={slurm_job_name(routine.dataset, routine.experiment)}_spreadsheet",
+        f"#SBATCH --job-name={sbatch_value(slurm_job_name(routine.dataset, routine.experiment) + '_spreadsheet')}",
         "#SBATCH --cpus-per-task=1",
         *sbatch_lines(slurm),
-        f"#SBATCH --output={routine.experiment_dir / 'logs'}/slurm_spreadsheet_%j.out",
+        f"#SBATCH --output={sbatch_value(f'{routine.experiment_dir}/logs/slurm_spreadsheet_%j.out')}",
         "",
         f"cd {shlex.quote(str(PROJECT_DIR))}",
         f"exec {shlex.quote(sys.executable)} results_to_excel.py {shlex.quote(str(routine.experiment_dir))}", ""])
@@ -1282,10 +1310,16 @@ def submit_to_slurm(routine, plan, argv):
     atomic_write_text(folder / "folds.sbatch", fold_array_script(routine, list_path, len(paths), command_line))
     atomic_write_text(folder / "spreadsheet.sbatch", spreadsheet_script(routine))
     array = sbatch([folder / "folds.sbatch"])
-    sheet = sbatch([f"--dependency=afterany:{array}", folder / "spreadsheet.sbatch"])
-    atomic_write_json(folder / "submitted.json", {"array_job": array, "spreadsheet_job": sheet,
-                                                  "fold_jobs": paths, "host": HOST,
-                                                  "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    record = {"array_job": array, "spreadsheet_job": None, "fold_jobs": paths, "host": HOST,
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_json(folder / "submitted.json", record)
+    try:
+        sheet = sbatch([f"--dependency=afterany:{array}", folder / "spreadsheet.sbatch"])
+    except XvalError as error:
+        raise XvalError(f"the fold jobs were submitted as SLURM array {array}, but the spreadsheet job was not: "
+                        f"{error}; rebuild it after the array with python3 results_to_excel.py "
+                        f"{routine.experiment_dir}") from None
+    atomic_write_json(folder / "submitted.json", dict(record, spreadsheet_job=sheet))
     routine.say(f"xval: submitted {len(paths)} fold job(s) as SLURM array {array} "
                 f"({folder / 'folds.sbatch'}), and the spreadsheet as job {sheet} after it. Follow them with: "
                 f"python3 {Path(sys.argv[0]).name} --status")
@@ -1331,22 +1365,34 @@ def run_slurm_task(list_path, index):
 # ----------------------------------------------------------------------------------------------------------------
 # Status: what the experiment folder (and squeue) say about each fold job
 
+def read_if_readable(path):
+    """A JSON file's content, or None when it is missing, damaged or removed while being read (--status only)."""
+    try:
+        return read_json(path)
+    except (OSError, XvalError):
+        return None
+
+
 def fold_state(files, index, experiment_dir):
     """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
     lock, result_path, failure = files["locks"][index], files["fold_results"][index], files["failures"][index]
-    owner = read_json(lock) if lock.exists() else None
+    owner = read_if_readable(lock)
     if owner:
         runner = f"SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else f"pid {owner.get('pid')}"
         if lock_owner_alive(owner):
             return f"running on {owner.get('host')} ({runner}) since {owner.get('since')}"
         return (f"stale claim of {owner.get('host')} ({runner}, since {owner.get('since')}; the process is gone): "
                 "the next run takes it over")
-    if result_path.exists():
-        metrics = read_json(result_path).get("metrics", {}).get("test", {})
+    result = read_if_readable(result_path)
+    if result:
+        metrics = result.get("metrics", {}).get("test", {})
         metric = next((name for name in MAIN_METRIC.values() if metrics.get(name) is not None), None)
         return f"done, test {metric} {metrics[metric]:.3f}" if metric else "done"
-    if failure.exists():
-        return f"failed: {read_json(failure).get('error')}"
+    failed = read_if_readable(failure)
+    if failed:
+        return f"failed: {failed.get('error')}"
+    if any(path.exists() for path in (lock, result_path, failure)):
+        return f"pending ({', '.join(p.name for p in (lock, result_path, failure) if p.exists())} unreadable)"
     return "pending"
 
 
@@ -1367,8 +1413,9 @@ def print_status(settings, config, selected, routine_file):
     squeue = shutil.which("squeue")
     if squeue:
         name = slurm_job_name(settings["dataset"], settings["num_experiment"])
-        listed = subprocess.run([squeue, "-h", "-o", "%i %j %T %M %R"], capture_output=True, text=True)
-        lines = [line for line in listed.stdout.splitlines() if f" {name}" in line]
+        listed = subprocess.run([squeue, "--me", "-h", "-o", "%i %j %T %M %R"], capture_output=True, text=True)
+        lines = [line for line in listed.stdout.splitlines()
+                 if line.split()[1:2] in ([name], [f"{name}_spreadsheet"])]
         print(f"squeue: {len(lines)} job(s) of this experiment" + "".join(f"\n  {line}" for line in lines))
     return 0
 

@@ -138,8 +138,13 @@ def test_rerun_skips_finished_instances_and_overwrite_replaces_only_the_named_on
         {name: data for name, data in before.items() if not name.endswith(".xlsx")}
     overwrite = write_routine(experiment["routine"].parent, experiment["dict"], name="overwrite.py",
                               dataset="tiny", num_folds=3, overwrite_results=True)
+    workbook = next(experiment_dir.glob("*_results_spreadsheet.xlsx"))
+    built = workbook.stat().st_mtime_ns
     replaced = run_routine(overwrite, config, 2)
     assert replaced.returncode == 0, replaced.stderr
+    assert "instance 2 complete" in replaced.stdout
+    assert built < workbook.stat().st_mtime_ns >= (experiment_dir / "results" / "results_tiny_exp1_run2.json").stat(
+    ).st_mtime_ns, "the spreadsheet was not rebuilt from the replaced results"
     after_overwrite = experiment_files(experiment_dir)
     for name, data in before.items():
         if "_run1" in name:

@@ -194,6 +194,8 @@ def test_command_line_modes_and_slurm_options():
     assert command["mode"] == "slurm" and command["selected"] == [5]
     assert command["slurm"] == {"time": "0:10:00", "max_parallel": "2", "extra_sbatch": "--qos=a;--account=b"}
     assert xi.parse_command_line(["--status"], [1, 2], [0], "exp.py")["mode"] == "status"
+    empty = xi.parse_command_line(["--slurm", "--gres=", "2", "5"], [1, 2, 5, 7], [0], "exp.py")
+    assert empty["slurm"] == {"gres": ""} and empty["selected"] == [2, 5]  # --gres= empties it: a CPU cluster
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -202,6 +204,7 @@ def test_command_line_modes_and_slurm_options():
     (["1", "2", "-2"], "devices must be"), (["--time=1:00:00"], "--time only acts with --slurm"),
     (["--slurm", "--status"], "cannot be combined"), (["--slurm", "1", "2", "0"], "--slurm takes no DEVICES"),
     (["--fast"], "unknown option --fast"), (["--slurm", "--mem"], "--mem needs a value"),
+    (["--slurm", "--time", "--max-parallel", "3"], "--time needs a value"), (["1", "2", "0,--1"], "devices must be"),
 ])
 def test_command_line_errors_show_the_usage(argv, expected):
     with pytest.raises(XvalError) as refusal:

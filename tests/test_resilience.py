@@ -226,6 +226,11 @@ def test_changed_parameters_of_a_started_instance_are_refused(tiny_features, tmp
     assert experiment_files(experiment_dir) == before
     edited_comment = write_routine(tmp_path, {1: instance("renamed", "num_epochs = 1")}, num_folds=2)
     assert "complete already" in run_routine(edited_comment, tiny_features["config_path"]).stdout
+    document = json.loads((experiment_dir / "results" / "results_tiny_exp1_run1.json").read_text())
+    assert document["parameters"]["comment_1"] == "renamed" and document["status"] == "complete"
+    assert {name: data for name, data in experiment_files(experiment_dir).items() if name.startswith(
+        ("results/folds/", "models/"))} == {name: data for name, data in before.items()
+                                            if name.startswith(("results/folds/", "models/"))}
 
 
 def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
@@ -248,3 +253,18 @@ def test_paths_with_spaces_and_non_ascii_characters(tiny_features, tmp_path, nam
     completed = run_routine(routine, tiny_features["config_path"])
     assert completed.returncode == 0, completed.stderr
     assert (folder / f"{name} results" / "experiment_1" / "results" / "results_tiny_exp1_run1.json").is_file()
+
+
+def test_ctrl_c_stops_the_workers_records_no_failure_and_leaves_no_claim(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 30", "early_stopping = False")}, num_folds=2)
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    process = start_routine(routine, tiny_features["config_path"], 1, 1, "-1,-1")
+    assert wait_for_progress(process, experiment_dir, "epoch"), "the routine ended before the interrupt"
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the routine and its fold processes
+    assert process.wait(timeout=600) == 130
+    assert not list(experiment_dir.rglob("*.failed.json")) and not list((experiment_dir / "locks").glob("*.lock"))
+    result = experiment_dir / "results" / "results_tiny_exp1_run1.json"
+    assert not result.exists() or json.loads(result.read_text())["status"] != "failed"
+    finished = run_routine(routine, tiny_features["config_path"])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert json.loads(result.read_text())["status"] == "complete"

@@ -105,6 +105,7 @@ def most_at_once(results):
 
 
 def test_a_routine_submitted_to_slurm_lands_every_fold_once_then_the_spreadsheet(slurm, tiny_features, tmp_path):
+    tmp_path = tmp_path / "a folder"  # a space in every path of the sbatch scripts
     config = slurm_config(tiny_features, tmp_path)
     routine = write_routine(tmp_path, {n: instance(f"i{n}", "num_epochs = 2") for n in (1, 2)}, num_folds=2)
     submitted = xval(routine, config, "--slurm", "--max-parallel", "2", "--time=0:05:00")
@@ -114,7 +115,7 @@ def test_a_routine_submitted_to_slurm_lands_every_fold_once_then_the_spreadsheet
     record, folder = submission(experiment_dir)
     script = (folder / "folds.sbatch").read_text()
     for line in ("#SBATCH --array=0-3%2", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "#SBATCH --time=0:05:00",
-                 f"#SBATCH --output={experiment_dir / 'logs'}/slurm_%A_%a.out", "#SBATCH --cpus-per-task=1"):
+                 f'#SBATCH --output="{experiment_dir / "logs"}/slurm_%A_%a.out"', "#SBATCH --cpus-per-task=1"):
         assert line in script
     wait_until(lambda: False, record["spreadsheet_job"])
 
