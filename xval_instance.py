@@ -692,6 +692,16 @@ def fold_environment(backend, threads, device=None):
     return environment
 
 
+def log_attempt_header(where, label):
+    """The line that opens one attempt at a fold in its log (tests count attempts by it)."""
+    return f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}: {label}\n"
+
+
+def claim_owner_text(owner):
+    """Who holds a claim, for the console: 'SLURM job 12_3' or 'pid 4567'."""
+    return f"SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else f"pid {owner.get('pid')}"
+
+
 def error_line_of(lines):
     """The last `xval-error:` line's message among a fold process's output lines, or None."""
     errors = [line[len(ERROR_PREFIX):].strip() for line in lines if line.startswith(ERROR_PREFIX)]
@@ -725,7 +735,7 @@ class FoldRunner:
         self.used = True
         code, lines = None, []
         with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {HOST} pid {os.getpid()}: {label}\n")
+            log.write(log_attempt_header(f"{HOST} pid {os.getpid()}", label))
             log.flush()
             try:
                 self.server.stdin.write(f"{job_path}\n")
@@ -1021,8 +1031,8 @@ def report_attempt(say, job, outcome, detail, collected, seconds, where, eta=Non
     fold completed it). Returns whether the instance's results JSON was rewritten complete or failed just now."""
     label = job["label"]
     if outcome == "busy":
-        runner = f"SLURM job {detail['slurm_job']}" if detail.get("slurm_job") else f"pid {detail.get('pid')}"
-        say(f"{label}: skipped, being run by {detail.get('host')} {runner} since {detail.get('since')}")
+        say(f"{label}: skipped, being run by {detail.get('host')} {claim_owner_text(detail)} since "
+            f"{detail.get('since')}")
         return False
     main_metric = MAIN_METRIC[job["parameters"]["task_type"]]
     if outcome == "done":
@@ -1344,7 +1354,7 @@ def run_slurm_task(list_path, index):
 
     def run_process(path, log_path):
         with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}: {job['label']}\n")
+            log.write(log_attempt_header(where, job["label"]))
             log.flush()
             completed = subprocess.run([sys.executable, str(TRAINING_SCRIPT), str(path)], stdout=log,
                                        stderr=subprocess.STDOUT, env=environment, cwd=str(PROJECT_DIR))
@@ -1378,7 +1388,7 @@ def fold_state(files, index, experiment_dir):
     lock, result_path, failure = files["locks"][index], files["fold_results"][index], files["failures"][index]
     owner = read_if_readable(lock)
     if owner:
-        runner = f"SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else f"pid {owner.get('pid')}"
+        runner = claim_owner_text(owner)
         if lock_owner_alive(owner):
             return f"running on {owner.get('host')} ({runner}) since {owner.get('since')}"
         return (f"stale claim of {owner.get('host')} ({runner}, since {owner.get('since')}; the process is gone): "
