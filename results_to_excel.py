@@ -1,13 +1,12 @@
-"""Turn the result files of one experiment into a spreadsheet that shows which instance is best and whether it matters.
+"""The spreadsheet of one experiment: which instance is best, the number to report, and whether the rest differ.
 
     python3 results_to_excel.py EXPERIMENT_FOLDER [OUTPUT.xlsx]
 
-Reads EXPERIMENT_FOLDER/results/results_{dataset}_exp{N}_run{R}.json in the order of R (a broken or damaged file is
-skipped with a warning). Writes atomically, into EXPERIMENT_FOLDER, the spreadsheet (by default
-{dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance), plots/*.png and
-{dataset}_exp{N}_summary.json. Sheets (see README.md): summary(_{task type}), folds(_*), confusion, parameters, plots.
-damage() checks each file once, against RESULT_SCHEMA; the rest trusts it. Each sheet's content is a table: a Col
-(kind, header, width) per column, a dict per row; write_table() formats a cell by its kind (KIND_STYLES) and the RULES.
+A read-only view of the results that collect.py reads back and sums up: writes atomically, into EXPERIMENT_FOLDER,
+the spreadsheet (by default {dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance),
+plots/*.png and {dataset}_exp{N}_summary.json. Sheets (see README.md): summary(_{task type}), folds(_*), confusion,
+parameters, plots. Each sheet's content is a table: a Col (kind, header, width) per column, a dict per row;
+write_table() formats a cell by its kind (KIND_STYLES) and the RULES.
 """
 import argparse
 import contextlib
@@ -15,37 +14,25 @@ import io
 import json
 import math
 import os
-import re
-import sys
 import time
-import warnings
 from itertools import groupby
 from pathlib import Path
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 import xlsxwriter
 import xlsxwriter.exceptions
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task,
+                     finite_number, honest_lines, load_instances, metric_label, significance, write_routine_summary)
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
-                               TASK_TYPES, XvalError, atomic_write_bytes, atomic_write_json, commit_temp_file,
-                               exit_on_user_error, read_json, temp_path_for)
+                               XvalError, atomic_write_bytes, commit_temp_file, exit_on_user_error, temp_path_for)
 
-RESULTS_SUBFOLDER, PLOTS_SUBFOLDER, RESULT_FILE_GLOB = "results", "plots", "results_*_exp*_run*.json"
-RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
-OUTPUT_NAME = "{dataset}_exp{experiment}_results_spreadsheet.xlsx"
-SUMMARY_NAME = "{dataset}_exp{experiment}_summary.json"
-SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
-                 "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
-                 "the mean and std over folds of the test value of the instance best on each fold's validation "
-                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
-STATUSES, STATS = ("complete", "incomplete", "failed"), ("mean", "std")
+PLOTS_SUBFOLDER, OUTPUT_NAME, STATS = "plots", "{dataset}_exp{experiment}_results_spreadsheet.xlsx", ("mean", "std")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
 TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings" in seconds, when it has them
@@ -53,7 +40,6 @@ TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings
 CURVE_METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "learning_rate"),
                  "regression": ("loss", "rmse", "mae", "learning_rate")}
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
-SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
 # The look of the workbook: what each kind of column (KIND_STYLES; None: left empty) and each highlight adds to a cell
 BEST_FILL, LOWEST_STD_FILL, HEADER_FILL, GRID_COLOR = "#C6EFCE", "#BDD7EE", "#1F4E79", "#BFBFBF"
@@ -99,177 +85,7 @@ PLOTS_SHEET_COLUMNS = 40  # columns under the images, given explicit widths
 FOLD_COLORS = colormaps["tab10"].colors  # one per fold, in turn
 
 
-# ---- Reading the results: each file is checked once, by damage(); the rest trusts what it gets
-
-def finite_number(value):
-    """Whether value is a finite int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# What the engine writes. A schema is a type, a predicate, None (null), a tuple of alternatives, [item schema] for a
-# list, {key: schema} for an object (a missing key counts as null) or {str: schema} for an object with any keys.
-NUMBER = (finite_number, None)
-FOLD_SCHEMA = {"fold": int, "metrics": ({str: {str: NUMBER}}, None), "best_epoch": (int, None),
-               "epochs_run": (int, None), "seconds": NUMBER, "timings": ({str: NUMBER}, None),
-               "test_items": (list, None), "history": ({str: [NUMBER]}, None),
-               "confusion_matrix": ({"test": ([[finite_number]], None)}, None)}
-RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__contains__, "experiment": (int, None),
-                 "dataset": (str, None), "error": (str, None), "parameters": (dict, None),
-                 "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
-                 "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None)}
-RESULT_DEFAULTS = {"error": "", "parameters": {}, "parameters_file": "", "parameter_hash": "", "class_names": None,
-                   "folds": [], "summary": {}, "speaker_independent": True, "foldable_item": None}
-FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
-
-
-def warn(message):
-    """One warning line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def mismatch(value, schema, where=""):
-    """(where, value) of the first part of value that does not fit schema (see RESULT_SCHEMA), or None."""
-    if isinstance(schema, tuple):
-        found = [mismatch(value, option, where) for option in schema]
-        return None if None in found else max(found, key=lambda problem: len(problem[0]))  # the deepest
-    if isinstance(schema, (list, dict)) and not isinstance(value, type(schema)):
-        return where, value
-    if isinstance(schema, list):
-        parts = [(item, schema[0], f"{where}[{index}]") for index, item in enumerate(value)]
-        return next(filter(None, (mismatch(*part) for part in parts)), None)
-    if isinstance(schema, dict):
-        parts = [(value.get(key), schema.get(key, schema.get(str)), f"{where}.{key}".lstrip("."))
-                 for key in (value if str in schema else schema)]
-        return next(filter(None, (mismatch(*part) for part in parts)), None)
-    if isinstance(schema, type):
-        return None if isinstance(value, schema) and not isinstance(value, bool) else (where, value)
-    return None if (value is None if schema is None else schema(value)) else (where, value)
-
-
-def damage(raw):
-    """What is the first thing in a result file's JSON that is not what the engine writes ("folds[2].seconds is
-    'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, and have square test confusion matrices with
-    one row per class."""
-    problem = mismatch(raw, RESULT_SCHEMA)
-    if problem is None and re.search(r"[/\\]", raw.get("dataset") or ""):
-        problem = "dataset", raw["dataset"]
-    if problem is not None:
-        shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
-        return f"{problem[0] or 'its content'} is {shown}"
-    matrices = [(f"folds[{index}].confusion_matrix.test", (fold.get("confusion_matrix") or {}).get("test"))
-                for index, fold in enumerate(raw.get("folds") or [])]
-    matrices = [(where, matrix) for where, matrix in matrices if matrix is not None]
-    size = len(raw.get("class_names") or (matrices[0][1] if matrices else []))
-    return next((f"{where} is not {size}x{size} (a row and a column per class)" for where, matrix in matrices
-                 if not matrix or len(matrix) != size or any(len(row) != size for row in matrix)), None)
-
-
-def present(fields):
-    """fields without its null and empty-text values, which take their defaults."""
-    return {key: value for key, value in fields.items() if value is not None and value != ""}
-
-
-def parse_instance(raw, path, experiment_folder):
-    """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
-    naming the file and what is wrong when damage() finds something."""
-    problem, name = damage(raw), RESULT_FILE_PATTERN.match(path.name)
-    if problem:
-        raise XvalError(f"{path} is damaged ({problem}): restore it or delete it to recompute")
-    if raw.get("instance") not in (None, int(name["instance"])):
-        warn(f"{path} says instance {raw['instance']!r}; using {int(name['instance'])} from its name")
-    instance = SimpleNamespace(**{**RESULT_DEFAULTS, "dataset": name["dataset"], "experiment": int(name["experiment"]),
-                                  **present(raw), "id": int(name["instance"]), "source": path})
-    instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
-    instance.error, instance.complete = instance.error.strip(), instance.status == "complete"
-    if instance.parameters_file:
-        instance.parameters_file = (Path(experiment_folder) / instance.parameters_file).resolve()
-    instance.comment_1, instance.comment_2 = ("" if instance.parameters.get(key) is None else
-                                              str(instance.parameters[key]) for key in ("comment_1", "comment_2"))
-    return instance
-
-
-def load_instances(experiment_folder):
-    """Every readable instance of an experiment folder, in instance order; other result files are warned about."""
-    paths = [path for path in Path(experiment_folder, RESULTS_SUBFOLDER).glob(RESULT_FILE_GLOB) if path.is_file()]
-    for path in paths:
-        if not RESULT_FILE_PATTERN.match(path.name):
-            warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
-    instances = []
-    for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
-                           if (match := RESULT_FILE_PATTERN.match(path.name))):
-        try:
-            instances.append(parse_instance(read_json(path), path, experiment_folder))
-        except XvalError as error:
-            warn(f"{error}: skipped")
-        except (OSError, UnicodeDecodeError) as error:
-            warn(f"{path} cannot be read ({error}): skipped")
-    return instances
-
-
-# ---- What the numbers say: the routine's choice and estimate, paired tests, parameters that differ
-
-def fold_frame(instances, split, metric):
-    """Folds x complete instances: their value of metric on split in each fold (NaN where undefined)."""
-    return pd.DataFrame({i.id: {fold["fold"]: fold["metrics"].get(split, {}).get(metric) for fold in i.folds}
-                         for i in instances if i.complete}, dtype=float).sort_index()
-
-
-def mean_and_std(values):
-    """{"mean", "std", "folds"} of the defined values; std with ddof=1 (None for fewer than two), mean None if none."""
-    values = [value for value in values if not math.isnan(value)]
-    return {"mean": float(np.mean(values)) if values else None,
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
-
-
-def ranked_first(values, higher_is_better):
-    """The key of the best defined value of {key: value}: highest or lowest, the lowest key among ties; or None."""
-    defined = {key: value for key, value in values.items() if value is not None and not math.isnan(value)}
-    return min(defined, key=lambda key: (-defined[key] if higher_is_better else defined[key], key), default=None)
-
-
-def routine_summary(instances, task_type):
-    """The honest numbers of a routine (one task type), from the complete instances' fold results alone (None
-    without one): main_metric = MAIN_METRIC[task_type]; chosen_on_validation: the best validation mean (marked best;
-    selection never looks at a test fold); selection_aware_test: mean and std over folds of the test value of the
-    instance best on that fold's validation, with the choices per_fold (a nested cross-validation estimate of "run
-    this routine, keep its winner"); chosen_test: the chosen one's own test mean and std; highest_test_mean: the
-    best test mean, optimistic since chosen on test; instances: each one's validation and test mean and std."""
-    metric = MAIN_METRIC[task_type]
-    higher, complete = HIGHER_IS_BETTER[metric], sorted(instance.id for instance in instances if instance.complete)
-    if not complete:
-        return None
-    val, test = fold_frame(instances, "val", metric), fold_frame(instances, "test", metric)
-    means = {number: {"val": mean_and_std(val[number]), "test": mean_and_std(test[number])} for number in complete}
-    chosen = ranked_first({number: entry["val"]["mean"] for number, entry in means.items()}, higher)
-    highest = ranked_first({number: entry["test"]["mean"] for number, entry in means.items()}, higher)
-    winners = {fold: ranked_first(row.to_dict(), higher) for fold, row in val.where(test.notna()).iterrows()}
-    per_fold = [{"fold": fold, "instance": winner, "val": val.at[fold, winner], "test": test.at[fold, winner]}
-                for fold, winner in winners.items() if winner is not None]
-    return {"task_type": task_type, "main_metric": metric, "higher_is_better": higher, "complete_instances": complete,
-            "chosen_on_validation": None if chosen is None else {"instance": chosen, "val": means[chosen]["val"]},
-            "selection_aware_test": {**mean_and_std(entry["test"] for entry in per_fold), "per_fold": per_fold},
-            "chosen_test": None if chosen is None else means[chosen]["test"],
-            "highest_test_mean": None if highest is None else {"instance": highest, "test": means[highest]["test"]},
-            "instances": [{"instance": number, **means[number]} for number in complete]}
-
-
-def significance(instances, task_type, chosen):
-    """{instance id: (p-value or None, label)}: a paired t-test of each complete instance's per-fold test main metric
-    against the chosen one's. Labels: 'best' (the chosen one), 'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no
-    (identical)' (equal on every fold: no test), 'n/a' (fewer than two paired folds); '' if not complete."""
-    labels, test = {i.id: (None, "") for i in instances}, fold_frame(instances, "test", MAIN_METRIC[task_type])
-    for other in (test if chosen in test else ()):
-        best, values = test[[chosen, other]].dropna().T.values.tolist()
-        if other == chosen or len(best) < 2 or best == values:
-            labels[other] = (None, "best" if other == chosen else "n/a" if len(best) < 2 else "no (identical)")
-            continue
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            p_value = float(scipy.stats.ttest_rel(best, values).pvalue)
-        labels[other] = (None, "n/a") if math.isnan(p_value) else (p_value, "yes" if p_value < SIGNIFICANCE_LEVEL
-                                                                   else "no")
-    return labels
-
+# ---- What the cells show: parameters that differ, statuses, summed confusion matrices
 
 def differs(rows, name):
     """Whether the parameter name has more than one value in rows (missing counts as a value; True != 1 != 1.0)."""
@@ -317,40 +133,6 @@ def summed_confusion(instance):
     shares = np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
     labels = [str(name) for name in instance.class_names or []] or [f"class {index}" for index in range(len(matrix))]
     return matrix, len(matrices), labels, shares
-
-
-def by_task(instances):
-    """{task type: its instances}, the task type of the lowest-numbered instance first."""
-    tasks = dict.fromkeys(instance.task_type for instance in instances)
-    return {task: [instance for instance in instances if instance.task_type == task] for task in tasks}
-
-
-def metric_label(metric):
-    """'balanced accuracy' for balanced_accuracy."""
-    return metric.replace("_", " ")
-
-
-def honest_lines(summary):
-    """The sentences that say which number to report, from a routine_summary (None: no complete instance)."""
-    if summary is None or summary["chosen_on_validation"] is None:
-        return ["No complete instance yet: nothing is chosen and no estimate is reported."]
-    main, chosen, estimate = metric_label(summary["main_metric"]), summary["chosen_on_validation"], \
-        summary["selection_aware_test"]
-    plus_minus = [f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
-                  for entry in (estimate, summary["chosen_test"])]
-    lines = [f"Best = chosen on validation: instance {chosen['instance']} (mean validation {main} "
-             f"{chosen['val']['mean']:.3f} over {chosen['val']['folds']} folds); 'p vs best' tests the others "
-             "against it on the test folds.",
-             f"Report for this routine: selection-aware test {main} {plus_minus[0]} over {estimate['folds']} folds "
-             "(in each fold, the instance best on that fold's validation items, scored on its test items; chosen per "
-             f"fold: {', '.join(str(entry['instance']) for entry in estimate['per_fold'])}).",
-             f"Instance {chosen['instance']}'s own test {main}: {plus_minus[1]}."]
-    if summary["highest_test_mean"] is not None and len(summary["complete_instances"]) > 1:
-        lines.append(f"Highest test mean of any instance: instance {summary['highest_test_mean']['instance']}, "
-                     f"{summary['highest_test_mean']['test']['mean']:.3f}: optimistic, since it is picked by looking "
-                     "at the test folds; the numbers above never use a test fold to choose, which is why they are "
-                     f"usually {'lower' if summary['higher_is_better'] else 'higher'}.")
-    return lines
 
 
 # ---- Tables: columns that have a kind, rows of values, and the one function that writes them to a worksheet
@@ -767,34 +549,12 @@ def build_workbook(path, instances, summaries, experiment_folder, output_path):
     workbook.close()
 
 
-def read_routine_summary(experiment_folder):
-    """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}."""
-    found = sorted(Path(experiment_folder).glob(SUMMARY_NAME.format(dataset="*", experiment="*")),
-                   key=lambda path: path.stat().st_mtime)
-    return read_json(found[-1])["task_types"] if found else {}
-
-
-def check_experiment_folder(experiment_folder):
-    """XvalError unless experiment_folder is a folder with a results/ subfolder."""
-    folder = Path(experiment_folder)
-    if not folder.is_dir():
-        raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
-    if not (folder / RESULTS_SUBFOLDER).is_dir():
-        children = sorted(child.name for child in folder.glob("experiment_*") if child.is_dir())
-        hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
-            "run an experiment first, or pass the experiment_{N} folder that holds results/"
-        raise XvalError(f"{folder} has no {RESULTS_SUBFOLDER}/ folder: {hint}")
-
-
 def write_spreadsheet(experiment_folder, output_path=None):
-    """Write the results spreadsheet of an experiment folder atomically (by default as EXPERIMENT_FOLDER/OUTPUT_NAME)
-    and return its path; XvalError when the folder holds no readable result file or the output cannot be written."""
+    """Write the routine summary JSON and the results spreadsheet of an experiment folder atomically (by default as
+    EXPERIMENT_FOLDER/OUTPUT_NAME) and return its path; XvalError when the folder holds no readable result file or
+    the output cannot be written."""
     experiment_folder = Path(experiment_folder).resolve()
-    check_experiment_folder(experiment_folder)
     instances = load_instances(experiment_folder)
-    if not instances:
-        raise XvalError(f"no results in {experiment_folder / RESULTS_SUBFOLDER} (expected "
-                        "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     named = {"dataset": instances[0].dataset, "experiment": instances[0].experiment}
     output_path = Path(output_path or experiment_folder / OUTPUT_NAME.format(**named))
     if output_path.suffix.lower() != ".xlsx":
@@ -802,11 +562,8 @@ def write_spreadsheet(experiment_folder, output_path=None):
     if not output_path.parent.is_dir():
         raise XvalError(f"output folder {output_path.parent} does not exist: create it or pick another path")
     output_path, temp = output_path.resolve(), temp_path_for(output_path.resolve())
-    summaries = {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
     try:
-        atomic_write_json(experiment_folder / SUMMARY_NAME.format(**named), {
-            "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
-            "about": SUMMARY_ABOUT, "task_types": summaries})
+        summaries = write_routine_summary(experiment_folder, instances)
         build_workbook(temp, instances, summaries, experiment_folder, output_path)
         commit_temp_file(temp, output_path)
     except (OSError, xlsxwriter.exceptions.XlsxWriterException) as error:

@@ -53,15 +53,11 @@ def instance_result(experiment_dir, instance):
 
 
 def chosen_instance(experiment_dir):
-    """The instance chosen on validation (the spreadsheet's 'best'), from the routine summary JSON."""
-    import results_to_excel
-    task_types = results_to_excel.read_routine_summary(experiment_dir)
-    if not task_types:  # the summary is derived from the fold results: rebuild it
-        results_to_excel.write_spreadsheet(experiment_dir)
-        task_types = results_to_excel.read_routine_summary(experiment_dir)
-    task_types = {task: summary for task, summary in task_types.items() if summary}
-    chosen = [summary["chosen_on_validation"]["instance"] for summary in task_types.values()
-              if summary.get("chosen_on_validation")]
+    """The instance chosen on validation (the spreadsheet's 'best'), from the experiment's fold results."""
+    import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
+    chosen = [summary["chosen_on_validation"]["instance"] for summary in
+              collect.routine_summaries(collect.load_instances(experiment_dir)).values()
+              if summary and summary.get("chosen_on_validation")]
     if len(chosen) != 1:
         what = "no complete instance" if not chosen else "instances of several task types"
         raise XvalError(f"{experiment_dir} has {what}: pass --instance N")
@@ -158,8 +154,8 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     if completed.returncode != 0 or not model_path.exists():
         raise XvalError(f"the final model failed: {errors[-1] if errors else f'exit code {completed.returncode}'} "
                         f"(log: {log_path})")
-    import results_to_excel
-    routine = results_to_excel.read_routine_summary(experiment_dir).get(document["task_type"])
+    import collect
+    routine = collect.routine_summaries(collect.load_instances(experiment_dir)).get(document["task_type"])
     card = {
         "model_file": model_path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "experiment": document["experiment"], "instance": instance, "task_type": document["task_type"],

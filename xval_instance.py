@@ -1165,9 +1165,9 @@ def write_launch_record(routine, argv, outcomes):
 def print_choice(experiment_dir):
     """Print which instance is chosen on validation and the test number to report, from the summary JSON that
     the last spreadsheet rebuild wrote (nothing if there is none)."""
-    import results_to_excel
-    for summary in results_to_excel.read_routine_summary(experiment_dir).values():
-        for line in results_to_excel.honest_lines(summary)[:2]:
+    import collect  # here, not at the top: pandas and scipy, which planning never needs
+    for summary in collect.read_routine_summary(experiment_dir).values():
+        for line in collect.honest_lines(summary)[:2]:
             print(f"xval: {line}")
 
 

@@ -501,6 +501,45 @@ def test_stray_files_change_nothing(experiment, tmp_path, capsys):
     assert "run8" not in warnings and "notes.txt" not in warnings
 
 
+@pytest.mark.parametrize("damage, where", [
+    (lambda result: result["folds"][1].update(seconds="abc"), "folds[1].seconds is 'abc'"),
+    (lambda result: result["folds"][0]["metrics"]["test"].update(accuracy=float("nan")),
+     "folds[0].metrics.test.accuracy is nan"),
+    (lambda result: result.update(status="done"), "status is 'done'"),
+    (lambda result: result["folds"][2]["confusion_matrix"]["test"].pop(), "folds[2].confusion_matrix.test is not")])
+def test_a_damaged_result_file_is_one_warning_naming_what_is_wrong_and_the_rest_is_written(tmp_path, damage, where):
+    folder = tmp_path / "experiment_1"
+    for number in (1, 2):
+        write_instance(folder, make_instance(1, seed=number, number=number))
+    broken = make_instance(1, seed=3, number=3)
+    damage(broken)
+    path = folder / "results" / "results_ravdess_demo_exp1_run3.json"
+    path.write_text(json.dumps(broken, allow_nan=True))
+    before = path.read_bytes()
+
+    completed = run_cli(folder)
+
+    assert completed.returncode == 0, completed.stderr
+    warning, = [line for line in completed.stderr.splitlines() if "run3" in line]
+    assert f"{path} is damaged ({where}" in warning and "restore it or delete it" in warning
+    assert "Traceback" not in completed.stderr and path.read_bytes() == before
+    workbook = openpyxl.load_workbook(folder / "ravdess_demo_exp1_results_spreadsheet.xlsx")
+    assert list(summary_layout(workbook["summary"])[2]) == [1, 2]
+
+
+def test_only_damaged_result_files_is_one_line_and_exit_2(tmp_path):
+    folder = tmp_path / "experiment_1"
+    broken = make_instance(1)
+    broken["folds"] = {"not": "a list"}
+    write_instance(folder, broken)
+
+    completed = run_cli(folder)
+
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "folds is {'not': 'a list'}" in completed.stderr and "no results in" in completed.stderr
+    assert not list(folder.glob("*.xlsx"))
+
+
 def test_function_writes_elsewhere_with_links_relative_to_the_new_place(experiment, tmp_path):
     output = tmp_path / "reports" / "all.xlsx"
     output.parent.mkdir()

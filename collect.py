@@ -1,0 +1,278 @@
+"""Collect: an experiment's results read back, each file checked once, and what they say.
+
+The engine writes results/results_{dataset}_exp{N}_run{R}.json as folds land (xval_instance.collect_instance, from
+the fold results of training.py). load_instances() reads them back: damage() checks each file once against
+RESULT_SCHEMA, and everything after trusts what it gets. routine_summary() derives the routine's honest numbers from
+the fold results alone (the instance chosen on validation, the selection-aware test estimate), significance() the
+paired tests against the chosen instance; write_routine_summary() stores them as {dataset}_exp{N}_summary.json for
+the console, use_model.py and the spreadsheet (results_to_excel.py, the view of all this).
+"""
+import math
+import re
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from utility_functions import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, XvalError, atomic_write_json, read_json
+
+RESULTS_SUBFOLDER, RESULT_FILE_GLOB = "results", "results_*_exp*_run*.json"
+RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
+SUMMARY_NAME = "{dataset}_exp{experiment}_summary.json"
+SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
+                 "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
+                 "the mean and std over folds of the test value of the instance best on each fold's validation "
+                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
+STATUSES = ("complete", "incomplete", "failed")
+SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
+
+
+# ---- Reading the results: each file is checked once, by damage(); the rest trusts what it gets
+
+def finite_number(value):
+    """Whether value is a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What the engine writes. A schema is a type, a predicate, None (null), a tuple of alternatives, [item schema] for a
+# list, {key: schema} for an object (a missing key counts as null) or {str: schema} for an object with any keys.
+NUMBER = (finite_number, None)
+FOLD_SCHEMA = {"fold": int, "metrics": ({str: {str: NUMBER}}, None), "best_epoch": (int, None),
+               "epochs_run": (int, None), "seconds": NUMBER, "timings": ({str: NUMBER}, None),
+               "test_items": (list, None), "history": ({str: [NUMBER]}, None),
+               "confusion_matrix": ({"test": ([[finite_number]], None)}, None)}
+RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__contains__, "experiment": (int, None),
+                 "dataset": (str, None), "error": (str, None), "parameters": (dict, None),
+                 "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
+                 "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None)}
+RESULT_DEFAULTS = {"error": "", "parameters": {}, "parameters_file": "", "parameter_hash": "", "class_names": None,
+                   "folds": [], "summary": {}, "speaker_independent": True, "foldable_item": None}
+FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
+
+
+def warn(message):
+    """One warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def mismatch(value, schema, where=""):
+    """(where, value) of the first part of value that does not fit schema (see RESULT_SCHEMA), or None."""
+    if isinstance(schema, tuple):
+        found = [mismatch(value, option, where) for option in schema]
+        return None if None in found else max(found, key=lambda problem: len(problem[0]))  # the deepest
+    if isinstance(schema, (list, dict)) and not isinstance(value, type(schema)):
+        return where, value
+    if isinstance(schema, list):
+        parts = [(item, schema[0], f"{where}[{index}]") for index, item in enumerate(value)]
+        return next(filter(None, (mismatch(*part) for part in parts)), None)
+    if isinstance(schema, dict):
+        parts = [(value.get(key), schema.get(key, schema.get(str)), f"{where}.{key}".lstrip("."))
+                 for key in (value if str in schema else schema)]
+        return next(filter(None, (mismatch(*part) for part in parts)), None)
+    if isinstance(schema, type):
+        return None if isinstance(value, schema) and not isinstance(value, bool) else (where, value)
+    return None if (value is None if schema is None else schema(value)) else (where, value)
+
+
+def damage(raw):
+    """What is the first thing in a result file's JSON that is not what the engine writes ("folds[2].seconds is
+    'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, and have square test confusion matrices with
+    one row per class."""
+    problem = mismatch(raw, RESULT_SCHEMA)
+    if problem is None and re.search(r"[/\\]", raw.get("dataset") or ""):
+        problem = "dataset", raw["dataset"]
+    if problem is not None:
+        shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
+        return f"{problem[0] or 'its content'} is {shown}"
+    matrices = [(f"folds[{index}].confusion_matrix.test", (fold.get("confusion_matrix") or {}).get("test"))
+                for index, fold in enumerate(raw.get("folds") or [])]
+    matrices = [(where, matrix) for where, matrix in matrices if matrix is not None]
+    size = len(raw.get("class_names") or (matrices[0][1] if matrices else []))
+    return next((f"{where} is not {size}x{size} (a row and a column per class)" for where, matrix in matrices
+                 if not matrix or len(matrix) != size or any(len(row) != size for row in matrix)), None)
+
+
+def present(fields):
+    """fields without its null and empty-text values, which take their defaults."""
+    return {key: value for key, value in fields.items() if value is not None and value != ""}
+
+
+def parse_instance(raw, path, experiment_folder):
+    """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
+    naming the file and what is wrong when damage() finds something."""
+    problem, name = damage(raw), RESULT_FILE_PATTERN.match(path.name)
+    if problem:
+        raise XvalError(f"{path} is damaged ({problem}): restore it or delete it to recompute")
+    if raw.get("instance") not in (None, int(name["instance"])):
+        warn(f"{path} says instance {raw['instance']!r}; using {int(name['instance'])} from its name")
+    instance = SimpleNamespace(**{**RESULT_DEFAULTS, "dataset": name["dataset"], "experiment": int(name["experiment"]),
+                                  **present(raw), "id": int(name["instance"]), "source": path})
+    instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
+    instance.error, instance.complete = instance.error.strip(), instance.status == "complete"
+    if instance.parameters_file:
+        instance.parameters_file = (Path(experiment_folder) / instance.parameters_file).resolve()
+    instance.comment_1, instance.comment_2 = ("" if instance.parameters.get(key) is None else
+                                              str(instance.parameters[key]) for key in ("comment_1", "comment_2"))
+    return instance
+
+
+def check_experiment_folder(experiment_folder):
+    """XvalError unless experiment_folder is a folder with a results/ subfolder."""
+    folder = Path(experiment_folder)
+    if not folder.is_dir():
+        raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
+    if not (folder / RESULTS_SUBFOLDER).is_dir():
+        children = sorted(child.name for child in folder.glob("experiment_*") if child.is_dir())
+        hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
+            "run an experiment first, or pass the experiment_{N} folder that holds results/"
+        raise XvalError(f"{folder} has no {RESULTS_SUBFOLDER}/ folder: {hint}")
+
+
+def load_instances(experiment_folder):
+    """Every readable instance of an experiment folder, in instance order; other result files are warned about.
+    XvalError when the folder is not an experiment folder or holds no readable result file."""
+    check_experiment_folder(experiment_folder)
+    paths = [path for path in Path(experiment_folder, RESULTS_SUBFOLDER).glob(RESULT_FILE_GLOB) if path.is_file()]
+    for path in paths:
+        if not RESULT_FILE_PATTERN.match(path.name):
+            warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
+    instances = []
+    for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
+                           if (match := RESULT_FILE_PATTERN.match(path.name))):
+        try:
+            instances.append(parse_instance(read_json(path), path, experiment_folder))
+        except XvalError as error:
+            warn(f"{error}: skipped")
+        except (OSError, UnicodeDecodeError) as error:
+            warn(f"{path} cannot be read ({error}): skipped")
+    if not instances:
+        raise XvalError(f"no results in {Path(experiment_folder, RESULTS_SUBFOLDER)} (expected "
+                        "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
+    return instances
+
+
+# ---- What the numbers say: the routine's choice and estimate, paired tests against it
+
+def by_task(instances):
+    """{task type: its instances}, the task type of the lowest-numbered instance first."""
+    tasks = dict.fromkeys(instance.task_type for instance in instances)
+    return {task: [instance for instance in instances if instance.task_type == task] for task in tasks}
+
+
+def metric_label(metric):
+    """'balanced accuracy' for balanced_accuracy."""
+    return metric.replace("_", " ")
+
+
+def fold_frame(instances, split, metric):
+    """Folds x complete instances: their value of metric on split in each fold (NaN where undefined)."""
+    return pd.DataFrame({i.id: {fold["fold"]: fold["metrics"].get(split, {}).get(metric) for fold in i.folds}
+                         for i in instances if i.complete}, dtype=float).sort_index()
+
+
+def mean_and_std(values):
+    """{"mean", "std", "folds"} of the defined values; std with ddof=1 (None for fewer than two), mean None if none."""
+    values = [value for value in values if not math.isnan(value)]
+    return {"mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
+
+
+def ranked_first(values, higher_is_better):
+    """The key of the best defined value of {key: value}: highest or lowest, the lowest key among ties; or None."""
+    defined = {key: value for key, value in values.items() if value is not None and not math.isnan(value)}
+    return min(defined, key=lambda key: (-defined[key] if higher_is_better else defined[key], key), default=None)
+
+
+def routine_summary(instances, task_type):
+    """The honest numbers of a routine (one task type), from the complete instances' fold results alone (None
+    without one): main_metric = MAIN_METRIC[task_type]; chosen_on_validation: the best validation mean (marked best;
+    selection never looks at a test fold); selection_aware_test: mean and std over folds of the test value of the
+    instance best on that fold's validation, with the choices per_fold (a nested cross-validation estimate of "run
+    this routine, keep its winner"); chosen_test: the chosen one's own test mean and std; highest_test_mean: the
+    best test mean, optimistic since chosen on test; instances: each one's validation and test mean and std."""
+    metric = MAIN_METRIC[task_type]
+    higher, complete = HIGHER_IS_BETTER[metric], sorted(instance.id for instance in instances if instance.complete)
+    if not complete:
+        return None
+    val, test = fold_frame(instances, "val", metric), fold_frame(instances, "test", metric)
+    means = {number: {"val": mean_and_std(val[number]), "test": mean_and_std(test[number])} for number in complete}
+    chosen = ranked_first({number: entry["val"]["mean"] for number, entry in means.items()}, higher)
+    highest = ranked_first({number: entry["test"]["mean"] for number, entry in means.items()}, higher)
+    winners = {fold: ranked_first(row.to_dict(), higher) for fold, row in val.where(test.notna()).iterrows()}
+    per_fold = [{"fold": fold, "instance": winner, "val": val.at[fold, winner], "test": test.at[fold, winner]}
+                for fold, winner in winners.items() if winner is not None]
+    return {"task_type": task_type, "main_metric": metric, "higher_is_better": higher, "complete_instances": complete,
+            "chosen_on_validation": None if chosen is None else {"instance": chosen, "val": means[chosen]["val"]},
+            "selection_aware_test": {**mean_and_std(entry["test"] for entry in per_fold), "per_fold": per_fold},
+            "chosen_test": None if chosen is None else means[chosen]["test"],
+            "highest_test_mean": None if highest is None else {"instance": highest, "test": means[highest]["test"]},
+            "instances": [{"instance": number, **means[number]} for number in complete]}
+
+
+def significance(instances, task_type, chosen):
+    """{instance id: (p-value or None, label)}: a paired t-test of each complete instance's per-fold test main metric
+    against the chosen one's. Labels: 'best' (the chosen one), 'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no
+    (identical)' (equal on every fold: no test), 'n/a' (fewer than two paired folds); '' if not complete."""
+    labels, test = {i.id: (None, "") for i in instances}, fold_frame(instances, "test", MAIN_METRIC[task_type])
+    for other in (test if chosen in test else ()):
+        best, values = test[[chosen, other]].dropna().T.values.tolist()
+        if other == chosen or len(best) < 2 or best == values:
+            labels[other] = (None, "best" if other == chosen else "n/a" if len(best) < 2 else "no (identical)")
+            continue
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            p_value = float(scipy.stats.ttest_rel(best, values).pvalue)
+        labels[other] = (None, "n/a") if math.isnan(p_value) else (p_value, "yes" if p_value < SIGNIFICANCE_LEVEL
+                                                                   else "no")
+    return labels
+
+
+def honest_lines(summary):
+    """The sentences that say which number to report, from a routine_summary (None: no complete instance)."""
+    if summary is None or summary["chosen_on_validation"] is None:
+        return ["No complete instance yet: nothing is chosen and no estimate is reported."]
+    main, chosen, estimate = metric_label(summary["main_metric"]), summary["chosen_on_validation"], \
+        summary["selection_aware_test"]
+    plus_minus = [f"{entry['mean']:.3f}" + ("" if entry["std"] is None else f" ± {entry['std']:.3f}")
+                  for entry in (estimate, summary["chosen_test"])]
+    lines = [f"Best = chosen on validation: instance {chosen['instance']} (mean validation {main} "
+             f"{chosen['val']['mean']:.3f} over {chosen['val']['folds']} folds); 'p vs best' tests the others "
+             "against it on the test folds.",
+             f"Report for this routine: selection-aware test {main} {plus_minus[0]} over {estimate['folds']} folds "
+             "(in each fold, the instance best on that fold's validation items, scored on its test items; chosen per "
+             f"fold: {', '.join(str(entry['instance']) for entry in estimate['per_fold'])}).",
+             f"Instance {chosen['instance']}'s own test {main}: {plus_minus[1]}."]
+    if summary["highest_test_mean"] is not None and len(summary["complete_instances"]) > 1:
+        lines.append(f"Highest test mean of any instance: instance {summary['highest_test_mean']['instance']}, "
+                     f"{summary['highest_test_mean']['test']['mean']:.3f}: optimistic, since it is picked by looking "
+                     "at the test folds; the numbers above never use a test fold to choose, which is why they are "
+                     f"usually {'lower' if summary['higher_is_better'] else 'higher'}.")
+    return lines
+
+
+# ---- The summary JSON: the routine's numbers, for the console, use_model.py and the spreadsheet
+
+def read_routine_summary(experiment_folder):
+    """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}."""
+    found = sorted(Path(experiment_folder).glob(SUMMARY_NAME.format(dataset="*", experiment="*")),
+                   key=lambda path: path.stat().st_mtime)
+    return read_json(found[-1])["task_types"] if found else {}
+
+
+def routine_summaries(instances):
+    """{task type: routine_summary of its instances}."""
+    return {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
+
+
+def write_routine_summary(experiment_folder, instances):
+    """routine_summaries(instances), written atomically as SUMMARY_NAME into experiment_folder."""
+    summaries = routine_summaries(instances)
+    atomic_write_json(Path(experiment_folder) / SUMMARY_NAME.format(dataset=instances[0].dataset,
+                                                                     experiment=instances[0].experiment), {
+        "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
+        "about": SUMMARY_ABOUT, "task_types": summaries})
+    return summaries
