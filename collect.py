@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from utility_functions import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, XvalError, atomic_write_json, read_json
+from utility_functions import (HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, XvalError, atomic_write_json, mean_and_std,
+                               read_json)
 
 RESULTS_SUBFOLDER, RESULT_FILE_GLOB = "results", "results_*_exp*_run*.json"
 RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
@@ -174,13 +175,6 @@ def fold_frame(instances, split, metric):
                          for i in instances if i.complete}, dtype=float).sort_index()
 
 
-def mean_and_std(values):
-    """{"mean", "std", "folds"} of the defined values; std with ddof=1 (None for fewer than two), mean None if none."""
-    values = [value for value in values if not math.isnan(value)]
-    return {"mean": float(np.mean(values)) if values else None,
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
-
-
 def ranked_first(values, higher_is_better):
     """The key of the best defined value of {key: value}: highest or lowest, the lowest key among ties; or None."""
     defined = {key: value for key, value in values.items() if value is not None and not math.isnan(value)}
@@ -252,6 +246,20 @@ def honest_lines(summary):
                      "at the test folds; the numbers above never use a test fold to choose, which is why they are "
                      f"usually {'lower' if summary['higher_is_better'] else 'higher'}.")
     return lines
+
+
+def summed_confusion(instance):
+    """(test confusion matrix of a classification instance summed over folds (rows true, columns predicted) or None,
+    number of folds summed, class labels, row percentages (NaN for an empty row))."""
+    matrices = [np.asarray(fold["confusion_matrix"]["test"], dtype=float) for fold in instance.folds
+                if "test" in fold["confusion_matrix"] and instance.task_type == "classification"]
+    if not matrices:
+        return None, 0, [], None
+    matrix = sum(matrices)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
+    labels = [str(name) for name in instance.class_names or []] or [f"class {index}" for index in range(len(matrix))]
+    return matrix, len(matrices), labels, shares
 
 
 # ---- The summary JSON: the routine's numbers, for the console, use_model.py and the spreadsheet

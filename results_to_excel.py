@@ -2,15 +2,14 @@
 
     python3 results_to_excel.py EXPERIMENT_FOLDER [OUTPUT.xlsx]
 
-A read-only view of the results that collect.py reads back and sums up: writes atomically, into EXPERIMENT_FOLDER,
-the spreadsheet (by default {dataset}_exp{N}_results_spreadsheet.xlsx, named after the lowest-numbered instance),
-plots/*.png and {dataset}_exp{N}_summary.json. Sheets (see README.md): summary(_{task type}), folds(_*), confusion,
-parameters, plots. Each sheet's content is a table: a Col (kind, header, width) per column, a dict per row;
-write_table() formats a cell by its kind (KIND_STYLES) and the RULES.
+A read-only view of the results that collect.py reads back and sums up, with the plots of plots.py: writes
+atomically, into EXPERIMENT_FOLDER, the spreadsheet (by default {dataset}_exp{N}_results_spreadsheet.xlsx, named after
+the lowest-numbered instance), plots/*.png and {dataset}_exp{N}_summary.json. Sheets (see README.md):
+summary(_{task type}), folds(_*), confusion, parameters, plots. Each sheet's content is a table: a Col (kind,
+header, width) per column, a dict per row; write_table() formats a cell by its kind (KIND_STYLES) and the RULES.
 """
 import argparse
 import contextlib
-import io
 import json
 import math
 import os
@@ -19,26 +18,20 @@ from itertools import groupby
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import pandas as pd
 import xlsxwriter
 import xlsxwriter.exceptions
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task,
-                     finite_number, honest_lines, load_instances, metric_label, significance, write_routine_summary)
+                     finite_number, honest_lines, load_instances, metric_label, significance, summed_confusion, write_routine_summary)
+from plots import PLOT_DPI, PLOTS_SUBFOLDER, make_plots
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
-                               XvalError, atomic_write_bytes, commit_temp_file, exit_on_user_error, temp_path_for)
+                               XvalError, commit_temp_file, exit_on_user_error, temp_path_for)
 
-PLOTS_SUBFOLDER, OUTPUT_NAME, STATS = "plots", "{dataset}_exp{experiment}_results_spreadsheet.xlsx", ("mean", "std")
+OUTPUT_NAME, STATS = "{dataset}_exp{experiment}_results_spreadsheet.xlsx", ("mean", "std")
 METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
 TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings" in seconds, when it has them
-# history curves drawn per task type, loss first; those a fold lacks are left out, the learning rate unless it moved
-CURVE_METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "learning_rate"),
-                 "regression": ("loss", "rmse", "mae", "learning_rate")}
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
 
 # The look of the workbook: what each kind of column (KIND_STYLES; None: left empty) and each highlight adds to a cell
@@ -79,10 +72,8 @@ RULES = (("band", None, lambda d, v, c: d.get("_band", 0) % 2 == 1),
          ("italic", None, lambda d, v, c: d.get("_italic", False)),
          ("differs", None, lambda d, v, c: d.get("_differs", False)),
          ("bold", ("name",), lambda d, v, c: d.get("_differs", False)))
-PLOT_DPI, PLOT_HEIGHT_INCHES = 150, 3.6  # every figure is this high, so that all show at the same scale
 PLOT_HEIGHT_PIXELS, PLOT_GAP_PIXELS, DEFAULT_ROW_PIXELS, DEFAULT_COLUMN_PIXELS = 330, 16, 20, 64
 PLOTS_SHEET_COLUMNS = 40  # columns under the images, given explicit widths
-FOLD_COLORS = colormaps["tab10"].colors  # one per fold, in turn
 
 
 # ---- What the cells show: parameters that differ, statuses, summed confusion matrices
@@ -119,20 +110,6 @@ def status_text(instance, instances):
 def fold_count(instances):
     """k: the highest fold number any instance reached (0 without folds)."""
     return max((fold["fold"] for instance in instances for fold in instance.folds), default=0)
-
-
-def summed_confusion(instance):
-    """(test confusion matrix of a classification instance summed over folds (rows true, columns predicted) or None,
-    number of folds summed, class labels, row percentages (NaN for an empty row))."""
-    matrices = [np.asarray(fold["confusion_matrix"]["test"], dtype=float) for fold in instance.folds
-                if "test" in fold["confusion_matrix"] and instance.task_type == "classification"]
-    if not matrices:
-        return None, 0, [], None
-    matrix = sum(matrices)
-    totals = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
-    labels = [str(name) for name in instance.class_names or []] or [f"class {index}" for index in range(len(matrix))]
-    return matrix, len(matrices), labels, shares
 
 
 # ---- Tables: columns that have a kind, rows of values, and the one function that writes them to a worksheet
@@ -433,93 +410,6 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
         if x_offset == 0:
             worksheet.write_string(row + 1, 0, "nothing to plot (no completed fold)", formats(**HIGHLIGHTS["excluded"]))
         row += 3 if x_offset == 0 else math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 3
-
-
-# ---- Plots: PNG files in EXPERIMENT_FOLDER/plots/, redrawn only when the result file (or this program) is newer
-
-def curve(fold, key):
-    """One history curve of a fold (None values as NaN), or [] when the fold has none."""
-    return [np.nan if value is None else value for value in fold["history"].get(key) or []]
-
-
-def curve_metrics(instance):
-    """The panels of an instance's learning curves: CURVE_METRICS that its folds recorded (for training or
-    validation), the learning rate only where it changed during a fold."""
-    return [metric for metric in CURVE_METRICS[instance.task_type]
-            if any(curve(f, metric) or curve(f, f"val_{metric}") for f in instance.folds)
-            and (metric != "learning_rate" or any(len(set(curve(f, metric))) > 1 for f in instance.folds))]
-
-
-def learning_curves_figure(instance):
-    """A figure of the learning curves (train solid, validation dashed, a colour per fold, dot at the best epoch)."""
-    metrics = curve_metrics(instance)
-    if not metrics:
-        return None
-    figure = Figure(figsize=(4.6 * len(metrics) + 1.4, PLOT_HEIGHT_INCHES), layout="constrained")
-    for axes, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-        for fold, color in zip(instance.folds, FOLD_COLORS * len(instance.folds)):
-            validation, best = curve(fold, f"val_{metric}"), fold.get("best_epoch") or 0
-            for values, style in ((curve(fold, metric), "-"), (validation, "--")):
-                if values:
-                    axes.plot(range(1, len(values) + 1), values, color=color, linewidth=1.4, linestyle=style)
-            if validation and 1 <= best <= len(validation):
-                axes.plot([best], [validation[best - 1]], "o", color=color, markersize=5)
-        axes.set_title(metric_label(metric))
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    handles = [Line2D([], [], color=color) for _, color in zip(instance.folds, FOLD_COLORS * len(instance.folds))]
-    handles += [Line2D([], [], color="black", linestyle=style, marker=marker)
-                for style, marker in (("-", ""), ("--", ""), ("", "o"))]
-    labels = [f"fold {fold['fold']}" for fold in instance.folds] + ["train", "validation", "best epoch"]
-    figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
-    figure.suptitle(f"Instance {instance.id}: learning curves ({instance.status})", fontsize=11)
-    return figure
-
-
-def confusion_figure(instance):
-    """A figure of the summed test confusion matrix: a heat map of row percentages with counts (None if none)."""
-    matrix, summed, labels, shares = summed_confusion(instance)
-    if matrix is None:
-        return None
-    figure = Figure(figsize=(PLOT_HEIGHT_INCHES * 1.3, PLOT_HEIGHT_INCHES), layout="constrained")
-    axes = figure.subplots()
-    image = axes.imshow(np.nan_to_num(shares) * 100, cmap="Greens", vmin=0, vmax=100)
-    for (row, col), count in np.ndenumerate(matrix):
-        share = shares[row, col]
-        axes.text(col, row, f"{count:.0f}" if np.isnan(share) else f"{count:.0f}\n{share:.0%}", ha="center",
-                  va="center", fontsize=max(3.5, min(8.0, 44 / len(labels))),  # smaller text for more classes
-                  color="white" if not np.isnan(share) and share > 0.6 else "black")
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    axes.set_yticks(range(len(labels)), labels, fontsize=7)
-    axes.set_xlabel("predicted", fontsize=8)
-    axes.set_ylabel("true", fontsize=8)
-    colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
-    colorbar.set_label("% of true class", fontsize=7)
-    colorbar.ax.tick_params(labelsize=7)
-    axes.set_title(f"Instance {instance.id}: test, {summed} folds summed", fontsize=9)
-    return figure
-
-
-def make_plots(experiment_folder, instance):
-    """[learning curves path or None, confusion path or None]: the instance's plots, drawn when out of date; a plot
-    left from an earlier run of the instance that now has nothing to draw is removed."""
-    plots = []
-    for kind, painter in (("learning_curves", learning_curves_figure), ("confusion", confusion_figure)):
-        path = Path(experiment_folder, PLOTS_SUBFOLDER,
-                    f"{instance.dataset}_exp{instance.experiment}_run{instance.id}_{kind}.png")
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime_ns > max(instance.source.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns):
-                plots.append(path)
-                continue
-        figure, png = painter(instance), io.BytesIO()
-        plots.append(None if figure is None else path)
-        if figure is None:
-            path.unlink(missing_ok=True)
-        else:
-            figure.savefig(png, format="png", dpi=PLOT_DPI)
-            atomic_write_bytes(path, png.getvalue())
-    return plots
 
 
 # ---- The workbook

@@ -274,6 +274,14 @@ def atomic_write_json(path, data, replace=True):
     return atomic_write_text(path, text + "\n", replace=replace)
 
 
+def mean_and_std(values):
+    """{"mean", "std", "folds"} of the defined values (None and NaN are skipped): std with ddof=1 (None for fewer
+    than two), mean None without any; "folds" counts the defined values."""
+    values = [value for value in values if value is not None and not math.isnan(value)]
+    return {"mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None, "folds": len(values)}
+
+
 def read_json(path):
     """Parse a JSON file; a broken one is an XvalError naming it."""
     try:

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from utility_functions import (BACKENDS, CONFIG_ENV_VAR, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX,
-                               EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE,
-                               OPTIMIZERS, PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json,
+                               EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS,
+                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json,
                                atomic_write_text, check_dataset, check_target, claim, config_path_in_use,
-                               dataset_file_stats, dataset_fingerprint, dataset_paths, exit_on_user_error,
-                               file_mutex, load_clip_ids, load_config, load_dataset, lock_owner_alive,
+                               dataset_file_stats, dataset_fingerprint, dataset_paths, exit_on_user_error, file_mutex,
+                               load_clip_ids, load_config, load_dataset, lock_owner_alive, mean_and_std,
                                parse_config_value, read_json, release, remove_stale_temp_files, slurm_job_id,
                                to_jsonable)
 
@@ -938,16 +938,12 @@ def fold_job(routine, planned, fold, threads, extra=None):
 
 
 def summarise_folds(folds):
-    """{split: {metric: {"mean", "std"}}} over folds; std with ddof=1 (None for one fold); None values skipped."""
-    summary = {}
+    """{split: {metric: {"mean", "std"}}} over folds: mean_and_std of each metric's values (None skipped)."""
+    summary = {split: {} for split in SPLITS}
     for split in SPLITS:
-        summary[split] = {}
-        names = {name for fold in folds for name in fold["metrics"][split]}
-        for name in sorted(names):
-            values = [fold["metrics"][split][name] for fold in folds if fold["metrics"][split].get(name) is not None]
-            summary[split][name] = {
-                "mean": float(np.mean(values)) if values else None,
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+        for name in sorted({name for fold in folds for name in fold["metrics"][split]}):
+            stats = mean_and_std(fold["metrics"][split].get(name) for fold in folds)
+            summary[split][name] = {"mean": stats["mean"], "std": stats["std"]}
     return summary
 
 

@@ -140,11 +140,11 @@ def test_the_learning_rate_drops_on_a_plateau_in_the_history_and_the_curves(reci
         assert len(rates) == 4 and rates[0] == pytest.approx(1e-6)
         assert all(later <= earlier for earlier, later in zip(rates, rates[1:])) and rates[-1] < rates[0]
     import collect
-    import results_to_excel
+    import plots
     instances = {instance.id: instance for instance in collect.load_instances(recipes["dir"])}
-    assert "learning_rate" in results_to_excel.curve_metrics(instances[4])
-    assert "learning_rate" not in results_to_excel.curve_metrics(instances[1])  # constant: no panel
-    assert "balanced_accuracy" in results_to_excel.curve_metrics(instances[5])
+    assert "learning_rate" in plots.curve_metrics(instances[4])
+    assert "learning_rate" not in plots.curve_metrics(instances[1])  # constant: no panel
+    assert "balanced_accuracy" in plots.curve_metrics(instances[5])
     assert (recipes["dir"] / "plots").is_dir()
 
 
