@@ -22,8 +22,8 @@ import pandas as pd
 import xlsxwriter
 import xlsxwriter.exceptions
 
-from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task,
-                     finite_number, honest_lines, load_instances, metric_label, significance, summed_confusion, write_routine_summary)
+from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number, honest_lines,
+                     load_instances, metric_label, significance, summed_confusion, write_routine_summary)
 from plots import PLOT_DPI, PLOTS_SUBFOLDER, make_plots
 from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
                                XvalError, commit_temp_file, exit_on_user_error, temp_path_for)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_SCRIPTS = ("xval_instance.py", "training.py", "define_models.py", "utility_functions.py",
-                   "results_to_excel.py", "collect.py", "plots.py", "feat_analysis.py", "preprocessing_ravdess.py", "demo_corpus.py")
+                   "results_to_excel.py", "collect.py", "plots.py", "feat_analysis.py", "preprocessing_ravdess.py",
+                   "demo_corpus.py")
 TINY_MODEL = ['architecture = "EXAMPLE_model"', "filters = [4]", "dense_units = 8", "num_epochs = 2",
               "batch_size = 16"]
 
