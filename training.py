@@ -48,10 +48,10 @@ from scipy import stats  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
-from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX,  # noqa: E402
-                               MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SKLEARN_MONITORED, SPLITS, XvalError,
-                               atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids, load_dataset,
-                               read_json, temp_path_for)
+from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX,  # noqa: E402
+                               EXIT_PREFIX, MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SKLEARN_MONITORED, SPLITS,
+                               XvalError, atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids,
+                               load_dataset, read_json, temp_path_for)
 
 # what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
 WEIGHTS_SUFFIX = ".weights.h5"  # Keras 3's required suffix of a weights-only file
@@ -396,13 +396,13 @@ def limit_threads(backend, threads):
 
 
 def backend_devices(backend):
-    """The devices this fold's backend computes on, as text (GPUs when it sees any, else the CPU)."""
+    """The GPUs this fold's backend sees, as text, or "cpu" when it sees none (it computes on the CPU)."""
     if backend == "torch":
         import torch
         return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "cpu"
     if backend == "jax":
         import jax
-        return ", ".join(str(device) for device in jax.devices())
+        return ", ".join(str(device) for device in jax.devices() if device.platform == "gpu") or "cpu"
     import tensorflow as tf
     return ", ".join(device.name for device in tf.config.list_logical_devices("GPU")) or "cpu"
 
@@ -481,7 +481,7 @@ def run_fold(job, loaded=None):
             tf.config.experimental.set_memory_growth(gpu, True)
     limit_threads(parameters["backend"], job.get("threads"))
     keras.utils.set_random_seed(parameters["seed"])  # Python, NumPy and the backend's own generators
-    print(f"xval-device: {parameters['backend']} {backend_devices(parameters['backend'])}", flush=True)
+    print(f"{DEVICE_PREFIX}{parameters['backend']} {backend_devices(parameters['backend'])}", flush=True)
     clock = Stopwatch()  # where the fold's time goes, recorded in its result
 
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:

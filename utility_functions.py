@@ -56,6 +56,7 @@ RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disg
 ERROR_PREFIX = "xval-error: "
 EPOCH_PREFIX = "xval-epoch: "
 EXIT_PREFIX = "xval-exit: "
+DEVICE_PREFIX = "xval-device: "  # then the backend and the GPUs it sees, or "cpu"
 SERVE_FLAG = "--serve"
 SLURM_LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING",
                      "SUSPENDED")

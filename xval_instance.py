@@ -38,16 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from utility_functions import (BACKENDS, CONFIG_ENV_VAR, CONFIG_SCHEMA, DATA_ARGUMENTS, EPOCH_PREFIX, ERROR_PREFIX,
-                               EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS, MONITORABLE, OPTIMIZERS,
-                               PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError, atomic_write_json,
-                               atomic_write_text, check_dataset, check_target, claim, config_path_in_use,
-                               dataset_file_stats, dataset_fingerprint, dataset_paths, exit_on_user_error, file_mutex,
-                               load_clip_ids, load_config, load_dataset, lock_owner_alive, mean_and_std,
-                               parse_config_value, read_json, release, remove_stale_temp_files, slurm_job_id,
-                               to_jsonable)
+from utility_functions import (BACKENDS, CONFIG_ENV_VAR, CONFIG_SCHEMA, DATA_ARGUMENTS, DEVICE_PREFIX, EPOCH_PREFIX,
+                               ERROR_PREFIX, EXIT_PREFIX, HOST, MAIN_METRIC, MODEL_ONLY_TRAINING_PARAMETERS,
+                               MONITORABLE, OPTIMIZERS, PROJECT_DIR, SERVE_FLAG, SPLITS, TASK_TYPES, XvalError,
+                               atomic_write_json, atomic_write_text, check_dataset, check_target, claim,
+                               config_path_in_use, dataset_file_stats, dataset_fingerprint, dataset_paths,
+                               exit_on_user_error, file_mutex, load_clip_ids, load_config, load_dataset,
+                               lock_owner_alive, mean_and_std, parse_config_value, read_json, release,
+                               remove_stale_temp_files, slurm_job_id, to_jsonable)
 
 MODELS_FILE = PROJECT_DIR / "define_models.py"
+WAIT_SLICE = 0.5  # seconds: how often the routine's main thread, waiting for its workers, looks for a Ctrl-C
 TRAINING_SCRIPT = PROJECT_DIR / "training.py"
 MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
 BACKENDS_NAME = "ARCHITECTURE_BACKENDS"  # define_models.py's {architecture: the only backend it runs on}
@@ -720,6 +721,7 @@ class FoldRunner:
         self.environment = fold_environment(backend, threads, device)
         self.server = None
         self.used = False  # whether a fold has been sent to the server
+        self.seen = None  # what the last fold's backend saw: its GPUs, or "cpu" (training.py's DEVICE_PREFIX line)
 
     def start(self):
         """Start the fold server (its import lines go to the first fold's log)."""
@@ -749,6 +751,8 @@ class FoldRunner:
                 log.write(line)
                 if line.startswith(ERROR_PREFIX):
                     lines.append(line)
+                elif line.startswith(DEVICE_PREFIX):
+                    self.seen = line[len(DEVICE_PREFIX):].strip().partition(" ")[2]
                 elif line.startswith(EPOCH_PREFIX) and show_progress:
                     print(f"\r  {label}  epoch {line[len(EPOCH_PREFIX):].strip()}"[:150].ljust(150), end="",
                           flush=True)
@@ -788,6 +792,7 @@ class Worker:
 
     def __init__(self, device, threads, label):
         self.device, self.threads, self.label, self.runners = device, threads, label, {}
+        self.warned = set()  # the backends already said to see no GPU on this worker's device
 
     def runner(self, backend):
         """The running FoldRunner of backend (started now if it is not yet)."""
@@ -1078,11 +1083,19 @@ def run_on_worker(routine, worker, planned, fold, left):
     runner = worker.runner(planned["parameters"]["backend"])
 
     def run_process(job_path, log_path):
+        if routine.interrupted:  # Ctrl-C came while this fold was being claimed: train nothing
+            raise KeyboardInterrupt
         started = time.monotonic()
         code, error_line = runner.run(job_path, log_path, job["label"], routine.show_progress)
         if routine.interrupted:  # the fold was stopped by Ctrl-C, not failed: no failure record, claim released
             raise KeyboardInterrupt
         routine.record_fold(instance, fold["fold"], worker.label, time.monotonic() - started, code)
+        backend = planned["parameters"]["backend"]
+        if worker.device >= 0 and runner.seen == "cpu" and backend not in worker.warned:
+            worker.warned.add(backend)
+            routine.say(f"warning: {worker.label} was asked for, but {backend} sees no GPU there, so its folds run on "
+                        "the CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build of "
+                        f"{backend}", sys.stderr)
         return code, error_line
 
     started = time.monotonic()
@@ -1102,7 +1115,8 @@ def run_fold_jobs(routine, jobs):
     the rest of an instance is dropped once one of its folds failed (and everything stops at the first failure
     in debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
     pending, outcomes = deque(jobs), {}
-    state = {"active": 0, "stop": False, "error": None}
+    state = {"active": 0, "stop": False, "error": None, "begun": 0, "running": 0}
+    finished = threading.Condition(routine.lock)  # notified as each worker's thread ends
 
     def take():
         with routine.lock:
@@ -1117,6 +1131,8 @@ def run_fold_jobs(routine, jobs):
         return len(pending) + state["active"] - 1
 
     def work(worker):
+        with routine.lock:
+            state["begun"], state["running"] = state["begun"] + 1, state["running"] + 1
         try:
             while (job := take()) is not None:
                 outcome, detail = run_on_worker(routine, worker, *job, left)
@@ -1126,19 +1142,32 @@ def run_fold_jobs(routine, jobs):
                     state["stop"] = state["stop"] or (outcome == "failed" and routine.settings["debug_mode"])
         except BaseException as error:  # a refusal or a bug: stop every worker, raise it in the main thread
             state["stop"], state["error"] = True, state["error"] or error
+        finally:
+            with finished:
+                state["running"] -= 1
+                finished.notify_all()
 
-    threads = [threading.Thread(target=work, args=(worker,), daemon=True) for worker in routine.workers]
-    for thread in threads:
-        thread.start()
+    def wait_for_workers(every_one):
+        """Until no worker runs a fold job (and, with every_one, each has begun and ended). Not Thread.join(): on
+        Python 3.11 a join that Ctrl-C interrupts can mark a running thread as ended (CPython issue 90882), and the
+        routine would exit while a worker still holds its fold's claim. The wait wakes every WAIT_SLICE seconds:
+        a Ctrl-C that reaches a worker's thread (or lands just as this thread goes to sleep) is acted on then,
+        not only when a fold ends."""
+        with finished:
+            while not finished.wait_for(lambda: state["running"] == 0 and
+                                        (state["begun"] == len(routine.workers) or not every_one), WAIT_SLICE):
+                pass
+
     try:
-        for thread in threads:
-            thread.join()
+        for worker in routine.workers:
+            threading.Thread(target=work, args=(worker,), daemon=True).start()
+        wait_for_workers(every_one=True)
     except KeyboardInterrupt:  # stop the folds, let each worker release its claim, then stop
-        routine.interrupted, state["stop"] = True, True
+        with routine.lock:  # a worker that begins after this takes no fold job
+            routine.interrupted, state["stop"] = True, True
         for worker in routine.workers:
             worker.abort()
-        for thread in threads:
-            thread.join()
+        wait_for_workers(every_one=False)
         raise
     if state["error"] is not None:
         raise state["error"]

@@ -1,6 +1,6 @@
 """Fold jobs in parallel on this machine's devices: two CPU workers (-1,-1) train every fold once with its seed and
-half the cores each, a fold rerun alone with the same thread count reproduces its saved result, and --status
-reads the experiment folder back."""
+half the cores each, a fold rerun alone with the same thread count reproduces its saved result, --status
+reads the experiment folder back, and a GPU the backend cannot see is said once (its folds run on the CPU)."""
 import json
 import subprocess
 import sys
@@ -54,3 +54,19 @@ def test_two_cpu_workers_train_every_fold_once_and_a_rerun_alone_reproduces_it(t
     assert "instance 1: 1 done, 1 pending" in lines and "instance 2: 1 done, 1 stale" in lines, status.stdout
     assert any(line.startswith("  fold 1: done, test balanced_accuracy ") for line in lines)
     assert any("fold 2: stale claim of " + HOST in line for line in lines)
+
+
+def test_a_gpu_the_backend_cannot_see_is_one_warning_and_the_folds_still_run(tiny_features, tmp_path):
+    # device 99: no machine has it, so the backend sees no GPU there and computes on the CPU
+    routine = write_routine(tmp_path, {1: instance("a")}, num_folds=2)
+    completed = run_routine(routine, tiny_features["config_path"], 1, 1, "99")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    warnings = [line for line in completed.stderr.splitlines() if "sees no GPU" in line]
+    assert warnings == ["warning: GPU 99 was asked for, but tensorflow sees no GPU there, so its folds run on the "
+                        "CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build of "
+                        "tensorflow"], completed.stderr
+    document = json.loads((tmp_path / "experiments" / "experiment_1" / "results" / "results_tiny_exp1_run1.json")
+                          .read_text())
+    assert document["status"] == "complete" and len(document["folds"]) == 2
+    log = (tmp_path / "experiments" / "experiment_1" / "logs" / "tiny_exp1_run1_fold1.log").read_text()
+    assert "xval-device: tensorflow cpu" in log

@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -253,6 +254,45 @@ def test_paths_with_spaces_and_non_ascii_characters(tiny_features, tmp_path, nam
     completed = run_routine(routine, tiny_features["config_path"])
     assert completed.returncode == 0, completed.stderr
     assert (folder / f"{name} results" / "experiment_1" / "results" / "results_tiny_exp1_run1.json").is_file()
+
+
+def test_ctrl_c_waits_for_every_worker_to_release_its_claim_before_the_routine_ends(tmp_path, monkeypatch):
+    # Ctrl-C comes while one worker is busy and the other has finished. On Python 3.11, the routine's interrupted
+    # Thread.join() marked the busy thread as ended (CPython issue 90882), so the routine exited while that worker
+    # still held its fold's claim. Here the busy worker ends only once the routine has returned, or after 2 s.
+    import xval_instance
+    routine = xval_instance.Routine({"dataset": "tiny", "num_experiment": 1, "num_folds": 2, "debug_mode": False},
+                                    [1], {}, tmp_path, xval_instance.make_workers([-1, -1], 2), [], {})
+    busy, quick_done, may_end, routine_returned = (threading.Event() for _ in range(4))
+    ended = []
+
+    def fold_job(routine, worker, planned, fold, left):
+        if fold["fold"] == 2:
+            quick_done.set()
+            return "trained", {}
+        busy.set()
+        while not routine.interrupted and not may_end.is_set():
+            may_end.wait(0.05)
+        may_end.wait()  # the worker's clean-up, still running after the interrupt
+        ended.append(fold["fold"])
+        raise KeyboardInterrupt
+
+    def interrupt():
+        busy.wait()
+        quick_done.wait()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        routine_returned.wait(2)  # it must not come: the routine waits for the busy worker
+        may_end.set()
+
+    monkeypatch.setattr(xval_instance, "run_on_worker", fold_job)
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            xval_instance.run_fold_jobs(routine, [({"instance": 1}, {"fold": 1}), ({"instance": 1}, {"fold": 2})])
+        finally:
+            ended_when_returned = list(ended)
+            routine_returned.set()
+    assert ended_when_returned == [1], "the routine returned while a worker was still running its fold"
 
 
 def test_ctrl_c_stops_the_workers_records_no_failure_and_leaves_no_claim(tiny_features, tmp_path):
