@@ -285,13 +285,17 @@ def test_ctrl_c_waits_for_every_worker_to_release_its_claim_before_the_routine_e
         may_end.set()
 
     monkeypatch.setattr(xval_instance, "run_on_worker", fold_job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever pytest inherited
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        try:
-            xval_instance.run_fold_jobs(routine, [({"instance": 1}, {"fold": 1}), ({"instance": 1}, {"fold": 2})])
-        finally:
-            ended_when_returned = list(ended)
-            routine_returned.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                xval_instance.run_fold_jobs(routine, [({"instance": 1}, {"fold": 1}), ({"instance": 1}, {"fold": 2})])
+            finally:
+                ended_when_returned = list(ended)
+                routine_returned.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert ended_when_returned == [1], "the routine returned while a worker was still running its fold"
 
 
