@@ -1408,7 +1408,7 @@ def read_if_readable(path):
         return None
 
 
-def fold_state(files, index, experiment_dir):
+def fold_state(files, index):
     """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
     lock, result_path, failure = files["locks"][index], files["fold_results"][index], files["failures"][index]
     owner = read_if_readable(lock)
@@ -1439,7 +1439,7 @@ def print_status(settings, config, selected, routine_file):
     for instance in selected:
         files = instance_files(experiment_dir, settings["dataset"], settings["num_experiment"], instance,
                                settings["num_folds"])
-        states = [fold_state(files, index, experiment_dir) for index in range(settings["num_folds"])]
+        states = [fold_state(files, index) for index in range(settings["num_folds"])]
         counts = {word: sum(state.startswith(word) for state in states)
                   for word in ("done", "running", "failed", "stale", "pending")}
         print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n))
