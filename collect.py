@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from utility_functions import (HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, XvalError, atomic_write_json, mean_and_std,
-                               read_json)
+from layout import RESULT_FILE_GLOB, RESULT_FILE_PATTERN, SUMMARY_GLOB, Layout
+from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES
+from utility_functions import XvalError, atomic_write_json, mean_and_std, read_json
 
-RESULTS_SUBFOLDER, RESULT_FILE_GLOB = "results", "results_*_exp*_run*.json"
-RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
-SUMMARY_NAME = "{dataset}_exp{experiment}_summary.json"
 SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
@@ -126,18 +124,20 @@ def check_experiment_folder(experiment_folder):
     folder = Path(experiment_folder)
     if not folder.is_dir():
         raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
-    if not (folder / RESULTS_SUBFOLDER).is_dir():
+    results = Layout(folder, None, None).results
+    if not results.is_dir():
         children = sorted(child.name for child in folder.glob("experiment_*") if child.is_dir())
         hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
             "run an experiment first, or pass the experiment_{N} folder that holds results/"
-        raise XvalError(f"{folder} has no {RESULTS_SUBFOLDER}/ folder: {hint}")
+        raise XvalError(f"{folder} has no {results.name}/ folder: {hint}")
 
 
 def load_instances(experiment_folder):
     """Every readable instance of an experiment folder, in instance order; other result files are warned about.
     XvalError when the folder is not an experiment folder or holds no readable result file."""
     check_experiment_folder(experiment_folder)
-    paths = [path for path in Path(experiment_folder, RESULTS_SUBFOLDER).glob(RESULT_FILE_GLOB) if path.is_file()]
+    results = Layout(experiment_folder, None, None).results
+    paths = [path for path in results.glob(RESULT_FILE_GLOB) if path.is_file()]
     for path in paths:
         if not RESULT_FILE_PATTERN.match(path.name):
             warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
@@ -151,7 +151,7 @@ def load_instances(experiment_folder):
         except (OSError, UnicodeDecodeError) as error:
             warn(f"{path} cannot be read ({error}): skipped")
     if not instances:
-        raise XvalError(f"no results in {Path(experiment_folder, RESULTS_SUBFOLDER)} (expected "
+        raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     return instances
 
@@ -266,7 +266,7 @@ def summed_confusion(instance):
 
 def read_routine_summary(experiment_folder):
     """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}."""
-    found = sorted(Path(experiment_folder).glob(SUMMARY_NAME.format(dataset="*", experiment="*")),
+    found = sorted(Path(experiment_folder).glob(SUMMARY_GLOB),
                    key=lambda path: path.stat().st_mtime)
     return read_json(found[-1])["task_types"] if found else {}
 
@@ -277,10 +277,10 @@ def routine_summaries(instances):
 
 
 def write_routine_summary(experiment_folder, instances):
-    """routine_summaries(instances), written atomically as SUMMARY_NAME into experiment_folder."""
+    """routine_summaries(instances), written atomically as the summary JSON of experiment_folder (named after the
+    lowest-numbered instance)."""
     summaries = routine_summaries(instances)
-    atomic_write_json(Path(experiment_folder) / SUMMARY_NAME.format(dataset=instances[0].dataset,
-                                                                     experiment=instances[0].experiment), {
+    atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, {
         "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
         "about": SUMMARY_ABOUT, "task_types": summaries})
     return summaries

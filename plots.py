@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from collect import metric_label, summed_confusion
+from layout import Layout
 from utility_functions import atomic_write_bytes
 
-PLOTS_SUBFOLDER = "plots"
 PLOT_DPI, PLOT_HEIGHT_INCHES = 150, 3.6  # every figure is this high, so that all show at the same scale
 # history curves drawn per task type, loss first; those a fold lacks are left out, the learning rate unless it moved
 CURVE_METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "learning_rate"),
@@ -91,8 +91,7 @@ def make_plots(experiment_folder, instance):
     left from an earlier run of the instance that now has nothing to draw is removed."""
     plots = []
     for kind, painter in (("learning_curves", learning_curves_figure), ("confusion", confusion_figure)):
-        path = Path(experiment_folder, PLOTS_SUBFOLDER,
-                    f"{instance.dataset}_exp{instance.experiment}_run{instance.id}_{kind}.png")
+        path = Layout(experiment_folder, instance.dataset, instance.experiment).plot(instance.id, kind)
         with contextlib.suppress(OSError):
             if path.stat().st_mtime_ns > max(instance.source.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns):
                 plots.append(path)

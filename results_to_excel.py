@@ -24,12 +24,14 @@ import xlsxwriter.exceptions
 
 from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number, honest_lines,
                      load_instances, metric_label, significance, summed_confusion, write_routine_summary)
-from plots import PLOT_DPI, PLOTS_SUBFOLDER, make_plots
-from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS, SPLITS,
+from layout import Layout
+from plots import PLOT_DPI, make_plots
+from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, metric_names
+from utility_functions import (SPLITS,
                                XvalError, commit_temp_file, exit_on_user_error, temp_path_for)
 
-OUTPUT_NAME, STATS = "{dataset}_exp{experiment}_results_spreadsheet.xlsx", ("mean", "std")
-METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+STATS = ("mean", "std")
+METRICS_BY_TASK = {task_type: metric_names(task_type) for task_type in TASK_TYPES}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
 TIMING_STEPS = ("data", "build", "fit", "evaluate", "save")  # a fold's "timings" in seconds, when it has them
 EXCLUDED_FROM_COMPARISON = ("comment_1", "comment_2", "task_type")  # shown in their own columns or per sheet
@@ -392,7 +394,7 @@ def write_parameters_sheet(workbook, formats, instances, output_path):
 def write_plots_sheet(workbook, formats, instances, experiment_folder):
     """For each instance a title row, then its learning curves and confusion matrix next to each other."""
     worksheet = new_sheet(workbook, formats, "plots", "Learning curves and test confusion matrices",
-                          f"PNG files in {PLOTS_SUBFOLDER}/; solid = train, dashed = validation, dot = best epoch")
+                          f"PNG files in {Layout(experiment_folder, None, None).plots.name}/; solid = train, dashed = validation, dot = best epoch")
     worksheet.hide_gridlines(2)
     # explicit widths: images are anchored to cells, and LibreOffice's default column width differs from Excel's
     worksheet.set_column_pixels(0, PLOTS_SHEET_COLUMNS - 1, DEFAULT_COLUMN_PIXELS)
@@ -441,12 +443,11 @@ def build_workbook(path, instances, summaries, experiment_folder, output_path):
 
 def write_spreadsheet(experiment_folder, output_path=None):
     """Write the routine summary JSON and the results spreadsheet of an experiment folder atomically (by default as
-    EXPERIMENT_FOLDER/OUTPUT_NAME) and return its path; XvalError when the folder holds no readable result file or
+    the Layout's workbook, named after the lowest-numbered instance) and return its path; XvalError when the folder holds no readable result file or
     the output cannot be written."""
     experiment_folder = Path(experiment_folder).resolve()
     instances = load_instances(experiment_folder)
-    named = {"dataset": instances[0].dataset, "experiment": instances[0].experiment}
-    output_path = Path(output_path or experiment_folder / OUTPUT_NAME.format(**named))
+    output_path = Path(output_path or Layout(experiment_folder, instances[0].dataset, instances[0].experiment).workbook)
     if output_path.suffix.lower() != ".xlsx":
         raise XvalError(f"output {output_path} must end in .xlsx: name it e.g. {output_path.stem}.xlsx")
     if not output_path.parent.is_dir():

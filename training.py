@@ -44,17 +44,19 @@ if __name__ == "__main__":
     die_with_parent()  # before the imports below (~1 s): a routine killed meanwhile takes this process with it
 
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
-from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX,  # noqa: E402
-                               EXIT_PREFIX, MODEL_ONLY_TRAINING_PARAMETERS, SERVE_FLAG, SKLEARN_MONITORED, SPLITS,
+from launchers import DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, SERVE_FLAG  # noqa: E402
+from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
+from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
+from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, MODEL_ONLY_TRAINING_PARAMETERS, SPLITS,  # noqa: E402
                                XvalError, atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids,
                                load_dataset, read_json, temp_path_for)
 
+CARD_DATASET = "xval_card"  # the HDF5 dataset, inside every model file xval saves, that holds the model's card
+CARD_FORMAT = 1
 # what run_fold reads itself: the [training] keys an architecture does not consume, and the labels
-WEIGHTS_SUFFIX = ".weights.h5"  # Keras 3's required suffix of a weights-only file
 LOOP_PARAMETERS = tuple(name for name in CONFIG_SCHEMA["training"] if name not in MODEL_ONLY_TRAINING_PARAMETERS) + \
     ("architecture", "comment_1", "comment_2")
 
@@ -64,42 +66,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info line
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics, from predictions, with scikit-learn (never from the Keras loss)
 
-def concordance_correlation(y_true, y_pred):
-    """Lin's concordance correlation coefficient of two 1-D arrays; None where undefined (constant inputs)."""
-    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
-    covariance = np.mean((y_true - y_true.mean()) * (y_pred - y_pred.mean()))
-    denominator = y_true.var() + y_pred.var() + (y_true.mean() - y_pred.mean()) ** 2
-    return float(2 * covariance / denominator) if denominator > 0 else None
-
-
 def classification_metrics(y_true, probabilities):
-    """Metrics of class indices y_true (n,) against class probabilities (n, classes); plus the confusion matrix."""
-    labels = np.arange(probabilities.shape[1])
+    """Metrics (registries.METRICS of classification) of class indices y_true (n,) against class probabilities
+    (n, classes); plus the confusion matrix (classes, classes), rows true."""
     probabilities = np.clip(probabilities, 1e-7, 1)
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 +- 1e-7
     y_pred = probabilities.argmax(axis=1)
-    scores = {
-        "loss": skm.log_loss(y_true, probabilities, labels=labels),
-        "accuracy": skm.accuracy_score(y_true, y_pred),
-        "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
-        "f1_macro": skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
-        "precision_macro": skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
-        "recall_macro": skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
-    }
-    return {name: float(value) for name, value in scores.items()}, skm.confusion_matrix(y_true, y_pred, labels=labels)
+    classes = probabilities.shape[1]
+    scores = score_all("classification", scored(y_true, y_pred, probabilities, classes))
+    return scores, skm.confusion_matrix(y_true, y_pred, labels=np.arange(classes))
 
 
 def regression_metrics(y_true, y_pred):
-    """Metrics of targets y_true (n,) against predictions y_pred (n,); None where a metric is undefined."""
-    constant = np.ptp(y_true) == 0 or np.ptp(y_pred) == 0
-    return {
-        "loss": float(skm.mean_squared_error(y_true, y_pred)),
-        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
-        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-        "r2": float(skm.r2_score(y_true, y_pred)) if np.ptp(y_true) > 0 else None,
-        "pearson_r": None if constant else float(stats.pearsonr(y_true, y_pred)[0]),
-        "ccc": concordance_correlation(y_true, y_pred),
-    }
+    """Metrics (registries.METRICS of regression) of targets y_true (n,) against predictions y_pred (n,); None
+    where a metric is undefined."""
+    return score_all("regression", scored(y_true, y_pred))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,10 +152,8 @@ def make_optimizer(keras, name, learning_rate):
 
 
 def monitor_mode(monitor, configured_mode):
-    """min or max for a monitored metric: the configured one, or for auto max on accuracy and min otherwise."""
-    if configured_mode != "auto":
-        return configured_mode
-    return "max" if "accuracy" in monitor or "f1" in monitor else "min"
+    """min or max for a monitored metric: the configured one, or for auto the metric's direction (registries)."""
+    return monitor_direction(monitor) if configured_mode == "auto" else configured_mode
 
 
 def make_callbacks(keras, monitor, mode, parameters, validation):
@@ -182,19 +161,20 @@ def make_callbacks(keras, monitor, mode, parameters, validation):
     line per epoch with an orphan stop, early stopping, learning rate reduction on plateau.
 
     validation: (x, y, owner, clip) of the validation items, scored per clip with scikit-learn after each epoch
-    when monitor is one of SKLEARN_MONITORED.
+    when monitor is one of those (registries.METRICS whose monitor is "sklearn").
     """
 
+    scored_here = monitorable(parameters["task_type"], how=("sklearn",))  # val_balanced_accuracy, val_f1_macro
+
     class ValidationScores(keras.callbacks.Callback):
-        """Add val_balanced_accuracy (UAR) and val_f1_macro, per clip, to the epoch's logs (and so the history)."""
+        """Add the metrics training scores itself (UAR, macro F1), per clip, to the epoch's logs (and history)."""
 
         def on_epoch_end(self, epoch, logs=None):
             x, y, owner, clip = validation
             output, first = clip_means(predict_in_batches(self.model, x, parameters["batch_size"]), owner, clip)
-            y_true, y_pred = y[first].argmax(axis=1), output.argmax(axis=1)
-            logs["val_balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
-            logs["val_f1_macro"] = float(skm.f1_score(y_true, y_pred, labels=np.arange(y.shape[1]),
-                                                      average="macro", zero_division=0))
+            truth = scored(y[first].argmax(axis=1), output.argmax(axis=1), classes=y.shape[1])
+            for name in scored_here:
+                logs[name] = float(METRICS[name.removeprefix("val_")].score[parameters["task_type"]](truth))
 
     class BestWeights(keras.callbacks.Callback):
         """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths)."""
@@ -233,7 +213,7 @@ def make_callbacks(keras, monitor, mode, parameters, validation):
                 os._exit(3)
 
     best = BestWeights()
-    callbacks = [ValidationScores()] if monitor in SKLEARN_MONITORED else []
+    callbacks = [ValidationScores()] if monitor in scored_here else []
     callbacks += [StopOnNaN(), best, ProgressAndOrphanCheck()]
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
@@ -377,52 +357,51 @@ def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
     return scores, predictions, confusion
 
 
-def limit_threads(backend, threads):
-    """Make the fold's framework compute with `threads` CPU threads (None: its own default, every core).
-
-    Called before the fold's first operation. Fold processes that share a machine's cores get an equal part each;
-    a fold rerun alone with the same count makes the same computations (xval_instance.worker_threads)."""
-    if not threads:
-        return
-    if backend == "torch":
-        import torch
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(threads)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    # jax: XLA reads its thread settings from XLA_FLAGS at start-up, which xval_instance sets for the process
+def model_card(job, input_shape, output_size, mean, variance):
+    """What a saved model carries to describe itself: what the job's card says (dataset and fingerprint, feature
+    settings, class names, the instance), the resolved parameters, the input (frames, bins) and output size, the
+    normalisation statistics of its training clips (also inside the model, as a layer's settings) and its items."""
+    return {**job.get("card", {}), "card_format": CARD_FORMAT, "task_type": job["parameters"]["task_type"],
+            "parameters": job["parameters"], "parameter_hash": job.get("parameter_hash"), "fold": job["fold"],
+            "input_shape": [int(size) for size in input_shape], "output_size": int(output_size),
+            "normalisation": {"mean": mean.tolist(), "variance": variance.tolist()},
+            "items": {split: job[f"{split}_items"] for split in SPLITS}}
 
 
-def backend_devices(backend):
-    """The GPUs this fold's backend sees, as text, or "cpu" when it sees none (it computes on the CPU)."""
-    if backend == "torch":
-        import torch
-        return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "cpu"
-    if backend == "jax":
-        import jax
-        return ", ".join(str(device) for device in jax.devices() if device.platform == "gpu") or "cpu"
-    import tensorflow as tf
-    return ", ".join(device.name for device in tf.config.list_logical_devices("GPU")) or "cpu"
+def write_card(path, card):
+    """Store card (JSON) in the model file at path, as the uint8 dataset CARD_DATASET; Keras ignores it."""
+    import h5py
+    with h5py.File(path, "a") as handle:
+        handle.create_dataset(CARD_DATASET, data=np.frombuffer(json.dumps(card).encode("utf-8"), dtype=np.uint8))
 
 
-def save_model(keras, model, model_path, model_file):
-    """Save a fold's model atomically; returns (path, the name relative to the experiment) as saved.
+def read_card(path):
+    """The card stored in a model file (write_card), or None for a file without one (saved before xval stored
+    them) or that h5py cannot read."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as handle:
+            return json.loads(bytes(handle[CARD_DATASET][()]).decode("utf-8")) if CARD_DATASET in handle else None
+    except (OSError, ValueError):
+        return None
+
+
+def save_model(keras, model, model_path, model_file, card):
+    """Save a fold's model with its card, atomically; returns (path, the name relative to the experiment) as saved.
 
     Stock layers: the whole model in Keras 3's legacy .hdf5 (it reloads on every backend with load_model). A
-    model that wraps a PyTorch module (TorchModuleWrapper), whose whole-model files need pickle: its weights only,
-    in .weights.h5, which load_model_file rebuilds from the architecture and parameters.
+    model its backend saves as weights only (one that wraps a PyTorch module, whose whole-model file would need
+    pickle): its weights, in .weights.h5, which load_model_file rebuilds from the card's architecture and parameters.
     """
-    if any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in leaf_layers(model)):
-        model_path = str(model_path)[:-len(".hdf5")] + WEIGHTS_SUFFIX
-        model_file = model_file[:-len(".hdf5")] + WEIGHTS_SUFFIX
+    if BACKENDS[keras.backend.backend()].weights_only(keras, leaf_layers(model)):
+        model_path, model_file = weights_path(str(model_path)), weights_path(model_file)
         temp = temp_path_for(model_path)
         temp = temp.with_name(temp.name[:-len(".h5")] + WEIGHTS_SUFFIX)  # Keras wants the .weights.h5 ending
         model.save_weights(temp)
     else:
         temp = temp_path_for(model_path)
         model.save(temp)
+    write_card(temp, card)
     commit_temp_file(temp, model_path)
     return model_path, model_file
 
@@ -430,12 +409,15 @@ def save_model(keras, model, model_path, model_file):
 def load_model_file(path, parameters=None, input_shape=None, output_size=None, normalisation=None):
     """A saved fold or final model, ready to predict: load_model for .hdf5; for .weights.h5, the architecture of
     parameters rebuilt for input_shape (frames, bins) and output_size with the fold's normalisation statistics
-    ({"mean", "variance"} of its result: they are the layer's settings, not weights), then its weights.
-    Keras must run on the backend the model was trained on (KERAS_BACKEND)."""
+    ({"mean", "variance"}: they are the layer's settings, not weights), then its weights. What is not given is
+    taken from the model's card. Keras must run on the backend the model was trained on (KERAS_BACKEND)."""
     import keras
     if not str(path).endswith(WEIGHTS_SUFFIX):
         return keras.models.load_model(path)
     import define_models
+    card = read_card(path) or {}
+    parameters, normalisation = parameters or card.get("parameters"), normalisation or card.get("normalisation")
+    input_shape, output_size = input_shape or card.get("input_shape"), output_size or card.get("output_size")
     mean, variance = (np.asarray(normalisation[key], np.float32) for key in ("mean", "variance"))
     model = build_model(keras, define_models, parameters, input_shape, output_size, mean, variance)
     model.load_weights(path)
@@ -475,13 +457,12 @@ def run_fold(job, loaded=None):
     if keras.backend.backend() != parameters["backend"]:
         raise XvalError(f"this fold process runs Keras on {keras.backend.backend()!r}, the instance asks for "
                         f"{parameters['backend']!r}: run it through the routine, or set KERAS_BACKEND")
-    if parameters["backend"] == "tensorflow" and job.get("allow_memory_growth", True):
-        import tensorflow as tf
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    limit_threads(parameters["backend"], job.get("threads"))
+    backend = BACKENDS[parameters["backend"]]
+    backend.prepare()
+    if job.get("threads"):  # fold processes that share a machine's cores compute with an equal part each
+        backend.limit_threads(job["threads"])
     keras.utils.set_random_seed(parameters["seed"])  # Python, NumPy and the backend's own generators
-    print(f"{DEVICE_PREFIX}{parameters['backend']} {backend_devices(parameters['backend'])}", flush=True)
+    print(f"{DEVICE_PREFIX}{parameters['backend']} {backend.devices()}", flush=True)
     clock = Stopwatch()  # where the fold's time goes, recorded in its result
 
     if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
@@ -531,7 +512,8 @@ def run_fold(job, loaded=None):
     clock.lap("fit")
     gc.freeze()  # the garbage collector never rescans what fit left: evaluate 0.53 -> 0.25 s (a 15-epoch demo fold)
 
-    model_path, model_file = save_model(keras, model, job["model_path"], job["model_file"])
+    card = model_card(job, x_train.shape[1:], output_size, mean, variance)
+    model_path, model_file = save_model(keras, model, job["model_path"], job["model_file"], card)
     clock.lap("save")
 
     result = {"fold": job["fold"], "parameter_hash": job["parameter_hash"],
@@ -608,10 +590,12 @@ def serve(job_paths, report):
     backend: it has no threads of TensorFlow, PyTorch or JAX yet), and every child initialises the GPU afresh.
     It holds the dataset in memory, so a fold reads no feature file.
     """
+    import importlib
+
     import keras  # the imports every fold needs, paid once (KERAS_BACKEND chose the backend)
     import define_models  # noqa: F401
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow  # noqa: F401
+    for module in BACKENDS[keras.backend.backend()].server_imports:
+        importlib.import_module(module)
     print("xval-ready", file=report, flush=True)
     held = {}
     for line in job_paths:

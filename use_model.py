@@ -24,7 +24,6 @@ import argparse
 import csv
 import io
 import os
-import re
 import subprocess
 import sys
 import time
@@ -32,11 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from foldjob import read_job
+from launchers import ProcessLauncher, fold_environment
+from layout import FOLD_MODEL_PATTERN, RESULT_FILE_GLOB, RESULT_FILE_PATTERN, Layout
+from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
-                               dataset_fingerprint, exit_on_user_error, load_clip_ids, load_dataset, read_json)
+                               dataset_fingerprint, dataset_paths, exit_on_user_error, load_clip_ids, load_config,
+                               load_dataset, read_json)
 
-TRAINING_SCRIPT = PROJECT_DIR / "training.py"
-FOLD_MODEL = re.compile(r"^model_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)_fold(?P<fold>\d+)\.hdf5$")
 FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting needs to make the same features
 
 
@@ -45,7 +47,8 @@ FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting 
 
 def instance_result(experiment_dir, instance):
     """(path, JSON) of an instance's results file in experiment_dir; XvalError when there is none."""
-    found = sorted(Path(experiment_dir, "results").glob(f"results_*_exp*_run{instance}.json"))
+    found = sorted(path for path in Path(experiment_dir, "results").glob(RESULT_FILE_GLOB)
+                   if (match := RESULT_FILE_PATTERN.match(path.name)) and int(match["instance"]) == instance)
     if not found:
         raise XvalError(f"{experiment_dir} has no results of instance {instance}: pass an instance it holds "
                         "(results/results_*_run{N}.json)")
@@ -92,32 +95,54 @@ def git_commit():
     return (head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) if head.returncode == 0 else None
 
 
-def final_job(experiment_dir, document, epochs, model_path):
-    """The job of a final model: fold 1's job file with every item for training, none for validation or test."""
-    stem = f"{document['dataset']}_exp{document['experiment']}_run{document['instance']}"
-    template = read_json(Path(experiment_dir) / "logs" / f"{stem}_fold1.job.json")
+def recorded_features_folder(layout, instance):
+    """The features folder the instance's folds were trained from, as their job files record it (the fold's
+    canonical job file, or a --slurm submission's of main at 167406f), or None."""
+    candidates = [layout.fold(instance, 1).job, *sorted(layout.slurm.glob(f"*/jobs/run{instance}_fold1.job.json"))]
+    for path in candidates:
+        if path.is_file():
+            return read_job(path)["features_folder"]
+    return None
+
+
+def features_folder_of(layout, document):
+    """Where the dataset the instance was cross-validated on lies: the folder its jobs recorded, or config.ini's
+    features_folder (an experiment folder moved to another machine); XvalError unless it holds the same features
+    (the dataset fingerprint)."""
+    folders = [recorded_features_folder(layout, document["instance"]), load_config()["paths"]["features_folder"]]
+    for folder in dict.fromkeys(str(folder) for folder in folders if folder):
+        if not dataset_paths(folder, document["dataset"])["predictors"].is_file():
+            continue
+        predictors, targets = load_dataset(folder, document["dataset"])
+        clip_ids = load_clip_ids(folder, document["dataset"], predictors)
+        if dataset_fingerprint(predictors, targets, clip_ids) == document.get("dataset_fingerprint"):
+            return folder
+    raise XvalError(f"no features folder ({', '.join(map(str, filter(None, folders)))}) holds the features of "
+                    f"dataset '{document['dataset']}' that instance {document['instance']} was cross-validated on: "
+                    "restore them (preprocess with the same settings) before training its final model")
+
+
+def final_job(layout, document, epochs, paths):
+    """The job of a final model: the instance's parameters, every item for training, none for validation or test,
+    a fixed number of epochs (no early stopping), the card of its model file."""
     parameters = document["parameters"]
     if "{fold}" in parameters.get("initial_model", ""):
         raise XvalError(f"instance {document['instance']} starts each fold from that fold's model "
                         f"({parameters['initial_model']}): a final model has no such fold; give initial_model "
                         "without {fold} in another instance")
+    features_folder = features_folder_of(layout, document)
     items = sorted({item for fold in document["folds"] for item in fold["test_items"]})
-    return {**template, "parameters": dict(parameters, num_epochs=epochs, early_stopping=False), "fold": 0,
-            "final": True, "train_items": items, "val_items": [], "test_items": [],
-            "dataset_files": dataset_file_stats(template["features_folder"], template["dataset"]),
-            "model_path": str(model_path), "model_file": f"final/{model_path.name}",
-            "result_path": str(model_path.with_name(model_path.stem + "_result.json"))}
-
-
-def check_same_dataset(job, document):
-    """XvalError unless the dataset files still hold the features the instance was cross-validated on."""
-    predictors, targets = load_dataset(job["features_folder"], job["dataset"])
-    fingerprint = dataset_fingerprint(predictors, targets, load_clip_ids(job["features_folder"], job["dataset"],
-                                                                         predictors))
-    if fingerprint != document.get("dataset_fingerprint"):
-        raise XvalError(f"dataset '{job['dataset']}' in {job['features_folder']} no longer holds the features "
-                        f"instance {document['instance']} was cross-validated on: restore them (preprocess with the "
-                        "same settings) before training its final model")
+    initial = initial_model_paths(parameters, layout.root, [{"fold": 0}]).get(0)
+    return {"features_folder": str(features_folder), "dataset": document["dataset"],
+            "dataset_files": dataset_file_stats(features_folder, document["dataset"]),
+            "parameters": dict(parameters, num_epochs=epochs, early_stopping=False), "fold": 0, "final": True,
+            "parameter_hash": document["parameter_hash"], "dataset_fingerprint": document["dataset_fingerprint"],
+            "train_items": items, "val_items": [], "test_items": [], "threads": len(os.sched_getaffinity(0)),
+            "initial_model_path": None if initial is None else str(initial),
+            "model_path": str(paths.model), "model_file": layout.relative(paths.model), "result_path": str(paths.result),
+            "card": {key: document.get(key) for key in ("dataset", "dataset_fingerprint", "experiment", "instance",
+                                                          "class_names", "features", "foldable_item",
+                                                          "parameter_strings")}}
 
 
 def final(experiment_dir, instance_text, overwrite, gpu):
@@ -128,40 +153,29 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     if document["status"] != "complete":
         raise XvalError(f"instance {instance} is {document['status']}: finish its cross-validation (rerun the "
                         "routine) before training its final model")
-    stem = f"model_{document['dataset']}_exp{document['experiment']}_run{instance}_final"
-    model_path = experiment_dir / "final" / f"{stem}.hdf5"
-    card_path = model_path.with_name(f"{stem}_card.json")
-    if model_path.exists() and not overwrite:
-        raise XvalError(f"{model_path} exists: pass --overwrite to replace it")
+    layout = Layout(experiment_dir, document["dataset"], document["experiment"])
+    paths = layout.final(instance)
+    if paths.model.exists() and not overwrite:
+        raise XvalError(f"{paths.model} exists: pass --overwrite to replace it")
     epochs = epochs_for_final(document["folds"])
-    job = final_job(experiment_dir, document, epochs, model_path)
-    check_same_dataset(job, document)
-    job_path = model_path.with_name(f"{stem}.job.json")
-    atomic_write_json(job_path, job)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_FORCE_GPU_ALLOW_GROWTH="true",
-                       XLA_PYTHON_CLIENT_PREALLOCATE="false", KERAS_BACKEND=document["parameters"]["backend"])
-    if gpu is not None:
-        environment["CUDA_VISIBLE_DEVICES"] = "" if gpu < 0 else str(gpu)
+    job = final_job(layout, document, epochs, paths)
+    atomic_write_json(paths.job, job)
     print(f"final model of instance {instance}: {len(job['train_items'])} foldable items, {epochs} epochs "
-          f"(median best epoch of its folds) -> {model_path}", flush=True)
+          f"(median best epoch of its folds) -> {paths.model}", flush=True)
     started = time.monotonic()
-    log_path = model_path.with_name(f"{stem}.log")
-    with open(log_path, "a", encoding="utf-8") as log:
-        completed = subprocess.run([sys.executable, str(TRAINING_SCRIPT), str(job_path)], stdout=log,
-                                   stderr=subprocess.STDOUT, env=environment, cwd=str(PROJECT_DIR))
-    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    errors = [line[len("xval-error: "):] for line in lines if line.startswith("xval-error: ")]
-    if completed.returncode != 0 or not model_path.exists():
-        raise XvalError(f"the final model failed: {errors[-1] if errors else f'exit code {completed.returncode}'} "
-                        f"(log: {log_path})")
+    launcher = ProcessLauncher(fold_environment(document["parameters"]["backend"], job["threads"], gpu),
+                               f"use_model.py final (pid {os.getpid()})")
+    code, error = launcher.run(paths.job, paths.log, f"instance {instance} final")
+    if code != 0 or not paths.model.exists():
+        raise XvalError(f"the final model failed: {error or f'exit code {code}'} (log: {paths.log})")
     import collect
     routine = collect.routine_summaries(collect.load_instances(experiment_dir)).get(document["task_type"])
     card = {
-        "model_file": model_path.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "model_file": paths.model.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "experiment": document["experiment"], "instance": instance, "task_type": document["task_type"],
         "class_names": document["class_names"], "dataset": document["dataset"],
         "dataset_fingerprint": document["dataset_fingerprint"], "features": document["features"],
-        "normalisation": read_json(job["result_path"])["normalisation"],
+        "normalisation": read_json(paths.result)["normalisation"],
         "parameters": document["parameters"], "parameter_strings": document["parameter_strings"],
         "trained_on": {"items": job["train_items"], "epochs": epochs,
                        "rule": "median of the folds' best epochs (on their validation items), rounded half up",
@@ -169,9 +183,9 @@ def final(experiment_dir, instance_text, overwrite, gpu):
         "cross_validation": {"summary": document["summary"], "routine": routine},
         "code": {"git_commit": git_commit(), "python": sys.version.split()[0]},
     }
-    atomic_write_json(card_path, card)
-    print(f"wrote {model_path} and {card_path.name} in {time.monotonic() - started:.1f} s")
-    return card_path
+    atomic_write_json(paths.card, card)
+    print(f"wrote {paths.model} and {paths.card.name} in {time.monotonic() - started:.1f} s")
+    return paths.card
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,17 +204,22 @@ def model_set(target, instance_text):
         return models, dict(document, name=f"{target.name} instance {instance} (mean of {len(models)} folds)")
     if not target.is_file():
         raise XvalError(f"model {target} does not exist: pass a final model, a fold model or an experiment folder")
-    card_path = target.with_name(f"{target.stem}_card.json")
+    from training import read_card
+    card = read_card(target)
+    if card:  # the model describes itself: nothing else is needed
+        return [(target, card["normalisation"])], dict(card, name=target.name)
+    card_path = target.with_name(f"{target.stem}_card.json")  # a final model of an earlier version: its card
     if card_path.is_file():
         card = read_json(card_path)
         return [(target, card.get("normalisation"))], dict(card, name=target.name)
-    match = FOLD_MODEL.match(target.name.replace(".weights.h5", ".hdf5"))
+    match = FOLD_MODEL_PATTERN.match(target.name)  # a fold model of an earlier version: its experiment's results
     if match and target.parent.name == "models":
         _, document = instance_result(target.parent.parent, int(match["instance"]))
         fold = next(fold for fold in document["folds"] if fold["fold"] == int(match["fold"]))
         return [(target, fold.get("normalisation"))], dict(document, name=target.name)
-    raise XvalError(f"model {target} has no card ({card_path.name}) and is not a fold model of an experiment: "
-                    "xval cannot know the features it takes")
+    raise XvalError(f"model {target} carries no card (saved before xval stored one in its model files), has none "
+                    f"beside it ({card_path.name}) and is not a fold model of an experiment: xval cannot know the "
+                    "features it takes")
 
 
 def audio_files(paths):

@@ -14,10 +14,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from registries import BACKENDS, SPLITTERS
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = PROJECT_DIR / "config.ini"
@@ -27,27 +30,11 @@ TEMP_MARKER = ".xvaltmp-"  # every temporary file xval writes has this in its na
 # ----------------------------------------------------------------------------------------------------------------
 # Constants shared by training, the engine and the spreadsheet
 
-TASK_TYPES = ("classification", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad", "adamax")
-# Keras 3 backends a fold can run on: {backend: (the module that must be importable, how to install it)}
-BACKENDS = {"tensorflow": ("tensorflow", "python3 -m pip install -r requirements.txt"),
-            "torch": ("torch", "python3 -m pip install -r requirements-backends.txt"),
-            "jax": ("jax", "python3 -m pip install -r requirements-backends.txt")}
-CLASSIFICATION_METRICS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro")
-REGRESSION_METRICS = ("loss", "rmse", "mae", "r2", "pearson_r", "ccc")
-HIGHER_IS_BETTER = {"loss": False, "rmse": False, "mae": False, "accuracy": True, "balanced_accuracy": True,
-                    "f1_macro": True, "precision_macro": True, "recall_macro": True, "r2": True,
-                    "pearson_r": True, "ccc": True}
-MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}
 # [training] keys that only an architecture consumes (training.py uses every other key itself): an instance may set
 # one only if its architecture takes it as an argument, or the value would never reach anything
 MODEL_ONLY_TRAINING_PARAMETERS = ("regularization_lambda",)
 DATA_ARGUMENTS = ("input_shape", "output_size", "task_type")  # every architecture's first three arguments
-# what training.py may monitor for early stopping and best-model selection, by task type
-MONITORABLE = {"classification": ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"),
-               "regression": ("val_loss", "val_mae", "val_rmse")}
-# the monitorable metrics training.py computes itself with scikit-learn on the validation clips after each epoch
-SKLEARN_MONITORED = ("val_balanced_accuracy", "val_f1_macro")
 SPLITS = ("train", "val", "test")
 # RAVDESS emotion codes 01..08, read by preprocessing_ravdess.py and written by demo_corpus.py
 RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -103,7 +90,7 @@ CONFIG_SCHEMA = {
     "features": {"type": ("stft", "mfcc", "mel", "cqt"), "n_fft": int, "win_length": int, "hop_length": int,
                  "window": str, "n_mels": int, "n_mfcc": int, "fmin": float, "fmax": float,
                  "power_law_compression": float, "cqt_fmin": float, "cqt_bins": int, "cqt_bins_per_octave": int},
-    "folds": {"folds_seed": int, "validation_share": float},
+    "folds": {"splitter": tuple(SPLITTERS), "folds_seed": int, "validation_share": float},
     "training": {"batch_size": int, "num_epochs": int, "learning_rate": float, "optimizer": OPTIMIZERS,
                  "early_stopping": bool, "patience": int, "save_best_model_metric": str,
                  "save_best_model_mode": ("min", "max", "auto"), "regularization_lambda": float, "seed": int,
@@ -111,6 +98,7 @@ CONFIG_SCHEMA = {
                  "time_masks": int, "time_mask_width": int, "freq_masks": int, "freq_mask_width": int,
                  "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
                  "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS)},
+    "claims": {"grace_seconds": float},
     "slurm": {"partition": str, "time": str, "mem": str, "cpus_per_task": int, "gres": str, "max_parallel": int,
               "extra_sbatch": str},
 }
@@ -119,7 +107,8 @@ _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds")
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
              ("features", "win_length"), ("features", "hop_length"), ("features", "n_mels"),
              ("features", "n_mfcc"), ("training", "batch_size"), ("training", "num_epochs"),
-             ("training", "learning_rate"), ("features", "power_law_compression"), ("slurm", "cpus_per_task")}
+             ("training", "learning_rate"), ("features", "power_law_compression"), ("slurm", "cpus_per_task"),
+             ("claims", "grace_seconds")}
 
 
 def config_path_in_use(path=None):
@@ -377,12 +366,32 @@ def slurm_restart_count(environ=os.environ):
     return int(environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def lock_owner_alive(owner):
-    """Whether the process described by a claim file's content still runs.
+def heartbeat_age(lock_path):
+    """Seconds since the claim at lock_path was last touched (its modification time), measured against a file
+    touched now in the same folder, so that both times come from the same file system's clock (a shared folder's
+    server sets them; the clocks of the hosts need not agree). None if the claim is gone."""
+    clock = Path(lock_path).parent / ".clock"
+    try:
+        touched = Path(lock_path).stat().st_mtime
+        with open(clock, "a"):
+            os.utime(clock, None)
+        return clock.stat().st_mtime - touched
+    except FileNotFoundError:
+        return None
 
-    On this host, its PID and start time decide. Elsewhere, a SLURM task's claim is dead to a later attempt of
-    the same task (requeued: a higher restart count) and alive while squeue lists its job; another host's process
-    without SLURM is assumed alive.
+
+def heartbeat_interval(grace):
+    """How often (s) a claim's owner touches it: often enough that a live owner is never older than the grace."""
+    return max(0.2, min(60.0, grace / 4))
+
+
+def lock_owner_alive(owner, age, grace):
+    """Whether the owner of a claim (its file's content) still runs; age: seconds since its last heartbeat.
+
+    Fast paths first: on this host its PID and start time decide; a SLURM task's claim is dead to a later attempt
+    of the same task (requeued: a higher restart count) and follows squeue when squeue knows the job. Otherwise
+    (another host, with or without SLURM) the heartbeat decides: the claim is alive while its owner touched it
+    less than `grace` seconds ago.
     """
     if owner.get("host") == HOST:
         pid = owner.get("pid")
@@ -396,14 +405,14 @@ def lock_owner_alive(owner):
         running = slurm_job_running(owner["slurm_job"])
         if running is not None:
             return running
-    return True
+    return age is not None and age <= grace
 
 
-def claim(lock_path):
+def claim(lock_path, grace):
     """Claim lock_path for this process. Returns None on success, else the live owner's {host, pid, since}.
 
-    A claim whose process is gone (same host, PID not running; a SLURM job squeue no longer lists) is stale and
-    taken over.
+    A claim whose owner is gone (lock_owner_alive with this grace period, in seconds) is stale and taken over.
+    The owner keeps its claim alive with heartbeat() while it holds it.
     """
     lock_path = Path(lock_path)
     with file_mutex(lock_path.parent / ".claims.mutex"):
@@ -414,13 +423,33 @@ def claim(lock_path):
                 owner = {}
             if owner.get("host") == HOST and owner.get("pid") == os.getpid():
                 return None
-            if owner and lock_owner_alive(owner):
+            if owner and lock_owner_alive(owner, heartbeat_age(lock_path), grace):
                 return owner
         me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
               "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id(),
               "slurm_restart": slurm_restart_count()}
         atomic_write_json(lock_path, me)
     return None
+
+
+@contextlib.contextmanager
+def heartbeat(lock_path, interval):
+    """Touch the claim at lock_path every `interval` seconds while the with block runs (a thread of this process):
+    its modification time is the heartbeat other hosts judge it by."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            with contextlib.suppress(OSError):
+                os.utime(lock_path, None)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {Path(lock_path).name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def release(lock_path):

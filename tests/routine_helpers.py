@@ -6,9 +6,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PROJECT_SCRIPTS = ("xval_instance.py", "training.py", "define_models.py", "utility_functions.py",
-                   "results_to_excel.py", "collect.py", "plots.py", "feat_analysis.py", "preprocessing_ravdess.py",
-                   "demo_corpus.py")
 TINY_MODEL = ['architecture = "EXAMPLE_model"', "filters = [4]", "dense_units = 8", "num_epochs = 2",
               "batch_size = 16"]
 
@@ -65,9 +62,8 @@ def copy_project(target):
     """A copy of the project's scripts in target (to add a broken architecture without touching the repo)."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_SCRIPTS:
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, target / name)
+    for script in REPO.glob("*.py"):
+        shutil.copy2(script, target / script.name)
     shutil.copy2(REPO / "config.ini", target / "config.ini")
     return target
 

@@ -11,7 +11,8 @@ import sys
 import pytest
 from sklearn import metrics as skm
 
-import xval_instance as xi
+from parameters import architecture_signatures, check_backend_installed, resolve_instance
+from utility_functions import PROJECT_DIR
 from routine_helpers import REPO, instance, routine_environment, run_routine, start_routine, write_routine
 from utility_functions import XvalError, load_config
 
@@ -121,13 +122,13 @@ def test_resume_after_a_kill_on_the_torch_backend(tiny_features, tmp_path):
 
 
 def test_backend_refusals_name_the_fix(tmp_path):
-    training = load_config(xi.PROJECT_DIR / "config.ini")["training"]
+    training = load_config(PROJECT_DIR / "config.ini")["training"]
     base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""']
     with pytest.raises(XvalError, match='runs on backend \'torch\' only.*add \'backend = "torch"\''):
-        xi.resolve_instance([*base, 'architecture = "TORCH_CNN_model"'], training, xi.architecture_signatures(),
+        resolve_instance([*base, 'architecture = "TORCH_CNN_model"'], training, architecture_signatures(),
                             "i")
     with pytest.raises(XvalError, match="backend 'jax' is not installed.*requirements-backends.txt"):
-        xi.check_backend_installed("jax", find_spec=lambda name: None)
+        check_backend_installed("jax", find_spec=lambda name: None)
     with pytest.raises(XvalError, match="is not one of tensorflow, torch, jax"):
-        xi.resolve_instance([*base, 'architecture = "EXAMPLE_model"', 'backend = "mxnet"'], training,
-                            xi.architecture_signatures(), "i")
+        resolve_instance([*base, 'architecture = "EXAMPLE_model"', 'backend = "mxnet"'], training,
+                            architecture_signatures(), "i")

@@ -164,16 +164,17 @@ def test_a_routine_that_trains_nothing_leaves_no_fold_server_behind(tiny_feature
 
 def test_a_refusal_kills_the_fold_server_it_started(tiny_features, finished, monkeypatch):
     # in-process, to see the server itself: killed at once (SIGKILL), not left to finish importing TensorFlow
+    import launchers
     import xval_instance
     from utility_functions import XvalError
     servers = []
-    real_start = xval_instance.FoldRunner.start
+    real_start = launchers.ForkServerLauncher.start
 
-    def recording_start(runner):
-        real_start(runner)
-        servers.append(runner.server)
+    def recording_start(launcher):
+        real_start(launcher)
+        servers.append(launcher.server)
 
-    monkeypatch.setattr(xval_instance.FoldRunner, "start", recording_start)
+    monkeypatch.setattr(launchers.ForkServerLauncher, "start", recording_start)
     monkeypatch.setenv("XVAL_CONFIG", str(tiny_features["config_path"]))
     settings = {"description": "refused", "gpu_ID": -1, "dataset": "tiny", "num_experiment": 1, "num_folds": 2,
                 "experiment_folder": str(finished / "experiments"), "overwrite_results": False, "debug_mode": False,
@@ -181,17 +182,17 @@ def test_a_refusal_kills_the_fold_server_it_started(tiny_features, finished, mon
     routine_file = str(finished / "routine_refused.py")
     command, config = xval_instance.read_command(settings, [], routine_file)
     with pytest.raises(XvalError, match="learnin_rate"):
-        xval_instance.prepare(settings, command, config, routine_file)
+        xval_instance.prepare(settings, dict(command, argv=[], started=0.0), config, routine_file)
     assert len(servers) == 1 and servers[0].poll() == -signal.SIGKILL
 
 
 def test_closing_a_fold_server_that_ran_no_fold_kills_it_without_waiting():
-    import xval_instance
-    runner = xval_instance.FoldRunner(-1, "tensorflow", 1)
-    runner.start()
-    server = runner.server
-    runner.close()  # a server that ran a fold would be asked to finish (end of input) and waited for
-    assert server.poll() == -signal.SIGKILL and runner.server is None
+    from launchers import ForkServerLauncher, fold_environment
+    launcher = ForkServerLauncher(fold_environment("tensorflow", 1, -1))
+    launcher.start()
+    server = launcher.server
+    launcher.close()  # a server that ran a fold would be asked to finish (end of input) and waited for
+    assert server.poll() == -signal.SIGKILL and launcher.server is None
 
 
 def test_nan_loss_stops_the_fold_with_a_clear_error(tiny_features, finished):

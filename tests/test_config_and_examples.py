@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import xval_instance as xi
+from parameters import architecture_signatures, resolve_instance
+from xval_instance import check_settings
 from routine_helpers import REPO
 from utility_functions import CONFIG_SCHEMA, XvalError, load_config
 
@@ -65,8 +66,8 @@ def example_settings(path):
 def test_example_routines_resolve_every_instance_against_the_defaults(name):
     settings = example_settings(REPO / name)
     config = load_config(REPO / "config.ini")
-    signatures = xi.architecture_signatures()
-    resolved = [xi.resolve_instance(strings, config["training"], signatures, f"{name} [{key}]")
+    signatures = architecture_signatures()
+    resolved = [resolve_instance(strings, config["training"], signatures, f"{name} [{key}]")
                 for key, strings in settings["experiment_dict"].items()]
     assert len(resolved) >= 2
     task_types = {parameters["task_type"] for parameters in resolved}
@@ -75,6 +76,6 @@ def test_example_routines_resolve_every_instance_against_the_defaults(name):
         assert len(resolved) >= 3
     differing = {key for key in resolved[0] if len({repr(parameters.get(key)) for parameters in resolved}) > 1}
     assert differing - {"comment_1", "comment_2"}, "the instances must differ in something worth comparing"
-    xi.check_settings({key: settings[key] for key in ("description", "gpu_ID", "dataset", "num_experiment",
+    check_settings({key: settings[key] for key in ("description", "gpu_ID", "dataset", "num_experiment",
                                                       "num_folds", "experiment_folder", "overwrite_results",
                                                       "debug_mode", "experiment_dict")})

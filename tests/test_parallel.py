@@ -33,8 +33,8 @@ def test_two_cpu_workers_train_every_fold_once_and_a_rerun_alone_reproduces_it(t
     saved = json.loads((experiment_dir / "results" / "folds" / "results_tiny_exp1_run2_fold2.json").read_text())
     job.update(result_path=str(tmp_path / "rerun.json"), model_path=str(tmp_path / "rerun.hdf5"))
     (tmp_path / "rerun.job.json").write_text(json.dumps(job))
-    import xval_instance
-    environment = xval_instance.fold_environment("tensorflow", job["threads"], -1)
+    from launchers import fold_environment
+    environment = fold_environment("tensorflow", job["threads"], -1)
     environment["PYTHONPATH"] = str(REPO)
     rerun = subprocess.run([sys.executable, str(REPO / "training.py"), str(tmp_path / "rerun.job.json")],
                            capture_output=True, text=True, env=environment, timeout=600)

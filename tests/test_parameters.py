@@ -1,16 +1,19 @@
 """Parameter strings over defaults, the command line and the folds: the engine's refusals, without training."""
 import pytest
 
-import xval_instance as xi
+from parameters import MANDATORY_PARAMETERS, architecture_signatures, parameter_hash, resolve_instance
+from plan import make_folds
+from utility_functions import PROJECT_DIR
+from xval_instance import parse_command_line
 from utility_functions import XvalError, load_config
 
-TRAINING = load_config(xi.PROJECT_DIR / "config.ini")["training"]
-SIGNATURES = xi.architecture_signatures()
+TRAINING = load_config(PROJECT_DIR / "config.ini")["training"]
+SIGNATURES = architecture_signatures()
 BASE = ['task_type = "classification"', 'architecture = "EXAMPLE_model"', 'comment_1 = "c1"', 'comment_2 = "c2"']
 
 
 def resolve(*extra, base=BASE):
-    return xi.resolve_instance([*base, *extra], TRAINING, SIGNATURES, "experiment_dict[1]")
+    return resolve_instance([*base, *extra], TRAINING, SIGNATURES, "experiment_dict[1]")
 
 
 def test_defaults_come_from_config_and_the_architecture_keywords():
@@ -76,11 +79,11 @@ def test_bad_parameter_strings_are_refused_with_one_clear_line(strings, expected
     assert expected in message and "\n" not in message and message.startswith("experiment_dict[1]")
 
 
-@pytest.mark.parametrize("missing", xi.MANDATORY_PARAMETERS)
+@pytest.mark.parametrize("missing", MANDATORY_PARAMETERS)
 def test_mandatory_parameters(missing):
     strings = [text for text in BASE if not text.startswith(missing)]
     with pytest.raises(XvalError, match=f"mandatory parameter {missing} missing"):
-        xi.resolve_instance(strings, TRAINING, SIGNATURES, "experiment_dict[1]")
+        resolve_instance(strings, TRAINING, SIGNATURES, "experiment_dict[1]")
 
 
 def test_unknown_architecture_and_task_type():
@@ -99,9 +102,9 @@ def test_architecture_signatures_read_from_source_without_tensorflow(tmp_path):
                       "    pass\n"
                       "def B(input_shape, output_size, task_type, size=len('ab')):\n    pass\n")
     with pytest.raises(XvalError, match="is not a literal"):
-        xi.architecture_signatures(models)
+        architecture_signatures(models)
     models.write_text(models.read_text().replace("len('ab')", "2"))
-    signatures = xi.architecture_signatures(models)
+    signatures = architecture_signatures(models)
     assert set(signatures) == {"A", "B"}
     assert signatures["A"] == {"arguments": ["regularization_lambda", "width", "name"], "unsupported": None,
                                "required": ["regularization_lambda"], "defaults": {"width": (4, 8), "name": "a"},
@@ -119,17 +122,17 @@ MODELS_OF_EVERY_KIND = (
 def test_keyword_only_arguments_are_parameters_like_any_other(tmp_path):
     models = tmp_path / "models.py"
     models.write_text(MODELS_OF_EVERY_KIND)
-    signatures = xi.architecture_signatures(models)
+    signatures = architecture_signatures(models)
     assert signatures["KW"]["arguments"] == ["regularization_lambda", "width", "units", "depth"]
     assert signatures["KW"]["defaults"] == {"width": 4, "units": 32}
     strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', 'architecture = "KW"']
     with pytest.raises(XvalError, match="argument 'depth' has no default"):
-        xi.resolve_instance([*strings, "units = 8"], TRAINING, signatures, "i")
+        resolve_instance([*strings, "units = 8"], TRAINING, signatures, "i")
     models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=len('ab')"))
     with pytest.raises(XvalError, match="the default of KW's argument 'depth' is not a literal"):
-        xi.architecture_signatures(models)
+        architecture_signatures(models)
     models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
-    parameters = xi.resolve_instance([*strings, "units = 8"], TRAINING, xi.architecture_signatures(models), "i")
+    parameters = resolve_instance([*strings, "units = 8"], TRAINING, architecture_signatures(models), "i")
     assert parameters["units"] == 8 and parameters["depth"] == 1
 
 
@@ -145,7 +148,7 @@ def test_an_argument_the_model_would_never_receive_is_refused(tmp_path, architec
     models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
     base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', f'architecture = "{architecture}"']
     with pytest.raises(XvalError) as refusal:
-        xi.resolve_instance([*base, *strings], TRAINING, xi.architecture_signatures(models), "i")
+        resolve_instance([*base, *strings], TRAINING, architecture_signatures(models), "i")
     assert expected in str(refusal.value) and "\n" not in str(refusal.value)
 
 
@@ -153,7 +156,7 @@ def test_a_model_only_training_key_is_left_out_where_the_architecture_does_not_t
     models = tmp_path / "models.py"
     models.write_text(MODELS_OF_EVERY_KIND.replace("*, units=32, depth", "*, units=32, depth=1"))
     base = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', 'architecture = "NO_REG"']
-    parameters = xi.resolve_instance(base, TRAINING, xi.architecture_signatures(models), "i")
+    parameters = resolve_instance(base, TRAINING, architecture_signatures(models), "i")
     assert "regularization_lambda" not in parameters and parameters["width"] == 4
 
 
@@ -161,21 +164,21 @@ def test_an_architecture_default_that_shadows_a_config_key_is_refused(tmp_path):
     models = tmp_path / "models.py"
     models.write_text("def A(input_shape, output_size, task_type, learning_rate=0.1):\n    pass\n"
                       "def B(input_shape, output_size, task_type, depth):\n    pass\n")
-    signatures = xi.architecture_signatures(models)
+    signatures = architecture_signatures(models)
     strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""']
     with pytest.raises(XvalError, match="config.ini \\[training\\] defines it too"):
-        xi.resolve_instance([*strings, 'architecture = "A"'], TRAINING, signatures, "i")
+        resolve_instance([*strings, 'architecture = "A"'], TRAINING, signatures, "i")
     with pytest.raises(XvalError, match="argument 'depth' has no default"):
-        xi.resolve_instance([*strings, 'architecture = "B"'], TRAINING, signatures, "i")
+        resolve_instance([*strings, 'architecture = "B"'], TRAINING, signatures, "i")
 
 
 def test_the_hash_is_stable_and_ignores_comments():
     first = resolve()
     second = resolve('comment_1 = "edited"', base=BASE[:2] + BASE[3:])
-    assert xi.parameter_hash(first, "d", 4) == xi.parameter_hash(second, "d", 4)
-    assert xi.parameter_hash(first, "d", 4) != xi.parameter_hash(resolve("seed = 2"), "d", 4)
-    assert xi.parameter_hash(first, "d", 4) != xi.parameter_hash(first, "d", 5)
-    assert len(xi.parameter_hash(first, "d", 4)) == 64
+    assert parameter_hash(first, "d", 4) == parameter_hash(second, "d", 4)
+    assert parameter_hash(first, "d", 4) != parameter_hash(resolve("seed = 2"), "d", 4)
+    assert parameter_hash(first, "d", 4) != parameter_hash(first, "d", 5)
+    assert len(parameter_hash(first, "d", 4)) == 64
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -184,18 +187,18 @@ def test_the_hash_is_stable_and_ignores_comments():
     (["2", "2", "-1,-1"], ([2], [-1, -1])),
 ])
 def test_command_line_selects_instances_and_devices(argv, expected):
-    command = xi.parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
+    command = parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
     assert (command["selected"], command["devices"], command["mode"]) == (*expected, "run")
 
 
 def test_command_line_modes_and_slurm_options():
-    command = xi.parse_command_line(["--slurm", "--time=0:10:00", "--max-parallel", "2", "--sbatch-line",
+    command = parse_command_line(["--slurm", "--time=0:10:00", "--max-parallel", "2", "--sbatch-line",
                                      "--qos=a", "--sbatch-line=--account=b", "5"], [1, 2, 5, 7], [0], "exp.py")
     assert command["mode"] == "slurm" and command["selected"] == [5]
-    assert command["slurm"] == {"time": "0:10:00", "max_parallel": "2", "extra_sbatch": "--qos=a;--account=b"}
-    assert xi.parse_command_line(["--status"], [1, 2], [0], "exp.py")["mode"] == "status"
-    empty = xi.parse_command_line(["--slurm", "--gres=", "2", "5"], [1, 2, 5, 7], [0], "exp.py")
-    assert empty["slurm"] == {"gres": ""} and empty["selected"] == [2, 5]  # --gres= empties it: a CPU cluster
+    assert command["options"] == {"time": "0:10:00", "max_parallel": "2", "extra_sbatch": "--qos=a;--account=b"}
+    assert parse_command_line(["--status"], [1, 2], [0], "exp.py")["mode"] == "status"
+    empty = parse_command_line(["--slurm", "--gres=", "2", "5"], [1, 2, 5, 7], [0], "exp.py")
+    assert empty["options"] == {"gres": ""} and empty["selected"] == [2, 5]  # --gres= empties it: a CPU cluster
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -208,14 +211,14 @@ def test_command_line_modes_and_slurm_options():
 ])
 def test_command_line_errors_show_the_usage(argv, expected):
     with pytest.raises(XvalError) as refusal:
-        xi.parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
+        parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
     assert expected in str(refusal.value) and "usage: python3 exp.py" in str(refusal.value)
 
 
 @pytest.mark.parametrize("num_folds", [2, 3, 5, 12])
 def test_folds_are_a_true_partition_with_disjoint_validation(num_folds):
     items = [f"{actor:02d}" for actor in range(1, 13)]
-    folds = xi.make_folds(items, num_folds, seed=3, validation_share=0.2)
+    folds = make_folds(items, num_folds, seed=3, validation_share=0.2)
     assert len(folds) == num_folds
     tested = [item for fold in folds for item in fold["test_items"]]
     assert sorted(tested) == items  # every item tested exactly once
@@ -224,12 +227,12 @@ def test_folds_are_a_true_partition_with_disjoint_validation(num_folds):
         assert train | val | test == set(items)
         assert not (train & val) and not (train & test) and not (val & test)
         assert val and train
-    assert folds == xi.make_folds(list(reversed(items)), num_folds, seed=3, validation_share=0.2)
-    assert folds != xi.make_folds(items, num_folds, seed=4, validation_share=0.2)
+    assert folds == make_folds(list(reversed(items)), num_folds, seed=3, validation_share=0.2)
+    assert folds != make_folds(items, num_folds, seed=4, validation_share=0.2)
 
 
 @pytest.mark.parametrize("num_folds, expected", [(1, "at least 2"), (13, "more than the 12 items"),
                                                  ("3", "whole number")])
 def test_fold_counts_that_cannot_work_are_refused(num_folds, expected):
     with pytest.raises(XvalError, match=expected):
-        xi.make_folds([f"{actor:02d}" for actor in range(1, 13)], num_folds, seed=1, validation_share=0.2)
+        make_folds([f"{actor:02d}" for actor in range(1, 13)], num_folds, seed=1, validation_share=0.2)

@@ -9,17 +9,18 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
 import training
-import xval_instance as xi
+from parameters import architecture_signatures, resolve_instance
+from utility_functions import PROJECT_DIR
 from routine_helpers import copy_project, instance, run_routine, write_routine
 from utility_functions import XvalError, load_config, load_dataset
 
-TRAINING = load_config(xi.PROJECT_DIR / "config.ini")["training"]
+TRAINING = load_config(PROJECT_DIR / "config.ini")["training"]
 BASE = ['task_type = "classification"', 'architecture = "EXAMPLE_model"', 'comment_1 = ""', 'comment_2 = ""']
 
 
 def resolve(*strings, task_type="classification"):
     base = [text for text in BASE if not text.startswith("task_type")] + [f'task_type = "{task_type}"']
-    return xi.resolve_instance([*base, *strings], TRAINING, xi.architecture_signatures(), "experiment_dict[1]")
+    return resolve_instance([*base, *strings], TRAINING, architecture_signatures(), "experiment_dict[1]")
 
 
 def results(experiment_dir, run, dataset="tiny"):

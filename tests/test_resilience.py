@@ -238,10 +238,10 @@ def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
     from utility_functions import HOST, claim, release
     lock = tmp_path / "run1.lock"
     lock.write_text(json.dumps({"host": HOST, "pid": 2 ** 22 + 12345, "since": "earlier"}))
-    assert claim(lock) is None
+    assert claim(lock, 300) is None
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     lock.write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
-    assert claim(lock)["host"] == "another-host"  # a claim from another host is respected
+    assert claim(lock, 300)["host"] == "another-host"  # a claim from another host, touched just now, is respected
     release(lock)
     assert lock.exists()
 
@@ -260,18 +260,19 @@ def test_ctrl_c_waits_for_every_worker_to_release_its_claim_before_the_routine_e
     # Ctrl-C comes while one worker is busy and the other has finished. On Python 3.11, the routine's interrupted
     # Thread.join() marked the busy thread as ended (CPython issue 90882), so the routine exited while that worker
     # still held its fold's claim. Here the busy worker ends only once the routine has returned, or after 2 s.
-    import xval_instance
-    routine = xval_instance.Routine({"dataset": "tiny", "num_experiment": 1, "num_folds": 2, "debug_mode": False},
-                                    [1], {}, tmp_path, xval_instance.make_workers([-1, -1], 2), [], {})
+    from types import SimpleNamespace
+
+    import executor_local
+    executor = executor_local.LocalExecutor({}, [-1, -1], [], "routine.py")
     busy, quick_done, may_end, routine_returned = (threading.Event() for _ in range(4))
     ended = []
 
-    def fold_job(routine, worker, planned, fold, left):
+    def fold_job(executor, plan, worker, planned, fold, left):
         if fold["fold"] == 2:
             quick_done.set()
             return "trained", {}
         busy.set()
-        while not routine.interrupted and not may_end.is_set():
+        while not executor.interrupted and not may_end.is_set():
             may_end.wait(0.05)
         may_end.wait()  # the worker's clean-up, still running after the interrupt
         ended.append(fold["fold"])
@@ -284,13 +285,14 @@ def test_ctrl_c_waits_for_every_worker_to_release_its_claim_before_the_routine_e
         routine_returned.wait(2)  # it must not come: the routine waits for the busy worker
         may_end.set()
 
-    monkeypatch.setattr(xval_instance, "run_on_worker", fold_job)
+    monkeypatch.setattr(executor_local.LocalExecutor, "run_on_worker", fold_job)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever pytest inherited
     threading.Thread(target=interrupt, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             try:
-                xval_instance.run_fold_jobs(routine, [({"instance": 1}, {"fold": 1}), ({"instance": 1}, {"fold": 2})])
+                planned = SimpleNamespace(instance=1)
+                executor.run_fold_jobs(SimpleNamespace(debug=False), [(planned, {"fold": 1}), (planned, {"fold": 2})])
             finally:
                 ended_when_returned = list(ended)
                 routine_returned.set()

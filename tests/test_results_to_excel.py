@@ -22,11 +22,12 @@ if str(PROJECT_DIR) not in sys.path:
 
 import results_to_excel  # noqa: E402
 from results_factory import INSTANCES, build_experiment, make_instance, write_instance  # noqa: E402
-from utility_functions import (CLASSIFICATION_METRICS, HIGHER_IS_BETTER, MAIN_METRIC, REGRESSION_METRICS,  # noqa
-                               SPLITS, TEMP_MARKER, XvalError)
+from registries import HIGHER_IS_BETTER, MAIN_METRIC  # noqa: E402
+from utility_functions import SPLITS, TEMP_MARKER, XvalError  # noqa: E402
 
 SCRIPT = PROJECT_DIR / "results_to_excel.py"
-METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+METRICS = {"classification": ("loss", "accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"),
+           "regression": ("loss", "rmse", "mae", "r2", "pearson_r", "ccc")}
 SUMMARY_SHEETS = {"classification": "summary", "regression": "summary_regression"}  # instance 1 is classification
 SPLIT_OF_LABEL = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 

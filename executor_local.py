@@ -1,0 +1,338 @@
+"""The local executor: a plan's missing fold jobs on a pool of workers, one per listed device of this machine.
+
+Each worker (a CUDA device, or -1: a share of the CPU cores) runs one fold job at a time through a fork-server
+launcher of its own per backend (launchers.py), in a thread of the routine process; the workers take the fold jobs
+in order (instance by instance, fold by fold), so the folds of one instance run at the same time on different
+devices. The cores are shared equally: each fold process computes with cores / workers threads. Ctrl-C stops
+every worker's fold at once, records no failure and releases every claim before the routine exits. Also here:
+the console (one line per fold, the ETA), the launch record logs/launch_*.json, and the smoke run (--smoke).
+"""
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+import numpy as np
+
+from executors import Executor, rebuild_spreadsheet
+from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
+                     report_attempt)
+from launchers import ForkServerLauncher, fold_environment
+from utility_functions import HOST, atomic_write_json
+
+WAIT_SLICE = 0.5  # seconds: how often the routine's main thread, waiting for its workers, looks for a Ctrl-C
+SMOKE_BATCHES = 2  # batches per split of a smoke run's fold
+
+
+def available_cores():
+    """The CPU cores this process may run on (its affinity, which SLURM and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def worker_threads(workers, cores):
+    """Threads per fold process when `workers` fold processes share `cores` cores: an equal part, at least 1."""
+    return max(1, cores // workers)
+
+
+class Worker:
+    """One device of this machine (a CUDA device, or -1: a share of the CPU cores) running one fold at a time,
+    with a fork-server launcher per Keras backend, each started on first use."""
+
+    def __init__(self, device, threads, label, show_progress=False):
+        self.device, self.threads, self.label, self.show_progress = device, threads, label, show_progress
+        self.launchers = {}
+        self.warned = set()  # the backends already said to see no GPU on this worker's device
+
+    def launcher(self, backend):
+        """The running launcher of backend (started now if it is not yet)."""
+        if backend not in self.launchers:
+            self.launchers[backend] = ForkServerLauncher(fold_environment(backend, self.threads, self.device),
+                                                         show_progress=self.show_progress)
+            self.launchers[backend].start()
+        return self.launchers[backend]
+
+    def abort(self):
+        for launcher in self.launchers.values():
+            launcher.abort()
+
+    def close(self):
+        for launcher in self.launchers.values():
+            launcher.close()
+
+
+def make_workers(devices, cores, show_progress=False):
+    """A Worker per listed device; the cores are shared equally between them (threads per fold process)."""
+    threads = worker_threads(len(devices), cores)
+    cpu_numbers = iter(range(1, len(devices) + 1))
+    return [Worker(device, threads, f"GPU {device}" if device >= 0 else
+                   f"CPU worker {next(cpu_numbers)}" if devices.count(-1) > 1 else "CPU", show_progress)
+            for device in devices]
+
+
+class LocalExecutor(Executor):
+    """The fold jobs on this machine's listed devices (see the module docstring)."""
+    name = "local"
+
+    def __init__(self, config, devices, argv, routine_file, started=None):
+        super().__init__(config, devices, argv, routine_file, started)
+        self.show_progress = sys.stdout.isatty() and len(devices) == 1  # one \r epoch line: one fold at a time
+        self.workers = make_workers(devices, available_cores(), self.show_progress)
+        self.lock = threading.Lock()  # the workers' threads share fold_runs, phases and the console
+        self.interrupted = False  # set on Ctrl-C: a fold ending now was stopped, not failed
+        self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
+
+    def warm_up(self, backend):
+        """Start every worker's fold server of the default backend: its import runs while the plan is made."""
+        for worker in self.workers:
+            worker.launcher(backend)
+
+    def abort(self):
+        for worker in self.workers:
+            worker.abort()
+
+    def say(self, line, stream=None):
+        """Print one line for the user, whole (the workers' threads print too)."""
+        with self.lock:
+            print(line, file=stream or sys.stdout, flush=True)
+
+    def eta(self, left):
+        """Seconds until `left` more fold jobs are done: the mean time of this launch's completed folds times the
+        rounds the workers need for them (left / workers, rounded up); None before a fold has completed."""
+        seconds = [run["seconds"] for run in self.fold_runs if run["exit_code"] == 0]
+        if not seconds:
+            return None
+        return float(np.mean(seconds)) * math.ceil(left / len(self.workers))
+
+    def timed_rebuild(self, plan):
+        """rebuild_spreadsheet, its time added to the launch's "spreadsheet" phase."""
+        started = time.monotonic()
+        rebuild_spreadsheet(plan.layout, plan.debug)
+        with self.lock:
+            self.phases["spreadsheet"] = self.phases.get("spreadsheet", 0.0) + time.monotonic() - started
+
+    # ---- one fold job on one worker, and the pool of workers
+
+    def run_on_worker(self, plan, worker, planned, fold, left):
+        """One fold job on one worker: claim it, run it, report it. Returns (outcome, detail). left() counts the
+        fold jobs not finished yet, for the ETA."""
+        job = build_job(plan, planned, fold, worker.threads)
+        backend = planned.parameters["backend"]
+        launcher = worker.launcher(backend)
+
+        def launch(job_path, log_path):
+            if self.interrupted:  # Ctrl-C came while this fold was being claimed: train nothing
+                raise KeyboardInterrupt
+            started = time.monotonic()
+            code, error_line = launcher.run(job_path, log_path, job["label"])
+            if self.interrupted:  # the fold was stopped by Ctrl-C, not failed: no failure record, claim released
+                raise KeyboardInterrupt
+            with self.lock:
+                self.fold_runs.append({"instance": planned.instance, "fold": fold["fold"], "device": worker.label,
+                                       "seconds": round(time.monotonic() - started, 3), "exit_code": code})
+            if worker.device >= 0 and launcher.seen == "cpu" and backend not in worker.warned:
+                worker.warned.add(backend)
+                self.say(f"warning: {worker.label} was asked for, but {backend} sees no GPU there, so its folds run "
+                         "on the CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build "
+                         f"of {backend}", sys.stderr)
+            return code, error_line
+
+        started = time.monotonic()
+        result = attempt(job, launch)
+        changed = report_attempt(self.say, job, result, time.monotonic() - started, worker.label,
+                                 self.eta(left()) if result.outcome == "trained" else None)
+        if result.outcome == "failed" and plan.debug:
+            log = plan.layout.fold(planned.instance, fold["fold"]).log
+            self.say(log.read_text(encoding="utf-8", errors="replace")[-6000:], sys.stderr)
+        if changed:
+            self.timed_rebuild(plan)
+        return result.outcome, result.detail
+
+    def run_fold_jobs(self, plan, jobs):
+        """Run the fold jobs [(planned, fold)] on the workers, a thread each taking the next job in order; the rest
+        of an instance is dropped once one of its folds failed (and everything stops at the first failure in
+        debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
+        pending, outcomes = deque(jobs), {}
+        state = {"active": 0, "stop": False, "error": None, "begun": 0, "running": 0}
+        finished = threading.Condition(self.lock)  # notified as each worker's thread ends
+
+        def take():
+            with self.lock:
+                while pending and not state["stop"]:
+                    planned, fold = pending.popleft()
+                    if not outcomes.get(planned.instance, {}).get("failed"):
+                        state["active"] += 1
+                        return planned, fold
+                return None
+
+        def left():
+            return len(pending) + state["active"] - 1
+
+        def work(worker):
+            with self.lock:
+                state["begun"], state["running"] = state["begun"] + 1, state["running"] + 1
+            try:
+                while (job := take()) is not None:
+                    outcome, detail = self.run_on_worker(plan, worker, *job, left)
+                    with self.lock:
+                        state["active"] -= 1
+                        outcomes.setdefault(job[0].instance, {}).setdefault(outcome, []).append(detail)
+                        state["stop"] = state["stop"] or (outcome == "failed" and plan.debug)
+            except BaseException as error:  # a refusal or a bug: stop every worker, raise it in the main thread
+                state["stop"], state["error"] = True, state["error"] or error
+            finally:
+                with finished:
+                    state["running"] -= 1
+                    finished.notify_all()
+
+        def wait_for_workers(every_one):
+            """Until no worker runs a fold job (and, with every_one, each has begun and ended). Not Thread.join(): on
+            Python 3.11 a join that Ctrl-C interrupts can mark a running thread as ended (CPython issue 90882), and
+            the routine would exit while a worker still holds its fold's claim. The wait wakes every WAIT_SLICE
+            seconds: a Ctrl-C that reaches a worker's thread (or lands just as this thread goes to sleep) is acted
+            on then, not only when a fold ends."""
+            with finished:
+                while not finished.wait_for(lambda: state["running"] == 0 and
+                                            (state["begun"] == len(self.workers) or not every_one), WAIT_SLICE):
+                    pass
+
+        try:
+            for worker in self.workers:
+                threading.Thread(target=work, args=(worker,), daemon=True).start()
+            wait_for_workers(every_one=True)
+        except KeyboardInterrupt:  # stop the folds, let each worker release its claim, then stop
+            with self.lock:  # a worker that begins after this takes no fold job
+                self.interrupted, state["stop"] = True, True
+            for worker in self.workers:
+                worker.abort()
+            wait_for_workers(every_one=False)
+            raise
+        if state["error"] is not None:
+            raise state["error"]
+        return outcomes
+
+    # ---- the launch
+
+    def instance_outcome(self, plan, planned, outcomes):
+        """After the workers: complete | skipped (complete before this launch) | failed | busy (a fold left to another
+        process) | stopped (not run: debug_mode stopped first). The results JSON of an instance whose folds are all
+        done is assembled once more (its last fold may have landed in another process that was killed meanwhile)."""
+        if outcomes.get("failed"):
+            return "failed"
+        if outcomes.get("busy"):
+            return "busy"
+        if planned.missing and not outcomes:
+            return "stopped"
+        collected = collect_instance(plan.layout, planned.instance, instance_record(plan, planned))
+        if collected.status != "complete":
+            return "stopped"
+        if not planned.missing:
+            if collected.before == "complete":
+                self.say(f"instance {planned.instance}: complete already, skipped (overwrite_results = False)"
+                         + ("; its edited comments written to its results" if collected.changed else ""))
+                if collected.changed:
+                    self.timed_rebuild(plan)
+                return "skipped"
+            self.say(instance_done_line(collected.document, plan.num_folds, f"instance {planned.instance}"))
+            self.timed_rebuild(plan)
+        return "complete"
+
+    def write_launch_record(self, plan, outcomes):
+        """logs/launch_{time}_{host}_{pid}.json: what this launch ran and where its time went (phases in seconds,
+        and each fold process's wall time seen from here; each fold result holds the fold's own breakdown)."""
+        atomic_write_json(plan.layout.launch_record(time.strftime("%Y%m%d-%H%M%S"), HOST, os.getpid()), {
+            "host": HOST, "pid": os.getpid(), "arguments": self.argv, "instances": plan.selected,
+            "devices": [worker.device for worker in self.workers], "threads_per_fold": self.workers[0].threads,
+            "outcomes": {str(instance): outcome for instance, outcome in outcomes.items()},
+            "phases": {phase: round(seconds, 3) for phase, seconds in self.phases.items()},
+            "fold_runs": self.fold_runs})
+
+    def run(self, plan):
+        """Run the plan's missing fold jobs; returns the exit code: 0 every selected instance is complete, 1 one
+        failed, 3 none failed but some were left to another process running them (not complete yet)."""
+        cpu_workers, cores = self.devices.count(-1), available_cores()
+        if cpu_workers > cores:
+            self.say(f"xval: WARNING: {cpu_workers} CPU workers share {cores} cores: each fold gets 1 thread and they "
+                     f"take turns; list at most {cores} (-1,-1,...)")
+        self.say(f"xval: experiment {plan.layout.experiment} on '{plan.layout.dataset}', instances "
+                 f"{', '.join(map(str, plan.selected))}, {plan.num_folds} folds, on "
+                 f"{', '.join(worker.label for worker in self.workers)} ({self.workers[0].threads} thread(s) per "
+                 f"fold) -> {plan.layout.root}")
+        outcomes = {}
+        try:
+            by_instance = self.run_fold_jobs(plan, plan.missing_jobs())
+            for planned in plan.instances:
+                outcomes[planned.instance] = self.instance_outcome(plan, planned, by_instance.get(planned.instance,
+                                                                                                 {}))
+        finally:
+            close_started = time.monotonic()
+            for worker in self.workers:
+                worker.close()
+            self.phases["close_server"] = time.monotonic() - close_started
+        if not {"complete", "failed"} & set(outcomes.values()):
+            self.timed_rebuild(plan)  # nothing changed: one rebuild makes sure the spreadsheet is there
+        self.phases["total"] = time.monotonic() - self.started
+        self.write_launch_record(plan, outcomes)
+        counts = {status: [i for i, s in outcomes.items() if s == status]
+                  for status in ("complete", "skipped", "failed", "busy", "stopped")}
+        print(f"xval: done in {format_seconds(time.monotonic() - self.started)}: " +
+              ", ".join(f"{len(ids)} {status} ({', '.join(map(str, ids))})" for status, ids in counts.items() if ids)
+              + f". Results: {plan.layout.root}")
+        print_choice(plan.layout)
+        if counts["failed"]:
+            print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "
+                  "are kept", file=sys.stderr)
+            if plan.debug:
+                print(f"debug_mode: stopped at the first failure (instance {counts['failed'][0]})", file=sys.stderr)
+        if counts["failed"] or counts["stopped"]:
+            return 1
+        if counts["busy"]:
+            print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} are being run by another process and are "
+                  "not complete yet (exit code 3): rerun this routine when it is done to check", file=sys.stderr)
+            return 3
+        return 0
+
+    def smoke(self, plan):
+        """Each selected instance on the first fold for one epoch of SMOKE_BATCHES batches, in a scratch folder that
+        is deleted afterwards: one line per instance (ok or its error) with its seconds. Returns the exit code (0
+        all ok, 1 one failed). Nothing is written into the experiment folder."""
+        scratch, failed, worker = plan.elsewhere(tempfile.mkdtemp(prefix="xval-smoke-")), [], self.workers[0]
+        print(f"xval: smoke run of instances {', '.join(map(str, plan.selected))}: fold 1, 1 epoch, "
+              f"{SMOKE_BATCHES} batches each, in {scratch.layout.root}", flush=True)
+        try:
+            scratch.layout.logs.mkdir(parents=True)
+            for planned in scratch.instances:
+                quick = replace(planned, parameters=dict(planned.parameters, num_epochs=1))
+                job = build_job(scratch, quick, scratch.folds[0], worker.threads, smoke_batches=SMOKE_BATCHES)
+                paths = scratch.layout.fold(planned.instance, 1)
+                atomic_write_json(paths.job, job)
+                started = time.monotonic()
+                code, error_line = worker.launcher(planned.parameters["backend"]).run(
+                    paths.job, paths.log, f"instance {planned.instance}")
+                error = None if code == 0 else error_line or f"the fold process ended with exit code {code}"
+                print(f"instance {planned.instance}: {'ok' if error is None else 'FAILED: ' + error} "
+                      f"({time.monotonic() - started:.1f} s)", flush=True)
+                if error:
+                    failed.append(planned.instance)
+        finally:
+            worker.close()
+            shutil.rmtree(scratch.layout.root, ignore_errors=True)
+        print(f"xval: smoke run: {len(plan.selected) - len(failed)} ok, {len(failed)} failed; nothing was written "
+              f"to {plan.layout.root}")
+        return 1 if failed else 0
+
+
+def print_choice(layout):
+    """Print which instance is chosen on validation and the test number to report, from the summary JSON that
+    the last spreadsheet rebuild wrote (nothing if there is none)."""
+    import collect  # here, not at the top: pandas and scipy, which planning never needs
+    for summary in collect.read_routine_summary(layout.root).values():
+        for line in collect.honest_lines(summary)[:2]:
+            print(f"xval: {line}")
+
+
+EXECUTOR = LocalExecutor

@@ -1,0 +1,164 @@
+"""The SLURM executor (--slurm): a plan's missing fold jobs as one job array, then a job that rebuilds the spreadsheet.
+
+It writes slurm/{time}_{pid}/ into the experiment folder: fold_jobs.json (the job documents of this submission),
+folds.sbatch (array task i runs `python3 xval_instance.py --fold-task fold_jobs.json i`: executors.run_fold_task,
+the fold-job protocol in a fresh training.py process on the GPU and cores SLURM allocated), spreadsheet.sbatch
+(submitted with --dependency=afterany on the array) and submitted.json (the job ids). Settings: config.ini [slurm],
+each overridable on the command line (OPTIONS).
+"""
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from executors import Executor, rebuild_spreadsheet
+from foldjob import build_job
+from utility_functions import HOST, PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, config_path_in_use
+
+TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one array task
+OPTIONS = {"--partition": "partition", "--time": "time", "--mem": "mem", "--cpus-per-task": "cpus_per_task",
+           "--gres": "gres", "--max-parallel": "max_parallel", "--sbatch-line": "extra_sbatch"}
+
+
+def slurm_job_name(dataset, experiment):
+    """The name of an experiment's SLURM jobs (what --status asks squeue for)."""
+    return f"xval_{dataset}_exp{experiment}"
+
+
+def sbatch_value(text):
+    """A value for an #SBATCH line: in double quotes when it holds a space (sbatch reads those as one word)."""
+    if '"' in text:
+        raise XvalError(f"{text!r} holds a double quote, which an #SBATCH line cannot carry: rename the folder or "
+                        "dataset for --slurm")
+    return f'"{text}"' if any(character.isspace() for character in text) else text
+
+
+def sbatch_lines(slurm):
+    """#SBATCH lines of [slurm]'s resource settings (empty ones left to the cluster's defaults)."""
+    lines = [f"#SBATCH --{option}={sbatch_value(slurm[key])}" for option, key in
+             (("partition", "partition"), ("time", "time"), ("mem", "mem"), ("gres", "gres")) if slurm[key]]
+    lines += [f"#SBATCH {line.strip()}" for line in slurm["extra_sbatch"].split(";") if line.strip()]
+    return lines
+
+
+def fold_array_script(plan, slurm, list_path, count, command_line):
+    """The sbatch script of the fold jobs listed in list_path: array task i runs entry i (0-based)."""
+    layout = plan.layout
+    cap = f"%{slurm['max_parallel']}" if slurm["max_parallel"] else ""
+    return "\n".join([
+        "#!/bin/bash",
+        f"# xval: experiment {layout.experiment} on '{layout.dataset}', {count} fold job(s) of instances "
+        f"{', '.join(map(str, plan.selected))},",
+        f"# written by: {command_line}",
+        f"# Array task i trains the fold job at entry i (0-based) of {list_path.name}, unless it is done already or",
+        "# being run by a live process; preempted or on a failed node, SLURM requeues the task and the fold starts",
+        "# again. Submitting this script again runs whatever is not done.",
+        f"#SBATCH --job-name={sbatch_value(slurm_job_name(layout.dataset, layout.experiment))}",
+        f"#SBATCH --array=0-{count - 1}{cap}",
+        f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
+        *sbatch_lines(slurm),
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={sbatch_value(str(layout.slurm_output('%A_%a')))}",
+        "",
+        f"export XVAL_CONFIG={shlex.quote(str(config_path_in_use()))}",
+        f"cd {shlex.quote(str(PROJECT_DIR))}",
+        f"exec {shlex.quote(sys.executable)} xval_instance.py {TASK_FLAG} {shlex.quote(str(list_path))} "
+        '"$SLURM_ARRAY_TASK_ID"', ""])
+
+
+def spreadsheet_script(plan, slurm):
+    """The sbatch script that rebuilds the spreadsheet (submitted to run after the fold array, however it ends)."""
+    layout, slurm = plan.layout, dict(slurm, gres="")
+    return "\n".join([
+        "#!/bin/bash",
+        "# xval: rebuild the spreadsheet from the fold results, once the fold jobs' array has ended",
+        f"#SBATCH --job-name={sbatch_value(slurm_job_name(layout.dataset, layout.experiment) + '_spreadsheet')}",
+        "#SBATCH --cpus-per-task=1",
+        *sbatch_lines(slurm),
+        f"#SBATCH --output={sbatch_value(str(layout.slurm_output('spreadsheet_%j')))}",
+        "",
+        f"cd {shlex.quote(str(PROJECT_DIR))}",
+        f"exec {shlex.quote(sys.executable)} results_to_excel.py {shlex.quote(str(layout.root))}", ""])
+
+
+def sbatch_command():
+    """The path of sbatch, or an XvalError saying where --slurm must run."""
+    command = shutil.which("sbatch")
+    if command is None:
+        raise XvalError("sbatch is not on PATH: --slurm submits to a SLURM cluster; run it on the cluster's login "
+                        "node (or run the routine locally, without --slurm)")
+    return command
+
+
+def sbatch(arguments):
+    """Submit with sbatch --parsable; returns the job id, or raises XvalError with sbatch's own message."""
+    completed = subprocess.run([sbatch_command(), "--parsable", *map(str, arguments)], capture_output=True,
+                               text=True)
+    if completed.returncode != 0:
+        message = " ".join(completed.stderr.split()) or f"exit code {completed.returncode}"
+        raise XvalError(f"sbatch refused the submission ({message}): check the [slurm] section of config.ini or "
+                        "the --slurm options")
+    return completed.stdout.strip().split(";")[0]
+
+
+class SlurmExecutor(Executor):
+    """The fold jobs as the tasks of a SLURM job array (see the module docstring)."""
+    name = "slurm"
+    options = OPTIONS
+    section = "slurm"
+    devices_hint = "SLURM allocates them: [slurm] gres, or --gres"
+
+    def check(self):
+        """Refused before anything is written: no sbatch here, or resources that cannot be asked for."""
+        if self.config["slurm"]["cpus_per_task"] <= 0 or self.config["slurm"]["max_parallel"] < 0:
+            raise XvalError("--cpus-per-task must be 1 or more and --max-parallel 0 (no cap) or more")
+        sbatch_command()
+
+    def run(self, plan):
+        """Write the missing fold jobs and the sbatch scripts into slurm/{time}_{pid}/, and submit them: the fold
+        array, then the spreadsheet job after it. Returns 0."""
+        jobs, slurm = plan.missing_jobs(), self.config["slurm"]
+        if not jobs:
+            print("xval: nothing to submit: every selected fold job is done", flush=True)
+            rebuild_spreadsheet(plan.layout, plan.debug)
+            return 0
+        folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
+        list_path = folder / "fold_jobs.json"
+        atomic_write_json(list_path, [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
+        command_line = " ".join(["python3", Path(self.routine_file).name, *self.argv])
+        atomic_write_text(folder / "folds.sbatch", fold_array_script(plan, slurm, list_path, len(jobs), command_line))
+        atomic_write_text(folder / "spreadsheet.sbatch", spreadsheet_script(plan, slurm))
+        array = sbatch([folder / "folds.sbatch"])
+        record = {"array_job": array, "spreadsheet_job": None, "fold_jobs": [
+            f"run{planned.instance}_fold{fold['fold']}" for planned, fold in jobs], "host": HOST,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(folder / "submitted.json", record)
+        try:
+            sheet = sbatch([f"--dependency=afterany:{array}", folder / "spreadsheet.sbatch"])
+        except XvalError as error:
+            raise XvalError(f"the fold jobs were submitted as SLURM array {array}, but the spreadsheet job was not: "
+                            f"{error}; rebuild it after the array with python3 results_to_excel.py "
+                            f"{plan.layout.root}") from None
+        atomic_write_json(folder / "submitted.json", dict(record, spreadsheet_job=sheet))
+        print(f"xval: submitted {len(jobs)} fold job(s) as SLURM array {array} ({folder / 'folds.sbatch'}), and the "
+              f"spreadsheet as job {sheet} after it. Follow them with: python3 {Path(self.routine_file).name} "
+              "--status", flush=True)
+        return 0
+
+    @staticmethod
+    def status_lines(layout):
+        """squeue's lines for the experiment's jobs (job name xval_{dataset}_exp{N}), where squeue is available."""
+        squeue = shutil.which("squeue")
+        if not squeue:
+            return []
+        name = slurm_job_name(layout.dataset, layout.experiment)
+        listed = subprocess.run([squeue, "--me", "-h", "-o", "%i %j %T %M %R"], capture_output=True, text=True)
+        lines = [line for line in listed.stdout.splitlines() if line.split()[1:2] in ([name], [f"{name}_spreadsheet"])]
+        return [f"squeue: {len(lines)} job(s) of this experiment"] + [f"  {line}" for line in lines]
+
+
+EXECUTOR = SlurmExecutor

@@ -1,0 +1,126 @@
+"""Executors: interchangeable ways to run a plan's missing fold jobs, behind one interface, chosen by name.
+
+    EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}
+
+The local executor (the default) runs the fold jobs on a pool of workers, one per listed device of this machine;
+the SLURM executor submits them as a job array (`--slurm`). Both run the same plan (plan.py) through the same
+fold-job protocol (foldjob.py) and start training.py through launchers.py. A third scheduler is one new module
+with an Executor subclass named EXECUTOR, plus one line in EXECUTORS (see the README, "Writing an executor").
+
+A batch scheduler's task runs one fold job of a submission: `python3 xval_instance.py --fold-task FOLD_JOBS INDEX`
+(run_fold_task): it claims the job, trains it in a fresh process on the resources the scheduler gave it, and
+assembles the instance's results JSON; a SIGTERM (cancelled, preempted, out of time) releases the claim and
+records no failure.
+"""
+import importlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from foldjob import attempt, job_layout, read_job, report_attempt, upgrade_job
+from launchers import ProcessLauncher, fold_environment
+from utility_functions import HOST, file_mutex, read_json, slurm_job_id
+
+EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}  # name (--name selects it): module
+DEFAULT_EXECUTOR = "local"
+
+
+class Executor:
+    """Runs a plan's missing fold jobs. Subclasses set name (--{name} selects it on the command line; the default
+    executor is selected without a flag), options ({command-line option: key of its config.ini section}, which
+    override config.ini for one launch) and section (that section's name, or None).
+
+    The facade calls, in order: check() (refuse before anything is written, e.g. a scheduler that is not there),
+    warm_up(backend) (start what takes long while the plan is made), then run(plan) -> exit code, or abort() when
+    the plan was refused.
+    status_lines(layout) adds the scheduler's own lines to --status.
+    """
+    name = None
+    options = {}
+    section = None
+    devices_hint = "the scheduler allocates them"  # why DEVICES on the command line mean nothing to it
+
+    def __init__(self, config, devices, argv, routine_file, started=None):
+        self.config, self.devices, self.argv, self.routine_file = config, devices, list(argv), routine_file
+        self.started = time.monotonic() if started is None else started  # the launch's start (time.monotonic)
+        self.phases = {}  # {phase: seconds} of this launch, for its record (the facade adds validate and setup)
+
+    def check(self):
+        pass
+
+    def warm_up(self, backend):
+        pass
+
+    def abort(self):
+        pass
+
+    def run(self, plan):
+        raise NotImplementedError
+
+    @staticmethod
+    def status_lines(layout):
+        return []
+
+
+def executor_class(name):
+    """The Executor subclass registered as name."""
+    return importlib.import_module(EXECUTORS[name]).EXECUTOR
+
+
+def rebuild_spreadsheet(layout, debug=False):
+    """Rebuild the experiment's spreadsheet under a lock; a failure is reported but loses no result."""
+    import results_to_excel  # here, not at the top: pandas, xlsxwriter and matplotlib, which a task may not need
+    try:
+        with file_mutex(layout.spreadsheet_mutex):
+            return results_to_excel.write_spreadsheet(layout.root)
+    except Exception as error:
+        if debug:
+            raise
+        print(f"warning: the spreadsheet was not rebuilt ({type(error).__name__}: {error}); the results are "
+              f"safe in results/; rebuild with python3 results_to_excel.py {layout.root}", file=sys.stderr)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A batch scheduler's task: one fold job of a submission
+
+def stop_on_sigterm(*_):
+    """A scheduler stops a task with SIGTERM (cancelled, preempted, requeued, out of time): the fold is not failed,
+    its claim is released on the way out (exit code 143), and the next attempt trains it from the start."""
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def submission_job(submission, index):
+    """The fold job at index of a submission file: fold_jobs.json (a list of job documents), or the fold_jobs.txt
+    of a submission made before xval 2 (a job file path per line)."""
+    if Path(submission).suffix == ".txt":
+        path = Path(Path(submission).read_text(encoding="utf-8").splitlines()[index])
+        return read_job(path)
+    return upgrade_job(read_json(submission)[index], submission)
+
+
+def run_fold_task(submission, index):
+    """A batch task: the fold job at index of the submission file, trained in a fresh training.py process on the
+    devices and cores the scheduler allocated. Exit code 0 when the fold is done (now or before) or being run
+    elsewhere, 1 when it failed."""
+    job = submission_job(submission, int(index))
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    scheduler = f"SLURM job {slurm_job_id()}, " if slurm_job_id() else ""
+    where = f"{HOST} ({scheduler}GPU {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
+    launcher = ProcessLauncher(fold_environment(job["parameters"]["backend"], job["threads"]), where)
+
+    def launch(job_path, log_path):
+        code, error_line = launcher.run(job_path, log_path, job["label"])
+        if code == -signal.SIGTERM:  # the fold was stopped with the task, not failed
+            stop_on_sigterm()
+        return code, error_line
+
+    started = time.monotonic()
+    result = attempt(job, launch)
+    changed = report_attempt(lambda line, stream=None: print(line, file=stream or sys.stdout, flush=True), job,
+                             result, time.monotonic() - started, where)
+    if changed:
+        rebuild_spreadsheet(job_layout(job))
+    return 1 if result.outcome == "failed" else 0

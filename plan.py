@@ -1,0 +1,403 @@
+"""The plan: a routine's instances, dataset and folds checked into one frozen value before anything is written.
+
+make_plan() reads everything a routine launch depends on, once, and refuses any doubt with one line: every
+selected instance's parameter strings resolved over the defaults (parameters.py), the dataset (its arrays, each
+task type's target, a fingerprint of its content), the experiment's k-fold split over the foldable items (its
+folds.json, or a new one from the [folds] splitter), the models instances start from, and per instance the finished
+fold results that can be reused. The plan knows no executor, worker or process: every executor runs the same plan's
+missing fold jobs (Plan.missing_jobs) through the fold-job protocol (foldjob.py). accept() then writes what every
+run writes before training: folds.json, the description, a snapshot of the code, the parameters files.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from foldjob import fold_fingerprint, reusable_folds
+from layout import Layout
+from parameters import (architecture_signatures, changed_parameters, check_backend_installed, parameter_hash,
+                        parameters_text, resolve_instance)
+from registries import SPLITTERS
+from utility_functions import (HOST, PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, check_dataset,
+                               check_target, config_path_in_use, dataset_file_stats, dataset_fingerprint,
+                               dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
+                               remove_stale_temp_files)
+
+PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "jaxlib", "librosa", "scikit-learn",
+                     "pandas", "soundfile", "xlsxwriter", "matplotlib", "h5py")
+# folds.json settings that older experiments do not record: {key: the value they were made with}
+FOLD_SETTING_DEFAULTS = {"splitter": "GroupKFold"}
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One selected instance: its strings, resolved parameters and their hash, the fingerprint every fold result
+    must match (per fold index), the fold indices still to train, and {fold number: initial model path}."""
+    instance: int
+    parameter_strings: tuple
+    parameters: dict
+    hash: str
+    fingerprints: tuple
+    missing: tuple
+    initial_models: dict
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a launch of a routine will do, and nothing of how. identity: the dataset's fingerprint, file stats,
+    class names, foldable item, whether it is speaker-independent and its feature settings; split: folds.json's
+    settings; created: when the plan was made (Unix time): with overwrite, fold results older than it are
+    replaced; claim_grace: seconds after which a claim whose owner stopped touching it is taken over."""
+    layout: Layout
+    description: str
+    features_folder: str
+    overwrite: bool
+    debug: bool
+    identity: dict
+    split: dict
+    folds: tuple
+    instances: tuple
+    warnings: tuple
+    created: float
+    claim_grace: float
+
+    @property
+    def num_folds(self):
+        return len(self.folds)
+
+    @property
+    def selected(self):
+        return [planned.instance for planned in self.instances]
+
+    def missing_jobs(self):
+        """The fold jobs still to train, [(planned instance, fold)], instance by instance in the order selected."""
+        return [(planned, fold) for planned in self.instances for fold in self.folds
+                if fold["fold"] - 1 in planned.missing]
+
+    def elsewhere(self, root):
+        """The same plan writing into another experiment folder (the smoke run's scratch folder)."""
+        return replace(self, layout=Layout(root, self.layout.dataset, self.layout.experiment))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The dataset, checked once where it enters
+
+def read_dataset(features_folder, dataset, task_types):
+    """Load and check a dataset for the task types of the selected instances. Returns (identity (see Plan), items
+    with data, {item: class index per example, or None for a regression target}, the (frames, bins) of an example,
+    {task type: output size})."""
+    dataset_files = dataset_file_stats(features_folder, dataset)  # before reading: a later rewrite shows
+    predictors, targets = load_dataset(features_folder, dataset)
+    clip_ids = load_clip_ids(features_folder, dataset, predictors)
+    items = check_dataset(predictors, targets, dataset, clip_ids)
+    for task_type in sorted(task_types):
+        check_target(targets, dataset, task_type)
+    first_target = targets[items[0]]
+    one_hot = first_target.ndim == 2 and first_target.shape[1] > 1
+    labels = {item: targets[item].argmax(axis=1) if one_hot else None for item in items}
+    metadata_path = dataset_paths(features_folder, dataset)["metadata"]
+    metadata = read_json(metadata_path) if metadata_path.exists() else {}
+    identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
+                "dataset_files": dataset_files, "class_names": metadata.get("class_names"),
+                "foldable_item": metadata.get("foldable_item"),
+                "speaker_independent": metadata.get("speaker_independent", True),
+                "features": {key: metadata.get(key) for key in ("feature_settings", "length", "sample_rate")}}
+    output_sizes = {"classification": first_target.shape[-1] if first_target.ndim == 2 else 1, "regression": 1}
+    return identity, items, labels, predictors[items[0]].shape[1:], output_sizes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folds: a partition of the foldable items, made once per experiment by the [folds] splitter
+
+def check_num_folds(num_folds, item_count):
+    """XvalError unless num_folds can split item_count foldable items with 2 or more training items per fold."""
+    if not isinstance(num_folds, int) or isinstance(num_folds, bool) or num_folds < 2:
+        raise XvalError(f"num_folds = {num_folds!r} must be a whole number of at least 2")
+    if num_folds > item_count:
+        raise XvalError(f"num_folds = {num_folds} is more than the {item_count} items (actors) with data: "
+                        f"use at most {item_count}")
+    if item_count - item_count // num_folds - (1 if item_count % num_folds else 0) < 2:
+        raise XvalError(f"num_folds = {num_folds} leaves fewer than 2 training items per fold for "
+                        "training and validation: use fewer folds")
+
+
+def make_folds(items, num_folds, seed, validation_share, splitter="GroupKFold", labels=None):
+    """K folds over the foldable items: each item is tested exactly once; each fold's validation items
+    (validation_share of its training items, at least one) come from its training items.
+
+    splitter: a name of registries.SPLITTERS, run over the examples grouped by item; labels: {item: class index
+    of each example}, which a stratifying splitter needs (else one example per item stands for it).
+    Returns [{"fold": 1.., "train_items", "val_items", "test_items"}], every list sorted.
+    """
+    from sklearn.model_selection import train_test_split  # here: the routine starts faster without it
+    items, entry = sorted(items), SPLITTERS[splitter]
+    check_num_folds(num_folds, len(items))
+    if entry.one_fold_per_item and num_folds != len(items):
+        raise XvalError(f"[folds] splitter = {splitter} makes one fold per foldable item: set num_folds = "
+                        f"{len(items)} (the items with data), or use another splitter")
+    if entry.needs_labels and (labels is None or any(labels.get(item) is None for item in items)):
+        raise XvalError(f"[folds] splitter = {splitter} stratifies by class, and this dataset has no class "
+                        "labels (a regression target): use splitter = GroupKFold")
+    per_item = [labels[item] if entry.needs_labels else np.zeros(1, dtype=int) for item in items]
+    groups = np.repeat(np.arange(len(items)), [len(values) for values in per_item])
+    y = np.concatenate(per_item)
+    folds = []
+    for fold, (_, test_index) in enumerate(entry.make(num_folds, seed).split(np.zeros(len(y)), y, groups), 1):
+        tested = set(groups[test_index])
+        pool, test = [item for i, item in enumerate(items) if i not in tested], [items[i] for i in sorted(tested)]
+        if len(pool) < 2:
+            raise XvalError(f"[folds] splitter = {splitter} leaves fold {fold} fewer than 2 training items for "
+                            "training and validation: use fewer folds")
+        n_val = min(max(1, round(validation_share * len(pool))), len(pool) - 1)
+        train, val = train_test_split(pool, test_size=n_val, random_state=seed + fold)
+        folds.append({"fold": fold, "train_items": sorted(train), "val_items": sorted(val),
+                      "test_items": sorted(test)})
+    return folds
+
+
+def fold_settings(dataset, items, num_folds, folds_config):
+    """What determines an experiment's split; saved in folds.json and compared on every later run."""
+    return {"dataset": dataset, "num_folds": num_folds, "items": sorted(items),
+            "splitter": folds_config["splitter"], "folds_seed": folds_config["folds_seed"],
+            "validation_share": folds_config["validation_share"]}
+
+
+def check_folds_partition(folds, items, path):
+    """XvalError unless folds split items as make_folds does: each item tested exactly once, and every fold's
+    train, validation and test items disjoint and together all items."""
+    tested = sorted(item for fold in folds for item in fold["test_items"])
+    problem = None
+    if tested != sorted(items):
+        problem = "its test items are not a partition of the dataset's items"
+    for fold in folds:
+        parts = [fold["train_items"], fold["val_items"], fold["test_items"]]
+        if sorted(sum(parts, [])) != sorted(items):
+            problem = f"fold {fold['fold']}'s train, validation and test items overlap or miss some items"
+    if problem:
+        raise XvalError(f"{path} is damaged ({problem}): restore it from a backup, or delete it only if no fold "
+                        "of this experiment was trained yet")
+
+
+def check_saved_folds(path, wanted):
+    """Refuse a run whose split settings differ from the experiment's folds.json; returns the saved folds."""
+    try:
+        saved = read_json(path)
+        folds = saved["folds"]
+        for key, value in wanted.items():
+            if saved.get(key, FOLD_SETTING_DEFAULTS.get(key)) != value:
+                raise XvalError(f"{path} was made with {key} = {saved.get(key, FOLD_SETTING_DEFAULTS.get(key))!r}, "
+                                f"this run has {value!r}: all instances of an experiment share one split, so use "
+                                "another num_experiment (or restore the setting)")
+        check_folds_partition(folds, wanted["items"], path)
+    except (KeyError, TypeError) as error:
+        raise XvalError(f"{path} is damaged (no {error}): restore it from a backup, or delete it only if no "
+                        "fold of this experiment was trained yet") from None
+    return folds
+
+
+def planned_folds(layout, wanted, labels):
+    """The experiment's folds: those of its folds.json, or a new split when it has none yet (written by accept)."""
+    if layout.folds.exists():
+        check_num_folds(wanted["num_folds"], len(wanted["items"]))
+        return check_saved_folds(layout.folds, wanted)
+    return make_folds(wanted["items"], wanted["num_folds"], wanted["folds_seed"], wanted["validation_share"],
+                      wanted["splitter"], labels)
+
+
+def write_folds(layout, wanted, folds):
+    """Write folds.json once, under a lock; a folds.json written meanwhile must hold the same folds."""
+    with file_mutex(layout.folds_mutex):
+        if not layout.folds.exists():
+            atomic_write_json(layout.folds, {**wanted, "folds": folds})
+        elif check_saved_folds(layout.folds, wanted) != folds:
+            raise XvalError(f"{layout.folds} was written by another run with other folds while this one started: "
+                            "rerun to use it")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning: the saved models an instance starts from
+
+def initial_model_paths(parameters, experiment_dir, folds):
+    """{fold number: absolute path} of an instance's initial_model ('{fold}' replaced by each fold's number; a
+    relative path is taken from the experiment folder), or {} when it starts from scratch."""
+    if not parameters["initial_model"]:
+        return {}
+    return {fold["fold"]: (experiment_dir / Path(parameters["initial_model"].replace("{fold}", str(fold["fold"])))
+                           .expanduser()).resolve() for fold in folds}
+
+
+def output_units(model_config):
+    """Units of the layer that gives a Keras model config's output, nested models opened; None if not a Dense."""
+    config = model_config["config"]
+    outputs = config.get("output_layers") or []
+    name = outputs[0] if outputs and isinstance(outputs[0], str) else (outputs[0][0] if outputs else None)
+    layer = next((layer for layer in config.get("layers", []) if layer.get("name", layer["config"].get("name"))
+                  == name), None)
+    if layer is None:
+        return None
+    if layer["class_name"] in ("Functional", "Model", "Sequential"):
+        return output_units(layer)
+    return layer["config"].get("units")
+
+
+def saved_model_shapes(path):
+    """(input shape without the batch, output size) of a Keras .hdf5 model file, read with h5py (no TensorFlow);
+    None for what cannot be read there."""
+    import h5py  # here: only fine-tuning needs it
+    try:
+        with h5py.File(path, "r") as handle:
+            config = json.loads(handle.attrs["model_config"])
+    except (OSError, KeyError, ValueError):
+        return None, None
+    inputs = [layer["config"].get("batch_shape") for layer in config["config"].get("layers", [])
+              if layer["class_name"] == "InputLayer"]
+    return (tuple(inputs[0][1:]) if inputs and inputs[0] else None), output_units(config)
+
+
+def check_initial_models(parameters, experiment_dir, data_shape, output_size, dataset, folds, where):
+    """An instance's initial models: ({fold number: path}, warning lines). Refuses models that are missing or do
+    not fit the data (input shape, output size); warns of starting models of this dataset from an experiment
+    with other folds, or of one model for every fold (their weights saw test items of the fold they start)."""
+    paths, warnings = initial_model_paths(parameters, experiment_dir, folds), []
+    per_fold = "{fold}" in parameters["initial_model"]
+    for fold in folds if paths else []:
+        path = paths[fold["fold"]]
+        if not path.is_file():
+            raise XvalError(f"{where}: initial_model for fold {fold['fold']} is {path}, which does not exist: fix the "
+                            "path ({fold} stands for the fold number; relative paths start in the experiment folder)")
+        input_shape, units = saved_model_shapes(path) if path.suffix.lower() in (".hdf5", ".h5") else (None, None)
+        if input_shape is not None and tuple(input_shape) != tuple(data_shape):
+            raise XvalError(f"{where}: initial_model {path} takes input {tuple(input_shape)}, the dataset has "
+                            f"{tuple(data_shape)} (frames, bins): start from a model made with the same features")
+        if units is not None and units != output_size:
+            raise XvalError(f"{where}: initial_model {path} has {units} outputs, the dataset needs {output_size}: "
+                            "start from a model of the same classes")
+        origin = path.parent.parent / "folds.json"
+        if origin.is_file():
+            saved = read_json(origin)
+            same = next((f for f in saved.get("folds", []) if f["fold"] == fold["fold"]), None)
+            if saved.get("dataset") == dataset and (not per_fold or same is None
+                                                    or same["test_items"] != fold["test_items"]):
+                warnings.append(f"{where}: initial_model {path} was trained on dataset '{dataset}' with other folds: "
+                                f"its weights saw some of fold {fold['fold']}'s test items, so that fold's test "
+                                "score is optimistic")
+    return paths, warnings
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan
+
+def reuse_problem(layout, instance, parameters, fingerprints):
+    """The fold indices still to train of an instance, and why its finished results cannot be reused (one line,
+    naming the parameters that changed where its results JSON records them), or None."""
+    done, problem = reusable_folds(layout, instance, fingerprints)
+    if problem and "other parameters" in problem and layout.instance(instance).result.exists():
+        recorded = read_json(layout.instance(instance).result).get("parameters") or {}
+        changed = changed_parameters(recorded, parameters) if recorded else []
+        problem += f" ({', '.join(changed)} changed)" if changed else ""
+    return tuple(index for index in range(len(fingerprints)) if index not in done), problem
+
+
+def make_plan(settings, config, selected, experiment_dir, reuse=True):
+    """The plan of a launch (see the module docstring): settings are the routine's (checked by the facade),
+    selected the instance ids, experiment_dir its experiment_{N} folder. reuse=False (a smoke run) reuses nothing.
+    Every check of the routine's input runs here, once; an XvalError names the first problem."""
+    signatures = architecture_signatures()
+    resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
+                                           f"experiment_dict[{instance}]") for instance in selected}
+    for backend in sorted({parameters["backend"] for parameters in resolved.values()}):
+        check_backend_installed(backend)
+    dataset, num_folds = settings["dataset"], settings["num_folds"]
+    features_folder = config["paths"]["features_folder"]
+    identity, items, labels, data_shape, output_sizes = read_dataset(
+        features_folder, dataset, {parameters["task_type"] for parameters in resolved.values()})
+    layout = Layout(experiment_dir, dataset, settings["num_experiment"])
+    split = fold_settings(dataset, items, num_folds, config["folds"])
+    folds = planned_folds(layout, split, labels)
+    instances, warnings = [], []
+    for instance in selected:
+        parameters, where = resolved[instance], f"experiment_dict[{instance}]"
+        current_hash = parameter_hash(parameters, dataset, num_folds)
+        initial_models, cautions = check_initial_models(parameters, layout.root, data_shape,
+                                                        output_sizes[parameters["task_type"]], dataset, folds, where)
+        warnings += cautions
+        fingerprints = tuple(fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold) for fold in folds)
+        missing = tuple(range(num_folds))
+        if reuse and not settings["overwrite_results"] and layout.root.exists():
+            missing, conflict = reuse_problem(layout, instance, parameters, fingerprints)
+            if conflict:
+                raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
+                                "or restore what changed")
+        instances.append(PlannedInstance(instance, tuple(settings["experiment_dict"][instance]), parameters,
+                                         current_hash, fingerprints, missing,
+                                         {fold: str(path) for fold, path in initial_models.items()}))
+    return Plan(layout=layout, description=settings["description"], features_folder=str(features_folder),
+                overwrite=settings["overwrite_results"], debug=settings["debug_mode"], identity=identity,
+                split=split, folds=tuple(folds), instances=tuple(instances), warnings=tuple(warnings),
+                created=time.time(), claim_grace=config["claims"]["grace_seconds"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Accepting the plan: what every run writes before training
+
+def check_writable(folder):
+    """Create folder if needed and prove it writable, or explain."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise XvalError(f"experiment folder {folder} is not writable ({error.strerror}): choose another "
+                        "experiment_folder or fix its permissions") from None
+
+
+def snapshot_code(layout, routine_file, config_file):
+    """Copy the scripts, config.ini and the routine into code/<time>_<host>_<pid>/, with git state and package
+    versions."""
+    target = layout.code_snapshot(time.strftime('%Y%m%d-%H%M%S'), HOST, os.getpid())
+    staging = target.with_name(f".{target.name}.xvaltmp-{HOST}-{os.getpid()}")
+    staging.mkdir(parents=True)
+    for script in sorted(PROJECT_DIR.glob("*.py")):
+        shutil.copy2(script, staging / script.name)
+    shutil.copy2(config_file, staging / "config.ini")
+    if routine_file and Path(routine_file).is_file():
+        shutil.copy2(routine_file, staging / f"routine_{Path(routine_file).name}")
+    git = shutil.which("git")
+    if git and (PROJECT_DIR / ".git").exists():
+        for name, arguments in (("git_commit.txt", ["rev-parse", "HEAD"]), ("git_diff.patch", ["diff", "HEAD"]),
+                                ("git_status.txt", ["status", "--short"])):
+            completed = subprocess.run([git, "-C", str(PROJECT_DIR), *arguments], capture_output=True, text=True)
+            (staging / name).write_text(completed.stdout or completed.stderr, encoding="utf-8")
+    versions = {"python": sys.version, "platform": platform.platform(), "command": sys.argv}
+    for package in PACKAGES_RECORDED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    (staging / "versions.json").write_text(json.dumps(versions, indent=1), encoding="utf-8")
+    os.rename(staging, target)
+    return target
+
+
+def accept(plan, routine_file):
+    """Write what every run writes before training: folds.json (once), the description, a snapshot of the code and
+    each selected instance's readable parameters file (the same content for the same plan)."""
+    layout = plan.layout
+    check_writable(layout.root)
+    layout.logs.mkdir(exist_ok=True)  # fold logs, and SLURM's output files, go there
+    remove_stale_temp_files(layout.root)  # left by killed xval processes; never read as results
+    write_folds(layout, plan.split, list(plan.folds))
+    atomic_write_text(layout.description, plan.description.strip() + "\n")
+    snapshot_code(layout, routine_file, config_path_in_use())
+    for planned in plan.instances:
+        atomic_write_text(layout.instance(planned.instance).parameters,
+                          parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash))

@@ -1,0 +1,139 @@
+"""What main at 167406f wrote keeps working: its experiments resume without training, its --slurm experiments give a
+final model, its split is the one the default splitter makes, its parameters hash the same, and a fold job file it
+wrote (a SLURM array queued across an upgrade) still runs.
+
+tests/fixtures/v167406f/ was made by that version (tests/fixtures/make_v167406f.py, which says how): a tiny dataset,
+experiment_1 (two instances x two folds, run locally) and experiment_2 (one instance, run with --slurm).
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from parameters import HASH_NEUTRAL, architecture_signatures, parameter_hash, resolve_instance
+from plan import make_folds
+from routine_helpers import REPO, experiment_files, routine_environment, run_routine
+from utility_functions import CONFIG_SCHEMA, dataset_file_stats, load_config
+
+FIXTURE = REPO / "tests" / "fixtures" / "v167406f"
+WRITTEN_AT = "/tmp/xval-fixture-work"  # where make_v167406f.py made it: the absolute paths its job files hold
+
+
+@pytest.fixture
+def old(tmp_path):
+    """A copy of the fixture: experiments/experiment_{1,2}, features/, the routines, and a config pointing there."""
+    shutil.copytree(FIXTURE / "features", tmp_path / "features")
+    for experiment in ("experiment_1", "experiment_2"):
+        shutil.copytree(FIXTURE / experiment, tmp_path / "experiments" / experiment)
+    for routine in FIXTURE.glob("xval_routine_fixture*.py"):
+        shutil.copy2(routine, tmp_path / routine.name)
+    return {"root": tmp_path, "config": write_config(tmp_path), "experiments": tmp_path / "experiments"}
+
+
+def results_of(experiment_dir):
+    return {path.name: json.loads(path.read_text()) for path in (experiment_dir / "results").glob("results_*.json")}
+
+
+def test_an_experiment_of_167406f_resumes_and_trains_nothing(old):
+    experiment_dir = old["experiments"] / "experiment_1"
+    before = experiment_files(experiment_dir)
+    completed = run_routine(old["root"] / "xval_routine_fixture1.py", old["config"])
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.count("complete already, skipped (overwrite_results = False)\n") == 2, completed.stdout
+    assert "fold 1/2 on" not in completed.stdout and "edited comments" not in completed.stdout
+    after = experiment_files(experiment_dir)
+    assert {name: data for name, data in after.items() if name in before} == before, "a result file was rewritten"
+    assert sorted(set(after) - set(before)) == ["fixture_exp1_results_spreadsheet.xlsx"] + sorted(
+        name for name in after if name.startswith("plots/"))
+    for log in (experiment_dir / "logs").glob("fixture_exp1_run*_fold*.log"):
+        assert log.read_text().count("\n===== ") == 1, f"{log.name}: the fold was trained again"
+
+
+def test_its_parameters_hash_as_they_did_and_new_training_keys_are_neutral():
+    training = load_config(REPO / "config.ini")["training"]
+    document = json.loads((FIXTURE / "experiment_1" / "results" / "results_fixture_exp1_run1.json").read_text())
+    for path in (FIXTURE / "experiment_1" / "results").glob("results_*.json"):
+        recorded = json.loads(path.read_text())
+        resolved = resolve_instance(recorded["parameter_strings"], training, architecture_signatures(), path.name)
+        assert parameter_hash(resolved, "fixture", 2) == recorded["parameter_hash"], path.name
+    added = set(CONFIG_SCHEMA["training"]) - set(document["parameters"])
+    assert added <= set(HASH_NEUTRAL), f"[training] keys {sorted(added - set(HASH_NEUTRAL))} added since 167406f " \
+        "have no neutral value in parameters.HASH_NEUTRAL: every finished experiment would refuse to resume"
+
+
+def test_a_training_key_added_with_its_neutral_value_changes_no_hash(monkeypatch):
+    training = load_config(REPO / "config.ini")["training"]
+    strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""', 'architecture = "EXAMPLE_model"']
+    before = parameter_hash(resolve_instance(strings, training, architecture_signatures(), "i"), "d", 4)
+    monkeypatch.setitem(CONFIG_SCHEMA["training"], "label_smoothing", float)
+    monkeypatch.setitem(HASH_NEUTRAL, "label_smoothing", 0.0)
+    upgraded = dict(training, label_smoothing=0.0)
+    assert parameter_hash(resolve_instance(strings, upgraded, architecture_signatures(), "i"), "d", 4) == before
+    moved = resolve_instance([*strings, "label_smoothing = 0.1"], upgraded, architecture_signatures(), "i")
+    assert parameter_hash(moved, "d", 4) != before
+
+
+def test_the_default_splitter_makes_the_split_of_167406f():
+    for experiment in ("experiment_1", "experiment_2"):
+        saved = json.loads((FIXTURE / experiment / "folds.json").read_text())
+        assert make_folds(saved["items"], saved["num_folds"], saved["folds_seed"], saved["validation_share"]) == \
+            saved["folds"]
+
+
+def test_a_slurm_experiment_of_167406f_gives_a_final_model_that_predicts(old, tmp_path):
+    import demo_corpus
+    experiment_dir = old["experiments"] / "experiment_2"
+    environment = routine_environment(old["config"])
+    final = subprocess.run([sys.executable, str(REPO / "use_model.py"), "final", str(experiment_dir)],
+                           capture_output=True, text=True, env=environment, timeout=600)
+    assert final.returncode == 0, final.stdout + final.stderr
+    model = experiment_dir / "final" / "model_fixture_exp2_run1_final.hdf5"
+    assert model.is_file()
+    audio = demo_corpus.make_demo_corpus(tmp_path / "audio", n_actors=4, emotions=("neutral", "happy"),
+                                         repetitions=(1,), clip_seconds_range=(0.5, 0.6), jobs=1)["folder"]
+    document = json.loads((experiment_dir / "results" / "results_fixture_exp2_run1.json").read_text())
+    fold = document["folds"][0]
+    metadata = json.loads((old["root"] / "features" / "fixture_metadata.json").read_text())
+    files = [Path(audio) / clip["file"] for item in fold["test_items"] for clip in metadata["clips"]
+             if clip["actor"] == item]
+    for predicted_by in (model, experiment_dir / fold["model_file"]):  # the new final model, an old fold model
+        out = tmp_path / f"{predicted_by.stem}.csv"
+        predicted = subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", str(predicted_by),
+                                    *map(str, files), "--out", str(out)], capture_output=True, text=True,
+                                   env=environment, timeout=600)
+        assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+        assert len(out.read_text().splitlines()) == len(files) + 1
+    rows = out.read_text().splitlines()[1:]
+    names = document["class_names"]
+    assert [row.split(",")[1] for row in rows] == [names[i] for i in fold["predictions"]["test"]["y_pred"]]
+
+
+def test_a_fold_job_written_by_167406f_still_runs(old):
+    # a SLURM array queued before the upgrade runs its task with the new code: the fold job file has format 1
+    experiment_dir = old["experiments"] / "experiment_2"
+    submission = next((experiment_dir / "slurm").iterdir())
+    stats = dataset_file_stats(old["root"] / "features", "fixture")
+    for path in [submission / "fold_jobs.txt", *submission.glob("jobs/*.json")]:
+        text = path.read_text().replace(WRITTEN_AT + "/experiments", str(old["experiments"]))
+        text = text.replace(WRITTEN_AT + "/features", str(old["root"] / "features"))
+        if path.suffix == ".json":
+            job = json.loads(text)
+            text = json.dumps(dict(job, dataset_files=stats))  # the copied features are the same files
+        path.write_text(text)
+    (experiment_dir / "results" / "folds" / "results_fixture_exp2_run1_fold2.json").unlink()
+    task = subprocess.run([sys.executable, str(REPO / "xval_instance.py"), "--fold-task",
+                           str(submission / "fold_jobs.txt"), "1"], capture_output=True, text=True,
+                          env=routine_environment(old["config"]), cwd=str(REPO), timeout=600)
+    assert task.returncode == 0, task.stdout + task.stderr
+    assert "instance 1 complete" in task.stdout
+    document = json.loads((experiment_dir / "results" / "results_fixture_exp2_run1.json").read_text())
+    assert document["status"] == "complete" and [fold["fold"] for fold in document["folds"]] == [1, 2]
+    assert (experiment_dir / "logs" / "fixture_exp2_run1_fold2.job.json").is_file()
+    done = subprocess.run([sys.executable, str(REPO / "xval_instance.py"), "--fold-task",
+                           str(submission / "fold_jobs.txt"), "0"], capture_output=True, text=True,
+                          env=routine_environment(old["config"]), cwd=str(REPO), timeout=600)
+    assert done.returncode == 0 and "finished meanwhile by another process, kept" in done.stdout, done.stdout
