@@ -102,6 +102,9 @@ CONFIG_SCHEMA = {
     "slurm": {"partition": str, "time": str, "mem": str, "cpus_per_task": int, "gres": str, "max_parallel": int,
               "extra_sbatch": str},
 }
+# keys added since config.ini files were first copied (main at 167406f): {(section, key): the value that does what
+# xval did before the key existed}, taken where an older config.ini lacks the key
+ADDED_KEYS = {("folds", "splitter"): "GroupKFold", ("claims", "grace_seconds"): "300"}
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
@@ -159,14 +162,18 @@ def load_config(path=None):
         raise XvalError(f"config file {path} cannot be parsed ({first_line}): fix its syntax") from None
     config = {}
     for section, keys in CONFIG_SCHEMA.items():
-        if not parser.has_section(section):
+        if not parser.has_section(section) and not all((section, key) in ADDED_KEYS for key in keys):
             raise XvalError(f"{path}: section [{section}] is missing: add it (see config.ini in the repository)")
         config[section] = {}
         for key, kind in keys.items():
             where = f"{path} [{section}] {key}"
-            if not parser.has_option(section, key):
+            if parser.has_option(section, key):
+                text = parser.get(section, key)
+            elif (section, key) in ADDED_KEYS:
+                text = ADDED_KEYS[section, key]
+            else:
                 raise XvalError(f"{where} is missing: add it (see config.ini in the repository)")
-            value = parse_config_value(parser.get(section, key), kind, path.parent, where)
+            value = parse_config_value(text, kind, path.parent, where)
             if (section, key) in _POSITIVE and value <= 0:
                 raise XvalError(f"{where} = {value} must be greater than 0: fix that line")
             config[section][key] = value
@@ -369,15 +376,19 @@ def slurm_restart_count(environ=os.environ):
 def heartbeat_age(lock_path):
     """Seconds since the claim at lock_path was last touched (its modification time), measured against a file
     touched now in the same folder, so that both times come from the same file system's clock (a shared folder's
-    server sets them; the clocks of the hosts need not agree). None if the claim is gone."""
+    server sets them, NFS included; the clocks of the hosts need not agree). None if the claim is gone."""
     clock = Path(lock_path).parent / ".clock"
     try:
         touched = Path(lock_path).stat().st_mtime
-        with open(clock, "a"):
-            os.utime(clock, None)
-        return clock.stat().st_mtime - touched
     except FileNotFoundError:
         return None
+    try:
+        with open(clock, "a"):
+            os.utime(clock, None)
+        now = clock.stat().st_mtime
+    except OSError:  # a folder this process may not write to (--status of a colleague's experiment): its own clock
+        now = time.time()
+    return now - touched
 
 
 def heartbeat_interval(grace):

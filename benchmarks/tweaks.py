@@ -32,7 +32,7 @@ PATCHES = {  # tweak: [(regular expression in the product's .py files, replaceme
                   (r"(?m)^        os\._exit\(code\)", "        sys.exit(code)")],  # training.py --serve's end
     "d_sparse_mel": [(r"scipy\.sparse\.csr_array\(basis\.astype\(np\.float64\)\)", "basis"),
                      (r"\.T\.astype\(np\.float64\)", ".T")],
-    "e_early_server": [(r"(?m)^ +for worker in early:\n +worker\.runner\(.*\n", ""),  # servers started early
+    "e_early_server": [(r"executor\.warm_up\(config\[\"training\"\]\[\"backend\"\]\)", "pass"),  # servers early
                        (r"import results_to_excel  # noqa: F401", "pass  # noqa: F401")],
 }
 GROUPS = {"preprocessing": ("on", "a_mallopt", "c_os_exit", "d_sparse_mel"),

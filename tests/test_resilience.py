@@ -246,6 +246,53 @@ def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
     assert lock.exists()
 
 
+def config_with(tiny_features, folder, section, values):
+    """A copy of the tiny dataset's config with other values in one section."""
+    import configparser
+    from conftest import write_config
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(tiny_features["config_path"], encoding="utf-8")
+    overrides = {name: dict(parser[name]) for name in parser.sections()}
+    overrides[section].update(values)
+    return write_config(folder, overrides)
+
+
+def test_a_claim_of_another_host_whose_heartbeat_stopped_is_taken_over(tiny_features, tmp_path):
+    # two hosts share the experiment folder without SLURM: one crashed mid-fold (its claim untouched since), the
+    # other runs its fold and touches its claim (a thread here stands for it); grace period 2 s
+    config = config_with(tiny_features, tmp_path / "config", "claims", {"grace_seconds": "2"})
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")}, num_folds=2)
+    locks = tmp_path / "experiments" / "experiment_1" / "locks"
+    locks.mkdir(parents=True)
+    crashed, live = locks / "run1_fold1.lock", locks / "run1_fold2.lock"
+    for lock, host in ((crashed, "crashed-host"), (live, "live-host")):
+        lock.write_text(json.dumps({"host": host, "pid": 4242, "since": "2026-12-01 09:00:00", "slurm_job": None}))
+    an_hour_ago = crashed.stat().st_mtime - 3600
+    os.utime(crashed, (an_hour_ago, an_hour_ago))
+    status = run_routine(routine, config, "--status")
+    assert "fold 1: stale claim of crashed-host" in status.stdout and "fold 2: running on live-host" in status.stdout
+    beating = threading.Event()
+
+    def heartbeat():
+        while not beating.wait(0.2):
+            os.utime(live)
+
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    try:
+        first = run_routine(routine, config)
+    finally:
+        beating.set()
+        thread.join()
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "instance 1 fold 1/2 on CPU" in first.stdout and "skipped, being run by live-host pid 4242" in first.stdout
+    os.utime(live, (an_hour_ago, an_hour_ago))  # the live host dies too
+    second = run_routine(routine, config)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "instance 1 fold 2/2 on CPU" in second.stdout and "instance 1 complete" in second.stdout
+    assert not list(locks.glob("*.lock"))
+
+
 @pytest.mark.parametrize("name", ["with space", "ünïcödé"])
 def test_paths_with_spaces_and_non_ascii_characters(tiny_features, tmp_path, name):
     folder = tmp_path / name

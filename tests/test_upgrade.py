@@ -5,6 +5,7 @@ wrote (a SLURM array queued across an upgrade) still runs.
 tests/fixtures/v167406f/ was made by that version (tests/fixtures/make_v167406f.py, which says how): a tiny dataset,
 experiment_1 (two instances x two folds, run locally) and experiment_2 (one instance, run with --slurm).
 """
+import configparser
 import json
 import shutil
 import subprocess
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
 from parameters import HASH_NEUTRAL, architecture_signatures, parameter_hash, resolve_instance
 from plan import make_folds
 from routine_helpers import REPO, experiment_files, routine_environment, run_routine
@@ -25,13 +25,20 @@ WRITTEN_AT = "/tmp/xval-fixture-work"  # where make_v167406f.py made it: the abs
 
 @pytest.fixture
 def old(tmp_path):
-    """A copy of the fixture: experiments/experiment_{1,2}, features/, the routines, and a config pointing there."""
+    """A copy of the fixture: experiments/experiment_{1,2}, features/, the routines, and the config.ini of 167406f
+    (without the keys added since) with its paths pointing there."""
     shutil.copytree(FIXTURE / "features", tmp_path / "features")
     for experiment in ("experiment_1", "experiment_2"):
         shutil.copytree(FIXTURE / experiment, tmp_path / "experiments" / experiment)
     for routine in FIXTURE.glob("xval_routine_fixture*.py"):
         shutil.copy2(routine, tmp_path / routine.name)
-    return {"root": tmp_path, "config": write_config(tmp_path), "experiments": tmp_path / "experiments"}
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    parser.read(FIXTURE / "config.ini", encoding="utf-8")
+    for key, value in {"features_folder": "features", "experiment_folder": "experiments"}.items():
+        parser.set("paths", key, str(tmp_path / value))
+    with open(tmp_path / "config.ini", "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    return {"root": tmp_path, "config": tmp_path / "config.ini", "experiments": tmp_path / "experiments"}
 
 
 def results_of(experiment_dir):
@@ -51,6 +58,12 @@ def test_an_experiment_of_167406f_resumes_and_trains_nothing(old):
         name for name in after if name.startswith("plots/"))
     for log in (experiment_dir / "logs").glob("fixture_exp1_run*_fold*.log"):
         assert log.read_text().count("\n===== ") == 1, f"{log.name}: the fold was trained again"
+
+
+def test_its_config_ini_still_loads_with_the_keys_added_since():
+    config, current = load_config(FIXTURE / "config.ini"), load_config(REPO / "config.ini")
+    assert config["folds"]["splitter"] == "GroupKFold" and config["claims"] == current["claims"]
+    assert config["training"] == current["training"] and config["folds"] == current["folds"]
 
 
 def test_its_parameters_hash_as_they_did_and_new_training_keys_are_neutral():
