@@ -121,8 +121,8 @@ def upgrade_job(job, path):
         return job
     collect = job["collect"]
     return {**{key: value for key, value in job.items() if key not in ("collect", "overwrite")},
-            "format": JOB_FORMAT, "experiment_dir": collect["experiment_dir"], "experiment": collect["base"]["experiment"],
-            "instance": collect["instance"], "num_folds": len(collect["fold_results"]),
+            "format": JOB_FORMAT, "experiment_dir": collect["experiment_dir"],
+            "experiment": collect["base"]["experiment"], "instance": collect["instance"], "num_folds": len(collect["fold_results"]),
             "overwrite_before": Path(path).stat().st_mtime if job.get("overwrite") else None,
             "claim_grace": job.get("claim_grace", 300.0), "card": job.get("card", {}),
             "record": {"base": collect["base"], "fingerprints": collect["fingerprints"]}}

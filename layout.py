@@ -99,7 +99,8 @@ class Layout:
         stem = f"{self.stem(instance)}_fold{fold}"
         return FoldPaths(lock=self.locks / f"run{instance}_fold{fold}.lock", job=self.logs / f"{stem}.job.json",
                          log=self.logs / f"{stem}.log", failure=self.logs / f"{stem}.failed.json",
-                         model=self.models / f"model_{stem}.hdf5", result=self.results / "folds" / f"results_{stem}.json")
+                         model=self.models / f"model_{stem}.hdf5",
+                         result=self.results / "folds" / f"results_{stem}.json")
 
     def final(self, instance):
         stem = f"model_{self.stem(instance)}_final"

@@ -399,5 +399,5 @@ def accept(plan, routine_file):
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())
     for planned in plan.instances:
-        atomic_write_text(layout.instance(planned.instance).parameters,
-                          parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash))
+        text = parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash)
+        atomic_write_text(layout.instance(planned.instance).parameters, text)

@@ -394,7 +394,8 @@ def write_parameters_sheet(workbook, formats, instances, output_path):
 def write_plots_sheet(workbook, formats, instances, experiment_folder):
     """For each instance a title row, then its learning curves and confusion matrix next to each other."""
     worksheet = new_sheet(workbook, formats, "plots", "Learning curves and test confusion matrices",
-                          f"PNG files in {Layout(experiment_folder, None, None).plots.name}/; solid = train, dashed = validation, dot = best epoch")
+                          f"PNG files in {Layout(experiment_folder, None, None).plots.name}/; solid = train, dashed = "
+                          "validation, dot = best epoch")
     worksheet.hide_gridlines(2)
     # explicit widths: images are anchored to cells, and LibreOffice's default column width differs from Excel's
     worksheet.set_column_pixels(0, PLOTS_SHEET_COLUMNS - 1, DEFAULT_COLUMN_PIXELS)
@@ -443,8 +444,8 @@ def build_workbook(path, instances, summaries, experiment_folder, output_path):
 
 def write_spreadsheet(experiment_folder, output_path=None):
     """Write the routine summary JSON and the results spreadsheet of an experiment folder atomically (by default as
-    the Layout's workbook, named after the lowest-numbered instance) and return its path; XvalError when the folder holds no readable result file or
-    the output cannot be written."""
+    the Layout's workbook, named after the lowest-numbered instance) and return its path; XvalError when the folder
+    holds no readable result file or the output cannot be written."""
     experiment_folder = Path(experiment_folder).resolve()
     instances = load_instances(experiment_folder)
     output_path = Path(output_path or Layout(experiment_folder, instances[0].dataset, instances[0].experiment).workbook)

@@ -139,7 +139,8 @@ def final_job(layout, document, epochs, paths):
             "parameter_hash": document["parameter_hash"], "dataset_fingerprint": document["dataset_fingerprint"],
             "train_items": items, "val_items": [], "test_items": [], "threads": len(os.sched_getaffinity(0)),
             "initial_model_path": None if initial is None else str(initial),
-            "model_path": str(paths.model), "model_file": layout.relative(paths.model), "result_path": str(paths.result),
+            "model_path": str(paths.model), "model_file": layout.relative(paths.model),
+            "result_path": str(paths.result),
             "card": {key: document.get(key) for key in ("dataset", "dataset_fingerprint", "experiment", "instance",
                                                           "class_names", "features", "foldable_item",
                                                           "parameter_strings")}}

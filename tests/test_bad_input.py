@@ -63,6 +63,14 @@ CATALOGUE = [
     ("num-folds-above-items", {"num_folds": 7}, [], None, "more than the 6 items"),
     ("experiment-folder-not-writable", {"experiment_folder": "a_file/experiments"}, [], None, "is not writable"),
     ("folds-json-other-settings", {"num_folds": 3}, [], None, "was made with num_folds = 2"),
+    ("folds-json-other-splitter", {}, [], "splitter-stratified", "was made with splitter = 'GroupKFold', this run "
+     "has 'StratifiedGroupKFold'"),
+    ("splitter-one-fold-per-item", {"num_experiment": 5}, [], "splitter-leave-one-out",
+     "makes one fold per foldable item: set num_folds = 6"),
+    ("splitter-needs-classes", {"num_experiment": 5, "dataset": "tiny_intensity", "experiment_dict": {
+        1: without(GOOD, "task_type") + ['task_type = "regression"']}}, [], "splitter-stratified",
+     "stratifies by class, and this dataset has no class labels"),
+    ("config-unknown-splitter", {}, [], "splitter-unknown", "[folds] splitter = 'ShuffleSplit' is not one of"),
     ("config-missing", {}, [], "delete", "does not exist"),
     ("config-unparsable", {}, [], "garble", "cannot be parsed"),
     ("config-missing-key", {}, [], "drop-patience", "[training] patience is missing"),
@@ -85,6 +93,9 @@ def edit_config(source, target, edit):
         text = text.replace("learning_rate = 0.001", "learning_rate = nan")
     elif edit == "optimizer-unknown":
         text = text.replace("optimizer = adam", "optimizer = adamm")
+    elif edit and edit.startswith("splitter-"):
+        name = {"stratified": "StratifiedGroupKFold", "leave-one-out": "LeaveOneGroupOut", "unknown": "ShuffleSplit"}
+        text = text.replace("splitter = GroupKFold", f"splitter = {name[edit[len('splitter-'):]]}")
     if edit != "delete":
         target.write_text(text)
     return target

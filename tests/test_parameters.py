@@ -231,6 +231,36 @@ def test_folds_are_a_true_partition_with_disjoint_validation(num_folds):
     assert folds != make_folds(items, num_folds, seed=4, validation_share=0.2)
 
 
+@pytest.mark.parametrize("items, num_folds, seed", [(12, 4, 1), (24, 5, 7), (7, 3, 123), (30, 10, 2 ** 31 - 1)])
+def test_the_default_splitter_makes_the_k_fold_split_of_the_items(items, num_folds, seed):
+    # GroupKFold, shuffled by folds_seed, tests the items scikit-learn's KFold over the items tests (what xval did
+    # before splitters were a setting), in the same order
+    from sklearn.model_selection import KFold
+    names = sorted(f"spk{index * 37 % 101:03d}" for index in range(items))
+    folds = make_folds(names, num_folds, seed, validation_share=0.2)
+    expected = [sorted(names[i] for i in test) for _, test in KFold(num_folds, shuffle=True, random_state=seed)
+                .split(names)]
+    assert [fold["test_items"] for fold in folds] == expected
+
+
+def test_stratified_and_leave_one_out_splitters():
+    import numpy as np
+    items = [f"{actor:02d}" for actor in range(1, 13)]
+    # items 01-06 speak mostly class 0, 07-12 mostly class 1: a stratified split mixes both into every fold
+    labels = {item: np.array([0] * 9 + [1] if index < 6 else [1] * 9 + [0]) for index, item in enumerate(items)}
+    folds = make_folds(items, 3, 1, 0.2, "StratifiedGroupKFold", labels)
+    assert sorted(item for fold in folds for item in fold["test_items"]) == items
+    for fold in folds:
+        shares = [np.mean(np.concatenate([labels[item] for item in fold["test_items"]]))]
+        assert 0.3 <= shares[0] <= 0.7, fold["test_items"]
+    alone = make_folds(items, 12, 1, 0.2, "LeaveOneGroupOut")
+    assert [fold["test_items"] for fold in alone] == [[item] for item in items]
+    with pytest.raises(XvalError, match="one fold per foldable item: set num_folds = 12"):
+        make_folds(items, 4, 1, 0.2, "LeaveOneGroupOut")
+    with pytest.raises(XvalError, match="stratifies by class"):
+        make_folds(items, 3, 1, 0.2, "StratifiedGroupKFold", {item: None for item in items})
+
+
 @pytest.mark.parametrize("num_folds, expected", [(1, "at least 2"), (13, "more than the 12 items"),
                                                  ("3", "whole number")])
 def test_fold_counts_that_cannot_work_are_refused(num_folds, expected):

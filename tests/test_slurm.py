@@ -18,7 +18,7 @@ import openpyxl
 import pytest
 
 from conftest import write_config
-from routine_helpers import instance, routine_environment, write_routine
+from routine_helpers import REPO, instance, routine_environment, write_routine
 
 SLURM_SETTINGS = {"cpus_per_task": 1, "mem": "400M", "time": "0:10:00", "gres": "gpu:1", "max_parallel": 0}
 
@@ -140,6 +140,28 @@ def test_a_routine_submitted_to_slurm_lands_every_fold_once_then_the_spreadsheet
     assert status.returncode == 0 and status.stdout.count("2 done") == 2, status.stdout
     again = xval(routine, config, "--slurm")
     assert again.returncode == 0 and "nothing to submit" in again.stdout
+
+    # after the experiment, from an experiment that only ever ran on SLURM: the final model, and predictions
+    def use_model(*arguments):
+        return subprocess.run([sys.executable, str(REPO / "use_model.py"), *map(str, arguments)],
+                              capture_output=True, text=True, timeout=600, env=routine_environment(config))
+    final = use_model("final", experiment_dir)
+    assert final.returncode == 0, final.stdout + final.stderr
+    chosen = json.loads(next(experiment_dir.glob("*_summary.json")).read_text())["task_types"]["classification"]
+    document = json.loads((experiment_dir / "results" / f"results_tiny_exp1_run"
+                           f"{chosen['chosen_on_validation']['instance']}.json").read_text())
+    metadata = json.loads((tiny_features["features_folder"] / "tiny_metadata.json").read_text())
+    fold = document["folds"][0]
+    files = [Path(metadata["input_folder"]) / clip["file"] for item in fold["test_items"]
+             for clip in metadata["clips"] if clip["actor"] == item]
+    final_model = next((experiment_dir / "final").glob("*_final.hdf5"))
+    for model, out in ((final_model, tmp_path / "final.csv"),
+                       (experiment_dir / fold["model_file"], tmp_path / "fold.csv")):
+        predicted = use_model("predict", model, *files, "--out", out)
+        assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    rows = [line.split(",") for line in (tmp_path / "fold.csv").read_text().splitlines()[1:]]
+    assert [row[1] for row in rows] == [document["class_names"][i] for i in fold["predictions"]["test"]["y_pred"]]
+    assert len((tmp_path / "final.csv").read_text().splitlines()) == len(files) + 1
 
 
 def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_features, tmp_path):
