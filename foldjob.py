@@ -21,8 +21,8 @@ from typing import NamedTuple
 from layout import Layout, weights_path
 from registries import MAIN_METRIC
 from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, file_mutex, heartbeat,
-                               heartbeat_age, heartbeat_interval, lock_owner_alive, mean_and_std, read_json, release,
-                               slurm_job_id, to_jsonable)
+                               heartbeat_age, heartbeat_interval, load_config, lock_owner_alive, mean_and_std, read_json,
+                               release, slurm_job_id, to_jsonable)
 
 JOB_FORMAT = 2  # 1: the job files of main at 167406f (paths spelt out in a "collect" section); 2: from the Layout
 
@@ -122,9 +122,10 @@ def upgrade_job(job, path):
     collect = job["collect"]
     return {**{key: value for key, value in job.items() if key not in ("collect", "overwrite")},
             "format": JOB_FORMAT, "experiment_dir": collect["experiment_dir"],
-            "experiment": collect["base"]["experiment"], "instance": collect["instance"], "num_folds": len(collect["fold_results"]),
+            "experiment": collect["base"]["experiment"], "instance": collect["instance"],
+            "num_folds": len(collect["fold_results"]),
             "overwrite_before": Path(path).stat().st_mtime if job.get("overwrite") else None,
-            "claim_grace": job.get("claim_grace", 300.0), "card": job.get("card", {}),
+            "claim_grace": load_config()["claims"]["grace_seconds"], "card": {},
             "record": {"base": collect["base"], "fingerprints": collect["fingerprints"]}}
 
 
