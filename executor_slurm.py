@@ -19,6 +19,9 @@ from foldjob import build_job
 from utility_functions import HOST, PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, config_path_in_use
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one array task
+# config.ini [slurm]: {key: (kind, default where the file lacks it)}
+SETTINGS = {"partition": (str, ""), "time": (str, "02:00:00"), "mem": (str, "16G"), "cpus_per_task": (int, "4"),
+            "gres": (str, "gpu:1"), "max_parallel": (int, "8"), "extra_sbatch": (str, "")}
 OPTIONS = {"--partition": "partition", "--time": "time", "--mem": "mem", "--cpus-per-task": "cpus_per_task",
            "--gres": "gres", "--max-parallel": "max_parallel", "--sbatch-line": "extra_sbatch"}
 
@@ -108,14 +111,16 @@ def sbatch(arguments):
 class SlurmExecutor(Executor):
     """The fold jobs as the tasks of a SLURM job array (see the module docstring)."""
     name = "slurm"
-    options = OPTIONS
-    section = "slurm"
+    section, settings, options = "slurm", SETTINGS, OPTIONS
     devices_hint = "SLURM allocates them: [slurm] gres, or --gres"
 
     def check(self):
         """Refused before anything is written: no sbatch here, or resources that cannot be asked for."""
-        if self.config["slurm"]["cpus_per_task"] <= 0 or self.config["slurm"]["max_parallel"] < 0:
-            raise XvalError("--cpus-per-task must be 1 or more and --max-parallel 0 (no cap) or more")
+        slurm = self.config["slurm"]
+        if slurm["cpus_per_task"] <= 0 or slurm["max_parallel"] < 0:
+            raise XvalError(f"[slurm] cpus_per_task must be 1 or more and max_parallel 0 (no cap) or more, got "
+                            f"{slurm['cpus_per_task']} and {slurm['max_parallel']}: fix config.ini, or --cpus-per-task "
+                            "and --max-parallel")
         sbatch_command()
 
     def run(self, plan):

@@ -29,8 +29,8 @@ DEFAULT_EXECUTOR = "local"
 
 class Executor:
     """Runs a plan's missing fold jobs. Subclasses set name (--{name} selects it on the command line; the default
-    executor is selected without a flag), options ({command-line option: key of its config.ini section}, which
-    override config.ini for one launch) and section (that section's name, or None).
+    executor is selected without a flag), section and settings (its config.ini section's name and keys, or None and
+    {}) and options ({command-line option: key of that section}, which override config.ini for one launch).
 
     The facade calls, in order: check() (refuse before anything is written, e.g. a scheduler that is not there),
     warm_up(backend) (start what takes long while the plan is made), then run(plan) -> exit code, or abort() when
@@ -38,8 +38,9 @@ class Executor:
     status_lines(layout) adds the scheduler's own lines to --status.
     """
     name = None
-    options = {}
     section = None
+    settings = {}  # {key of its config.ini section: (kind as in CONFIG_SCHEMA, default text where the file lacks it)}
+    options = {}
     devices_hint = "the scheduler allocates them"  # why DEVICES on the command line mean nothing to it
 
     def __init__(self, config, devices, argv, routine_file, started=None):
@@ -67,6 +68,12 @@ class Executor:
 def executor_class(name):
     """The Executor subclass registered as name."""
     return importlib.import_module(EXECUTORS[name]).EXECUTOR
+
+
+def executor_sections():
+    """{section: settings} of every registered executor that has settings, for utility_functions.load_config."""
+    classes = [executor_class(name) for name in EXECUTORS]
+    return {cls.section: cls.settings for cls in classes if cls.section}
 
 
 def rebuild_spreadsheet(layout, debug=False):

@@ -99,8 +99,6 @@ CONFIG_SCHEMA = {
                  "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
                  "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS)},
     "claims": {"grace_seconds": float},
-    "slurm": {"partition": str, "time": str, "mem": str, "cpus_per_task": int, "gres": str, "max_parallel": int,
-              "extra_sbatch": str},
 }
 # keys added since config.ini files were first copied (main at 167406f): {(section, key): the value that does what
 # xval did before the key existed}, taken where an older config.ini lacks the key
@@ -110,8 +108,7 @@ _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds")
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
              ("features", "win_length"), ("features", "hop_length"), ("features", "n_mels"),
              ("features", "n_mfcc"), ("training", "batch_size"), ("training", "num_epochs"),
-             ("training", "learning_rate"), ("features", "power_law_compression"), ("slurm", "cpus_per_task"),
-             ("claims", "grace_seconds")}
+             ("training", "learning_rate"), ("features", "power_law_compression"), ("claims", "grace_seconds")}
 
 
 def config_path_in_use(path=None):
@@ -145,8 +142,10 @@ def parse_config_value(raw, kind, config_dir, where):
     return raw
 
 
-def load_config(path=None):
-    """Read config.ini into {section: {key: typed value}}; every key of CONFIG_SCHEMA must be there and typed right.
+def load_config(path=None, sections=None):
+    """Read config.ini into {section: {key: typed value}}; every key of CONFIG_SCHEMA must be there (but the
+    ADDED_KEYS an older file may lack) and typed right. sections: further {section: {key: (kind, default text)}}
+    to read, whose keys the file may lack (an executor's settings: executors.executor_sections()).
 
     Paths come back absolute (relative ones are taken from the folder of config.ini, never the current directory).
     Raises XvalError naming the file, section and key of the first problem.
@@ -177,12 +176,13 @@ def load_config(path=None):
             if (section, key) in _POSITIVE and value <= 0:
                 raise XvalError(f"{where} = {value} must be greater than 0: fix that line")
             config[section][key] = value
+    for section, keys in (sections or {}).items():
+        config[section] = {key: parse_config_value(parser.get(section, key) if parser.has_option(section, key)
+                                                   else default, kind, path.parent, f"{path} [{section}] {key}")
+                           for key, (kind, default) in keys.items()}
     share = config["folds"]["validation_share"]
     if not 0 < share < 1:
         raise XvalError(f"{path} [folds] validation_share = {share} must be between 0 and 1: fix that line")
-    if config["slurm"]["max_parallel"] < 0:
-        raise XvalError(f"{path} [slurm] max_parallel = {config['slurm']['max_parallel']} must be 0 (no cap) or "
-                        "more: fix that line")
     return config
 
 

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, run_fold_task
+from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task
 from foldjob import fold_state
 from layout import Layout
 from plan import accept, make_plan
-from utility_functions import CONFIG_SCHEMA, XvalError, exit_on_user_error, load_config, parse_config_value
+from utility_functions import XvalError, exit_on_user_error, load_config, parse_config_value
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one batch scheduler's task
 MODES = ("smoke", "status")  # besides running: --smoke (each instance briefly), --status (each fold job's state)
@@ -141,12 +141,12 @@ def read_command(settings, argv, routine_file):
     check_settings(settings)
     default_devices = parse_devices(-1 if settings["gpu_ID"] is None else settings["gpu_ID"], "gpu_ID")
     command = parse_command_line(argv, sorted(settings["experiment_dict"]), default_devices, Path(routine_file).name)
-    config = load_config()
+    config = load_config(sections=executor_sections())
     if command["options"]:
-        section = executor_class(command["mode"]).section
+        executor = executor_class(command["mode"])
         for key, text in command["options"].items():
-            option = next(name for name, value in executor_class(command["mode"]).options.items() if value == key)
-            config[section][key] = parse_config_value(text, CONFIG_SCHEMA[section][key], Path.cwd(), option)
+            option = next(name for name, value in executor.options.items() if value == key)
+            config[executor.section][key] = parse_config_value(text, executor.settings[key][0], Path.cwd(), option)
     return command, config
 
 

@@ -16,11 +16,28 @@ EXAMPLES = ["xval_routine_example.py", "xval_routine_regression_example.py"]
 
 
 def test_the_shipped_config_has_every_key_with_the_right_type():
-    config = load_config(REPO / "config.ini")
-    assert {section: set(keys) for section, keys in config.items()} == \
-        {section: set(keys) for section, keys in CONFIG_SCHEMA.items()}
+    import configparser
+
+    from executors import executor_sections
+    sections = executor_sections()
+    config = load_config(REPO / "config.ini", sections)
+    expected = {**{section: set(keys) for section, keys in CONFIG_SCHEMA.items()},
+                **{section: set(keys) for section, keys in sections.items()}}
+    assert {section: set(keys) for section, keys in config.items()} == expected
+    shipped = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    shipped.read(REPO / "config.ini", encoding="utf-8")
+    assert {section: set(shipped[section]) for section in shipped.sections()} == expected
     assert config["preprocessing"]["sample_rate"] == 16000
     assert isinstance(config["training"]["early_stopping"], bool)
+
+
+def test_an_executor_section_may_be_missing_and_takes_the_shipped_values(tmp_path):
+    from executors import executor_sections
+    sections = executor_sections()
+    text = (REPO / "config.ini").read_text()
+    lean = tmp_path / "config.ini"
+    lean.write_text(text[:text.index("[slurm]")])
+    assert load_config(lean, sections)["slurm"] == load_config(REPO / "config.ini", sections)["slurm"]
 
 
 def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directory(tmp_path):
