@@ -27,6 +27,7 @@ SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chos
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
                  "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
 STATUSES = ("complete", "incomplete", "failed")
+OTHER_SPLIT = "complete, other split"  # the status shown of a complete instance trained on another split
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
 
@@ -42,7 +43,8 @@ def finite_number(value):
 NUMBER = (finite_number, None)
 FOLD_SCHEMA = {"fold": int, "metrics": ({str: {str: NUMBER}}, None), "best_epoch": (int, None),
                "epochs_run": (int, None), "seconds": NUMBER, "timings": ({str: NUMBER}, None),
-               "test_items": (list, None), "history": ({str: [NUMBER]}, None),
+               "train_items": (list, None), "val_items": (list, None), "test_items": (list, None),
+               "history": ({str: [NUMBER]}, None),
                "confusion_matrix": ({"test": ([[finite_number]], None)}, None)}
 RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__contains__, "experiment": (int, None),
                  "dataset": (str, None), "error": (str, None), "parameters": (dict, None),
@@ -153,7 +155,30 @@ def load_instances(experiment_folder):
     if not instances:
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
+    mark_other_splits(instances, Path(experiment_folder))
     return instances
+
+
+def split_of(folds):
+    """The fold assignment of folds (a results file's, or folds.json's): ((fold, train, val, test items), ...)."""
+    return tuple((fold["fold"], *(tuple(fold.get(f"{split}_items") or ()) for split in ("train", "val", "test")))
+                 for fold in folds)
+
+
+def mark_other_splits(instances, experiment_folder):
+    """Instances are compared fold by fold (the choice on validation, the selection-aware estimate, the paired
+    tests), so only on one split: that of folds.json (else of the lowest-numbered complete instance). A complete
+    instance trained on another split is shown as OTHER_SPLIT, no longer counts as complete, and is named once."""
+    complete = [instance for instance in instances if instance.complete]
+    try:
+        reference = split_of(read_json(Layout(experiment_folder, None, None).folds)["folds"])
+    except (OSError, XvalError, KeyError, TypeError):
+        reference = split_of(complete[0].folds) if complete else None
+    for instance in complete:
+        if split_of(instance.folds) != reference:
+            instance.complete, instance.status = False, OTHER_SPLIT
+            warn(f"{instance.source} was trained on another split than the experiment's folds.json: it is left out "
+                 "of the comparison (the choice on validation, the selection-aware estimate, the p-values)")
 
 
 # ---- What the numbers say: the routine's choice and estimate, paired tests against it

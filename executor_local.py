@@ -22,8 +22,8 @@ import numpy as np
 from executors import Executor, rebuild_spreadsheet
 from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
                      report_attempt)
-from launchers import ForkServerLauncher, fold_environment
-from utility_functions import HOST, atomic_write_json
+from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
+from utility_functions import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, HOST, XvalError, atomic_write_json
 
 WAIT_SLICE = 0.5  # seconds: how often the routine's main thread, waiting for its workers, looks for a Ctrl-C
 SMOKE_BATCHES = 2  # batches per split of a smoke run's fold
@@ -129,8 +129,8 @@ class LocalExecutor(Executor):
                 raise KeyboardInterrupt
             started = time.monotonic()
             code, error_line = launcher.run(job_path, log_path, job["label"])
-            if self.interrupted:  # the fold was stopped by Ctrl-C, not failed: no failure record, claim released
-                raise KeyboardInterrupt
+            if self.interrupted or code == INTERRUPTED_EXIT:  # stopped by Ctrl-C, not failed: no failure record
+                raise KeyboardInterrupt  # (the fold's own exit code says so even before this thread hears of it)
             with self.lock:
                 self.fold_runs.append({"instance": planned.instance, "fold": fold["fold"], "device": worker.label,
                                        "seconds": round(time.monotonic() - started, 3), "exit_code": code})
@@ -223,11 +223,11 @@ class LocalExecutor(Executor):
         done is assembled once more (its last fold may have landed in another process that was killed meanwhile)."""
         if outcomes.get("failed"):
             return "failed"
-        if outcomes.get("busy"):
-            return "busy"
         if planned.missing and not outcomes:
             return "stopped"
         collected = collect_instance(plan.layout, planned.instance, instance_record(plan, planned))
+        if outcomes.get("busy"):  # left to another process, which may have completed the instance meanwhile
+            return "complete" if collected.status == "complete" else "busy"
         if collected.status != "complete":
             return "stopped"
         if not planned.missing:
@@ -289,12 +289,12 @@ class LocalExecutor(Executor):
             if plan.debug:
                 print(f"debug_mode: stopped at the first failure (instance {counts['failed'][0]})", file=sys.stderr)
         if counts["failed"] or counts["stopped"]:
-            return 1
+            return EXIT_FAILED
         if counts["busy"]:
             print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} are being run by another process and are "
                   "not complete yet (exit code 3): rerun this routine when it is done to check", file=sys.stderr)
-            return 3
-        return 0
+            return EXIT_ELSEWHERE
+        return EXIT_DONE
 
     def smoke(self, plan):
         """Each selected instance on the first fold for one epoch of SMOKE_BATCHES batches, in a scratch folder that
@@ -323,14 +323,19 @@ class LocalExecutor(Executor):
             shutil.rmtree(scratch.layout.root, ignore_errors=True)
         print(f"xval: smoke run: {len(plan.selected) - len(failed)} ok, {len(failed)} failed; nothing was written "
               f"to {plan.layout.root}")
-        return 1 if failed else 0
+        return EXIT_FAILED if failed else EXIT_DONE
 
 
 def print_choice(layout):
     """Print which instance is chosen on validation and the test number to report, from the summary JSON that
     the last spreadsheet rebuild wrote (nothing if there is none)."""
     import collect  # here, not at the top: pandas and scipy, which planning never needs
-    for summary in collect.read_routine_summary(layout.root).values():
+    try:
+        summaries = collect.read_routine_summary(layout.root)
+    except (XvalError, OSError) as error:  # a view: a damaged summary loses nothing, the spreadsheet rebuilds it
+        print(f"warning: the routine's summary cannot be shown ({error})", file=sys.stderr)
+        return
+    for summary in summaries.values():
         for line in collect.honest_lines(summary)[:2]:
             print(f"xval: {line}")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from executors import Executor, rebuild_spreadsheet
 from foldjob import build_job
-from utility_functions import HOST, PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, config_path_in_use
+from utility_functions import (EXIT_DONE, HOST, PROJECT_DIR, SLURM_LIVE_STATES, XvalError, atomic_write_json,
+                               atomic_write_text, config_path_in_use, read_json)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one array task
 # config.ini [slurm]: {key: (kind, default where the file lacks it)}
@@ -33,9 +34,9 @@ def slurm_job_name(dataset, experiment):
 
 def sbatch_value(text):
     """A value for an #SBATCH line: in double quotes when it holds a space (sbatch reads those as one word)."""
-    if '"' in text:
-        raise XvalError(f"{text!r} holds a double quote, which an #SBATCH line cannot carry: rename the folder or "
-                        "dataset for --slurm")
+    if '"' in text or "\n" in text or "\r" in text:
+        raise XvalError(f"{text!r} holds a double quote or a line break, which an #SBATCH line cannot carry: rename "
+                        "the folder or dataset for --slurm (a local run takes any path)")
     return f'"{text}"' if any(character.isspace() for character in text) else text
 
 
@@ -97,10 +98,11 @@ def sbatch_command():
     return command
 
 
-def sbatch(arguments):
-    """Submit with sbatch --parsable; returns the job id, or raises XvalError with sbatch's own message."""
+def sbatch(arguments, script=None):
+    """Submit with sbatch --parsable (the script from stdin when given as text); returns the job id, or raises
+    XvalError with sbatch's own message."""
     completed = subprocess.run([sbatch_command(), "--parsable", *map(str, arguments)], capture_output=True,
-                               text=True)
+                               text=True, input=script)
     if completed.returncode != 0:
         message = " ".join(completed.stderr.split()) or f"exit code {completed.returncode}"
         raise XvalError(f"sbatch refused the submission ({message}): check the [slurm] section of config.ini or "
@@ -108,11 +110,30 @@ def sbatch(arguments):
     return completed.stdout.strip().split(";")[0]
 
 
+def queued_fold_jobs(layout):
+    """{"run{R}_fold{F}": array job} of the fold jobs of this experiment's earlier submissions whose array task
+    SLURM still holds (pending, running, requeued), from their submitted.json and squeue."""
+    squeue, queued = shutil.which("squeue"), {}
+    for path in sorted(layout.slurm.glob("*/submitted.json")) if squeue else []:
+        try:
+            record = read_json(path)
+            names = [Path(entry).name.removesuffix(".job.json") for entry in record["fold_jobs"]]
+            listed = subprocess.run([squeue, "-h", "-r", "-j", str(record["array_job"]), "-o", "%K %T"],
+                                    capture_output=True, text=True, timeout=60)
+        except (XvalError, OSError, KeyError, TypeError, subprocess.TimeoutExpired):
+            continue  # a damaged record or an unanswered squeue: that array is not counted as queued
+        for index, state in (line.split()[:2] for line in listed.stdout.splitlines() if len(line.split()) >= 2):
+            if index.isdigit() and int(index) < len(names) and state in SLURM_LIVE_STATES:
+                queued[names[int(index)]] = record["array_job"]
+    return queued
+
+
 class SlurmExecutor(Executor):
     """The fold jobs as the tasks of a SLURM job array (see the module docstring)."""
     name = "slurm"
     section, settings, options = "slurm", SETTINGS, OPTIONS
     devices_hint = "SLURM allocates them: [slurm] gres, or --gres"
+    about = "submit the missing fold jobs as a SLURM job array"
 
     def check(self):
         """Refused before anything is written: no sbatch here, or resources that cannot be asked for."""
@@ -121,23 +142,51 @@ class SlurmExecutor(Executor):
             raise XvalError(f"[slurm] cpus_per_task must be 1 or more and max_parallel 0 (no cap) or more, got "
                             f"{slurm['cpus_per_task']} and {slurm['max_parallel']}: fix config.ini, or --cpus-per-task "
                             "and --max-parallel")
+        for key in ("time", "mem"):
+            if not slurm[key].strip():
+                raise XvalError(f"[slurm] {key} is empty: give the fold jobs' {key} (e.g. {SETTINGS[key][1]}) in "
+                                f"config.ini or with --{key}; sbatch would silently use the cluster's default")
         sbatch_command()
 
-    def run(self, plan):
-        """Write the missing fold jobs and the sbatch scripts into slurm/{time}_{pid}/, and submit them: the fold
-        array, then the spreadsheet job after it. Returns 0."""
-        jobs, slurm = plan.missing_jobs(), self.config["slurm"]
-        if not jobs:
-            print("xval: nothing to submit: every selected fold job is done", flush=True)
-            rebuild_spreadsheet(plan.layout, plan.debug)
-            return 0
-        folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
-        list_path = folder / "fold_jobs.json"
-        atomic_write_json(list_path, [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
+    def validate(self, plan):
+        """What will be submitted, checked by sbatch --test-only before anything is written: the fold jobs still
+        missing and not queued in an earlier submission's array, and the scripts' resources."""
+        slurm, queued = self.config["slurm"], queued_fold_jobs(plan.layout)
+        missing = {f"run{planned.instance}_fold{fold['fold']}": (planned, fold)
+                   for planned, fold in plan.missing_jobs()}
+        self.jobs = [job for name, job in missing.items() if name not in queued]
+        self.queued = {name: array for name, array in queued.items() if name in missing}
+        self.folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
         command_line = " ".join(["python3", Path(self.routine_file).name, *self.argv])
-        atomic_write_text(folder / "folds.sbatch", fold_array_script(plan, slurm, list_path, len(jobs), command_line))
-        atomic_write_text(folder / "spreadsheet.sbatch", spreadsheet_script(plan, slurm))
-        array = sbatch([folder / "folds.sbatch"])
+        self.scripts = {"folds.sbatch": fold_array_script(plan, slurm, self.folder / "fold_jobs.json",
+                                                          max(1, len(self.jobs)), command_line),
+                        "spreadsheet.sbatch": spreadsheet_script(plan, slurm)}
+        if self.jobs:
+            for script in self.scripts.values():
+                sbatch(["--test-only"], script)
+
+    def run(self, plan):
+        """Write the fold jobs to submit and the sbatch scripts into slurm/{time}_{pid}/, and submit them: the fold
+        array, then the spreadsheet job after it. Returns 0. A refused submission leaves no submission folder."""
+        if self.queued:
+            arrays = sorted(set(self.queued.values()))
+            print(f"xval: {len(self.queued)} fold job(s) are queued already in SLURM array(s) {', '.join(arrays)} "
+                  f"({', '.join(sorted(self.queued))}): not submitted again", flush=True)
+        if not self.jobs:
+            print(f"xval: nothing to submit: every selected fold job is done{' or queued' if self.queued else ''}",
+                  flush=True)
+            rebuild_spreadsheet(plan.layout, plan.debug)
+            return EXIT_DONE
+        jobs, slurm, folder = self.jobs, self.config["slurm"], self.folder
+        try:
+            atomic_write_json(folder / "fold_jobs.json",
+                              [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
+            for name, script in self.scripts.items():
+                atomic_write_text(folder / name, script)
+            array = sbatch([folder / "folds.sbatch"])
+        except XvalError:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was submitted: no submission to keep
+            raise
         record = {"array_job": array, "spreadsheet_job": None, "fold_jobs": [
             f"run{planned.instance}_fold{fold['fold']}" for planned, fold in jobs], "host": HOST,
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -152,7 +201,7 @@ class SlurmExecutor(Executor):
         print(f"xval: submitted {len(jobs)} fold job(s) as SLURM array {array} ({folder / 'folds.sbatch'}), and the "
               f"spreadsheet as job {sheet} after it. Follow them with: python3 {Path(self.routine_file).name} "
               "--status", flush=True)
-        return 0
+        return EXIT_DONE
 
     @staticmethod
     def status_lines(layout):

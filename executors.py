@@ -21,7 +21,7 @@ from pathlib import Path
 
 from foldjob import attempt, job_layout, read_job, report_attempt, upgrade_job
 from launchers import ProcessLauncher, fold_environment
-from utility_functions import HOST, file_mutex, read_json, slurm_job_id
+from utility_functions import EXIT_DONE, EXIT_FAILED, HOST, file_mutex, read_json, slurm_job_id
 
 EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}  # name (--name selects it): module
 DEFAULT_EXECUTOR = "local"
@@ -42,6 +42,7 @@ class Executor:
     settings = {}  # {key of its config.ini section: (kind as in CONFIG_SCHEMA, default text where the file lacks it)}
     options = {}
     devices_hint = "the scheduler allocates them"  # why DEVICES on the command line mean nothing to it
+    about = ""  # what its flag does, for the routine's --help
 
     def __init__(self, config, devices, argv, routine_file, started=None):
         self.config, self.devices, self.argv, self.routine_file = config, devices, list(argv), routine_file
@@ -53,6 +54,9 @@ class Executor:
 
     def warm_up(self, backend):
         pass
+
+    def validate(self, plan):
+        """Refuse, before anything is written, what this executor cannot do with the plan."""
 
     def abort(self):
         pass
@@ -130,4 +134,4 @@ def run_fold_task(submission, index):
                              result, time.monotonic() - started, where)
     if changed:
         rebuild_spreadsheet(job_layout(job))
-    return 1 if result.outcome == "failed" else 0
+    return EXIT_FAILED if result.outcome == "failed" else EXIT_DONE

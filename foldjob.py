@@ -21,8 +21,8 @@ from typing import NamedTuple
 from layout import Layout, weights_path
 from registries import MAIN_METRIC
 from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, file_mutex, heartbeat,
-                               heartbeat_age, heartbeat_interval, load_config, lock_owner_alive, mean_and_std, read_json,
-                               release, slurm_job_id, to_jsonable)
+                               heartbeat_age, heartbeat_interval, load_config, lock_owner_alive, mean_and_std,
+                               read_json, release, slurm_job_id, to_jsonable)
 
 JOB_FORMAT = 2  # 1: the job files of main at 167406f (paths spelt out in a "collect" section); 2: from the Layout
 
@@ -38,6 +38,8 @@ def fold_fingerprint(parameter_hash_value, dataset_fingerprint_value, fold):
 
 def fold_result_problem(path, result, expected, experiment_dir):
     """Why the fold result at path cannot stand for the fold job fingerprinted `expected` (one line), or None."""
+    if not isinstance(result, dict):
+        return f"{path} is damaged (not a fold result)"
     if result.get("parameter_hash") != expected["parameter_hash"]:
         return f"{path} was computed with other parameters"
     if result.get("dataset_fingerprint") != expected["dataset_fingerprint"]:
@@ -65,7 +67,10 @@ def reusable_folds(layout, instance, fingerprints):
             return done, problem
         done[index] = result
     path = layout.instance(instance).result
-    if path.exists() and read_json(path).get("parameter_hash") != fingerprints[0]["parameter_hash"]:
+    recorded = read_json(path) if path.exists() else {}
+    if not isinstance(recorded, dict):
+        return done, f"{path} is damaged (not an instance's results)"
+    if path.exists() and recorded.get("parameter_hash") != fingerprints[0]["parameter_hash"]:
         return done, f"{path} was computed with other parameters"
     return done, None
 

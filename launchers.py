@@ -12,8 +12,9 @@ tails the log sees each epoch as it ends), and read it with one parser (FoldOutp
 
 The line protocol, printed by training.py: `xval-device: <backend> <the GPUs it sees, or cpu>`, one
 `xval-epoch: <epoch>/<epochs> <metrics>` per epoch, and on failure a last `xval-error: <one line>`; after each fold
-the fork server prints `xval-exit: <the child's exit code>`.
+the fork server prints `xval-exit: <the child's exit code>` (INTERRUPTED_EXIT for a fold stopped by Ctrl-C).
 """
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ ERROR_PREFIX = "xval-error: "
 EPOCH_PREFIX = "xval-epoch: "
 EXIT_PREFIX = "xval-exit: "
 DEVICE_PREFIX = "xval-device: "
+INTERRUPTED_EXIT = 130  # a fold stopped by Ctrl-C (SIGINT) exits with this: stopped, not failed
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # OpenMP and the BLAS libraries
 PROGRESS_WIDTH = 150  # characters of the running epoch line shown in a terminal
 
@@ -64,7 +66,13 @@ class FoldOutput:
         self.error, self.seen = None, None
 
     def feed(self, line):
-        self.log.write(line)
+        if self.log is not None:
+            try:
+                self.log.write(line)
+            except OSError as error:  # a full disk: the log stops, the fold and its protocol go on
+                print(f"warning: {self.log.name} can no longer be written ({error.strerror}): the rest of "
+                      f"{self.label}'s output is not logged", file=sys.stderr, flush=True)
+                self.log = None
         if line.startswith(ERROR_PREFIX):
             self.error = line[len(ERROR_PREFIX):].strip()
         elif line.startswith(DEVICE_PREFIX):
@@ -101,9 +109,8 @@ class ProcessLauncher(Launcher):
 
     def run(self, job_path, log_path, label):
         with open(log_path, "a", encoding="utf-8", buffering=1) as log:
-            log.write(attempt_header(self.where, label))
-            log.flush()
             output = FoldOutput(log, label, self.show_progress)
+            output.feed(attempt_header(self.where, label))
             process = subprocess.Popen([sys.executable, str(TRAINING_SCRIPT), str(job_path)], stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
                                        env=self.environment, cwd=str(PROJECT_DIR), bufsize=1)
@@ -144,11 +151,10 @@ class ForkServerLauncher(Launcher):
         self.used = True
         code = None
         with open(log_path, "a", encoding="utf-8", buffering=1) as log:
-            log.write(attempt_header(self.where, label))
-            log.flush()
             output = FoldOutput(log, label, self.show_progress)
+            output.feed(attempt_header(self.where, label))
             try:
-                self.server.stdin.write(f"{job_path}\n")
+                self.server.stdin.write(json.dumps(str(job_path)) + "\n")  # one line, whatever the path holds
                 self.server.stdin.flush()
             except OSError:
                 pass  # the server died: its output and exit code below say why

@@ -26,10 +26,10 @@ from layout import Layout
 from parameters import (architecture_signatures, changed_parameters, check_backend_installed, parameter_hash,
                         parameters_text, resolve_instance)
 from registries import SPLITTERS
-from utility_functions import (HOST, PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, check_dataset,
-                               check_target, config_path_in_use, dataset_file_stats, dataset_fingerprint,
-                               dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
-                               remove_stale_temp_files)
+from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
+                               check_dataset, check_target, config_path_in_use, dataset_file_stats,
+                               dataset_fingerprint, dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
+                               remove_stale_temp_files, storage_error, unwritable)
 
 PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "jaxlib", "librosa", "scikit-learn",
                      "pandas", "soundfile", "xlsxwriter", "matplotlib", "h5py")
@@ -190,6 +190,8 @@ def check_saved_folds(path, wanted):
     """Refuse a run whose split settings differ from the experiment's folds.json; returns the saved folds."""
     try:
         saved = read_json(path)
+        if not isinstance(saved, dict):
+            raise TypeError("'folds'")
         folds = saved["folds"]
         for key, value in wanted.items():
             if saved.get(key, FOLD_SETTING_DEFAULTS.get(key)) != value:
@@ -201,6 +203,23 @@ def check_saved_folds(path, wanted):
         raise XvalError(f"{path} is damaged (no {error}): restore it from a backup, or delete it only if no "
                         "fold of this experiment was trained yet") from None
     return folds
+
+
+def check_results_split(layout, folds, replaced=()):
+    """XvalError unless every fold result in the experiment folder, of any instance (selected or not), was trained
+    on these folds: instances are compared fold by fold, so they must share one split. Called where folds.json is
+    missing (a new split is made); replaced: instances whose results overwrite_results replaces."""
+    by_number = {fold["fold"]: fold for fold in folds}
+    skip = tuple(f"results_{layout.stem(instance)}_fold" for instance in replaced)
+    for path in sorted((layout.results / "folds").glob("results_*_fold*.json")):
+        result = read_json(path) if not path.name.startswith(skip) else None
+        fold = by_number.get(result.get("fold")) if isinstance(result, dict) else None
+        if result is not None and (fold is None or any(result.get(f"{split}_items") != fold[f"{split}_items"]
+                                                       for split in SPLITS)):
+            raise XvalError(f"{layout.folds} is missing, and {path} was trained on another split than this run would "
+                            "make: instances on different splits cannot be compared fold by fold; restore folds.json "
+                            "(from a backup, or by running with the settings it was made with: num_folds, [folds] "
+                            "splitter, folds_seed, validation_share), or use another num_experiment")
 
 
 def planned_folds(layout, wanted, labels):
@@ -322,6 +341,8 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
     layout = Layout(experiment_dir, dataset, settings["num_experiment"])
     split = fold_settings(dataset, items, num_folds, config["folds"])
     folds = planned_folds(layout, split, labels)
+    if not layout.folds.exists() and reuse:
+        check_results_split(layout, folds, selected if settings["overwrite_results"] else ())
     instances, warnings = [], []
     for instance in selected:
         parameters, where = resolved[instance], f"experiment_dict[{instance}]"
@@ -352,12 +373,12 @@ def check_writable(folder):
     """Create folder if needed and prove it writable, or explain."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        reason = unwritable(folder)
     except OSError as error:
-        raise XvalError(f"experiment folder {folder} is not writable ({error.strerror}): choose another "
-                        "experiment_folder or fix its permissions") from None
+        reason = error.strerror
+    if reason:
+        raise XvalError(f"experiment folder {folder} is not writable ({reason}): choose another experiment_folder "
+                        "or fix its permissions")
 
 
 def snapshot_code(layout, routine_file, config_file):
@@ -365,6 +386,17 @@ def snapshot_code(layout, routine_file, config_file):
     versions."""
     target = layout.code_snapshot(time.strftime('%Y%m%d-%H%M%S'), HOST, os.getpid())
     staging = target.with_name(f".{target.name}.xvaltmp-{HOST}-{os.getpid()}")
+    try:
+        write_snapshot(staging, routine_file, config_file)
+        os.rename(staging, target)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise storage_error(target, error) from None
+    return target
+
+
+def write_snapshot(staging, routine_file, config_file):
+    """The content of a code snapshot, written into the folder staging."""
     staging.mkdir(parents=True)
     for script in sorted(PROJECT_DIR.glob("*.py")):
         shutil.copy2(script, staging / script.name)
@@ -384,8 +416,6 @@ def snapshot_code(layout, routine_file, config_file):
         except metadata.PackageNotFoundError:
             versions[package] = None
     (staging / "versions.json").write_text(json.dumps(versions, indent=1), encoding="utf-8")
-    os.rename(staging, target)
-    return target
 
 
 def accept(plan, routine_file):

@@ -48,8 +48,8 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file, config_path_in_use,
-                               dataset_paths, exit_on_user_error, load_config, read_json, remove_stale_temp_files,
-                               temp_path_for)
+                               dataset_paths, exit_on_user_error, files_under, load_config, read_json,
+                               remove_stale_temp_files, temp_path_for, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
@@ -63,7 +63,8 @@ DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what --folders reads
 SKIP_KINDS = {  # kind of skipped row -> how the summary names it
     "missing_file": "audio file not found", "unreadable": "unreadable or empty audio",
-    "empty_label": "empty label", "bad_label": "label not usable", "no_item": "no foldable item",
+    "empty_label": "empty label", "no_label": "no label in the file name", "bad_label": "label not usable",
+    "no_item": "no foldable item", "duplicate_row": "the same clip listed again",
     "single_clip_item": "the only clip of its foldable item",
 }
 
@@ -157,23 +158,26 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
                         "each file's speaker, or --fold-by file for a speaker-dependent split")
     groups = name_pattern(group_pattern, "group", "--group-pattern", "^(?P<group>[^_]+)_")
     labels = name_pattern(label_pattern, "label", "--label-pattern", "^(?P<label>\\d)_")
-    paths = sorted(path for path in folder.glob("**/*" if labels else "*/**/*") if path.is_file()
-                   and TEMP_MARKER not in path.name and path.suffix.lower() in AUDIO_SUFFIXES)
+    paths = [path for path in files_under(folder) if TEMP_MARKER not in path.name
+             and path.suffix.lower() in AUDIO_SUFFIXES and (labels or len(path.relative_to(folder).parts) > 1)]
     if not paths:
         raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
                         f"({', '.join(AUDIO_SUFFIXES)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
                         "in the file names with --label-pattern")
     clips, skipped = [], []
-    for number, path in enumerate(paths, start=1):
+    for path in paths:  # no rows here: a skipped file is named by its path
         relative = path.relative_to(folder).as_posix()
         group_match = groups.search(path.name) if groups else None
         item = relative if fold_by == FOLD_BY_FILE else (group_match["group"] or "" if group_match else "")
         label_match = labels.search(path.name) if labels else None
         label = relative.split("/")[0] if labels is None else (label_match["label"] or "" if label_match else "")
-        clip = clip_entry(number, relative, path, label, item, {"file": relative, "label": label, "group": item})
+        clip = clip_entry(None, relative, path, label, item, {"file": relative, "label": label, "group": item})
         if not item:
             skipped.append(skip_entry(clip, "no_item", f"--group-pattern {group_pattern!r} finds no group in the "
                                                        "name"))
+        elif not label:
+            skipped.append(skip_entry(clip, "no_label", f"--label-pattern {label_pattern!r} finds no label in the "
+                                                        "name"))
         else:
             clips.append(clip)
     return clips, skipped, file_stats(paths, folder)
@@ -183,8 +187,41 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
 # Labels to targets
 
 def parse_class_order(text):
-    """--classes 'a,b,c' -> ['a', 'b', 'c'] (None for none given)."""
-    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+    """--classes 'a,b,c' -> ['a', 'b', 'c'] (None for none given); a class named twice is refused."""
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise XvalError(f"--classes names {', '.join(twice)} more than once: list each class once (the order of "
+                        "--classes is the order of the model's outputs)")
+    return names
+
+
+def repeated_clips(clips):
+    """(clips without repeats, skipped repeats): a row that lists the same audio file (links resolved) with the
+    same label and foldable item as an earlier one is skipped; the same file with another label or foldable item
+    is refused, since a clip has one label and belongs to one foldable item (else it could sit in training and
+    test at once)."""
+    first, kept, skipped = {}, [], []
+    for clip in clips:
+        key = os.path.realpath(clip["path"])
+        if key not in first:
+            first[key] = clip
+            kept.append(clip)
+            continue
+        earlier = first[key]
+        if (earlier["label"], earlier["item"]) != (clip["label"], clip["item"]):
+            raise XvalError(f"{clip_name(earlier)} and {clip_name(clip)} list the same audio file with label "
+                            f"{earlier['label']!r} / {clip['label']!r} and foldable item {earlier['item']!r} / "
+                            f"{clip['item']!r}: a clip has one label and belongs to one foldable item; fix the table")
+        skipped.append(skip_entry(clip, "duplicate_row", f"repeats {clip_name(earlier)}"))
+    return kept, skipped
+
+
+def clip_name(clip):
+    """How a message names a clip: 'row 12 (a.wav)' where the table has rows, else its file."""
+    return f"row {clip['row']} ({clip['file']})" if clip["row"] is not None else clip["file"]
 
 
 def label_targets(clips, target_kind, class_names=None):
@@ -301,15 +338,16 @@ def features_of_chunk(task):
     """Features of a chunk of files. task: {paths, length, feature_settings, plan} (plan: feat_analysis's).
 
     Returns (float32 (pieces of the readable files, frames, bins), [per file: pieces (0 if unreadable), None or
-    why it was skipped, native rate or None, duration in s or None])."""
+    why it was skipped, native rate or None, duration in s or None, SHA-256 of its bytes or None])."""
     settings, pieces, outcomes = task["feature_settings"], [], []
     for path in task["paths"]:
         try:
             signals, native_rate, duration = clip_signals(path, task["length"])
             pieces.append(signals)
-            outcomes.append((len(signals), None, native_rate, duration))
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # tells copies of one recording apart
+            outcomes.append((len(signals), None, native_rate, duration, digest))
         except (RuntimeError, OSError, ValueError, EOFError) as error:
-            outcomes.append((0, f"cannot be read: {error_text(error)}", None, None))
+            outcomes.append((0, f"cannot be read: {error_text(error)}", None, None, None))
     samples = task["length"]["clip_samples" if task["length"]["mode"] == "fixed" else "window_samples"]
     if not pieces:
         frames = feat_analysis.n_frames(samples, settings["hop_length"])
@@ -347,7 +385,8 @@ def _pool_context():
 def compute_features(clips, length, feature_settings, jobs, label):
     """Features of all clips in order, over jobs processes with a progress bar.
 
-    Returns (float32 (pieces of the readable clips, frames, bins), [per clip: (pieces, reason, rate, duration)])."""
+    Returns (float32 (pieces of the readable clips, frames, bins), [per clip: (pieces, reason, rate, duration,
+    digest)])."""
     plan = feat_analysis.analysis_plan(length["sample_rate"], feature_settings)
     chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
     tasks = [{"paths": [clip["path"] for clip in chunk], "length": length, "feature_settings": feature_settings,
@@ -434,12 +473,9 @@ def input_fingerprint(stats, table, preprocessing_settings, feature_settings, ta
 def save_npz(path, arrays):
     """np.savez (uncompressed, no pickle) of {key: array} to path, atomically."""
     temp = temp_path_for(path)
-    try:
+    with writing(path, temp):
         np.savez(temp, **arrays)
         commit_temp_file(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def write_dataset(paths, clips, features, target_kind, class_names, metadata, windows):
@@ -462,14 +498,33 @@ def write_dataset(paths, clips, features, target_kind, class_names, metadata, wi
     atomic_write_json(paths["metadata"], metadata)
 
 
-def reusable(paths, fingerprint):
-    """Whether the dataset files exist and were made from the same inputs and settings."""
+def existing_metadata(paths):
+    """The metadata of the dataset at paths when all its files are there (a complete dataset), else None."""
     if not (paths["predictors"].is_file() and paths["target"].is_file() and paths["metadata"].is_file()):
-        return False
+        return None
     try:
-        return read_json(paths["metadata"]).get("fingerprint") == fingerprint
-    except (XvalError, OSError, AttributeError):
-        return False
+        metadata = read_json(paths["metadata"])
+    except (XvalError, OSError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, source):
+    """What differs between an existing dataset (its metadata) and this run ([] when it can be reused): the
+    fingerprint covers settings, table and input files; the class order asked for by --classes is compared too."""
+    if metadata.get("fingerprint") == fingerprint and class_names in (None, metadata.get("class_names")):
+        return []
+    differences = []
+    for section, was, now in (("features", metadata.get("feature_settings"), feature_settings),
+                              ("preprocessing", metadata.get("preprocessing_settings"), pre)):
+        was = was if isinstance(was, dict) else {}
+        differences += [f"[{section}] {key} {was.get(key)!r} -> {value!r}" for key, value in now.items()
+                        if was.get(key) != value]
+    if metadata.get("source") != source:
+        differences.append(f"input {metadata.get('source')!r} -> {source!r}")
+    if class_names not in (None, metadata.get("class_names")):
+        differences.append(f"classes {metadata.get('class_names')} -> {class_names}")
+    return differences or ["the table or the input files (names, sizes, modification times)"]
 
 
 def nothing_usable(table, clips, skipped):
@@ -495,6 +550,16 @@ def single_clip_items(clips):
     skipped = [skip_entry(clip, "single_clip_item", f"foldable item {clip['item']!r} has no other clip (a typo in "
                                                     "its cell?)") for clip in clips if counts[clip["item"]] == 1]
     return kept, skipped
+
+
+def identical_audio(clips):
+    """[[name of each clip: 'row 3 (a.wav), foldable item spk0', ...]] of the clips whose files hold the same bytes
+    (copies of one recording under two names): under two foldable items one recording can sit in training and
+    test at once."""
+    groups = {}
+    for clip in clips:
+        groups.setdefault(clip["digest"], []).append(f"{clip_name(clip)}, foldable item {clip['item']!r}")
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def audio_found(clips):
@@ -536,8 +601,14 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     paths = dataset_paths(features_folder, dataset)
     fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
     kinds = {**SKIP_KINDS, **(kinds or {})}
-    if not force and reusable(paths, fingerprint):
-        metadata = read_json(paths["metadata"])
+    metadata = existing_metadata(paths)
+    differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre,
+                                 table["source"]) if metadata else None
+    if differences and not force:
+        raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
+                        f"({'; '.join(differences)}): experiments built on it would no longer resume (their dataset "
+                        "fingerprint changes); preprocess under another --dataset name, or pass --force to replace it")
+    if metadata and not differences and not force:
         summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
                    "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
                    "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint,
@@ -547,16 +618,17 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                   f"{paths['target'].name} (--force recomputes)")
         return summary
 
-    clips, class_names, skipped = label_targets(table["clips"], target_kind, class_names)
-    skipped = table["skipped"] + skipped
+    clips, repeats = repeated_clips(table["clips"])
+    clips, class_names, skipped = label_targets(clips, target_kind, class_names)
+    skipped = table["skipped"] + repeats + skipped
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
     length = length_settings(pre)
     features, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset)
     read = []
-    for clip, (pieces, reason, native_rate, duration) in zip(clips, outcomes):
+    for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):
         if reason is None:
-            read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration))
+            read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration, digest=digest))
         else:
             skipped.append(skip_entry(clip, "unreadable", reason))
     starts = np.concatenate([[0], np.cumsum([clip["pieces"] for clip in read])]).astype(int)
@@ -567,6 +639,10 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         skipped += single
     if not read:
         raise XvalError(nothing_usable(table, clips, skipped))
+    present = sorted({clip["label"] for clip in read})
+    if target_kind == "classification" and len(present) < 2:
+        raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification needs "
+                        "two or more; check the labels (and --classes), or use --target regression for numbers")
     kept_rows = np.concatenate([np.arange(clip["first_piece"], clip["first_piece"] + clip["pieces"]) for clip in read])
     features = features[kept_rows]
     skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
@@ -582,7 +658,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
         "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
         "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
-        **(metadata_extra or {}),
+        "identical_audio": identical_audio(read), **(metadata_extra or {}),
     }
     if "clip_samples" in length:
         metadata["clip_samples"] = length["clip_samples"]
@@ -590,7 +666,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
                "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
-               "windows": int(len(features)) if windows else None}
+               "windows": int(len(features)) if windows else None, "identical_audio": metadata["identical_audio"],
+               "classes_without_clips": [name for name in class_names or () if name not in present]}
     if not quiet:
         print(summary_text(summary, feature_type, table["source"], kinds))
     return summary
@@ -613,6 +690,11 @@ def summary_text(summary, feature_type, source, kinds):
     rates = ", ".join(f"{rate} Hz: {count}" for rate, count in audio["sample_rates"].items())
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
                  f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
+    for names in summary.get("identical_audio") or []:
+        lines.append(f"  WARNING: identical audio in {'; '.join(names)}: if they are one recording under two "
+                     "names, it can sit in training and test (check the table)")
+    if summary.get("classes_without_clips"):
+        lines.append(f"  WARNING: classes without any usable clip: {', '.join(summary['classes_without_clips'])}")
     if summary["fold_by"] == FOLD_BY_FILE:
         lines.append("  WARNING: folds by file: clips of one speaker can be in training and test (speaker-dependent "
                      "results, higher than on new speakers)")

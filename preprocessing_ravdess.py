@@ -28,7 +28,7 @@ from pathlib import Path
 import feat_analysis
 import preprocessing_dataset as pipeline
 from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, config_path_in_use, exit_on_user_error,
-                               load_config)
+                               files_under, load_config)
 
 DEFAULT_DATASET = "ravdess"
 DEMO_DATASET = "ravdess_demo"
@@ -67,7 +67,7 @@ def parse_ravdess_name(file_name):
 
 
 def scan_input(folder, vocal_channel, exclude=()):
-    """Every file under folder (but not under the folders in exclude, e.g. the features folder), sorted:
+    """Every file under folder, links followed (but not under the folders in exclude, e.g. the features folder):
     (clips, skipped, stats), all empty when folder is not a folder.
 
     clips: [{file (relative, '/'-separated), path, actor ('01'), emotion, intensity, statement, repetition,
@@ -79,13 +79,7 @@ def scan_input(folder, vocal_channel, exclude=()):
         return [], [], []
     keep = {"speech": {1}, "song": {2}, "all": {1, 2}}[vocal_channel]
     clips, skipped, stats, first_seen = [], [], [], {}
-    excluded = {Path(path).resolve() for path in exclude}
-    paths = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if (Path(root) / name).resolve() not in excluded]
-        paths += [Path(root) / name for name in names]
-    paths.sort()
-    for path in paths:
+    for path in files_under(folder, exclude):
         relative = path.relative_to(folder).as_posix()
         try:
             status = path.stat()

@@ -13,6 +13,8 @@ import contextlib
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 from itertools import groupby
 from pathlib import Path
@@ -22,13 +24,13 @@ import pandas as pd
 import xlsxwriter
 import xlsxwriter.exceptions
 
-from collect import (FOLD_DEFAULTS, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number, honest_lines,
-                     load_instances, metric_label, significance, summed_confusion, write_routine_summary)
+from collect import (FOLD_DEFAULTS, OTHER_SPLIT, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number,
+                     honest_lines, load_instances, metric_label, routine_summaries, significance, summed_confusion,
+                     write_routine_summary)
 from layout import Layout
 from plots import PLOT_DPI, make_plots
 from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, metric_names
-from utility_functions import (SPLITS,
-                               XvalError, commit_temp_file, exit_on_user_error, temp_path_for)
+from utility_functions import SPLITS, XvalError, commit_temp_file, exit_on_user_error, temp_path_for, unwritable
 
 STATS = ("mean", "std")
 METRICS_BY_TASK = {task_type: metric_names(task_type) for task_type in TASK_TYPES}
@@ -266,6 +268,7 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
     """The sentences that say which instance is chosen and which number to report, the summary table (ID, link and
     comment 1 stay in view when scrolling right), the legend and the parameters all instances share."""
     counts = ", ".join(f"{sum(i.status == status for i in instances)} {status}" for status in STATUSES)
+    counts += "".join(f", {n} on another split" for n in [sum(i.status == OTHER_SPLIT for i in instances)] if n)
     dependent = [i.foldable_item for i in instances if not i.speaker_independent]
     warning = f" (folds by {dependent[0]}: speaker-dependent results)" if dependent else ""
     worksheet = new_sheet(workbook, formats, name, f"Experiment {instances[0].experiment}: "
@@ -391,10 +394,10 @@ def write_parameters_sheet(workbook, formats, instances, output_path):
     write_table(worksheet, formats, columns, rows, 2, {**GRID, "align": "left"}, frozen_columns=1)
 
 
-def write_plots_sheet(workbook, formats, instances, experiment_folder):
+def write_plots_sheet(workbook, formats, instances, plots_root):
     """For each instance a title row, then its learning curves and confusion matrix next to each other."""
     worksheet = new_sheet(workbook, formats, "plots", "Learning curves and test confusion matrices",
-                          f"PNG files in {Layout(experiment_folder, None, None).plots.name}/; solid = train, dashed = "
+                          f"PNG files in {Layout(plots_root, None, None).plots.name}/; solid = train, dashed = "
                           "validation, dot = best epoch")
     worksheet.hide_gridlines(2)
     # explicit widths: images are anchored to cells, and LibreOffice's default column width differs from Excel's
@@ -403,7 +406,7 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
     for instance in instances:
         write_instance_title(worksheet, formats, row, instance, status_text(instance, instances))
         x_offset = 0
-        for path in filter(None, make_plots(experiment_folder, instance)):
+        for path in filter(None, make_plots(plots_root, instance)):
             header = path.read_bytes()[:24]  # a PNG's width and height in pixels are at bytes 16 and 20
             width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
             scale = PLOT_HEIGHT_PIXELS / (height * 96 / PLOT_DPI)  # xlsxwriter shows a PNG at its stored DPI
@@ -417,7 +420,7 @@ def write_plots_sheet(workbook, formats, instances, experiment_folder):
 
 # ---- The workbook
 
-def build_workbook(path, instances, summaries, experiment_folder, output_path):
+def build_workbook(path, instances, summaries, plots_root, output_path):
     """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
     routine_summary of its instances}."""
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
@@ -438,14 +441,17 @@ def build_workbook(path, instances, summaries, experiment_folder, output_path):
     if "classification" in groups:
         write_confusion_sheet(workbook, formats, groups["classification"])
     write_parameters_sheet(workbook, formats, instances, output_path)
-    write_plots_sheet(workbook, formats, instances, experiment_folder)
+    write_plots_sheet(workbook, formats, instances, plots_root)
     workbook.close()
 
 
 def write_spreadsheet(experiment_folder, output_path=None):
     """Write the routine summary JSON and the results spreadsheet of an experiment folder atomically (by default as
     the Layout's workbook, named after the lowest-numbered instance) and return its path; XvalError when the folder
-    holds no readable result file or the output cannot be written."""
+    holds no readable result file or the output cannot be written.
+
+    A view needs nothing but to read: from a folder that cannot be written (an archive, a colleague's), the workbook
+    goes to output_path elsewhere, its plots are drawn in a scratch folder, and the summary JSON is not written."""
     experiment_folder = Path(experiment_folder).resolve()
     instances = load_instances(experiment_folder)
     output_path = Path(output_path or Layout(experiment_folder, instances[0].dataset, instances[0].experiment).workbook)
@@ -454,10 +460,20 @@ def write_spreadsheet(experiment_folder, output_path=None):
     if not output_path.parent.is_dir():
         raise XvalError(f"output folder {output_path.parent} does not exist: create it or pick another path")
     output_path, temp = output_path.resolve(), temp_path_for(output_path.resolve())
+    read_only = unwritable(experiment_folder)
+    if read_only and output_path.is_relative_to(experiment_folder):
+        raise XvalError(f"{experiment_folder} cannot be written ({read_only}): pass an OUTPUT.xlsx elsewhere, e.g. "
+                        f"python3 results_to_excel.py {experiment_folder} ~/{output_path.name}")
     try:
-        summaries = write_routine_summary(experiment_folder, instances)
-        build_workbook(temp, instances, summaries, experiment_folder, output_path)
+        with contextlib.ExitStack() as scratch:
+            plots_root = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if read_only else experiment_folder
+            summaries = routine_summaries(instances) if read_only else write_routine_summary(experiment_folder,
+                                                                                               instances)
+            build_workbook(temp, instances, summaries, plots_root, output_path)
         commit_temp_file(temp, output_path)
+        if read_only:
+            print(f"note: {experiment_folder} cannot be written ({read_only}): its summary JSON and plots/ were not "
+                  "updated there; the workbook holds the same numbers and plots", file=sys.stderr)
     except (OSError, xlsxwriter.exceptions.XlsxWriterException) as error:
         raise XvalError(f"cannot write {output_path} ({error}): check the folder is writable and the file "
                         "is not open in another program") from None

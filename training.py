@@ -4,12 +4,13 @@ Every fold runs in a process of its own, so that the memory the backend takes (h
 the fold ends and a crash stays contained. Two ways in:
   python3 training.py JOB.json    one fold (a fold can be rerun by hand this way, with KERAS_BACKEND set to the
                                   instance's backend);
-  python3 training.py --serve     what xval_instance uses, one server per backend: imports Keras once, then reads
-                                  job paths on stdin and forks one child per fold, so no fold pays the import
-                                  again. The child touches the GPU first (the server never does), and after each
-                                  fold the server prints `xval-exit: <exit code of the child>`.
-JOB.json (written by xval_instance, kept in the experiment's logs/) holds the dataset, the fold's items, the
-resolved parameters and the output paths. The fold:
+  python3 training.py --serve     what launchers.ForkServerLauncher starts, one server per backend: imports Keras
+                                  once, then reads job paths on stdin (one JSON string a line) and forks one child
+                                  per fold, so no fold pays the import again. The child touches the GPU first (the
+                                  server never does), and after each fold the server prints
+                                  `xval-exit: <exit code of the child>`.
+JOB.json (written by the fold-job protocol, foldjob.py, kept in the experiment's logs/) holds the dataset, the
+fold's items, the resolved parameters and the output paths. The fold:
   1. loads the dataset and splits it by foldable item (train / validation / test speakers);
   2. builds the model from define_models (or starts from a saved model), with the input normalised by statistics
      of the training items only;
@@ -47,12 +48,13 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
-from launchers import DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, SERVE_FLAG  # noqa: E402
+from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
+                       SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
 from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, MODEL_ONLY_TRAINING_PARAMETERS, SPLITS,  # noqa: E402
                                XvalError, atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids,
-                               load_dataset, read_json, temp_path_for)
+                               load_dataset, read_json, temp_path_for, to_jsonable, writing)
 
 CARD_DATASET = "xval_card"  # the HDF5 dataset, inside every model file xval saves, that holds the model's card
 CARD_FORMAT = 1
@@ -113,12 +115,48 @@ def normalisation_statistics(x_train):
 # ----------------------------------------------------------------------------------------------------------------
 # Keras: model, optimiser, callbacks (keras is imported in main(), after the process is set up)
 
+def calling_and_recording(function_name, filename, call):
+    """(call()'s result, {argument: value} that the function defined as `def function_name` at the top of the file
+    filename received at its first call during call(), or None if it was never called). What reached a function
+    is recorded from its own frame, so a wrapper around it cannot hide what it passed on."""
+    received = []
+
+    def profile(frame, event, _):
+        code = frame.f_code
+        if event == "call" and not received and code.co_qualname == function_name and code.co_filename == filename:
+            names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+            received.append({name: frame.f_locals[name] for name in names if name in frame.f_locals})
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        result = call()
+    finally:
+        sys.setprofile(previous)
+    return result, (received[0] if received else None)
+
+
+def check_received(architecture, keywords, received):
+    """XvalError unless the architecture's own code received every keyword argument with the value given (a
+    decorator or wrapper that drops or changes one would train a model other than the one recorded)."""
+    if received is None:
+        raise XvalError(f"define_models.{architecture} as imported never runs the function of that name in "
+                        "define_models.py: remove the decorator or wrapper that replaces it")
+    for name, value in keywords.items():
+        got = received.get(name, "<not passed>")
+        if json.loads(json.dumps(to_jsonable(got))) != json.loads(json.dumps(value)):
+            raise XvalError(f"define_models.{architecture} received {name} = {got!r}, but the instance's parameter "
+                            f"is {value!r}: a decorator or wrapper around it changes its arguments; remove it, or "
+                            "make it pass every argument on")
+
+
 def build_model(keras, define_models, parameters, input_shape, output_size, mean, variance):
     """The instance's architecture with a fixed Normalization layer in front, so the saved model takes raw features.
 
     The architecture receives, by name, every parameter its signature takes. Every other parameter must be one the
     training loop reads or a comment: the routine refused any other before training, and this checks the function
-    imported now (a decorator can change what the source said) so that no parameter is silently left out.
+    imported now (a decorator can change what the source said) and what its code received, so that no parameter
+    is silently left out or changed.
     """
     architecture = parameters["architecture"]
     function = getattr(define_models, architecture)
@@ -133,11 +171,13 @@ def build_model(keras, define_models, parameters, input_shape, output_size, mean
         raise XvalError(f"define_models.{architecture} as imported does not take the parameters its source "
                         f"declares ({error}): remove the decorator or wrapper that changes its signature") from None
     try:
-        core = function(tuple(input_shape), output_size, parameters["task_type"], **keywords)
+        core, received = calling_and_recording(architecture, define_models.__file__, lambda: function(
+            tuple(input_shape), output_size, parameters["task_type"], **keywords))
     except Exception as error:
         raise XvalError(f"architecture '{architecture}' raised {type(error).__name__} while building the model: "
                         f"{str(error).splitlines()[0] if str(error) else ''} (fix define_models.{architecture} "
                         "or the parameters it was given)") from error
+    check_received(architecture, keywords, received)
     if not isinstance(core, keras.Model):
         raise XvalError(f"architecture '{architecture}' returned {type(core).__name__}, not a keras.Model: "
                         f"make define_models.{architecture} return the model it builds")
@@ -376,14 +416,15 @@ def write_card(path, card):
 
 
 def read_card(path):
-    """The card stored in a model file (write_card), or None for a file without one (saved before xval stored
-    them) or that h5py cannot read."""
+    """The card stored in a model file (write_card), or None for a model file without one (saved before xval stored
+    them); XvalError for a file that is not a readable model file (damaged, truncated, something else)."""
     import h5py
     try:
         with h5py.File(path, "r") as handle:
             return json.loads(bytes(handle[CARD_DATASET][()]).decode("utf-8")) if CARD_DATASET in handle else None
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, KeyError) as error:
+        raise XvalError(f"model {path} cannot be read ({(str(error).splitlines() or [''])[0][:160]}): use a "
+                        "complete copy of the model file") from None
 
 
 def save_model(keras, model, model_path, model_file, card):
@@ -393,16 +434,22 @@ def save_model(keras, model, model_path, model_file, card):
     model its backend saves as weights only (one that wraps a PyTorch module, whose whole-model file would need
     pickle): its weights, in .weights.h5, which load_model_file rebuilds from the card's architecture and parameters.
     """
-    if BACKENDS[keras.backend.backend()].weights_only(keras, leaf_layers(model)):
+    weights_only = BACKENDS[keras.backend.backend()].weights_only(keras, leaf_layers(model))
+    if weights_only:
         model_path, model_file = weights_path(str(model_path)), weights_path(model_file)
-        temp = temp_path_for(model_path)
+    temp = temp_path_for(model_path)
+    if weights_only:
         temp = temp.with_name(temp.name[:-len(".h5")] + WEIGHTS_SUFFIX)  # Keras wants the .weights.h5 ending
-        model.save_weights(temp)
-    else:
-        temp = temp_path_for(model_path)
-        model.save(temp)
-    write_card(temp, card)
-    commit_temp_file(temp, model_path)
+    with writing(model_path, temp):  # a full disk: one line naming the file, and no temporary model left
+        try:
+            if weights_only:
+                model.save_weights(temp)
+            else:
+                model.save(temp)
+        except RuntimeError as error:  # how h5py reports some failed writes
+            raise OSError(str(error)) from error
+        write_card(temp, card)
+        commit_temp_file(temp, model_path)
     return model_path, model_file
 
 
@@ -546,9 +593,13 @@ def run_fold(job, loaded=None):
 
 
 def fold_main(job_path, loaded=None):
-    """Run the fold of job_path; returns the exit code: 0 done, 1 failed (after an `xval-error:` line)."""
+    """Run the fold of job_path; returns the exit code: 0 done, 1 failed (after an `xval-error:` line),
+    INTERRUPTED_EXIT stopped by Ctrl-C (SIGINT): not a failure of the fold."""
     try:
         result = run_fold(read_json(job_path), loaded)
+    except KeyboardInterrupt:
+        print(f"{ERROR_PREFIX}interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT
     except XvalError as error:
         traceback.print_exc()
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
@@ -598,10 +649,11 @@ def serve(job_paths, report):
         importlib.import_module(module)
     print("xval-ready", file=report, flush=True)
     held = {}
-    for line in job_paths:
-        job_path = line.strip()
-        if not job_path:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the fold (the child), which reports it; the routine
+    for line in job_paths:                       # then stops this server, or it lives on to report
+        if not line.strip():
             continue
+        job_path = json.loads(line)  # a JSON string: any path the OS allows, newlines included
         loaded = load_for_children(job_path, held)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -610,6 +662,7 @@ def serve(job_paths, report):
             code = 1
             try:
                 die_with_parent()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 code = fold_main(job_path, loaded)
             finally:
                 sys.stdout.flush()

@@ -36,8 +36,8 @@ from launchers import ProcessLauncher, fold_environment
 from layout import FOLD_MODEL_PATTERN, RESULT_FILE_GLOB, RESULT_FILE_PATTERN, Layout
 from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
-                               dataset_fingerprint, dataset_paths, exit_on_user_error, load_clip_ids, load_config,
-                               load_dataset, read_json)
+                               dataset_fingerprint, dataset_paths, exit_on_user_error, files_under, load_clip_ids,
+                               load_config, load_dataset, read_json, unwritable)
 
 FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting needs to make the same features
 
@@ -149,6 +149,8 @@ def final_job(layout, document, epochs, paths):
 def final(experiment_dir, instance_text, overwrite, gpu):
     """use_model.py final: train and save the final model of one instance; returns the card's path."""
     experiment_dir = Path(experiment_dir).expanduser().resolve()
+    if gpu is not None and gpu < -1:
+        raise XvalError(f"--gpu {gpu} is not a device: give a CUDA device number (0, 1, ...) or -1 for the CPU")
     instance = which_instance(experiment_dir, instance_text)
     _, document = instance_result(experiment_dir, instance)
     if document["status"] != "complete":
@@ -156,6 +158,10 @@ def final(experiment_dir, instance_text, overwrite, gpu):
                         "routine) before training its final model")
     layout = Layout(experiment_dir, document["dataset"], document["experiment"])
     paths = layout.final(instance)
+    reason = unwritable(experiment_dir)
+    if reason:
+        raise XvalError(f"{experiment_dir} cannot be written ({reason}): the final model goes into its final/ "
+                        "folder; copy the experiment somewhere writable and run final there")
     if paths.model.exists() and not overwrite:
         raise XvalError(f"{paths.model} exists: pass --overwrite to replace it")
     epochs = epochs_for_final(document["folds"])
@@ -229,7 +235,7 @@ def audio_files(paths):
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            files += [p for p in files_under(path) if p.suffix.lower() in AUDIO_SUFFIXES]
         elif path.exists():
             files.append(path)
         else:
@@ -271,7 +277,12 @@ def predict(target, audio, instance_text, out):
     shape = next(iter(pieces.values())).shape[1:]
     outputs = {path: 0.0 for path in pieces}
     for model_path, normalisation in models:
-        model = load_model_file(model_path, card["parameters"], shape, len(classes) if classes else 1, normalisation)
+        try:
+            model = load_model_file(model_path, card["parameters"], shape, len(classes) if classes else 1,
+                                    normalisation)
+        except Exception as error:  # a damaged or foreign file: Keras and h5py say why in many ways
+            raise XvalError(f"model {model_path} cannot be read ({type(error).__name__}: "
+                            f"{(str(error).splitlines() or [''])[0][:200]}): use a complete copy of it") from None
         for path, x in pieces.items():
             outputs[path] = outputs[path] + np.asarray(model.predict_on_batch(x), dtype=np.float64).mean(axis=0)
     header = ["file", "prediction"] + ([f"p_{name}" for name in classes] if classes else []) + ["model"]

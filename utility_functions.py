@@ -5,7 +5,9 @@ preprocessing_ravdess.py, xval_instance.py, training.py and results_to_excel.py.
 """
 import configparser
 import contextlib
+import errno
 import fcntl
+import zipfile
 import hashlib
 import json
 import math
@@ -14,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,15 +52,20 @@ SLURM_LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUE
                      "SUSPENDED")
 
 
+# Exit codes of every xval command (README: "Exit codes")
+EXIT_DONE, EXIT_FAILED, EXIT_REFUSED, EXIT_ELSEWHERE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
 class XvalError(Exception):
-    """A mistake of the user's (input, configuration, data) explained in one line: what, where, how to fix it."""
+    """A problem the user can fix (input, configuration, data, the machine's disk) explained in one line: what,
+    where, how to fix it."""
 
 
 def exit_on_user_error(main, debug=False):
-    """Run main(); turn an XvalError into one line on stderr and exit code 2, unless debug (or $XVAL_DEBUG).
+    """Run main(); turn an XvalError into one line on stderr and EXIT_REFUSED, unless debug (or $XVAL_DEBUG).
 
-    Any other exception is a bug or an environment failure (disk full...): one line too, exit code 1, and the
-    hint to see its traceback. Ctrl-C exits with 130.
+    Any other exception is a bug of xval or a failure of the machine: one line too, EXIT_ERROR, and the hint to
+    see its traceback. Ctrl-C exits with EXIT_INTERRUPTED.
     """
     debug = debug or bool(os.environ.get("XVAL_DEBUG"))
     try:
@@ -66,16 +74,16 @@ def exit_on_user_error(main, debug=False):
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_REFUSED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(EXIT_INTERRUPTED)
     except Exception as error:
         if debug:
             raise
-        print(f"error: unexpected {type(error).__name__}: {error} (set debug_mode = True or XVAL_DEBUG=1 to see "
-              "the traceback)", file=sys.stderr)
-        raise SystemExit(1)
+        print(f"error: unexpected {type(error).__name__}: {error} (a bug of xval or a failure of the machine; set "
+              "debug_mode = True or XVAL_DEBUG=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,6 +215,32 @@ def _fsync_dir(folder):
             os.close(fd)
 
 
+def storage_error(path, error):
+    """The XvalError of a failed write of path: the disk is full (ENOSPC, EDQUOT, or under 1 MiB left where the
+    library did not say why, as HDF5 does), named with the free space; or the OS's reason."""
+    free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.exists() else None
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 2 ** 20):
+        return XvalError(f"no space left to write {path} ({free if free is not None else 'unknown'} bytes free on "
+                         "its disk): free some space (or point the folder elsewhere), then rerun: what was written "
+                         "before is kept")
+    reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    return XvalError(f"cannot write {path} ({reason}): check the folder and its permissions")
+
+
+@contextlib.contextmanager
+def writing(path, temp=None):
+    """Around the writing of path (through the temporary file temp, if any): an OSError becomes storage_error's
+    one line, and temp is removed, so a failed write leaves nothing behind."""
+    try:
+        yield
+    except OSError as error:
+        raise storage_error(path, error) from None
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
 def commit_temp_file(temp, final_path, replace=True):
     """fsync temp and rename it to final_path; with replace=False an existing final_path wins and temp is dropped.
 
@@ -232,20 +266,27 @@ def commit_temp_file(temp, final_path, replace=True):
 def atomic_write_bytes(path, data, replace=True):
     """Write data to path so that a reader sees the old file or the new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(path)
-    try:
+    with writing(path, temp):
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "wb") as handle:
             handle.write(data)
         return commit_temp_file(temp, path, replace=replace)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
 
 
 def atomic_write_text(path, text, replace=True):
     """atomic_write_bytes for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+def unwritable(folder):
+    """Why a file cannot be written into folder (the OS's reason: read-only file system, permission denied...), or
+    None when it can; tried with a real file, since permission bits do not tell (root, NFS, read-only mounts)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".write-probe{TEMP_MARKER}{HOST}-{os.getpid()}."):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
 
 
 def to_jsonable(value):
@@ -287,6 +328,8 @@ def read_json(path):
     except json.JSONDecodeError as error:
         raise XvalError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): "
                         "restore it or delete it to recompute") from None
+    except UnicodeDecodeError:
+        raise XvalError(f"{path} is not JSON (not even text): restore it or delete it to recompute") from None
 
 
 def _pid_alive(pid):
@@ -297,6 +340,18 @@ def _pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def files_under(folder, exclude=()):
+    """Every file under folder, sorted, each as a path inside folder, symbolic links followed: a linked folder or
+    file counts as if it were there (a folder reached twice, e.g. through a link that loops, is read once).
+    Folders in exclude (and what is under them) are left out. A link to nothing is listed: the reader says so."""
+    excluded, seen, found = {Path(path).resolve() for path in exclude}, set(), []
+    for root, folders, names in os.walk(folder, followlinks=True):
+        seen.add(Path(root).resolve())
+        folders[:] = [name for name in folders if (Path(root) / name).resolve() not in excluded | seen]
+        found += [Path(root) / name for name in names]
+    return sorted(found)
 
 
 def remove_stale_temp_files(folder):
@@ -490,15 +545,7 @@ def load_dataset(features_folder, dataset):
     """
     paths = dataset_paths(features_folder, dataset)
     dataset_file_stats(features_folder, dataset)  # a missing file is one clear line
-    arrays = {}
-    for kind in ("predictors", "target"):
-        try:
-            with np.load(paths[kind], allow_pickle=False) as archive:
-                arrays[kind] = {item: archive[item] for item in archive.files}
-        except (OSError, ValueError) as error:
-            raise XvalError(f"{paths[kind]} cannot be read ({error}): rerun preprocessing_ravdess.py "
-                            f"--dataset {dataset} --force") from None
-    predictors, targets = arrays["predictors"], arrays["target"]
+    predictors, targets = (read_npz(paths[kind], dataset) for kind in ("predictors", "target"))
     if set(predictors) != set(targets):
         raise XvalError(f"dataset '{dataset}': predictors and target files hold different items "
                         f"({sorted(set(predictors) ^ set(targets))}): rerun preprocessing with --force")
@@ -528,11 +575,19 @@ def load_clip_ids(features_folder, dataset, predictors):
     path = dataset_paths(features_folder, dataset)["clips"]
     if not path.is_file():
         return {item: np.arange(len(x), dtype=np.int32) for item, x in predictors.items()}
+    return read_npz(path, dataset)
+
+
+def read_npz(path, dataset):
+    """{key: array} of a dataset's .npz file, read without pickle, keys sorted; a damaged file (truncated, empty,
+    not an archive, holding objects) is an XvalError naming it."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {item: archive[item] for item in sorted(archive.files)}
-    except (OSError, ValueError) as error:
-        raise XvalError(f"{path} cannot be read ({error}): rerun preprocessing with --force") from None
+            return {key: archive[key] for key in sorted(archive.files)}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise XvalError(f"{path} is damaged and cannot be read ({type(error).__name__}: {reason}): preprocess "
+                        f"dataset '{dataset}' again with --force") from None
 
 
 def dataset_fingerprint(predictors, targets, clip_ids):

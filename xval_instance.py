@@ -20,7 +20,8 @@ from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sect
 from foldjob import fold_state
 from layout import Layout
 from plan import accept, make_plan
-from utility_functions import XvalError, exit_on_user_error, load_config, parse_config_value
+from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, load_config,
+                               parse_config_value)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one batch scheduler's task
 MODES = ("smoke", "status")  # besides running: --smoke (each instance briefly), --status (each fold job's state)
@@ -56,16 +57,26 @@ def executor_options():
     return {option: (name, key) for name in EXECUTORS for option, key in executor_class(name).options.items()}
 
 
+def command_flags():
+    """--smoke, --status and the flag of every executor but the default one."""
+    return [f"--{mode}" for mode in MODES] + [f"--{name}" for name in EXECUTORS if name != DEFAULT_EXECUTOR]
+
+
+def parse_command_line_usage(instance_ids, script_name):
+    """The usage line of a routine script."""
+    return (f"usage: python3 {script_name} [{' | '.join(command_flags())} [OPTIONS]] [FIRST_INSTANCE [LAST_INSTANCE "
+            f"[DEVICES]]]  (instances defined: {', '.join(map(str, instance_ids))}; DEVICES: 0 or 0,1,2,3 or -1,-1; "
+            f"OPTIONS: {' '.join(executor_options())}; -h: help)")
+
+
 def parse_command_line(argv, instance_ids, default_devices, script_name):
     """[--smoke | --status | --EXECUTOR [OPTIONS]] [FIRST [LAST [DEVICES]]] -> {"mode": run|smoke|status|an
     executor's name, "selected": instance ids, "devices": [int], "options": {config key: text}}. One id alone
     selects that instance; an executor's OPTIONS (--time 1:00:00 or --time=1:00:00, ...) override its config.ini
     section for this launch."""
-    flags = [f"--{mode}" for mode in MODES] + [f"--{name}" for name in EXECUTORS if name != DEFAULT_EXECUTOR]
+    flags = command_flags()
     options = executor_options()
-    usage = (f"usage: python3 {script_name} [{' | '.join(flags)} [OPTIONS]] [FIRST_INSTANCE [LAST_INSTANCE "
-             f"[DEVICES]]]  (instances defined: {', '.join(map(str, instance_ids))}; DEVICES: 0 or 0,1,2,3 or -1,-1; "
-             f"OPTIONS: {' '.join(options)})")
+    usage = parse_command_line_usage(instance_ids, script_name)
     modes, given, positional, words = [], {}, [], list(argv)
     while words:
         word = words.pop(0)
@@ -78,6 +89,9 @@ def parse_command_line(argv, instance_ids, default_devices, script_name):
                 if not words or (words[0].startswith("--") and not repeatable):  # its value is an option
                     raise XvalError(f"{name} needs a value ({name} VALUE or {name}=VALUE) — {usage}")
                 value = words.pop(0)
+            if repeatable and not value.strip():
+                raise XvalError(f"an empty {name} adds nothing: give an #SBATCH option, e.g. {name}=--qos=normal "
+                                f"— {usage}")
             given[name] = f"{given[name]};{value}" if repeatable and name in given else value
         elif word.startswith("--"):
             raise XvalError(f"unknown option {word} — {usage}")
@@ -129,11 +143,37 @@ def check_settings(settings):
                         "'ravdess_demo', not a path")
     if settings["num_experiment"] < 0:
         raise XvalError(f"routine setting num_experiment = {settings['num_experiment']} must not be negative")
+    folder = settings["experiment_folder"]
+    if folder is not None and (not isinstance(folder, (str, Path)) or not str(folder).strip()):
+        raise XvalError(f"routine setting experiment_folder = {folder!r} must be a folder (a path), or None for "
+                        "config.ini's [paths] experiment_folder")
     if not settings["experiment_dict"]:
         raise XvalError("experiment_dict is empty: add at least one instance")
-    bad_keys = [key for key in settings["experiment_dict"] if not isinstance(key, int) or isinstance(key, bool)]
+    bad_keys = [key for key in settings["experiment_dict"]
+                if not isinstance(key, int) or isinstance(key, bool) or key < 0]
     if bad_keys:
-        raise XvalError(f"experiment_dict keys must be whole numbers (instance ids), not {bad_keys[0]!r}")
+        raise XvalError(f"experiment_dict keys must be whole numbers of 0 or more (instance ids), not {bad_keys[0]!r}")
+
+
+def help_text(settings, script_name):
+    """What --help (-h) prints for a routine script: its usage, what each part means, and the exit codes."""
+    ids = sorted(key for key in settings.get("experiment_dict") or {} if isinstance(key, int)) or [1]
+    lines = [parse_command_line_usage(ids, script_name), "",
+             f"Runs this routine's instances ({', '.join(map(str, ids))}) with speaker-independent k-fold "
+             "cross-validation; results in its experiment folder.",
+             "  FIRST_INSTANCE [LAST_INSTANCE]  the instances to run (default: all; one number: that instance)",
+             "  DEVICES         one worker per entry: 0, 0,1,2,3 (GPUs), -1 or -1,-1 (CPU workers); default gpu_ID",
+             "  --smoke         each instance on fold 1 for one epoch of two batches, in a scratch folder",
+             "  --status        each fold job: done, running, failed or pending"]
+    for name in EXECUTORS:
+        if name != DEFAULT_EXECUTOR:
+            executor = executor_class(name)
+            lines.append(f"  --{name:<13} {executor.about}; OPTIONS: {' '.join(executor.options)} override config.ini "
+                         f"[{executor.section}]")
+    lines += ["exit codes: 0 every selected instance complete, 1 an instance failed, 2 refused (one error line; "
+              "nothing trained), 3 left to another process still running it, 4 an error of xval or the machine, "
+              "130 interrupted"]
+    return "\n".join(lines)
 
 
 def read_command(settings, argv, routine_file):
@@ -166,6 +206,10 @@ def print_status(settings, config, selected, routine_file):
     for the experiment's jobs. Returns 0."""
     layout = Layout(experiment_path(settings, config, routine_file), settings["dataset"], settings["num_experiment"])
     print(f"xval: experiment {layout.experiment} on '{layout.dataset}' in {layout.root}")
+    if not layout.folds.is_file():
+        print(f"xval: {layout.root} holds no experiment yet (no folds.json): nothing of this routine has run there "
+              "(check experiment_folder and num_experiment)")
+        return EXIT_DONE
     for instance in selected:
         states = [fold_state(layout, instance, fold, config["claims"]["grace_seconds"])
                   for fold in range(1, settings["num_folds"] + 1)]
@@ -177,7 +221,7 @@ def print_status(settings, config, selected, routine_file):
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):
             print(line)
-    return 0
+    return EXIT_DONE
 
 
 def prepare(settings, command, config, routine_file):
@@ -193,6 +237,7 @@ def prepare(settings, command, config, routine_file):
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
         plan = make_plan(settings, config, command["selected"], experiment_path(settings, config, routine_file),
                          reuse=command["mode"] != "smoke")
+        executor.validate(plan)
     except BaseException:
         executor.abort()
         raise
@@ -203,6 +248,9 @@ def launch(settings, argv, routine_file):
     """Run the routine; returns the exit code (see run_routine). --status: print_status(); --smoke: the local
     executor's smoke run; otherwise the plan goes to the executor the command line chose."""
     started = time.monotonic()
+    if {"-h", "--help"} & set(argv):
+        print(help_text(settings, Path(routine_file).name))
+        return EXIT_DONE
     command, config = read_command(settings, argv, routine_file)
     if command["mode"] == "status":
         return print_status(settings, config, command["selected"], routine_file)
@@ -243,8 +291,12 @@ def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experim
 
 
 if __name__ == "__main__":
+    USAGE = (f"usage: python3 xval_instance.py {TASK_FLAG} FOLD_JOBS INDEX (what a batch scheduler's task runs, "
+             "written by --slurm; a routine script, e.g. xval_routine_example.py, is what you run)")
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(USAGE)
+        raise SystemExit(EXIT_DONE)
     if len(sys.argv) != 4 or sys.argv[1] != TASK_FLAG:
-        print(f"usage: python3 xval_instance.py {TASK_FLAG} FOLD_JOBS INDEX (what a batch scheduler's task runs, "
-              "written by --slurm; a routine script is what you run)", file=sys.stderr)
-        raise SystemExit(2)
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED)
     raise SystemExit(exit_on_user_error(lambda: run_fold_task(sys.argv[2], sys.argv[3])))

@@ -15,7 +15,7 @@ import soundfile as sf
 import demo_corpus
 import preprocessing_dataset as pipeline
 import preprocessing_ravdess as prep
-from utility_functions import check_dataset, check_target, dataset_paths, load_config, load_dataset
+from utility_functions import XvalError, check_dataset, check_target, dataset_paths, load_config, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"features": {"n_fft": "512", "win_length": "512", "hop_length": "256", "n_mels": "32", "n_mfcc": "13"},
@@ -163,10 +163,19 @@ def test_rerun_reuses_unless_inputs_settings_or_force_change(corpus, small_confi
     assert second["reused"] and "unchanged" in capsys.readouterr().out
     assert predictors_path.stat().st_mtime_ns == stamp and second["fingerprint"] == first["fingerprint"]
     assert not prep.preprocess(inputs, "again", small_config, jobs=1, force=True, quiet=True)["reused"]
-    assert not prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)["reused"]
+    stamp = predictors_path.stat().st_mtime_ns
+    # other settings under the same name would replace the features experiments were built on: only with --force
+    with pytest.raises(XvalError, match=r"made from other inputs or settings \(\[features\] type 'mel' -> 'stft'.*"
+                                        "pass --force to replace it"):
+        prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
+    assert predictors_path.stat().st_mtime_ns == stamp
+    replaced = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, force=True, quiet=True)
+    assert not replaced["reused"] and replaced["bins"] == 257
     touched = next(inputs.rglob("*.wav"))
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    changed = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
+    with pytest.raises(XvalError, match="the table or the input files"):
+        prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
+    changed = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, force=True, quiet=True)
     assert not changed["reused"] and changed["bins"] == 257
 
 

@@ -6,6 +6,7 @@ come: nested relative paths, WAV and FLAC, 8 kHz and 22.05 kHz, 0.3 s to 10 s. E
 """
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -141,7 +142,8 @@ def test_bad_rows_are_named_with_their_row_number_and_the_rest_succeeds(corpus, 
     rows[5]["label"] = ""  # row 7
     (corpus["root"] / "audio" / "broken.wav").write_bytes(b"RIFF not really audio")
     rows[8]["file"] = "audio/broken.wav"  # row 10
-    rows.append({**rows[0], "speaker": "spk9"})  # row 26: the only clip of spk9
+    shutil.copy(corpus["root"] / rows[0]["file"], corpus["root"] / "audio" / "spk9_only.wav")
+    rows.append({**rows[0], "file": "audio/spk9_only.wav", "speaker": "spk9"})  # row 26: the only clip of spk9
     path = corpus["root"] / "bad.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
