@@ -509,7 +509,7 @@ def existing_metadata(paths):
     return metadata if isinstance(metadata, dict) else None
 
 
-def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, source):
+def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source):
     """What differs between an existing dataset (its metadata) and this run ([] when it can be reused): the
     fingerprint covers settings, table and input files; the class order asked for by --classes is compared too."""
     if metadata.get("fingerprint") == fingerprint and class_names in (None, metadata.get("class_names")):
@@ -522,9 +522,12 @@ def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, so
                         if was.get(key) != value]
     if metadata.get("source") != source:
         differences.append(f"input {metadata.get('source')!r} -> {source!r}")
+    if metadata.get("target_kind", target_kind) != target_kind:
+        differences.append(f"target {metadata['target_kind']} -> {target_kind}")
     if class_names not in (None, metadata.get("class_names")):
         differences.append(f"classes {metadata.get('class_names')} -> {class_names}")
-    return differences or ["the table or the input files (names, sizes, modification times)"]
+    return differences or ["the table (files, labels, foldable items) or the input files (names, sizes, "
+                           "modification times)"]
 
 
 def nothing_usable(table, clips, skipped):
@@ -602,7 +605,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
     kinds = {**SKIP_KINDS, **(kinds or {})}
     metadata = existing_metadata(paths)
-    differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre,
+    differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind,
                                  table["source"]) if metadata else None
     if differences and not force:
         raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
@@ -652,7 +655,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
                     sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
     metadata = {
-        "dataset": dataset, "target": target_kind, "class_names": class_names, "source": table["source"],
+        "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
+        "source": table["source"],
         "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
         "items": items, "clips_per_item": {item: sum(clip["item"] == item for clip in read) for item in items},
         "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],

@@ -52,9 +52,10 @@ from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, I
                        SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
 from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
-from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, MODEL_ONLY_TRAINING_PARAMETERS, SPLITS,  # noqa: E402
-                               XvalError, atomic_write_json, commit_temp_file, dataset_file_stats, load_clip_ids,
-                               load_dataset, read_json, temp_path_for, to_jsonable, writing)
+from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
+                               MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
+                               dataset_file_stats, load_clip_ids, load_dataset, read_json, temp_path_for, to_jsonable,
+                               writing)
 
 CARD_DATASET = "xval_card"  # the HDF5 dataset, inside every model file xval saves, that holds the model's card
 CARD_FORMAT = 1
@@ -681,10 +682,14 @@ def main(argv=None):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # no TensorFlow teardown for the routine to wait for: -1.2 s a run (tweaks.py: c_os_exit)
+    usage = (f"usage: python3 training.py JOB.json | {SERVE_FLAG}: one fold job (a routine writes them into its "
+             "experiment's logs/; rerun one by hand with KERAS_BACKEND set to its backend), or the fold server")
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return EXIT_DONE
     if len(argv) != 1:
-        print(f"{ERROR_PREFIX}usage: python3 training.py JOB.json | {SERVE_FLAG} (xval_instance.py writes the jobs)",
-              file=sys.stderr)
-        return 2
+        print(f"{ERROR_PREFIX}{usage}", file=sys.stderr)
+        return EXIT_REFUSED
     return fold_main(argv[0])
 
 

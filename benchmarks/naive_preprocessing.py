@@ -10,6 +10,12 @@ preprocessing_ravdess.py writes {dataset}_predictors.npz.
 import sys
 from pathlib import Path
 
+USAGE = "usage: python3 benchmarks/naive_preprocessing.py CONFIG.ini AUDIO_FOLDER OUT.npz (preprocessing.py runs it)"
+if __name__ == "__main__" and (len(sys.argv) != 4 or {"-h", "--help"} & set(sys.argv[1:])):
+    print(f"{USAGE}\n\n{__doc__}")
+    raise SystemExit(0 if {"-h", "--help"} & set(sys.argv[1:]) else 2)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, however this is started
+
 import librosa
 import numpy as np
 

@@ -14,6 +14,14 @@ import inspect
 import json
 import sys
 import time
+from pathlib import Path
+
+USAGE = "usage: python3 benchmarks/plain_keras.py JOB.json OUT.json [--evaluate] [--one-batch] (overhead.py and " \
+        "memory.py write JOB.json)"
+if __name__ == "__main__" and (len(sys.argv) < 3 or {"-h", "--help"} & set(sys.argv[1:])):
+    print(f"{USAGE}\n\n{__doc__}")
+    raise SystemExit(0 if {"-h", "--help"} & set(sys.argv[1:]) else 2)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, however this is started
 
 import keras
 import numpy as np

@@ -21,7 +21,10 @@ import functools
 import inspect
 import json
 import os
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, however this is started
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # read once, when keras is first imported
 
 import keras  # noqa: E402

@@ -173,7 +173,7 @@ def test_rerun_reuses_unless_inputs_settings_or_force_change(corpus, small_confi
     assert not replaced["reused"] and replaced["bins"] == 257
     touched = next(inputs.rglob("*.wav"))
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    with pytest.raises(XvalError, match="the table or the input files"):
+    with pytest.raises(XvalError, match=r"the table \(files, labels, foldable items\) or the input files"):
         prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
     changed = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, force=True, quiet=True)
     assert not changed["reused"] and changed["bins"] == 257

@@ -207,3 +207,37 @@ def test_slurm_without_sbatch_is_refused_before_anything_is_written(tiny_feature
         "error: sbatch is not on PATH: --slurm submits to a SLURM cluster; run it on the cluster's login node (or "
         "run the routine locally, without --slurm)"]
     assert not (tmp_path / "experiments").exists()
+
+
+def test_what_sbatch_would_refuse_is_refused_before_anything_is_written(slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")}, num_folds=2)
+    for arguments, words in ((["--partition", "nosuch"], "invalid partition"), (["--time", "banana"], "--time")):
+        refused = xval(routine, config, "--slurm", *arguments)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: sbatch refused the submission") and words in lines[0]
+        assert not (tmp_path / "experiments").exists(), "a refused submission wrote into the experiment folder"
+    newline = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")}, experiment_folder="two\nlines",
+                            name="newline.py")
+    refused = xval(newline, config, "--slurm")
+    assert refused.returncode == 2 and "holds a double quote or a line break" in refused.stderr, refused.stderr
+    assert not (tmp_path / "two\nlines").exists()
+
+
+def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    slow = ["num_epochs = 300", "early_stopping = False", "batch_size = 4"]
+    routine = write_routine(tmp_path, {1: instance("slow", *slow)}, num_folds=2)
+    first = xval(routine, config, "--slurm", "--max-parallel", "1")  # task 1 waits while task 0 runs
+    assert first.returncode == 0, first.stdout + first.stderr
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    record, _ = submission(experiment_dir)
+    try:
+        again = xval(routine, config, "--slurm")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"2 fold job(s) are queued already in SLURM array(s) {record['array_job']}" in again.stdout
+        assert "nothing to submit: every selected fold job is done or queued" in again.stdout
+        assert len(list((experiment_dir / "slurm").iterdir())) == 1
+    finally:
+        subprocess.run(["scancel", record["array_job"], record["spreadsheet_job"]], timeout=60)

@@ -1,0 +1,580 @@
+"""The edges: no wrong number, no silent ignore, no block, nothing lost. One test (or more) per finding of the
+adversarial pass in issue 23, and per further member of its class.
+
+Read-only folders and full disks are real: a read-only bind mount and a small tmpfs (which needs root, as in CI;
+elsewhere those tests skip, saying why; with CI=true they fail instead).
+"""
+import contextlib
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import demo_corpus
+import preprocessing_dataset as pipeline
+from conftest import TINY_SETTINGS, write_config
+from routine_helpers import (REPO, copy_project, experiment_files, instance, routine_environment, run_routine,
+                             start_routine, write_routine)
+from utility_functions import XvalError, load_config
+
+GOOD = instance("good", "num_epochs = 1")
+
+
+def mounting_problem():
+    """Why this machine cannot mount a tmpfs or bind-mount a folder read-only (one line), or None."""
+    probe = Path(f"/tmp/xval-mount-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            return f"cannot mount here ({done.stderr.strip()[:120]})"
+        subprocess.run(["umount", str(probe)], check=True)
+        return None
+    finally:
+        probe.rmdir()
+
+
+@pytest.fixture(scope="module")
+def mounts():
+    problem = mounting_problem()
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {problem}: the read-only and full-disk tests need root")
+    if problem:
+        pytest.skip(f"{problem}: the read-only and full-disk tests need root")
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """folder, bind-mounted read-only onto itself for the with block: even root cannot write into it."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def small_disk(folder, size):
+    """A tmpfs of size (e.g. '8m') mounted at folder (created) for the with block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder, leave_bytes):
+    """Fill the disk of folder up to leave_bytes free, with one file; returns it."""
+    filler = folder / "filler.bin"
+    free = shutil.disk_usage(folder).free
+    with open(filler, "wb") as handle:
+        handle.truncate(0)
+        handle.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_features, tmp_path_factory):
+    """A finished experiment: instances 1 and 2, two folds, one epoch."""
+    folder = tmp_path_factory.mktemp("edges")
+    routine = write_routine(folder, {1: GOOD, 2: instance("two", "num_epochs = 1", "dense_units = 4")})
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    return {"folder": folder, "routine": routine, "dir": folder / "experiments" / "experiment_1",
+            "config": tiny_features["config_path"]}
+
+
+def copied(finished, tmp_path):
+    """A copy of the finished experiment (folder with routine and experiments/) to change freely."""
+    target = tmp_path / "copy"
+    shutil.copytree(finished["folder"], target)
+    return {"folder": target, "routine": target / finished["routine"].name, "dir": target / "experiments" /
+            "experiment_1", "config": finished["config"]}
+
+
+def one_line_refusal(completed, words):
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], completed.stderr
+
+
+def config_with(tiny_features, folder, section, values):
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(tiny_features["config_path"], encoding="utf-8")
+    overrides = {name: dict(parser[name]) for name in parser.sections()}
+    overrides.setdefault(section, {}).update(values)
+    return write_config(folder, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Instances on different splits are never compared
+
+def test_a_lost_folds_json_with_other_split_settings_is_refused(finished, tiny_features, tmp_path):
+    experiment = copied(finished, tmp_path)
+    (experiment["dir"] / "folds.json").unlink()
+    before = experiment_files(experiment["dir"])
+    other_seed = config_with(tiny_features, tmp_path / "config", "folds", {"folds_seed": "7"})
+    routine = write_routine(experiment["folder"], {1: GOOD, 2: GOOD, 3: instance("new", "num_epochs = 1")},
+                            name="new_instance.py")
+    refused = run_routine(routine, other_seed, 3)
+    one_line_refusal(refused, "folds.json is missing, and")
+    assert "was trained on another split than this run would make" in refused.stderr
+    assert experiment_files(experiment["dir"]) == before and not (experiment["dir"] / "folds.json").exists()
+    same = run_routine(routine, experiment["config"], 1)  # the settings it was made with: folds.json comes back
+    assert same.returncode == 0 and "complete already" in same.stdout, same.stderr
+    assert (experiment["dir"] / "folds.json").is_file()
+
+
+def test_an_instance_trained_on_another_split_is_left_out_of_every_comparison(finished, tmp_path, capsys):
+    import collect
+    experiment = copied(finished, tmp_path)
+    path = experiment["dir"] / "results" / "results_tiny_exp1_run2.json"
+    document = json.loads(path.read_text())
+    first, second = document["folds"]
+    first["test_items"], second["test_items"] = second["test_items"], first["test_items"]
+    path.write_text(json.dumps(document))
+    instances = collect.load_instances(experiment["dir"])
+    assert "results_tiny_exp1_run2.json was trained on another split" in capsys.readouterr().err
+    summary = collect.routine_summary(instances, "classification")
+    assert summary["complete_instances"] == [1]
+    assert {entry["instance"] for entry in summary["selection_aware_test"]["per_fold"]} == {1}
+    assert collect.significance(instances, "classification", 1)[2] == (None, "")
+    import openpyxl
+    import results_to_excel
+    sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(experiment["dir"]))["summary"]
+    statuses = [cell.value for row in sheet.iter_rows() for cell in row if cell.value == "complete, other split"]
+    assert statuses == ["complete, other split"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2-5, 8, 13, 18b-c. Preprocessing: one clip one item, no repeats, classes once, links followed, nothing replaced
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """4 speakers x 2 emotions x 2 takes of the demo voice, 0.6 s at 16 kHz: audio/<speaker>/<n>.wav."""
+    root = tmp_path_factory.mktemp("voices")
+    rows = []
+    for speaker in range(4):
+        for emotion, label in ((1, "neutral"), (3, "happy")):
+            for take in (1, 2):
+                signal = demo_corpus.synthesize_clip(speaker + 1, emotion, 1, take, 1, seed=3,
+                                                     clip_seconds_range=(0.6, 0.6))
+                file = f"audio/spk{speaker}/{label}_{take}.wav"
+                (root / file).parent.mkdir(parents=True, exist_ok=True)
+                import soundfile as sf
+                sf.write(root / file, signal, 48000, subtype="PCM_16")
+                rows.append({"file": file, "label": label, "speaker": f"spk{speaker}"})
+    return {"root": root, "rows": rows, "config": write_config(root / "settings", TINY_SETTINGS)}
+
+
+def table_csv(voices, name, rows):
+    path = voices["root"] / f"{name}.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def preprocess(voices, *arguments):
+    return subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), *map(str, arguments),
+                           "--config", str(voices["config"]), "--jobs", "1"], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_one_audio_file_under_two_foldable_items_or_labels_is_refused(voices):
+    for changed, words in (({"speaker": "spk3"}, "foldable item 'spk0' / 'spk3'"),
+                           ({"label": "happy"}, "label 'neutral' / 'happy'")):
+        rows = voices["rows"] + [dict(voices["rows"][0], **changed)]
+        completed = preprocess(voices, "--csv", table_csv(voices, "twice", rows), "--dataset", "twice")
+        one_line_refusal(completed, "row 2 (audio/spk0/neutral_1.wav) and row 18 (audio/spk0/neutral_1.wav) list "
+                                    "the same audio file")
+        assert words in completed.stderr
+    linked = voices["root"] / "audio" / "linked.wav"  # the same file under another name: a link, resolved
+    if not linked.exists():
+        linked.symlink_to(voices["root"] / "audio" / "spk0" / "neutral_1.wav")
+    rows = voices["rows"] + [dict(voices["rows"][0], file="audio/linked.wav", speaker="spk2")]
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "linked", rows), "--dataset", "linked"),
+                     "list the same audio file")
+
+
+def test_repeated_rows_are_skipped_and_copies_named(voices):
+    copy = voices["root"] / "audio" / "copy_of_spk1.wav"
+    shutil.copy(voices["root"] / "audio" / "spk1" / "happy_2.wav", copy)
+    rows = voices["rows"] + [dict(voices["rows"][4]), {"file": "audio/copy_of_spk1.wav", "label": "happy",
+                                                       "speaker": "spk3"}]
+    completed = preprocess(voices, "--csv", table_csv(voices, "repeats", rows), "--dataset", "repeats")
+    assert completed.returncode == 0, completed.stderr
+    assert "row 18: audio/spk1/neutral_1.wav: repeats row 6 (audio/spk1/neutral_1.wav)" in completed.stdout
+    assert "WARNING: identical audio in row 9 (audio/spk1/happy_2.wav), foldable item 'spk1'; row 19 " \
+           "(audio/copy_of_spk1.wav), foldable item 'spk3'" in completed.stdout
+    metadata = json.loads((load_config(voices["config"])["paths"]["features_folder"] /
+                           "repeats_metadata.json").read_text())
+    assert len(metadata["clips"]) == 17 and len(metadata["identical_audio"]) == 1
+
+
+def test_classes_are_named_once_and_a_new_order_is_not_a_reuse(voices):
+    path = table_csv(voices, "classes", voices["rows"])
+    one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "x", "--classes", "happy,happy"),
+                     "--classes names happy more than once")
+    assert preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "neutral,happy").returncode == 0
+    again = preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "neutral,happy")
+    assert again.returncode == 0 and "unchanged, reusing" in again.stdout
+    one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "happy,neutral"),
+                     "classes ['neutral', 'happy'] -> ['happy', 'neutral']")
+    forced = preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "happy,neutral", "--force")
+    assert forced.returncode == 0, forced.stderr
+    features = load_config(voices["config"])["paths"]["features_folder"]
+    assert json.loads((features / "ordered_metadata.json").read_text())["class_names"] == ["happy", "neutral"]
+
+
+def test_a_dataset_of_one_class_and_labels_missing_from_names_are_explained(voices):
+    rows = [row for row in voices["rows"] if row["label"] == "happy"]
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "one", rows), "--dataset", "one"),
+                     "only one class (happy) has usable clips")
+    completed = preprocess(voices, "--folders", voices["root"] / "audio", "--dataset", "named",
+                           "--group-pattern", "^(?P<group>x)?", "--fold-by", "file", "--label-pattern",
+                           "^(?P<label>neutral|happy)_1")
+    assert completed.returncode == 0, completed.stderr
+    assert "spk0/happy_2.wav: --label-pattern '^(?P<label>neutral|happy)_1' finds no label in the name" in \
+        completed.stdout and "row " not in completed.stdout
+
+
+def test_every_front_end_follows_symbolic_links(voices, tmp_path):
+    import preprocessing_ravdess
+    corpus = tmp_path / "real"
+    demo_corpus.make_demo_corpus(corpus, n_actors=2, emotions=("neutral", "happy"), repetitions=(1,),
+                                 clip_seconds_range=(0.5, 0.6), jobs=1)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for actor in sorted(corpus.iterdir()):  # every actor folder a link: an input of only links
+        (linked / actor.name).symlink_to(actor)
+    summary = preprocessing_ravdess.preprocess(linked, "linked_actors", voices["config"], jobs=1, quiet=True)
+    assert summary["clips"] == 12 and summary["items"] == ["01", "02"]
+    classes = tmp_path / "classes"
+    (classes / "happy").mkdir(parents=True)
+    (classes / "neutral").symlink_to(voices["root"] / "audio" / "spk0")  # a class folder that is a link
+    for file in sorted((voices["root"] / "audio" / "spk1").glob("happy_*.wav")):
+        (classes / "happy" / f"spk1_{file.name}").symlink_to(file)
+    completed = preprocess(voices, "--folders", classes, "--dataset", "linked_classes", "--fold-by", "file")
+    assert completed.returncode == 0 and "6 clips" in completed.stdout, completed.stdout + completed.stderr
+
+
+def test_preprocessing_never_replaces_a_dataset_made_otherwise_without_force(voices, tmp_path):
+    import preprocessing_ravdess
+    corpus = tmp_path / "ravdess"
+    demo_corpus.make_demo_corpus(corpus, n_actors=2, emotions=("neutral", "happy"), repetitions=(1,),
+                                 clip_seconds_range=(0.5, 0.6), jobs=1)
+    preprocessing_ravdess.preprocess(corpus, "kept", voices["config"], jobs=1, quiet=True)
+    predictors = load_config(voices["config"])["paths"]["features_folder"] / "kept_predictors.npz"
+    before = predictors.read_bytes()
+    with pytest.raises(XvalError, match=r"\[features\] type 'mel' -> 'mfcc'.*pass --force to replace it"):
+        preprocessing_ravdess.preprocess(corpus, "kept", voices["config"], feature_type="mfcc", jobs=1, quiet=True)
+    with pytest.raises(XvalError, match="target classification -> regression"):  # other labels, same files
+        preprocessing_ravdess.preprocess(corpus, "kept", voices["config"], target="intensity", jobs=1, quiet=True)
+    assert predictors.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. What reached the model is what the results record
+
+def test_a_wrapper_that_drops_or_changes_arguments_fails_the_fold(tiny_features, tmp_path):
+    project = copy_project(tmp_path / "project")
+    models = project / "define_models.py"
+    models.write_text(models.read_text() + '''
+
+import functools
+
+
+def keep_defaults(function):
+    @functools.wraps(function)
+    def wrapper(input_shape, output_size, task_type, regularization_lambda, **ignored):
+        return function(input_shape, output_size, task_type, regularization_lambda)
+    return wrapper
+
+
+def doubling(function):
+    @functools.wraps(function)
+    def wrapper(*arguments, dense_units=8, **keywords):
+        return function(*arguments, dense_units=2 * dense_units, **keywords)
+    return wrapper
+
+
+@keep_defaults
+def DROPPING_model(input_shape, output_size, task_type, regularization_lambda, units=8):
+    return EXAMPLE_model(input_shape, output_size, task_type, regularization_lambda, filters=[4], dense_units=units)
+
+
+@doubling
+def DOUBLING_model(input_shape, output_size, task_type, regularization_lambda, dense_units=8):
+    return EXAMPLE_model(input_shape, output_size, task_type, regularization_lambda, filters=[4],
+                         dense_units=dense_units)
+''')
+    routine = write_routine(tmp_path, {
+        1: instance("dropped", "units = 11", model=['architecture = "DROPPING_model"', "num_epochs = 1"]),
+        2: instance("doubled", "dense_units = 5", model=['architecture = "DOUBLING_model"', "num_epochs = 1"])})
+    completed = run_routine(routine, tiny_features["config_path"], project=project)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    errors = [json.loads((experiment_dir / "results" / f"results_tiny_exp1_run{run}.json").read_text())["error"]
+              for run in (1, 2)]
+    assert "define_models.DROPPING_model received units = 8, but the instance's parameter is 11" in errors[0]
+    assert "define_models.DOUBLING_model received dense_units = 10, but the instance's parameter is 5" in errors[1]
+    assert not list((experiment_dir / "models").glob("*.hdf5"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7, 9, 10. Settings that would be ignored are refused
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--slurm", "--time="], "[slurm] time is empty"), (["--slurm", "--mem="], "[slurm] mem is empty"),
+    (["--slurm", "--sbatch-line="], "an empty --sbatch-line adds nothing"),
+])
+def test_empty_slurm_values_are_refused(tiny_features, tmp_path, arguments, words):
+    routine = write_routine(tmp_path, {1: GOOD})
+    one_line_refusal(run_routine(routine, tiny_features["config_path"], *arguments), words)
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"experiment_dict": {-1: GOOD}}, "keys must be whole numbers of 0 or more (instance ids), not -1"),
+    ({"experiment_folder": ""}, "experiment_folder = '' must be a folder"),
+    ({"experiment_folder": "   "}, "must be a folder"),
+])
+def test_routine_settings_that_would_mean_something_else_are_refused(tiny_features, tmp_path, settings, words):
+    routine = write_routine(tmp_path, **{"experiment_dict": {1: GOOD}, **settings})
+    one_line_refusal(run_routine(routine, tiny_features["config_path"]), words)
+
+
+def test_use_model_refuses_a_device_that_is_none(finished):
+    completed = subprocess.run([sys.executable, str(REPO / "use_model.py"), "final", str(finished["dir"]), "--gpu",
+                                "-5"], capture_output=True, text=True, env=routine_environment(finished["config"]),
+                               timeout=300)
+    one_line_refusal(completed, "--gpu -5 is not a device")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 11. Any path the OS allows
+
+def test_a_newline_in_the_experiment_folder(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: GOOD}, experiment_folder="two\nlines")
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert json.loads((tmp_path / "two\nlines" / "experiment_1" / "results" / "results_tiny_exp1_run1.json")
+                      .read_text())["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 12. A view needs nothing but to read
+
+def test_a_read_only_experiment_is_viewed_and_used_without_writing(mounts, finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    before = {path: path.read_bytes() for path in experiment["dir"].rglob("*") if path.is_file()}
+    environment = routine_environment(experiment["config"])
+    with read_only(experiment["dir"]):
+        view = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(experiment["dir"]),
+                               str(tmp_path / "elsewhere.xlsx")], capture_output=True, text=True, env=environment)
+        assert view.returncode == 0 and "cannot be written" in view.stderr, view.stderr
+        here = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(experiment["dir"])],
+                              capture_output=True, text=True, env=environment)
+        one_line_refusal(here, "pass an OUTPUT.xlsx elsewhere")
+        status = run_routine(experiment["routine"], experiment["config"], "--status")
+        assert status.returncode == 0 and "2 done" in status.stdout, status.stderr
+        final = subprocess.run([sys.executable, str(REPO / "use_model.py"), "final", str(experiment["dir"])],
+                               capture_output=True, text=True, env=environment)
+        one_line_refusal(final, "cannot be written")
+    import openpyxl
+    assert openpyxl.load_workbook(tmp_path / "elsewhere.xlsx")["plots"]._images, "the plots are in the workbook"
+    assert {path: path.read_bytes() for path in experiment["dir"].rglob("*") if path.is_file()} == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 14. A full disk: one line, nothing half-written, the fold not done
+
+def test_a_full_disk_while_a_fold_saves_its_model_is_one_line_and_leaves_nothing(mounts, tmp_path):
+    import keras
+
+    import training
+    inputs = keras.Input(shape=(16, 8))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    disk = tmp_path / "disk"
+    with small_disk(disk, "512k"):
+        fill(disk, 4096)
+        with pytest.raises(XvalError, match=r"no space left to write .*model\.hdf5 \(\d+ bytes free on its disk\)"):
+            training.save_model(keras, model, disk / "model.hdf5", "models/model.hdf5", {"card": "of the model"})
+        assert sorted(path.name for path in disk.iterdir()) == ["filler.bin"], "a temporary model was left"
+
+
+def test_a_full_disk_while_a_routine_sets_up_is_one_line_and_leaves_nothing(mounts, tiny_features, tmp_path):
+    disk = tmp_path / "disk"
+    with small_disk(disk, "2m"):
+        fill(disk, 96 * 1024)  # room for folds.json and the description, not for the code snapshot
+        routine = write_routine(tmp_path, {1: GOOD}, experiment_folder=str(disk / "experiments"))
+        one_line_refusal(run_routine(routine, tiny_features["config_path"]), "no space left to write")
+        assert not list(disk.rglob("*xvaltmp*")) and not list((disk / "experiments").rglob("*.hdf5"))
+        (disk / "filler.bin").unlink()
+        completed = run_routine(routine, tiny_features["config_path"])
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
+    import configparser
+    disk = tmp_path / "features_disk"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(voices["config"], encoding="utf-8")
+    parser.set("paths", "features_folder", str(disk))
+    config = tmp_path / "config.ini"
+    with open(config, "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    with small_disk(disk, "1m"):
+        fill(disk, 8 * 1024)
+        completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv",
+                                    str(table_csv(voices, "full", voices["rows"])), "--dataset", "full", "--config",
+                                    str(config), "--jobs", "1"], capture_output=True, text=True, timeout=300)
+        one_line_refusal(completed, "no space left to write")
+        assert not list(disk.glob("*xvaltmp*")) and not list(disk.glob("full_*"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 15. --help
+
+@pytest.mark.parametrize("script", ["xval_routine_example.py", "xval_routine_regression_example.py",
+                                    "xval_instance.py", "training.py", "use_model.py", "results_to_excel.py",
+                                    "preprocessing_dataset.py", "preprocessing_ravdess.py", "benchmarks/run.py",
+                                    "benchmarks/plain_keras.py", "benchmarks/naive_preprocessing.py"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_script_answers_help(script, flag):
+    completed = subprocess.run([sys.executable, str(REPO / script), flag], capture_output=True, text=True,
+                               timeout=120, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert completed.returncode == 0, completed.stderr
+    assert "usage" in completed.stdout.lower() and not completed.stderr.strip().startswith("error")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 16. A damaged input names its file
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_damaged_feature_files_are_one_line_naming_the_file(tiny_features, tmp_path, damage):
+    features = tmp_path / "features"
+    shutil.copytree(tiny_features["features_folder"], features)
+    path = features / "tiny_predictors.npz"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:len(data) // 2], "empty": b"", "text": b"not an archive"}[damage])
+    config = config_with(tiny_features, tmp_path / "config", "paths", {"features_folder": str(features)})
+    routine = write_routine(tmp_path, {1: GOOD})
+    one_line_refusal(run_routine(routine, config), f"{path} is damaged and cannot be read")
+
+
+@pytest.mark.parametrize("damage", ["folds-not-an-object", "fold-result-not-an-object", "instance-not-text"])
+def test_damaged_experiment_files_are_one_line_naming_the_file(finished, tmp_path, damage):
+    experiment = copied(finished, tmp_path)
+    path = {"folds-not-an-object": experiment["dir"] / "folds.json",
+            "fold-result-not-an-object": experiment["dir"] / "results" / "folds" / "results_tiny_exp1_run1_fold1.json",
+            "instance-not-text": experiment["dir"] / "results" / "results_tiny_exp1_run1.json"}[damage]
+    path.write_bytes(b"\xff\xfe\x00binary" if damage == "instance-not-text" else b"[1, 2]")
+    one_line_refusal(run_routine(experiment["routine"], experiment["config"]), str(path))
+
+
+def test_a_damaged_model_file_is_one_line(finished, tmp_path):
+    model = tmp_path / "model.hdf5"
+    model.write_bytes((finished["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5").read_bytes()[:5000])
+    completed = subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", str(model),
+                                str(REPO / "README.md")], capture_output=True, text=True, timeout=300,
+                               env=routine_environment(finished["config"]))
+    one_line_refusal(completed, f"model {model} cannot be read")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 17. Exit codes
+
+def test_an_unexpected_error_exits_4_and_a_refusal_2():
+    from utility_functions import exit_on_user_error
+
+    def bug():
+        raise RuntimeError("a bug")
+
+    def refused():
+        raise XvalError("a refusal")
+
+    for main, code in ((bug, 4), (refused, 2)):
+        with pytest.raises(SystemExit) as ended:
+            exit_on_user_error(main)
+        assert ended.value.code == code
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 18. Status, and what counts as busy
+
+def test_status_of_a_folder_without_an_experiment_says_so(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: GOOD, 2: GOOD, 3: GOOD})
+    completed = run_routine(routine, tiny_features["config_path"], "--status")
+    assert completed.returncode == 0 and "holds no experiment yet" in completed.stdout
+    assert "pending" not in completed.stdout
+
+
+def test_an_instance_completed_meanwhile_by_another_process_counts_as_complete(finished, monkeypatch):
+    import executor_local
+    from plan import make_plan
+    monkeypatch.setenv("XVAL_CONFIG", str(finished["config"]))
+    settings = {"description": "d", "dataset": "tiny", "num_experiment": 1, "num_folds": 2, "overwrite_results": False,
+                "debug_mode": False, "experiment_dict": {1: GOOD}}
+    plan = make_plan(settings, load_config(), [1], finished["dir"], reuse=False)  # as if fold 2 were still to do
+    executor = executor_local.LocalExecutor(load_config(), [-1], [], "routine.py")
+    busy = {"busy": [{"host": "elsewhere", "pid": 1}], "trained": [{}]}
+    assert executor.instance_outcome(plan, plan.instances[0], busy) == "complete"
+    (finished["dir"] / "results" / "folds" / "results_tiny_exp1_run1_fold2.json").rename(
+        finished["dir"] / "fold2.json")
+    try:
+        assert executor.instance_outcome(plan, plan.instances[0], busy) == "busy"
+    finally:
+        (finished["dir"] / "fold2.json").rename(finished["dir"] / "results" / "folds" /
+                                                "results_tiny_exp1_run1_fold2.json")
+        executor_local.collect_instance(plan.layout, 1, executor_local.instance_record(plan, plan.instances[0]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 19. Ctrl-C: a fold stopped by SIGINT says so itself
+
+def test_a_fold_stopped_by_ctrl_c_exits_130_through_the_fork_server(finished, tmp_path):
+    from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
+    job = json.loads((finished["dir"] / "logs" / "tiny_exp1_run1_fold1.job.json").read_text())
+    job["parameters"] = dict(job["parameters"], num_epochs=500, early_stopping=False)
+    job.update(result_path=str(tmp_path / "result.json"), model_path=str(tmp_path / "model.hdf5"))
+    job_path = tmp_path / "long.job.json"
+    job_path.write_text(json.dumps(job))
+    log = tmp_path / "fold.log"
+    launcher = ForkServerLauncher(fold_environment("tensorflow", 1, -1, dict(os.environ, PYTHONPATH=str(REPO))))
+    outcome = {}
+
+    def interrupt_the_fold():
+        while not (log.exists() and "xval-epoch: " in log.read_text(errors="replace")):
+            time.sleep(0.05)  # polling for the first epoch
+        children = Path(f"/proc/{launcher.server.pid}/task/{launcher.server.pid}/children").read_text().split()
+        outcome["child"] = int(children[0])
+        os.kill(int(children[0]), signal.SIGINT)
+
+    import threading
+    thread = threading.Thread(target=interrupt_the_fold, daemon=True)
+    try:
+        thread.start()
+        code, error = launcher.run(job_path, log, "long fold")
+        thread.join()
+        assert code == INTERRUPTED_EXIT and error == "interrupted (Ctrl-C)"
+        assert launcher.server.poll() is None, "the fork server must survive the fold's Ctrl-C"
+    finally:
+        launcher.close()
+    assert not (tmp_path / "result.json").exists()
