@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from registries import BACKENDS, TASK_TYPES, monitorable
+from registries import BACKENDS, TASK_TYPES, monitor_direction, monitorable
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, MODEL_ONLY_TRAINING_PARAMETERS, OPTIMIZERS, PROJECT_DIR,
                                XvalError)
 
@@ -215,6 +215,10 @@ def check_training_values(parameters, overridden, where):
              f"{parameters['task_type']}: use one of {', '.join(allowed)}")
     if parameters["save_best_model_mode"] not in ("min", "max", "auto"):
         fail(f"save_best_model_mode {parameters['save_best_model_mode']!r} must be min, max or auto")
+    direction = monitor_direction(parameters["save_best_model_metric"])
+    if parameters["save_best_model_mode"] not in ("auto", direction):
+        fail(f"save_best_model_mode = {parameters['save_best_model_mode']!r} would keep the worst epoch of "
+             f"{parameters['save_best_model_metric']} (best is {direction}): use \"auto\" (or \"{direction}\")")
     for name, kind in CONFIG_SCHEMA["training"].items():
         if isinstance(kind, tuple) and parameters[name] not in kind:
             fail(f"{name} {parameters[name]!r} is not one of {', '.join(kind)}")

@@ -360,6 +360,11 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
         instances.append(PlannedInstance(instance, tuple(settings["experiment_dict"][instance]), parameters,
                                          current_hash, fingerprints, missing,
                                          {fold: str(path) for fold, path in initial_models.items()}))
+    same = {}
+    for planned in instances:
+        same.setdefault(planned.hash, []).append(planned.instance)
+    warnings += [f"instances {', '.join(map(str, group))} have the same parameters (comments aside): they will give "
+                 "the same results; change one, or remove it" for group in same.values() if len(group) > 1]
     return Plan(layout=layout, description=settings["description"], features_folder=str(features_folder),
                 overwrite=settings["overwrite_results"], debug=settings["debug_mode"], identity=identity,
                 split=split, folds=tuple(folds), instances=tuple(instances), warnings=tuple(warnings),

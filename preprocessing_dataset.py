@@ -671,7 +671,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
                "windows": int(len(features)) if windows else None, "identical_audio": metadata["identical_audio"],
-               "classes_without_clips": [name for name in class_names or () if name not in present]}
+               "classes_without_clips": [name for name in class_names or () if name not in present],
+               "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()}}
     if not quiet:
         print(summary_text(summary, feature_type, table["source"], kinds))
     return summary
@@ -690,6 +691,8 @@ def summary_text(summary, feature_type, source, kinds):
     lines = [f"{summary['dataset']}: {summary['clips']} clips of {len(summary['items'])} {summary['fold_by']}s "
              f"(the foldable items) from {source} -> {summary['paths']['predictors'].parent}/{summary['dataset']}_"
              f"{{predictors,target}}.npz ({shape}) in {summary['seconds']:.1f} s"]
+    if summary.get("class_counts"):
+        lines.append("  classes: " + ", ".join(f"{name} {count}" for name, count in summary["class_counts"].items()))
     audio = summary["audio"]
     rates = ", ".join(f"{rate} Hz: {count}" for rate, count in audio["sample_rates"].items())
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
@@ -726,8 +729,8 @@ def parse_args(argv):
     source.add_argument("--csv", help="a CSV with a header row: file, label and foldable item columns")
     source.add_argument("--folders", help="a folder with one subfolder of audio files per class")
     parser.add_argument("--dataset", required=True, help="dataset name (what a routine's dataset = names)")
-    parser.add_argument("--file-column", default="file", help="CSV column of the audio paths (default file)")
-    parser.add_argument("--label-column", default="label", help="CSV column of the labels (default label)")
+    parser.add_argument("--file-column", help="CSV column of the audio paths (default file)")
+    parser.add_argument("--label-column", help="CSV column of the labels (default label)")
     parser.add_argument("--fold-by", default=None, help="column whose values the folds never split (default "
                                                         "speaker; 'file' for a speaker-dependent split)")
     parser.add_argument("--audio-root", help="folder the CSV's paths are relative to (default: the CSV's folder)")
@@ -747,13 +750,31 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def check_options(args):
+    """XvalError for an option that would have no effect with the others given (never silently ignored)."""
+    unused = {"--csv": [("--group-pattern", args.group_pattern), ("--label-pattern", args.label_pattern)],
+              "--folders": [("--file-column", args.file_column), ("--label-column", args.label_column),
+                            ("--audio-root", args.audio_root)]}["--csv" if args.csv else "--folders"]
+    given = [option for option, value in unused if value is not None]
+    if given:
+        raise XvalError(f"{', '.join(given)} only act{'s' if len(given) == 1 else ''} with "
+                        f"{'--folders' if args.csv else '--csv'}: remove {'it' if len(given) == 1 else 'them'}")
+    if args.folders and args.fold_by == FOLD_BY_FILE and args.group_pattern:
+        raise XvalError("--group-pattern has no effect with --fold-by file (each file is its own foldable item): "
+                        "remove one of them")
+    if args.classes and args.target == "regression":
+        raise XvalError("--classes only acts with --target classification: remove it for a regression target")
+
+
 def run(args):
     """Everything main() does after parsing the arguments; returns build_dataset()'s summary."""
+    check_options(args)
     config_path = config_path_in_use(args.config)
     config = load_config(config_path)
     if args.csv:
         fold_by = args.fold_by or "speaker"
-        clips, skipped, stats = csv_table(args.csv, args.file_column, args.label_column, fold_by, args.audio_root)
+        clips, skipped, stats = csv_table(args.csv, args.file_column or "file", args.label_column or "label",
+                                          fold_by, args.audio_root)
         source = str(Path(args.csv).expanduser().resolve())
     else:
         fold_by = args.fold_by or "group"

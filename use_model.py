@@ -211,6 +211,9 @@ def model_set(target, instance_text):
         return models, dict(document, name=f"{target.name} instance {instance} (mean of {len(models)} folds)")
     if not target.is_file():
         raise XvalError(f"model {target} does not exist: pass a final model, a fold model or an experiment folder")
+    if instance_text is not None:
+        raise XvalError(f"--instance only acts with an experiment folder, and {target.name} is one model file: "
+                        "remove --instance, or pass the experiment folder")
     from training import read_card
     card = read_card(target)
     if card:  # the model describes itself: nothing else is needed

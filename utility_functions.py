@@ -5,6 +5,7 @@ preprocessing_ravdess.py, xval_instance.py, training.py and results_to_excel.py.
 """
 import configparser
 import contextlib
+import difflib
 import errno
 import fcntl
 import zipfile
@@ -188,6 +189,13 @@ def load_config(path=None, sections=None):
         config[section] = {key: parse_config_value(parser.get(section, key) if parser.has_option(section, key)
                                                    else default, kind, path.parent, f"{path} [{section}] {key}")
                            for key, (kind, default) in keys.items()}
+    for section in config:  # a key xval does not read would be ignored: a typo, most likely
+        unknown = [key for key in parser.options(section) if key not in config[section]] \
+            if parser.has_section(section) else []
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], config[section], n=1)
+            raise XvalError(f"{path} [{section}] {unknown[0]} is not a setting xval reads"
+                            f"{f': did you mean {hint[0]}?' if hint else ''} (remove it or fix its name)")
     share = config["folds"]["validation_share"]
     if not 0 < share < 1:
         raise XvalError(f"{path} [folds] validation_share = {share} must be between 0 and 1: fix that line")

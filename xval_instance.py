@@ -206,9 +206,9 @@ def print_status(settings, config, selected, routine_file):
     for the experiment's jobs. Returns 0."""
     layout = Layout(experiment_path(settings, config, routine_file), settings["dataset"], settings["num_experiment"])
     print(f"xval: experiment {layout.experiment} on '{layout.dataset}' in {layout.root}")
-    if not layout.folds.is_file():
-        print(f"xval: {layout.root} holds no experiment yet (no folds.json): nothing of this routine has run there "
-              "(check experiment_folder and num_experiment)")
+    if not any(path.exists() for path in (layout.folds, layout.results, layout.locks)):
+        print(f"xval: {layout.root} holds no experiment yet (no folds.json, results or claims): nothing of this "
+              "routine has run there (check experiment_folder and num_experiment)")
         return EXIT_DONE
     for instance in selected:
         states = [fold_state(layout, instance, fold, config["claims"]["grace_seconds"])

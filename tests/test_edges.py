@@ -8,6 +8,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,7 @@ def test_repeated_rows_are_skipped_and_copies_named(voices):
     metadata = json.loads((load_config(voices["config"])["paths"]["features_folder"] /
                            "repeats_metadata.json").read_text())
     assert len(metadata["clips"]) == 17 and len(metadata["identical_audio"]) == 1
+    assert "classes: happy 9, neutral 8" in completed.stdout  # every class and its clips, so a stray one shows
 
 
 def test_classes_are_named_once_and_a_new_order_is_not_a_reuse(voices):
@@ -245,12 +247,27 @@ def test_a_dataset_of_one_class_and_labels_missing_from_names_are_explained(voic
     rows = [row for row in voices["rows"] if row["label"] == "happy"]
     one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "one", rows), "--dataset", "one"),
                      "only one class (happy) has usable clips")
-    completed = preprocess(voices, "--folders", voices["root"] / "audio", "--dataset", "named",
-                           "--group-pattern", "^(?P<group>x)?", "--fold-by", "file", "--label-pattern",
-                           "^(?P<label>neutral|happy)_1")
+    completed = preprocess(voices, "--folders", voices["root"] / "audio", "--dataset", "named", "--fold-by", "file",
+                           "--label-pattern", "^(?P<label>neutral|happy)_1")
     assert completed.returncode == 0, completed.stderr
     assert "spk0/happy_2.wav: --label-pattern '^(?P<label>neutral|happy)_1' finds no label in the name" in \
         completed.stdout and "row " not in completed.stdout
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--label-pattern", "(?P<label>x)"], "--label-pattern only acts with --folders"),
+    (["--group-pattern", "(?P<group>x)", "--label-pattern", "(?P<label>x)"], "--group-pattern, --label-pattern only act "
+                                                                           "with --folders"),
+    (["--target", "regression", "--classes", "a,b"], "--classes only acts with --target classification"),
+])
+def test_an_option_the_front_end_would_ignore_is_refused(voices, arguments, words):
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "options", voices["rows"]), "--dataset", "o",
+                                *arguments), words)
+    folders = preprocess(voices, "--folders", voices["root"] / "audio", "--dataset", "o", "--fold-by", "file",
+                         "--group-pattern", "x")
+    one_line_refusal(folders, "--group-pattern has no effect with --fold-by file")
+    one_line_refusal(preprocess(voices, "--folders", voices["root"] / "audio", "--dataset", "o", "--audio-root", "x",
+                                "--fold-by", "file"), "--audio-root only acts with --csv")
 
 
 def test_every_front_end_follows_symbolic_links(voices, tmp_path):
@@ -404,18 +421,30 @@ def test_a_read_only_experiment_is_viewed_and_used_without_writing(mounts, finis
 # ----------------------------------------------------------------------------------------------------------------
 # 14. A full disk: one line, nothing half-written, the fold not done
 
-def test_a_full_disk_while_a_fold_saves_its_model_is_one_line_and_leaves_nothing(mounts, tmp_path):
-    import keras
+SAVE_ON_A_FULL_DISK = """
+import sys
+import keras
+import training
+from utility_functions import XvalError
+inputs = keras.Input(shape=(16, 8))
+model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+try:
+    training.save_model(keras, model, sys.argv[1], "models/model.hdf5", {"card": "of the model"})
+except XvalError as error:
+    print(error)
+"""
 
-    import training
-    inputs = keras.Input(shape=(16, 8))
-    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
+
+def test_a_full_disk_while_a_fold_saves_its_model_is_one_line_and_leaves_nothing(mounts, tmp_path):
+    # in a process of its own, as a fold is: HDF5 can be left unusable by a failed write
     disk = tmp_path / "disk"
     with small_disk(disk, "512k"):
         fill(disk, 4096)
-        with pytest.raises(XvalError, match=r"no space left to write .*model\.hdf5 \(\d+ bytes free on its disk\)"):
-            training.save_model(keras, model, disk / "model.hdf5", "models/model.hdf5", {"card": "of the model"})
+        saved = subprocess.run([sys.executable, "-c", SAVE_ON_A_FULL_DISK, str(disk / "model.hdf5")],
+                               capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert re.match(rf"no space left to write {re.escape(str(disk))}/model\.hdf5 \(\d+ bytes free on its disk\)",
+                        saved.stdout), saved.stdout + saved.stderr[-2000:]
         assert sorted(path.name for path in disk.iterdir()) == ["filler.bin"], "a temporary model was left"
 
 
@@ -578,3 +607,14 @@ def test_a_fold_stopped_by_ctrl_c_exits_130_through_the_fork_server(finished, tm
     finally:
         launcher.close()
     assert not (tmp_path / "result.json").exists()
+
+
+def test_instances_with_the_same_parameters_are_named_before_training(tiny_features, tmp_path, monkeypatch):
+    from plan import make_plan
+    monkeypatch.setenv("XVAL_CONFIG", str(tiny_features["config_path"]))
+    settings = {"description": "d", "dataset": "tiny", "num_experiment": 1, "num_folds": 2, "overwrite_results": False,
+                "debug_mode": False, "experiment_dict": {1: GOOD, 2: instance("other comment", "num_epochs = 1"),
+                                                         3: instance("x", "num_epochs = 2")}}
+    plan = make_plan(settings, load_config(), [1, 2, 3], tmp_path / "experiment_1")
+    assert plan.warnings == ("instances 1, 2 have the same parameters (comments aside): they will give the same "
+                             "results; change one, or remove it",)

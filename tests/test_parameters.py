@@ -71,6 +71,9 @@ def test_values_with_slash_and_equals_sign_work():
     (['seed = -1'], "seed = -1 must be between 0 and 2**32 - 1"),
     (['seed = 2 ** 32'], "must be between 0 and 2**32 - 1"),
     (['patience = 3', 'early_stopping = False'], "patience = 3 has no effect with early_stopping = False"),
+    (['save_best_model_metric = "val_balanced_accuracy"', 'save_best_model_mode = "min"'],
+     "save_best_model_mode = 'min' would keep the worst epoch of val_balanced_accuracy (best is max)"),
+    (['save_best_model_mode = "max"'], "would keep the worst epoch of val_loss (best is min)"),
 ])
 def test_bad_parameter_strings_are_refused_with_one_clear_line(strings, expected):
     with pytest.raises(XvalError) as refusal:

@@ -194,7 +194,7 @@ def test_after_folds_json_is_lost_a_changed_split_is_refused(tiny_features, tmp_
     other_seed.write_text(tiny_features["config_path"].read_text().replace("folds_seed = 1", "folds_seed = 7"))
     before = experiment_files(experiment_dir)
     refused = run_routine(routine, other_seed)
-    assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
+    assert refused.returncode == 2 and "was trained on another split than this run would make" in refused.stderr
     assert experiment_files(experiment_dir) == before and not (experiment_dir / "folds.json").exists()
     same_seed = run_routine(routine, tiny_features["config_path"])  # the same settings make the same split
     assert same_seed.returncode == 0, same_seed.stderr

@@ -144,7 +144,7 @@ def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_p
     assert [row["prediction"] for row in rows] == [document["class_names"][i] for i in expected.argmax(axis=1)]
 
 
-@pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete"])
+@pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete", "instance-with-a-file"])
 def test_bad_inputs_are_one_line(experiment, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -153,6 +153,8 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
     fold_model = experiment["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"
     if case == "no-audio":
         arguments, words = ["predict", fold_model, empty], "no audio files"
+    elif case == "instance-with-a-file":
+        arguments, words = ["predict", fold_model, *some_audio, "--instance", "2"], "--instance only acts with an"
     elif case == "missing-model":
         arguments, words = ["predict", tmp_path / "nothing.hdf5", *some_audio], "does not exist"
     elif case == "no-card":  # a fold model saved by main at 167406f, before models carried their card
