@@ -175,7 +175,8 @@ class SlurmExecutor(Executor):
         if not self.jobs:
             print(f"xval: nothing to submit: every selected fold job is done{' or queued' if self.queued else ''}",
                   flush=True)
-            rebuild_spreadsheet(plan.layout, plan.debug)
+            if not self.queued:  # queued: the array's own spreadsheet job rebuilds it once they land
+                rebuild_spreadsheet(plan.layout, plan.debug)
             return EXIT_DONE
         jobs, slurm, folder = self.jobs, self.config["slurm"], self.folder
         try:

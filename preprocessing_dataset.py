@@ -122,7 +122,8 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item,
                           {key: value for key, value in row.items() if key is not None})
         if not file or not path.is_file():
-            skipped.append(skip_entry(clip, "missing_file", f"{path} does not exist" if file else "no file name"))
+            reason = "no file name" if not file else f"{path} is a folder" if path.is_dir() else f"{path} does not exist"
+            skipped.append(skip_entry(clip, "missing_file", reason))
         elif not item:
             skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
         else:
