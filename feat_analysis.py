@@ -1,4 +1,8 @@
-"""Audio features of xval: STFT magnitude, log-mel (dB), MFCC and constant-Q (dB), time first, with librosa.
+"""Audio in, features out: xval's one front end, for the dataset's features and for predictions of new files alike.
+
+Audio (clip_signals): any file soundfile reads, mixed to mono, resampled with soxr 'soxr_hq' (librosa.load's
+numbers), then padded or cut to a fixed length or cut into windows (length_settings of [preprocessing]).
+Features: STFT magnitude, log-mel (dB), MFCC and constant-Q (dB), time first, with librosa.
 
 Every feature is a float32 array shaped (frames, bins): row t is the analysis frame centred on sample
 t * hop_length (zero padding of n_fft // 2 at both ends: librosa's center=True, pad_mode='constant'), so time
@@ -15,9 +19,13 @@ The work is librosa 0.11's (stft, filters.mel, power_to_db, feature.mfcc; keywor
   speed: on or off, 0.40 ms a clip;
 - the dB floor (top_db) is per clip, as if each clip went through librosa.power_to_db on its own.
 """
+from pathlib import Path
+
 import librosa
 import numpy as np
+import scipy.signal
 import scipy.sparse
+import soundfile as sf
 
 FEATURE_TYPES = ("stft", "mfcc", "mel", "cqt")
 PAD_MODE = "constant"  # frames at the edges see zeros beyond the signal (librosa's default since 0.10)
@@ -27,6 +35,8 @@ DB_TOP = 80.0  # each clip's dB values are floored at its maximum minus this (li
 MFCC_DCT_TYPE = 2  # orthonormal DCT-II of the dB mel bands (librosa.feature.mfcc's default)
 MFCC_NORM = "ortho"
 BATCH_BLOCK_CLIPS = 8  # clips transformed together (bounds the temporary float64 arrays)
+RESAMPLER = "soxr_hq"  # librosa.load's default resampler
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what a folder of audio is read for
 
 
 def n_frames(n_samples, hop_length):
@@ -93,6 +103,38 @@ def cqt_problem(sample_rate, feature_settings):
         return (f"cqt_fmin = {s['cqt_fmin']}, cqt_bins = {s['cqt_bins']}, cqt_bins_per_octave = "
                 f"{s['cqt_bins_per_octave']}, hop_length = {s['hop_length']} at {sample_rate} Hz: {error}")
     return None
+
+
+def settings_problem(pre, feat, feature_type):
+    """Why [preprocessing] pre and [features] feat cannot give features of feature_type (a line beginning with the
+    section and key to fix), or None."""
+    if feature_type not in FEATURE_TYPES:
+        return f"[features] type {feature_type!r} is not one of {', '.join(FEATURE_TYPES)} (or fix --features)"
+    if feat["win_length"] > feat["n_fft"]:
+        return f"[features] win_length = {feat['win_length']} is longer than n_fft = {feat['n_fft']}: make it <= n_fft"
+    try:
+        scipy.signal.get_window(feat["window"], feat["win_length"])
+    except (ValueError, TypeError):
+        return (f"[features] window = {feat['window']!r} is not a window scipy.signal.get_window knows: use hann, "
+                "hamming, blackman, ...")
+    length = length_settings(pre)
+    for key, name in (("clip_samples", "clip_seconds"), ("window_samples", "window_seconds"),
+                      ("hop_samples", "window_hop_seconds")):
+        if key in length and length[key] < 1:
+            return f"[preprocessing] {name} = {pre[name]} is shorter than one sample: make it longer"
+    nyquist = pre["sample_rate"] / 2
+    if feature_type in ("mel", "mfcc"):
+        fmax = mel_fmax(feat["fmax"], pre["sample_rate"])
+        if fmax > nyquist:
+            return (f"[features] fmax = {feat['fmax']} is above half the sample rate ({nyquist:g} Hz): lower it, or 0 "
+                    "for half the sample rate")
+        if not 0 <= feat["fmin"] < fmax:
+            return f"[features] fmin = {feat['fmin']} must be at least 0 and below fmax ({fmax:g} Hz): fix it"
+    if feature_type == "mfcc" and feat["n_mfcc"] > feat["n_mels"]:
+        return (f"[features] n_mfcc = {feat['n_mfcc']} is more than n_mels = {feat['n_mels']}: lower n_mfcc or raise "
+                "n_mels")
+    problem = cqt_problem(pre["sample_rate"], feat) if feature_type == "cqt" else None
+    return f"[features] {problem}" if problem else None
 
 
 def spectrogram(signals, feature_settings, power):
@@ -210,3 +252,87 @@ def cqt_db(signal, sample_rate, hop_length, cqt_fmin, cqt_bins, cqt_bins_per_oct
     settings = _settings("cqt", 2 * hop_length, hop_length, 2 * hop_length, "hann", cqt_fmin=cqt_fmin,
                          cqt_bins=cqt_bins, cqt_bins_per_octave=cqt_bins_per_octave)
     return extract_features(signal, sample_rate, settings)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio: the same numbers as librosa.load(path, sr=sample_rate) (mono, soxr_hq), then fixed length or windows
+
+def length_settings(preprocessing):
+    """What cuts audio into the pieces features are made of: {"mode", "sample_rate", ...} (see clip_signals)."""
+    rate = preprocessing["sample_rate"]
+    if preprocessing["clip_mode"] == "fixed":
+        return {"mode": "fixed", "sample_rate": rate, "clip_samples": int(round(preprocessing["clip_seconds"] * rate)),
+                "cut_mode": preprocessing["cut_mode"]}
+    return {"mode": "windows", "sample_rate": rate,
+            "window_samples": int(round(preprocessing["window_seconds"] * rate)),
+            "hop_samples": int(round(preprocessing["window_hop_seconds"] * rate))}
+
+
+
+def read_mono(path):
+    """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).
+
+    The same numbers as librosa.load(path, sr=None): soundfile reads float32, librosa.to_mono averages the
+    channels. Raises ValueError for a file without samples or with non-finite ones, soundfile's errors for files
+    it cannot read.
+    """
+    if Path(path).stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise ValueError("holds no audio samples")
+    signal = librosa.to_mono(data.T) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(signal).all():
+        raise ValueError("holds NaN or infinite samples")
+    return np.ascontiguousarray(signal), sample_rate
+
+
+def resample(signal, orig_rate, target_rate):
+    """float32 (samples,) at orig_rate Hz -> float32 (ceil(samples * target_rate / orig_rate),) at target_rate,
+    with librosa.resample and soxr 'soxr_hq' (what librosa.load does)."""
+    if orig_rate == target_rate:
+        return signal
+    return librosa.resample(signal, orig_sr=orig_rate, target_sr=target_rate, res_type=RESAMPLER).astype(
+        np.float32, copy=False)
+
+
+def fit_length(signal, n_samples, cut_mode):
+    """signal (samples,) padded with zeros at the end, or cut at the start (cut_mode 'start') or around the
+    centre ('center'), to exactly n_samples."""
+    if len(signal) == n_samples:
+        return signal
+    start = 0 if cut_mode == "start" or len(signal) <= n_samples else (len(signal) - n_samples) // 2
+    kept = signal[start:start + n_samples]
+    return np.concatenate([kept, np.zeros(n_samples - len(kept), dtype=signal.dtype)])
+
+
+def window_count(n_samples, window_samples, hop_samples):
+    """Windows that cover a signal of n_samples: 1 + ceil((n_samples - window) / hop), at least 1."""
+    return 1 + max(0, -(-(n_samples - window_samples) // hop_samples))
+
+
+def cut_windows(signal, window_samples, hop_samples):
+    """float32 (samples,) -> float32 (windows, window_samples): window i starts at i * hop_samples; the last one
+    (or a clip shorter than one window) is padded with zeros at the end."""
+    count = window_count(len(signal), window_samples, hop_samples)
+    padded = np.zeros((count - 1) * hop_samples + window_samples, dtype=np.float32)
+    padded[:len(signal)] = signal
+    return np.lib.stride_tricks.sliding_window_view(padded, window_samples)[::hop_samples].copy()
+
+
+def load_clip(path, sample_rate, clip_samples, cut_mode):
+    """One fixed-length clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz."""
+    length = {"mode": "fixed", "sample_rate": sample_rate, "clip_samples": clip_samples, "cut_mode": cut_mode}
+    return clip_signals(path, length)[0][0]
+
+
+def clip_signals(path, length):
+    """A clip's signals before features, by length settings: ((pieces, samples) float32, native rate in Hz,
+    duration in s). length: {"mode": "fixed", "clip_samples", "cut_mode"} gives one piece; {"mode": "windows",
+    "window_samples", "hop_samples"} one piece per window. Also the native rate and the duration."""
+    signal, native_rate = read_mono(path)
+    duration = len(signal) / native_rate
+    signal = resample(signal, native_rate, length["sample_rate"])
+    if length["mode"] == "fixed":
+        return fit_length(signal, length["clip_samples"], length["cut_mode"])[np.newaxis], native_rate, duration
+    return cut_windows(signal, length["window_samples"], length["hop_samples"]), native_rate, duration

@@ -39,10 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-import librosa
 import numpy as np
-import scipy.signal
-import soundfile as sf
 import threadpoolctl
 from tqdm import tqdm
 
@@ -54,13 +51,11 @@ from utility_functions import (TEMP_MARKER, XvalError, atomic_write_json, commit
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
 FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only when asked by name
-RESAMPLER = "soxr_hq"  # librosa.load's default resampler
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what --folders reads
 SKIP_KINDS = {  # kind of skipped row -> how the summary names it
     "missing_file": "audio file not found", "unreadable": "unreadable or empty audio",
     "empty_label": "empty label", "no_label": "no label in the file name", "bad_label": "label not usable",
@@ -122,7 +117,7 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item,
                           {key: value for key, value in row.items() if key is not None})
         if not file or not path.is_file():
-            reason = "no file name" if not file else f"{path} is a folder" if path.is_dir() else f"{path} does not exist"
+            reason = f"{path} {'is a folder' if path.is_dir() else 'does not exist'}" if file else "no file name"
             skipped.append(skip_entry(clip, "missing_file", reason))
         elif not item:
             skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
@@ -159,11 +154,12 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
                         "each file's speaker, or --fold-by file for a speaker-dependent split")
     groups = name_pattern(group_pattern, "group", "--group-pattern", "^(?P<group>[^_]+)_")
     labels = name_pattern(label_pattern, "label", "--label-pattern", "^(?P<label>\\d)_")
+    suffixes = feat_analysis.AUDIO_SUFFIXES
     paths = [path for path in files_under(folder) if TEMP_MARKER not in path.name
-             and path.suffix.lower() in AUDIO_SUFFIXES and (labels or len(path.relative_to(folder).parts) > 1)]
+             and path.suffix.lower() in suffixes and (labels or len(path.relative_to(folder).parts) > 1)]
     if not paths:
         raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
-                        f"({', '.join(AUDIO_SUFFIXES)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
+                        f"({', '.join(suffixes)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
                         "in the file names with --label-pattern")
     clips, skipped = [], []
     for path in paths:  # no rows here: a skipped file is named by its path
@@ -261,78 +257,6 @@ def target_rows(values, target_kind, class_count):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Audio: the same numbers as librosa.load(path, sr=sample_rate) (mono, soxr_hq), then fixed length or windows
-
-def read_mono(path):
-    """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).
-
-    The same numbers as librosa.load(path, sr=None): soundfile reads float32, librosa.to_mono averages the
-    channels. Raises ValueError for a file without samples or with non-finite ones, soundfile's errors for files
-    it cannot read.
-    """
-    if Path(path).stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    if data.shape[0] == 0:
-        raise ValueError("holds no audio samples")
-    signal = librosa.to_mono(data.T) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(signal).all():
-        raise ValueError("holds NaN or infinite samples")
-    return np.ascontiguousarray(signal), sample_rate
-
-
-def resample(signal, orig_rate, target_rate):
-    """float32 (samples,) at orig_rate Hz -> float32 (ceil(samples * target_rate / orig_rate),) at target_rate,
-    with librosa.resample and soxr 'soxr_hq' (what librosa.load does)."""
-    if orig_rate == target_rate:
-        return signal
-    return librosa.resample(signal, orig_sr=orig_rate, target_sr=target_rate, res_type=RESAMPLER).astype(
-        np.float32, copy=False)
-
-
-def fit_length(signal, n_samples, cut_mode):
-    """signal (samples,) padded with zeros at the end, or cut at the start (cut_mode 'start') or around the
-    centre ('center'), to exactly n_samples."""
-    if len(signal) == n_samples:
-        return signal
-    start = 0 if cut_mode == "start" or len(signal) <= n_samples else (len(signal) - n_samples) // 2
-    kept = signal[start:start + n_samples]
-    return np.concatenate([kept, np.zeros(n_samples - len(kept), dtype=signal.dtype)])
-
-
-def window_count(n_samples, window_samples, hop_samples):
-    """Windows that cover a signal of n_samples: 1 + ceil((n_samples - window) / hop), at least 1."""
-    return 1 + max(0, -(-(n_samples - window_samples) // hop_samples))
-
-
-def cut_windows(signal, window_samples, hop_samples):
-    """float32 (samples,) -> float32 (windows, window_samples): window i starts at i * hop_samples; the last one
-    (or a clip shorter than one window) is padded with zeros at the end."""
-    count = window_count(len(signal), window_samples, hop_samples)
-    padded = np.zeros((count - 1) * hop_samples + window_samples, dtype=np.float32)
-    padded[:len(signal)] = signal
-    return np.lib.stride_tricks.sliding_window_view(padded, window_samples)[::hop_samples].copy()
-
-
-def load_clip(path, sample_rate, clip_samples, cut_mode):
-    """One fixed-length clip as the dataset holds it before features: float32 (clip_samples,) at sample_rate Hz."""
-    length = {"mode": "fixed", "sample_rate": sample_rate, "clip_samples": clip_samples, "cut_mode": cut_mode}
-    return clip_signals(path, length)[0][0]
-
-
-def clip_signals(path, length):
-    """A clip's signals before features, by length settings: ((pieces, samples) float32, native rate in Hz,
-    duration in s). length: {"mode": "fixed", "clip_samples", "cut_mode"} gives one piece; {"mode": "windows",
-    "window_samples", "hop_samples"} one piece per window. Also the native rate and the duration."""
-    signal, native_rate = read_mono(path)
-    duration = len(signal) / native_rate
-    signal = resample(signal, native_rate, length["sample_rate"])
-    if length["mode"] == "fixed":
-        return fit_length(signal, length["clip_samples"], length["cut_mode"])[np.newaxis], native_rate, duration
-    return cut_windows(signal, length["window_samples"], length["hop_samples"]), native_rate, duration
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Features of many files, in worker processes
 
 def features_of_chunk(task):
@@ -343,7 +267,7 @@ def features_of_chunk(task):
     settings, pieces, outcomes = task["feature_settings"], [], []
     for path in task["paths"]:
         try:
-            signals, native_rate, duration = clip_signals(path, task["length"])
+            signals, native_rate, duration = feat_analysis.clip_signals(path, task["length"])
             pieces.append(signals)
             digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # tells copies of one recording apart
             outcomes.append((len(signals), None, native_rate, duration, digest))
@@ -412,54 +336,13 @@ def compute_features(clips, length, feature_settings, jobs, label):
 # ----------------------------------------------------------------------------------------------------------------
 # Settings, fingerprint, output
 
-def length_settings(preprocessing):
-    """What cuts audio into the pieces features are made of: {"mode", "sample_rate", ...} (see clip_signals)."""
-    rate = preprocessing["sample_rate"]
-    if preprocessing["clip_mode"] == "fixed":
-        return {"mode": "fixed", "sample_rate": rate, "clip_samples": int(round(preprocessing["clip_seconds"] * rate)),
-                "cut_mode": preprocessing["cut_mode"]}
-    return {"mode": "windows", "sample_rate": rate,
-            "window_samples": int(round(preprocessing["window_seconds"] * rate)),
-            "hop_samples": int(round(preprocessing["window_hop_seconds"] * rate))}
-
-
 def check_settings(config, feature_type, jobs, where):
-    """Raise XvalError (one line naming the config key) when the settings cannot give features."""
-    pre, feat = config["preprocessing"], config["features"]
-    if feature_type not in feat_analysis.FEATURE_TYPES:
-        raise XvalError(f"feature type {feature_type!r} is not one of {', '.join(feat_analysis.FEATURE_TYPES)}: "
-                        f"fix --features or [features] type in {where}")
+    """Raise XvalError (one line naming the config file and key) when the settings cannot give features."""
     if jobs is not None and jobs < 1:
         raise XvalError(f"--jobs {jobs} must be at least 1")
-    if feat["win_length"] > feat["n_fft"]:
-        raise XvalError(f"{where} [features] win_length = {feat['win_length']} is longer than n_fft = "
-                        f"{feat['n_fft']}: make win_length <= n_fft")
-    try:
-        scipy.signal.get_window(feat["window"], feat["win_length"])
-    except (ValueError, TypeError):
-        raise XvalError(f"{where} [features] window = {feat['window']!r} is not a window scipy.signal.get_window "
-                        "knows: use hann, hamming, blackman, ...") from None
-    length = length_settings(pre)
-    for key, name in (("clip_samples", "clip_seconds"), ("window_samples", "window_seconds"),
-                      ("hop_samples", "window_hop_seconds")):
-        if key in length and length[key] < 1:
-            raise XvalError(f"{where} [preprocessing] {name} = {pre[name]} is shorter than one sample: make it longer")
-    nyquist = pre["sample_rate"] / 2
-    if feature_type in ("mel", "mfcc"):
-        fmax = feat_analysis.mel_fmax(feat["fmax"], pre["sample_rate"])
-        if fmax > nyquist:
-            raise XvalError(f"{where} [features] fmax = {feat['fmax']} is above half the sample rate ({nyquist:g} "
-                            "Hz): lower it, or 0 for half the sample rate")
-        if not 0 <= feat["fmin"] < fmax:
-            raise XvalError(f"{where} [features] fmin = {feat['fmin']} must be at least 0 and below fmax "
-                            f"({fmax:g} Hz): fix it")
-    if feature_type == "mfcc" and feat["n_mfcc"] > feat["n_mels"]:
-        raise XvalError(f"{where} [features] n_mfcc = {feat['n_mfcc']} is more than n_mels = {feat['n_mels']}: "
-                        "lower n_mfcc or raise n_mels")
-    if feature_type == "cqt":
-        problem = feat_analysis.cqt_problem(pre["sample_rate"], feat)
-        if problem:
-            raise XvalError(f"{where} [features] {problem}")
+    problem = feat_analysis.settings_problem(config["preprocessing"], config["features"], feature_type)
+    if problem:
+        raise XvalError(f"{where} {problem}")
 
 
 def input_fingerprint(stats, table, preprocessing_settings, feature_settings, target):
@@ -627,7 +510,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     skipped = table["skipped"] + repeats + skipped
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
-    length = length_settings(pre)
+    length = feat_analysis.length_settings(pre)
     features, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset)
     read = []
     for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):

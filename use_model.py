@@ -13,12 +13,11 @@ estimate), the epochs and their rule, the code version. An incomplete instance i
 model is replaced only with --overwrite.
 
 predict: reads audio files or folders (any format and rate the preprocessing reads), makes features with exactly
-the settings stored with the model, through the preprocessing's own code (preprocessing_dataset.clip_signals and
-feat_analysis), scores each file as the fold does (the mean over its windows, or its one fixed-length clip), and
-writes one CSV row per file: file, prediction, the probability of every class (classification) or the value
-(regression), and the model. MODEL_OR_EXPERIMENT is a final model (with its card), one fold model of an
-experiment, or an experiment folder with --instance (the mean of its fold models' outputs). Unreadable files are
-listed and skipped.
+the settings stored with the model, through the preprocessing's own front end (feat_analysis), scores each file as
+the fold does (the mean over its windows, or its one fixed-length clip), and writes one CSV row per file: file,
+prediction, the probability of every class (classification) or the value (regression), and the model.
+MODEL_OR_EXPERIMENT is a model file (a final or fold model: its card inside says what it takes) or an experiment
+folder with --instance (the mean of its fold models' outputs). Unreadable files are listed and skipped.
 """
 import argparse
 import csv
@@ -234,7 +233,7 @@ def model_set(target, instance_text):
 
 def audio_files(paths):
     """The audio files named or found (recursively) under the folders named, in order; XvalError if none."""
-    from preprocessing_dataset import AUDIO_SUFFIXES
+    from feat_analysis import AUDIO_SUFFIXES
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -252,8 +251,7 @@ def file_features(path, features):
     """Features of one audio file with the stored settings: float32 (pieces, frames, bins), one piece per window
     (or the one fixed-length clip); the preprocessing's own code, so the same numbers as at training time."""
     import feat_analysis
-    from preprocessing_dataset import clip_signals
-    signals, _, _ = clip_signals(path, features["length"])
+    signals, _, _ = feat_analysis.clip_signals(path, features["length"])
     return feat_analysis.extract_features_batch(signals, features["sample_rate"], features["feature_settings"])
 
 

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 import demo_corpus
+import feat_analysis
 import preprocessing_dataset as pipeline
 import preprocessing_ravdess as prep
 from utility_functions import XvalError, check_dataset, check_target, dataset_paths, load_config, load_dataset
@@ -238,9 +239,9 @@ def test_cut_mode_start_and_center(tmp_path):
     signal = np.concatenate([np.full(8000, 0.1), np.full(16000, 0.2), np.full(8000, 0.3)]).astype(np.float32)
     path = tmp_path / "03-01-01-01-01-01-01.wav"
     sf.write(path, signal, 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(pipeline.load_clip(path, 16000, 16000, "start"), signal[:16000])
-    np.testing.assert_array_equal(pipeline.load_clip(path, 16000, 16000, "center"), signal[8000:24000])
-    padded = pipeline.load_clip(path, 16000, 40000, "center")
+    np.testing.assert_array_equal(feat_analysis.load_clip(path, 16000, 16000, "start"), signal[:16000])
+    np.testing.assert_array_equal(feat_analysis.load_clip(path, 16000, 16000, "center"), signal[8000:24000])
+    padded = feat_analysis.load_clip(path, 16000, 40000, "center")
     np.testing.assert_array_equal(padded, np.concatenate([signal, np.zeros(8000, np.float32)]))
 
 
@@ -253,7 +254,7 @@ def test_load_clip_equals_librosa_load_for_many_formats(tmp_path):
     for name, signal, rate, subtype, container in cases:
         sf.write(tmp_path / name, signal, rate, subtype=subtype, format=container)
         expected, _ = librosa.load(tmp_path / name, sr=16000)
-        clip = pipeline.load_clip(tmp_path / name, 16000, len(expected), "start")
+        clip = feat_analysis.load_clip(tmp_path / name, 16000, len(expected), "start")
         assert clip.dtype == np.float32
         np.testing.assert_array_equal(clip, expected, err_msg=name)
 

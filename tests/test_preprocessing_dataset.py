@@ -17,6 +17,7 @@ import soundfile as sf
 from sklearn import metrics as skm
 
 import demo_corpus
+import feat_analysis
 import preprocessing_dataset as pipeline
 from routine_helpers import REPO, instance, run_routine, write_routine
 from utility_functions import XvalError, check_dataset, dataset_paths, load_config, load_dataset
@@ -291,11 +292,11 @@ def test_a_routine_runs_on_a_csv_dataset(corpus, small_config, tmp_path):
 
 
 def test_window_count_and_cut_windows():
-    assert [pipeline.window_count(n, 10, 5) for n in (1, 10, 11, 15, 16, 30)] == [1, 1, 2, 2, 3, 5]
+    assert [feat_analysis.window_count(n, 10, 5) for n in (1, 10, 11, 15, 16, 30)] == [1, 1, 2, 2, 3, 5]
     signal = np.arange(1, 13, dtype=np.float32)
-    windows = pipeline.cut_windows(signal, 5, 4)
+    windows = feat_analysis.cut_windows(signal, 5, 4)
     np.testing.assert_array_equal(windows, [[1, 2, 3, 4, 5], [5, 6, 7, 8, 9], [9, 10, 11, 12, 0]])
-    np.testing.assert_array_equal(pipeline.cut_windows(signal[:3], 5, 4), [[1, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(feat_analysis.cut_windows(signal[:3], 5, 4), [[1, 2, 3, 0, 0]])
     with pytest.raises(XvalError, match="no column"):
         pipeline.csv_table(REPO / "requirements.txt", "file", "label", "speaker")
 

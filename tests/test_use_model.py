@@ -131,7 +131,7 @@ def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_p
     assert completed.returncode == 0, completed.stderr
     import keras
     document = saved_results(experiment, 2)
-    from preprocessing_dataset import clip_signals
+    from feat_analysis import clip_signals
     import feat_analysis
     features = experiment["metadata"]
     expected = 0
