@@ -275,7 +275,8 @@ def launch(settings, argv, routine_file):
 def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experiment_folder, overwrite_results,
                 debug_mode, experiment_dict, argv=None):
     """Run a routine script's instances; exits the process: 0 every selected instance is complete, 1 one failed,
-    2 the input was refused before anything was written, 3 some were left to another process running them.
+    2 refused (one line; nothing trained), 3 some were left to another process running them, 4 an error of xval or
+    the machine, 130 interrupted (README: exit codes).
 
     The keyword arguments are the routine script's settings of the same names (gpu_ID: a device number, -1 for
     the CPU, or a list of them: one worker each); argv defaults to sys.argv[1:] (see parse_command_line).
