@@ -22,6 +22,8 @@ import numpy as np
 from executors import Executor, rebuild_spreadsheet
 from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
                      report_attempt)
+from plan import plan_trial, write_parameters_file
+from search import SearchRunner, trial_line
 from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
 from utility_functions import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, HOST, XvalError, atomic_write_json
 
@@ -102,9 +104,10 @@ class LocalExecutor(Executor):
 
     def eta(self, left):
         """Seconds until `left` more fold jobs are done: the mean time of this launch's completed folds times the
-        rounds the workers need for them (left / workers, rounded up); None before a fold has completed."""
+        rounds the workers need for them (left / workers, rounded up); None before a fold has completed or when
+        left is None (unknown)."""
         seconds = [run["seconds"] for run in self.fold_runs if run["exit_code"] == 0]
-        if not seconds:
+        if not seconds or left is None:
             return None
         return float(np.mean(seconds)) * math.ceil(left / len(self.workers))
 
@@ -118,8 +121,8 @@ class LocalExecutor(Executor):
     # ---- one fold job on one worker, and the pool of workers
 
     def run_on_worker(self, plan, worker, planned, fold, left):
-        """One fold job on one worker: claim it, run it, report it. Returns (outcome, detail). left() counts the
-        fold jobs not finished yet, for the ETA."""
+        """One fold job on one worker: claim it, run it, report it. Returns foldjob.attempt's Attempt. left() counts
+        the fold jobs not finished yet, for the ETA (None: unknown, as in a search)."""
         job = build_job(plan, planned, fold, worker.threads)
         backend = planned.parameters["backend"]
         launcher = worker.launcher(backend)
@@ -150,38 +153,23 @@ class LocalExecutor(Executor):
             self.say(log.read_text(encoding="utf-8", errors="replace")[-6000:], sys.stderr)
         if changed:
             self.timed_rebuild(plan)
-        return result.outcome, result.detail
+        return result
 
-    def run_fold_jobs(self, plan, jobs):
-        """Run the fold jobs [(planned, fold)] on the workers, a thread each taking the next job in order; the rest
-        of an instance is dropped once one of its folds failed (and everything stops at the first failure in
-        debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
-        pending, outcomes = deque(jobs), {}
-        state = {"active": 0, "stop": False, "error": None, "begun": 0, "running": 0}
+    def run_pool(self, take, do):
+        """Each worker's thread runs do(worker, task) for each task = take(state) until take gives None, state["stop"]
+        is set (do returning True sets it) or one raises (every worker stops; the error is raised here). Ctrl-C stops
+        every worker's fold at once, lets each release its claims, and is raised again."""
+        state = {"stop": False, "error": None, "begun": 0, "running": 0}
         finished = threading.Condition(self.lock)  # notified as each worker's thread ends
-
-        def take():
-            with self.lock:
-                while pending and not state["stop"]:
-                    planned, fold = pending.popleft()
-                    if not outcomes.get(planned.instance, {}).get("failed"):
-                        state["active"] += 1
-                        return planned, fold
-                return None
-
-        def left():
-            return len(pending) + state["active"] - 1
 
         def work(worker):
             with self.lock:
                 state["begun"], state["running"] = state["begun"] + 1, state["running"] + 1
             try:
-                while (job := take()) is not None:
-                    outcome, detail = self.run_on_worker(plan, worker, *job, left)
+                while not state["stop"] and (task := take(state)) is not None:
+                    stop = do(worker, task)
                     with self.lock:
-                        state["active"] -= 1
-                        outcomes.setdefault(job[0].instance, {}).setdefault(outcome, []).append(detail)
-                        state["stop"] = state["stop"] or (outcome == "failed" and plan.debug)
+                        state["stop"] = state["stop"] or bool(stop)
             except BaseException as error:  # a refusal or a bug: stop every worker, raise it in the main thread
                 state["stop"], state["error"] = True, state["error"] or error
             finally:
@@ -190,7 +178,7 @@ class LocalExecutor(Executor):
                     finished.notify_all()
 
         def wait_for_workers(every_one):
-            """Until no worker runs a fold job (and, with every_one, each has begun and ended). Not Thread.join(): on
+            """Until no worker runs a task (and, with every_one, each has begun and ended). Not Thread.join(): on
             Python 3.11 a join that Ctrl-C interrupts can mark a running thread as ended (CPython issue 90882), and
             the routine would exit while a worker still holds its fold's claim. The wait wakes every WAIT_SLICE
             seconds: a Ctrl-C that reaches a worker's thread (or lands just as this thread goes to sleep) is acted
@@ -205,7 +193,7 @@ class LocalExecutor(Executor):
                 threading.Thread(target=work, args=(worker,), daemon=True).start()
             wait_for_workers(every_one=True)
         except KeyboardInterrupt:  # stop the folds, let each worker release its claim, then stop
-            with self.lock:  # a worker that begins after this takes no fold job
+            with self.lock:  # a worker that begins after this takes no task
                 self.interrupted, state["stop"] = True, True
             for worker in self.workers:
                 worker.abort()
@@ -213,9 +201,76 @@ class LocalExecutor(Executor):
             raise
         if state["error"] is not None:
             raise state["error"]
+
+    def run_fold_jobs(self, plan, jobs):
+        """Run the fold jobs [(planned, fold)] on the workers, a thread each taking the next job in order; the rest
+        of an instance is dropped once one of its folds failed (and everything stops at the first failure in
+        debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
+        pending, outcomes, counts = deque(jobs), {}, {"active": 0}
+
+        def take(state):
+            with self.lock:
+                while pending and not state["stop"]:
+                    planned, fold = pending.popleft()
+                    if not outcomes.get(planned.instance, {}).get("failed"):
+                        counts["active"] += 1
+                        return planned, fold
+                return None
+
+        def left():
+            return len(pending) + counts["active"] - 1
+
+        def do(worker, job):
+            result = self.run_on_worker(plan, worker, *job, left)
+            with self.lock:
+                counts["active"] -= 1
+                outcomes.setdefault(job[0].instance, {}).setdefault(result.outcome, []).append(result.detail)
+            return result.outcome == "failed" and plan.debug
+
+        self.run_pool(take, do)
         return outcomes
 
-    # ---- the launch
+    def run_search(self, plan, planned_search):
+        """A search's trials on the workers, each worker asking for the next trial when it is free (search.py).
+        Returns the search's outcome: complete (all its trials finished, one at least complete), failed (all its
+        trials failed), busy (trials running elsewhere) or stopped."""
+        search = planned_search.search
+        runner = SearchRunner(plan.layout, search, planned_search.task_type, plan.claim_grace)
+        self.say(f"search {search.key}: {search.trials} trials ({search.sampler} sampler, {search.pruner} pruner), "
+                 f"instances {search.key} to {search.key + search.trials - 1}, journal "
+                 f"{plan.layout.relative(plan.layout.search(search.key).journal)}")
+
+        def take(state):
+            return None if state["stop"] else runner.next_trial()
+
+        def do(worker, task):
+            trial, strings = task
+            try:
+                planned = plan_trial(plan, planned_search, trial.number, strings)
+                write_parameters_file(plan.layout, planned)
+            except BaseException:
+                runner.abandon(trial)
+                raise
+            outcome, detail = runner.run_trial(
+                trial, planned, plan.folds, lambda planned, fold: self.run_on_worker(plan, worker, planned, fold,
+                                                                                    lambda: None),
+                lambda planned, pruned_at: collect_instance(plan.layout, planned.instance,
+                                                            instance_record(plan, planned), pruned_at))
+            self.say(trial_line(search, trial.number, planned, outcome, detail, runner.metric))
+            if outcome in ("complete", "pruned", "failed"):
+                self.timed_rebuild(plan)
+            return outcome == "failed" and plan.debug
+
+        self.run_pool(take, do)
+        counts = runner.counts()
+        self.say(f"search {search.key}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n) +
+                 f" of {search.trials} trials")
+        finished = counts["complete"] + counts["pruned"] + counts["failed"]
+        if finished == search.trials:
+            return "complete" if counts["complete"] else "failed"
+        return "busy" if counts["running"] else "stopped"
+
+        # ---- the launch
 
     def instance_outcome(self, plan, planned, outcomes):
         """After the workers: complete | skipped (complete before this launch) | failed | busy (a fold left to another
@@ -268,6 +323,8 @@ class LocalExecutor(Executor):
             for planned in plan.instances:
                 outcomes[planned.instance] = self.instance_outcome(plan, planned, by_instance.get(planned.instance,
                                                                                                  {}))
+            for planned_search in plan.searches:
+                outcomes[planned_search.search.key] = self.run_search(plan, planned_search)
         finally:
             close_started = time.monotonic()
             for worker in self.workers:

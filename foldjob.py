@@ -90,6 +90,8 @@ def instance_record(plan, planned):
             "parameters": parameters,
             "parameters_file": layout.relative(layout.instance(planned.instance).parameters),
             "log_files": [layout.relative(layout.fold(planned.instance, fold["fold"]).log) for fold in plan.folds]}
+    if planned.trial is not None:
+        base["search"] = planned.trial
     return {"base": base, "fingerprints": list(planned.fingerprints)}
 
 
@@ -165,11 +167,12 @@ def summarise_folds(folds):
     return summary
 
 
-def collect_instance(layout, instance, record):
+def collect_instance(layout, instance, record, pruned_at=None):
     """Assemble an instance's results JSON from what is on disk now, under the instance's mutex, so that whoever
     lands its last fold writes it complete (record: instance_record's). Complete: every fold has a result made as
-    planned (fingerprint and model); failed: a fold without one has a failure record; incomplete otherwise (folds
-    pending, running elsewhere, or never run). An unchanged document leaves the file as it is."""
+    planned (fingerprint and model); failed: a fold without one has a failure record; pruned: a search's trial
+    stopped by its pruner after fold pruned_at; incomplete otherwise (folds pending, running elsewhere, or never
+    run). An unchanged document leaves the file as it is."""
     paths = layout.instance(instance)
     with file_mutex(paths.mutex):
         folds, errors = [], []
@@ -180,10 +183,12 @@ def collect_instance(layout, instance, record):
                 folds.append(result)
             elif fold.failure.exists():
                 errors.append(read_json(fold.failure)["error"])
-        status = "complete" if len(folds) == len(record["fingerprints"]) else "failed" if errors else "incomplete"
+        status = "complete" if len(folds) == len(record["fingerprints"]) else "failed" if errors else \
+            "pruned" if pruned_at else "incomplete"
         previous = read_json(paths.result) if paths.result.exists() else {}
         document = {**record["base"], "status": status, "error": errors[0] if errors else None, "folds": folds,
-                    "summary": summarise_folds(folds) if folds else None}
+                    "summary": summarise_folds(folds) if folds else None,
+                    **({"pruned_after_fold": pruned_at} if status == "pruned" else {})}
         changed = previous != json.loads(json.dumps(to_jsonable(document)))
         if changed:
             atomic_write_json(paths.result, document)

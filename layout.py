@@ -44,6 +44,14 @@ class FoldPaths(NamedTuple):
     result: Path
 
 
+class SearchPaths(NamedTuple):
+    journal: Path
+    journal_lock: Path
+    mutex: Path
+    history_plot: Path
+    importance_plot: Path
+
+
 class FinalPaths(NamedTuple):
     """use_model.py final's files of an instance: the model, its card, its job, log and result."""
     model: Path
@@ -67,6 +75,7 @@ class Layout:
         self.results, self.models, self.logs = self.root / "results", self.root / "models", self.root / "logs"
         self.locks, self.plots, self.code = self.root / "locks", self.root / "plots", self.root / "code"
         self.slurm, self.final_folder = self.root / "slurm", self.root / "final"
+        self.searches = self.root / "search"
         self.description = self.root / f"experiment_{experiment}_description.txt"
         self.folds = self.root / "folds.json"
         self.summary = self.root / f"{dataset}_exp{experiment}_summary.json"
@@ -125,6 +134,19 @@ class Layout:
     def slurm_output(self, pattern):
         """logs/slurm_{pattern}.out (pattern: SLURM's filename pattern, e.g. %A_%a)."""
         return self.logs / f"slurm_{pattern}.out"
+
+    def search(self, search):
+        """A search's files: search/run{S}.journal (its Optuna study, a JournalFileBackend) and the lock files next to
+        it; locks/search_run{S}.mutex (held while a trial is handed out)."""
+        return SearchPaths(journal=self.searches / f"run{search}.journal",
+                           journal_lock=self.searches / f"run{search}.journal.lock",
+                           mutex=self.locks / f"search_run{search}.mutex",
+                           history_plot=self.plots / f"search_run{search}_history.png",
+                           importance_plot=self.plots / f"search_run{search}_importance.png")
+
+    def trial_claim(self, instance):
+        """locks/run{R}.trial.lock: held, with its heartbeat, by the process running trial instance R."""
+        return self.locks / f"run{instance}.trial.lock"
 
     def claims_mutex(self):
         return self.locks / ".claims.mutex"

@@ -26,6 +26,7 @@ from layout import Layout
 from parameters import (architecture_signatures, changed_parameters, check_backend_installed, parameter_hash,
                         parameters_text, resolve_instance)
 from registries import SPLITTERS
+from search import check_optuna, check_search, is_search, parse_search
 from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
                                check_dataset, check_target, config_path_in_use, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
@@ -48,6 +49,18 @@ class PlannedInstance:
     fingerprints: tuple
     missing: tuple
     initial_models: dict
+    trial: dict = None  # a search's trial: {"search": its key, "trial": its number, "params": {name: value}}
+
+
+@dataclass(frozen=True)
+class PlannedSearch:
+    """A selected search (search.Search), its task type, and what planning one of its trials needs: the shape of
+    an example (frames, bins), the output size, and config.ini's [training] defaults."""
+    search: object
+    task_type: str
+    data_shape: tuple
+    output_size: int
+    training: dict
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class Plan:
     warnings: tuple
     created: float
     claim_grace: float
+    searches: tuple = ()
 
     @property
     def num_folds(self):
@@ -75,7 +89,9 @@ class Plan:
 
     @property
     def selected(self):
-        return [planned.instance for planned in self.instances]
+        """The selected instance ids, and the key of each selected search."""
+        return sorted([planned.instance for planned in self.instances] +
+                      [planned.search.key for planned in self.searches])
 
     def missing_jobs(self):
         """The fold jobs still to train, [(planned instance, fold)], instance by instance in the order selected."""
@@ -325,41 +341,85 @@ def reuse_problem(layout, instance, parameters, fingerprints):
     return tuple(index for index in range(len(fingerprints)) if index not in done), problem
 
 
+def plan_instance(layout, identity, folds, instance, strings, parameters, data_shape, output_size, reuse, overwrite):
+    """(PlannedInstance, warning lines) of one instance whose parameters are resolved: its hash and fold
+    fingerprints, its initial models checked, and the folds still to train (all of them unless reuse)."""
+    where = f"experiment_dict[{instance}]"
+    current_hash = parameter_hash(parameters, layout.dataset, len(folds))
+    initial_models, cautions = check_initial_models(parameters, layout.root, data_shape, output_size, layout.dataset,
+                                                    folds, where)
+    fingerprints = tuple(fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold) for fold in folds)
+    missing = tuple(range(len(folds)))
+    if reuse and not overwrite and layout.root.exists():
+        missing, conflict = reuse_problem(layout, instance, parameters, fingerprints)
+        if conflict:
+            raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
+                            "or restore what changed")
+    return PlannedInstance(instance, tuple(strings), parameters, current_hash, fingerprints, missing,
+                           {fold: str(path) for fold, path in initial_models.items()}), cautions
+
+
+def parse_searches(experiment_dict):
+    """{key: Search} of the routine's search entries, and a refusal of any instance id two entries would share
+    (a search of N trials takes the ids key .. key + N - 1)."""
+    searches = {key: parse_search(key, strings, f"experiment_dict[{key}]")
+                for key, strings in experiment_dict.items() if is_search(strings)}
+    for key, search in searches.items():
+        inside = [other for other in experiment_dict if other != key and other in search.instances()]
+        if inside:
+            raise XvalError(f"experiment_dict[{inside[0]}] lies inside search {key}'s trials (instances {key} to "
+                            f"{key + search.trials - 1}): give it a number of {key + search.trials} or more")
+    return searches
+
+
 def make_plan(settings, config, selected, experiment_dir, reuse=True):
     """The plan of a launch (see the module docstring): settings are the routine's (checked by the facade),
-    selected the instance ids, experiment_dir its experiment_{N} folder. reuse=False (a smoke run) reuses nothing.
-    Every check of the routine's input runs here, once; an XvalError names the first problem."""
-    signatures = architecture_signatures()
-    resolved = {instance: resolve_instance(settings["experiment_dict"][instance], config["training"], signatures,
-                                           f"experiment_dict[{instance}]") for instance in selected}
-    for backend in sorted({parameters["backend"] for parameters in resolved.values()}):
+    selected the instance ids (a search's key selects the search), experiment_dir its experiment_{N} folder.
+    reuse=False (a smoke run) reuses nothing. Every check of the routine's input runs here, once; an XvalError names
+    the first problem."""
+    signatures, training = architecture_signatures(), config["training"]
+    experiment_dict = settings["experiment_dict"]
+    all_searches = parse_searches(experiment_dict)
+    searches = {key: all_searches[key] for key in selected if key in all_searches}
+    hand = [instance for instance in selected if instance not in searches]
+    resolved = {instance: resolve_instance(experiment_dict[instance], training, signatures,
+                                           f"experiment_dict[{instance}]") for instance in hand}
+    search_tasks, backends = {}, {parameters["backend"] for parameters in resolved.values()}
+    for key, search in searches.items():
+        check_optuna()
+
+        def resolve(strings, where):
+            parameters = resolve_instance(strings, training, signatures, where)
+            backends.add(parameters["backend"])
+            return parameters
+        search_tasks[key] = check_search(search, resolve, f"experiment_dict[{key}]")
+    for backend in sorted(backends):
         check_backend_installed(backend)
     dataset, num_folds = settings["dataset"], settings["num_folds"]
     features_folder = config["paths"]["features_folder"]
     identity, items, labels, data_shape, output_sizes = read_dataset(
-        features_folder, dataset, {parameters["task_type"] for parameters in resolved.values()})
+        features_folder, dataset, {parameters["task_type"] for parameters in resolved.values()} |
+        set(search_tasks.values()))
     layout = Layout(experiment_dir, dataset, settings["num_experiment"])
     split = fold_settings(dataset, items, num_folds, config["folds"])
     folds = planned_folds(layout, split, labels)
     if not layout.folds.exists() and reuse:
         check_results_split(layout, folds, selected if settings["overwrite_results"] else ())
     instances, warnings = [], []
-    for instance in selected:
-        parameters, where = resolved[instance], f"experiment_dict[{instance}]"
-        current_hash = parameter_hash(parameters, dataset, num_folds)
-        initial_models, cautions = check_initial_models(parameters, layout.root, data_shape,
-                                                        output_sizes[parameters["task_type"]], dataset, folds, where)
+    for instance in hand:
+        planned, cautions = plan_instance(layout, identity, folds, instance, experiment_dict[instance],
+                                          resolved[instance], data_shape, output_sizes[resolved[instance]["task_type"]],
+                                          reuse, settings["overwrite_results"])
+        instances.append(planned)
         warnings += cautions
-        fingerprints = tuple(fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold) for fold in folds)
-        missing = tuple(range(num_folds))
-        if reuse and not settings["overwrite_results"] and layout.root.exists():
-            missing, conflict = reuse_problem(layout, instance, parameters, fingerprints)
-            if conflict:
-                raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
-                                "or restore what changed")
-        instances.append(PlannedInstance(instance, tuple(settings["experiment_dict"][instance]), parameters,
-                                         current_hash, fingerprints, missing,
-                                         {fold: str(path) for fold, path in initial_models.items()}))
+    planned_searches = []
+    for key, search in searches.items():
+        if reuse and settings["overwrite_results"] and layout.search(key).journal.exists():
+            raise XvalError(f"search {key} has trials in {layout.search(key).journal}, and overwrite_results = True "
+                            "would not undo them: give the search another key or num_experiment, or set "
+                            "overwrite_results = False to go on with it")
+        planned_searches.append(PlannedSearch(search, search_tasks[key], tuple(data_shape),
+                                              output_sizes[search_tasks[key]], training))
     same = {}
     for planned in instances:
         same.setdefault(planned.hash, []).append(planned.instance)
@@ -368,7 +428,24 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
     return Plan(layout=layout, description=settings["description"], features_folder=str(features_folder),
                 overwrite=settings["overwrite_results"], debug=settings["debug_mode"], identity=identity,
                 split=split, folds=tuple(folds), instances=tuple(instances), warnings=tuple(warnings),
-                created=time.time(), claim_grace=config["claims"]["grace_seconds"])
+                created=time.time(), claim_grace=config["claims"]["grace_seconds"], searches=tuple(planned_searches))
+
+
+def plan_trial(plan, planned_search, number, strings):
+    """The PlannedInstance of trial `number` of a planned search (instance key + number), from its strings."""
+    instance = planned_search.search.key + number
+    parameters = resolve_instance(list(strings), planned_search.training, architecture_signatures(),
+                                  f"experiment_dict[{planned_search.search.key}], trial {number}")
+    planned, _ = plan_instance(plan.layout, plan.identity, plan.folds, instance, strings, parameters,
+                               planned_search.data_shape, planned_search.output_size, True, plan.overwrite)
+    params = {d.name: parameters[d.name] for d in planned_search.search.space}
+    return replace(planned, trial={"search": planned_search.search.key, "trial": number, "params": params})
+
+
+def write_parameters_file(layout, planned):
+    """results/parameters/parameters_{stem}.txt of a planned instance: its resolved parameters, readable."""
+    text = parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash)
+    atomic_write_text(layout.instance(planned.instance).parameters, text)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,5 +511,4 @@ def accept(plan, routine_file):
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())
     for planned in plan.instances:
-        text = parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash)
-        atomic_write_text(layout.instance(planned.instance).parameters, text)
+        write_parameters_file(layout, planned)
