@@ -25,7 +25,8 @@ from utility_functions import XvalError, atomic_write_json, mean_and_std, read_j
 SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
-                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
+                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test. searches: the same "
+                 "over each search's trials alone (summary), with how many trials ended in each status (trials).")
 STATUSES = ("complete", "incomplete", "failed", "pruned")  # pruned: a search's trial its pruner stopped
 OTHER_SPLIT = "complete, other split"  # the status shown of a complete instance trained on another split
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
@@ -288,13 +289,52 @@ def summed_confusion(instance):
     return matrix, len(matrices), labels, shares
 
 
+def search_summaries(instances):
+    """{search key: its summary} of every search's trials among instances: "trials" (how many ended in each
+    status), and routine_summary over its trials alone (the best trial is its chosen_on_validation, its own test
+    mean chosen_test, and selection_aware_test the number to report for the search), or {} without a search."""
+    groups = {}
+    for instance in instances:
+        if instance.search:
+            groups.setdefault(instance.search["search"], []).append(instance)
+    summaries = {}
+    for key, trials in sorted(groups.items()):
+        statuses = [trial.status for trial in trials]
+        summary = routine_summary(trials, trials[0].task_type)
+        summaries[str(key)] = {"search": key, "task_type": trials[0].task_type,
+                               "trials": {status: statuses.count(status) for status in dict.fromkeys(statuses)},
+                               "summary": summary}
+    return summaries
+
+
+def search_lines(entry):
+    """The sentences on one search's numbers (search_summaries' entry): its trials, the best trial's own mean and
+    the selection-aware estimate, and which one to report."""
+    counts = ", ".join(f"{n} {status}" for status, n in entry["trials"].items())
+    summary, key = entry["summary"], entry["search"]
+    if summary is None or summary["chosen_on_validation"] is None:
+        return [f"Search {key}: {counts}; no complete trial yet."]
+    main, best, estimate = metric_label(summary["main_metric"]), summary["chosen_on_validation"], \
+        summary["selection_aware_test"]
+    shown = [f"{e['mean']:.3f}" + ("" if e["std"] is None else f" ± {e['std']:.3f}")
+             for e in (estimate, summary["chosen_test"])]
+    return [f"Search {key}: {counts}. Best trial: instance {best['instance']} (mean validation {main} "
+            f"{best['val']['mean']:.3f}); its own test {main} {shown[1]} is optimistic: it was picked among "
+            f"{len(summary['complete_instances'])} complete trials on every fold's validation items, which are other "
+            "folds' test items.",
+            f"Report for search {key}: selection-aware test {main} {shown[0]} over {estimate['folds']} folds (in each "
+            f"fold the trial best on that fold's validation items, scored on its test items: "
+            f"{', '.join(str(e['instance']) for e in estimate['per_fold'])})."]
+
+
 # ---- The summary JSON: the routine's numbers, for the console, use_model.py and the spreadsheet
 
-def read_routine_summary(experiment_folder):
-    """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}."""
+def read_routine_summary(experiment_folder, part="task_types"):
+    """{task type: routine_summary} of the newest summary JSON the spreadsheet wrote in experiment_folder, or {}
+    (part="searches": {search key: search_summaries' entry})."""
     found = sorted(Path(experiment_folder).glob(SUMMARY_GLOB),
                    key=lambda path: path.stat().st_mtime)
-    return read_json(found[-1])["task_types"] if found else {}
+    return read_json(found[-1]).get(part, {}) if found else {}
 
 
 def routine_summaries(instances):
@@ -308,5 +348,5 @@ def write_routine_summary(experiment_folder, instances):
     summaries = routine_summaries(instances)
     atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, {
         "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
-        "about": SUMMARY_ABOUT, "task_types": summaries})
+        "about": SUMMARY_ABOUT, "task_types": summaries, "searches": search_summaries(instances)})
     return summaries

@@ -389,11 +389,15 @@ def print_choice(layout):
     import collect  # here, not at the top: pandas and scipy, which planning never needs
     try:
         summaries = collect.read_routine_summary(layout.root)
+        searches = collect.read_routine_summary(layout.root, "searches")
     except (XvalError, OSError) as error:  # a view: a damaged summary loses nothing, the spreadsheet rebuilds it
         print(f"warning: the routine's summary cannot be shown ({error})", file=sys.stderr)
         return
     for summary in summaries.values():
         for line in collect.honest_lines(summary)[:2]:
+            print(f"xval: {line}")
+    for entry in searches.values():
+        for line in collect.search_lines(entry):
             print(f"xval: {line}")
 
 

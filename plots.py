@@ -1,13 +1,15 @@
 """The plots of an instance, as PNG files in EXPERIMENT_FOLDER/plots/ (results_to_excel.py shows them on its plots
 sheet): its learning curves, a panel per metric with a colour per fold, and its test confusion matrix summed over
-folds. A plot is redrawn only when its result file (or this program) is newer than the PNG.
+folds; and of a search, Optuna's optimisation history and parameter importances (its search sheet). A plot is
+redrawn only when its result file (or journal, or this program) is newer than the PNG.
 """
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -104,3 +106,39 @@ def make_plots(experiment_folder, instance):
             figure.savefig(png, format="png", dpi=PLOT_DPI)
             atomic_write_bytes(path, png.getvalue())
     return plots
+
+
+def search_plots(experiment_folder, search_key):
+    """[optimisation history path or None, parameter importances path or None] of a search: Optuna's own figures
+    (optuna.visualization.matplotlib) of its journal, drawn when the journal is newer than the PNG. None where
+    Optuna is missing or cannot draw it (importances need two complete trials whose parameters differ)."""
+    paths = Layout(experiment_folder, None, None).search(search_key)
+    try:
+        import optuna
+        from matplotlib import pyplot
+        from search import load_study
+    except ImportError:
+        return [None, None]
+    drawn, study = [], None
+    for path, painter in ((paths.history_plot, optuna.visualization.matplotlib.plot_optimization_history),
+                          (paths.importance_plot, optuna.visualization.matplotlib.plot_param_importances)):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime_ns > max(paths.journal.stat().st_mtime_ns, Path(__file__).stat().st_mtime_ns):
+                drawn.append(path)
+                continue
+        try:
+            study = study or load_study(paths)
+            with warnings.catch_warnings(), rc_context():  # rc_context: optuna sets pyplot's style for the process
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib figures experimental
+                axes = painter(study)
+            figure, png = axes.figure, io.BytesIO()
+            figure.set_size_inches(6.4, PLOT_HEIGHT_INCHES)
+            figure.tight_layout()
+            figure.savefig(png, format="png", dpi=PLOT_DPI)
+            pyplot.close(figure)
+            atomic_write_bytes(path, png.getvalue())
+            drawn.append(path)
+        except Exception:  # noqa: BLE001  (a view: a figure Optuna cannot draw is left out, never a failed sheet)
+            path.unlink(missing_ok=True)
+            drawn.append(None)
+    return drawn

@@ -25,10 +25,10 @@ import xlsxwriter
 import xlsxwriter.exceptions
 
 from collect import (FOLD_DEFAULTS, OTHER_SPLIT, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number,
-                     honest_lines, load_instances, metric_label, routine_summaries, significance, summed_confusion,
-                     write_routine_summary)
+                     honest_lines, load_instances, metric_label, routine_summaries, search_lines, search_summaries,
+                     significance, summed_confusion, write_routine_summary)
 from layout import Layout
-from plots import PLOT_DPI, make_plots
+from plots import PLOT_DPI, make_plots, search_plots
 from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, metric_names
 from utility_functions import SPLITS, XvalError, commit_temp_file, exit_on_user_error, temp_path_for, unwritable
 
@@ -418,6 +418,52 @@ def write_plots_sheet(workbook, formats, instances, plots_root):
         row += 3 if x_offset == 0 else math.ceil(PLOT_HEIGHT_PIXELS / DEFAULT_ROW_PIXELS) + 3
 
 
+def write_search_sheet(workbook, formats, entry, instances, plots_root):
+    """A search's sheet: the sentences on its numbers (which one to report), a row per trial (its parameters, status,
+    folds run, mean validation and test main metric; pruned trials marked), and Optuna's optimisation history and
+    parameter importances."""
+    key, task_type = entry["search"], entry["task_type"]
+    trials = sorted((i for i in instances if i.search and i.search["search"] == key), key=lambda i: i.id)
+    metric = MAIN_METRIC[task_type]
+    worksheet = new_sheet(workbook, formats, f"search {key}", f"Search {key}: {len(trials)} trials, {task_type}",
+                          "A trial is an instance (run {R}); pruned: stopped by the pruner after the fold shown, never "
+                          f"chosen. Updated {time.strftime('%Y-%m-%d %H:%M')}")
+    lines = search_lines(entry)
+    for offset, line in enumerate(lines):
+        worksheet.write_string(2 + offset, 0, line, formats(bold=offset == 1, font_color="#1F3864"))
+    names = list(dict.fromkeys(name for trial in trials for name in trial.search["params"]))
+    header = ["trial", "instance", "status", "folds run", *names, f"val {metric_label(metric)} mean",
+              f"test {metric_label(metric)} mean"]
+    row = 3 + len(lines)
+    for col, text in enumerate(header):
+        worksheet.write_string(row, col, text, formats(bold=True, bottom=1, text_wrap=True))
+    worksheet.set_column(0, len(header) - 1, 14)
+    best = (entry["summary"] or {}).get("chosen_on_validation") or {}
+    for trial in trials:
+        row += 1
+        style = HIGHLIGHTS["best"] if trial.id == best.get("instance") else \
+            HIGHLIGHTS["excluded"] if trial.status != "complete" else {}
+        status = f"pruned after fold {trial.pruned_after_fold}" if trial.status == "pruned" else trial.status
+        values = [trial.search["trial"], trial.id, status, len(trial.folds),
+                  *[parameter_display(trial.search["params"].get(name)) for name in names],
+                  *[(trial.summary or {}).get(split, {}).get(metric, {}).get("mean") for split in ("val", "test")]]
+        for col, value in enumerate(values):
+            worksheet.write(row, col, value, formats(**style, **({"num_format": "0.000"} if isinstance(value, float)
+                                                                  else {})))
+    row += 2
+    x_offset = 0
+    for path in filter(None, search_plots(plots_root, key)):
+        header_bytes = path.read_bytes()[:24]  # a PNG's width and height in pixels are at bytes 16 and 20
+        width, height = int.from_bytes(header_bytes[16:20], "big"), int.from_bytes(header_bytes[20:24], "big")
+        scale = PLOT_HEIGHT_PIXELS / (height * 96 / PLOT_DPI)
+        worksheet.insert_image(row, 0, str(path), {"x_scale": scale, "y_scale": scale, "object_position": 3,
+                                                   "x_offset": x_offset})
+        x_offset += int(width * 96 / PLOT_DPI * scale) + PLOT_GAP_PIXELS
+    if x_offset == 0:
+        worksheet.write_string(row, 0, "no plot: Optuna is not installed here, or no trial is complete yet",
+                               formats(**HIGHLIGHTS["excluded"]))
+
+
 # ---- The workbook
 
 def build_workbook(path, instances, summaries, plots_root, output_path):
@@ -440,6 +486,8 @@ def build_workbook(path, instances, summaries, plots_root, output_path):
         write_folds_sheet(workbook, formats, f"folds{suffix[task_type]}", group, task_type)
     if "classification" in groups:
         write_confusion_sheet(workbook, formats, groups["classification"])
+    for entry in search_summaries(instances).values():
+        write_search_sheet(workbook, formats, entry, instances, plots_root)
     write_parameters_sheet(workbook, formats, instances, output_path)
     write_plots_sheet(workbook, formats, instances, plots_root)
     workbook.close()

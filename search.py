@@ -291,13 +291,8 @@ def make_pruner(search):
 def open_study(layout, search, task_type):
     """The search's Optuna study, made on first use; XvalError when its journal was made with another search."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     paths = layout.search(search.key)
-    paths.journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(paths.journal), lock_obj=JournalFileOpenLock(
-        str(paths.journal_lock))))
+    storage = journal_storage(paths)
     higher = HIGHER_IS_BETTER[MAIN_METRIC[task_type]]
     study = optuna.create_study(storage=storage, study_name=f"run{search.key}", load_if_exists=True,
                                 direction="maximize" if higher else "minimize", sampler=make_sampler(search, 0),
@@ -438,20 +433,20 @@ def trial_line(search, number, planned, outcome, detail, metric):
     return f"{label}: {outcome}, left for the next run" + (f" ({detail})" if detail else "")
 
 
-def trial_states(layout, search_key):
-    """{instance id: Optuna state name (COMPLETE, PRUNED, FAIL, RUNNING)} of a search's trials, read from its
-    journal (the view's; {} without the journal or Optuna)."""
-    paths = layout.search(search_key)
-    if not paths.journal.exists():
-        return {}
-    try:
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-    except ImportError:
-        return {}
+def journal_storage(paths):
+    """The JournalStorage of a search's journal file (layout.search(key)): Optuna's file backend with its open-lock,
+    a lock file made with O_EXCL, which NFS honours (Optuna's JournalFileOpenLock)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(paths.journal), lock_obj=JournalFileOpenLock(
+    paths.journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(paths.journal), lock_obj=JournalFileOpenLock(
         str(paths.journal_lock))))
-    study = optuna.load_study(study_name=f"run{search_key}", storage=storage)
-    return {search_key + t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+
+
+def load_study(paths):
+    """The study of an existing journal (layout.search(key)), for the views; its one study, whatever its name."""
+    import optuna
+    storage = journal_storage(paths)
+    return optuna.load_study(study_name=storage.get_all_studies()[0].study_name, storage=storage)
