@@ -19,11 +19,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from executors import Executor, rebuild_spreadsheet
+from executors import Executor, rebuild_spreadsheet, run_one_trial
 from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
                      report_attempt)
-from plan import plan_trial, write_parameters_file
-from search import SearchRunner, trial_line
+from plan import plan_trial
+from search import SearchRunner, corners
 from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
 from utility_functions import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, HOST, XvalError, atomic_write_json
 
@@ -244,19 +244,8 @@ class LocalExecutor(Executor):
             return None if state["stop"] else runner.next_trial()
 
         def do(worker, task):
-            trial, strings = task
-            try:
-                planned = plan_trial(plan, planned_search, trial.number, strings)
-                write_parameters_file(plan.layout, planned)
-            except BaseException:
-                runner.abandon(trial)
-                raise
-            outcome, detail = runner.run_trial(
-                trial, planned, plan.folds, lambda planned, fold: self.run_on_worker(plan, worker, planned, fold,
-                                                                                    lambda: None),
-                lambda planned, pruned_at: collect_instance(plan.layout, planned.instance,
-                                                            instance_record(plan, planned), pruned_at))
-            self.say(trial_line(search, trial.number, planned, outcome, detail, runner.metric))
+            outcome = run_one_trial(plan, planned_search, runner, task, lambda planned, fold: self.run_on_worker(
+                plan, worker, planned, fold, lambda: None), self.say)
             if outcome in ("complete", "pruned", "failed"):
                 self.timed_rebuild(plan)
             return outcome == "failed" and plan.debug
@@ -354,15 +343,18 @@ class LocalExecutor(Executor):
         return EXIT_DONE
 
     def smoke(self, plan):
-        """Each selected instance on the first fold for one epoch of SMOKE_BATCHES batches, in a scratch folder that
-        is deleted afterwards: one line per instance (ok or its error) with its seconds. Returns the exit code (0
+        """Each selected instance (and a search's first trial: each dimension at its first value) on the first fold
+        for one epoch of SMOKE_BATCHES batches, in a scratch folder that is deleted afterwards: one line per instance
+        (ok or its error) with its seconds. Returns the exit code (0
         all ok, 1 one failed). Nothing is written into the experiment folder."""
         scratch, failed, worker = plan.elsewhere(tempfile.mkdtemp(prefix="xval-smoke-")), [], self.workers[0]
         print(f"xval: smoke run of instances {', '.join(map(str, plan.selected))}: fold 1, 1 epoch, "
               f"{SMOKE_BATCHES} batches each, in {scratch.layout.root}", flush=True)
         try:
             scratch.layout.logs.mkdir(parents=True)
-            for planned in scratch.instances:
+            trials = [plan_trial(scratch, planned_search, 0, planned_search.search.trial_strings(
+                0, corners(planned_search.search)[0])) for planned_search in scratch.searches]
+            for planned in [*scratch.instances, *trials]:
                 quick = replace(planned, parameters=dict(planned.parameters, num_epochs=1))
                 job = build_job(scratch, quick, scratch.folds[0], worker.threads, smoke_batches=SMOKE_BATCHES)
                 paths = scratch.layout.fold(planned.instance, 1)

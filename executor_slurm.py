@@ -16,10 +16,12 @@ from pathlib import Path
 
 from executors import Executor, rebuild_spreadsheet
 from foldjob import build_job
+from plan import search_plan_document
 from utility_functions import (EXIT_DONE, HOST, PROJECT_DIR, SLURM_LIVE_STATES, XvalError, atomic_write_json,
                                atomic_write_text, config_path_in_use, read_json)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one array task
+SEARCH_TASK_FLAG = "--search-task"  # python3 xval_instance.py --search-task SEARCH_JSON INDEX: one search task
 # config.ini [slurm]: {key: (kind, default where the file lacks it)}
 SETTINGS = {"partition": (str, ""), "time": (str, "02:00:00"), "mem": (str, "16G"), "cpus_per_task": (int, "4"),
             "gres": (str, "gpu:1"), "max_parallel": (int, "8"), "extra_sbatch": (str, "")}
@@ -74,6 +76,41 @@ def fold_array_script(plan, slurm, list_path, count, command_line):
         '"$SLURM_ARRAY_TASK_ID"', ""])
 
 
+def search_array_script(plan, slurm, document_path, count, command_line):
+    """The sbatch script of a plan's searches: `count` array tasks, each asking the searches' journals for trials
+    until none is left (executors.run_search_task)."""
+    layout = plan.layout
+    cap = f"%{slurm['max_parallel']}" if slurm["max_parallel"] else ""
+    return "\n".join([
+        "#!/bin/bash",
+        f"# xval: experiment {layout.experiment} on '{layout.dataset}', search(es) "
+        f"{', '.join(str(s.search.key) for s in plan.searches)},",
+        f"# written by: {command_line}",
+        "# Each array task asks the search journal for the next trial and runs its folds, until every trial is",
+        "# handed out; a trial of a task that was stopped is taken over by a later task or run.",
+        f"#SBATCH --job-name={sbatch_value(slurm_job_name(layout.dataset, layout.experiment))}",
+        f"#SBATCH --array=0-{count - 1}{cap}",
+        f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
+        *sbatch_lines(slurm),
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={sbatch_value(str(layout.slurm_output('%A_%a')))}",
+        "",
+        f"export XVAL_CONFIG={shlex.quote(str(config_path_in_use()))}",
+        f"cd {shlex.quote(str(PROJECT_DIR))}",
+        f"exec {shlex.quote(sys.executable)} xval_instance.py {SEARCH_TASK_FLAG} {shlex.quote(str(document_path))} "
+        '"$SLURM_ARRAY_TASK_ID"', ""])
+
+
+def trials_left(plan):
+    """How many trials of the plan's searches are not finished (new, or running), the most of any search."""
+    from search import SearchRunner
+    left = [planned.search.trials - sum(count for state, count in SearchRunner(
+        plan.layout, planned.search, planned.task_type, plan.claim_grace).counts().items() if state != "running")
+        for planned in plan.searches]
+    return max(left, default=0)
+
+
 def spreadsheet_script(plan, slurm):
     """The sbatch script that rebuilds the spreadsheet (submitted to run after the fold array, however it ends)."""
     layout, slurm = plan.layout, dict(slurm, gres="")
@@ -117,6 +154,8 @@ def queued_fold_jobs(layout):
     for path in sorted(layout.slurm.glob("*/submitted.json")) if squeue else []:
         try:
             record = read_json(path)
+            if not record.get("array_job"):
+                continue  # a submission of searches only: no fold job of its own
             names = [Path(entry).name.removesuffix(".job.json") for entry in record["fold_jobs"]]
             listed = subprocess.run([squeue, "-h", "-r", "-j", str(record["array_job"]), "-o", "%K %T"],
                                     capture_output=True, text=True, timeout=60)
@@ -161,9 +200,14 @@ class SlurmExecutor(Executor):
         self.scripts = {"folds.sbatch": fold_array_script(plan, slurm, self.folder / "fold_jobs.json",
                                                           max(1, len(self.jobs)), command_line),
                         "spreadsheet.sbatch": spreadsheet_script(plan, slurm)}
-        if self.jobs:
-            for script in self.scripts.values():
-                sbatch(["--test-only"], script)
+        self.search_tasks = trials_left(plan)
+        if self.search_tasks:
+            self.scripts["search.sbatch"] = search_array_script(plan, slurm, self.folder / "search.json",
+                                                                self.search_tasks, command_line)
+        if self.jobs or self.search_tasks:
+            for name, script in self.scripts.items():
+                if name != "folds.sbatch" or self.jobs:
+                    sbatch(["--test-only"], script)
 
     def run(self, plan):
         """Write the fold jobs to submit and the sbatch scripts into slurm/{time}_{pid}/, and submit them: the fold
@@ -172,9 +216,9 @@ class SlurmExecutor(Executor):
             arrays = sorted(set(self.queued.values()))
             print(f"xval: {len(self.queued)} fold job(s) are queued already in SLURM array(s) {', '.join(arrays)} "
                   f"({', '.join(sorted(self.queued))}): not submitted again", flush=True)
-        if not self.jobs:
-            print(f"xval: nothing to submit: every selected fold job is done{' or queued' if self.queued else ''}",
-                  flush=True)
+        if not self.jobs and not self.search_tasks:
+            print(f"xval: nothing to submit: every selected fold job is done{' or queued' if self.queued else ''}"
+                  f"{', every trial of the searches finished' if plan.searches else ''}", flush=True)
             if not self.queued:  # queued: the array's own spreadsheet job rebuilds it once they land
                 rebuild_spreadsheet(plan.layout, plan.debug)
             return EXIT_DONE
@@ -182,26 +226,35 @@ class SlurmExecutor(Executor):
         try:
             atomic_write_json(folder / "fold_jobs.json",
                               [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
+            if self.search_tasks:
+                atomic_write_json(folder / "search.json", search_plan_document(plan))
             for name, script in self.scripts.items():
                 atomic_write_text(folder / name, script)
-            array = sbatch([folder / "folds.sbatch"])
+            array = sbatch([folder / "folds.sbatch"]) if jobs else None
         except XvalError:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was submitted: no submission to keep
             raise
-        record = {"array_job": array, "spreadsheet_job": None, "fold_jobs": [
+        record = {"array_job": array, "search_job": None, "spreadsheet_job": None, "fold_jobs": [
             f"run{planned.instance}_fold{fold['fold']}" for planned, fold in jobs], "host": HOST,
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_json(folder / "submitted.json", record)
+        if self.search_tasks:
+            record["search_job"] = sbatch([folder / "search.sbatch"])
+            atomic_write_json(folder / "submitted.json", record)
+            print(f"xval: submitted the searches ({', '.join(str(s.search.key) for s in plan.searches)}) as SLURM "
+                  f"array {record['search_job']} of {self.search_tasks} task(s), each asking for trials until none "
+                  "is left", flush=True)
+        arrays = ":".join(job for job in (array, record["search_job"]) if job)
         try:
-            sheet = sbatch([f"--dependency=afterany:{array}", folder / "spreadsheet.sbatch"])
+            sheet = sbatch([f"--dependency=afterany:{arrays}", folder / "spreadsheet.sbatch"])
         except XvalError as error:
             raise XvalError(f"the fold jobs were submitted as SLURM array {array}, but the spreadsheet job was not: "
                             f"{error}; rebuild it after the array with python3 results_to_excel.py "
                             f"{plan.layout.root}") from None
         atomic_write_json(folder / "submitted.json", dict(record, spreadsheet_job=sheet))
-        print(f"xval: submitted {len(jobs)} fold job(s) as SLURM array {array} ({folder / 'folds.sbatch'}), and the "
-              f"spreadsheet as job {sheet} after it. Follow them with: python3 {Path(self.routine_file).name} "
-              "--status", flush=True)
+        folds = f"{len(jobs)} fold job(s) as SLURM array {array} ({folder / 'folds.sbatch'}), and " if jobs else ""
+        print(f"xval: submitted {folds}the spreadsheet as job {sheet} after it. Follow them with: python3 "
+              f"{Path(self.routine_file).name} --status", flush=True)
         return EXIT_DONE
 
     @staticmethod

@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from foldjob import attempt, job_layout, read_job, report_attempt, upgrade_job
+from foldjob import attempt, build_job, collect_instance, instance_record, job_layout, read_job, report_attempt, upgrade_job
 from launchers import ProcessLauncher, fold_environment
+from plan import plan_trial, search_plan_from_document, write_parameters_file
+from search import SearchRunner, trial_line
 from utility_functions import EXIT_DONE, EXIT_FAILED, HOST, file_mutex, read_json, slurm_job_id
 
 EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}  # name (--name selects it): module
@@ -135,3 +137,58 @@ def run_fold_task(submission, index):
     if changed:
         rebuild_spreadsheet(job_layout(job))
     return EXIT_FAILED if result.outcome == "failed" else EXIT_DONE
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A search's trial, on whatever runs its folds; and a batch scheduler's task that runs trials until none is left
+
+def run_one_trial(plan, planned_search, runner, task, run_fold, say):
+    """One trial handed out by runner.next_trial() (task): planned as an instance, its parameters file written, its
+    folds run in order by run_fold(planned, fold) -> foldjob.Attempt, its line said. Returns its outcome (see
+    SearchRunner.run_trial)."""
+    trial, strings = task
+    try:
+        planned = plan_trial(plan, planned_search, trial.number, strings)
+        write_parameters_file(plan.layout, planned)
+    except BaseException:
+        runner.abandon(trial)
+        raise
+    outcome, detail = runner.run_trial(trial, planned, plan.folds, run_fold, lambda planned, pruned_at: collect_instance(
+        plan.layout, planned.instance, instance_record(plan, planned), pruned_at))
+    say(trial_line(planned_search.search, trial.number, planned, outcome, detail, runner.metric))
+    return outcome
+
+
+def run_search_task(submission, index):
+    """A batch task of a search submission (search.json: plan.search_plan_document): trials of each search, asked
+    one after the other from the shared journal, until the searches have all their trials; each fold in a fresh
+    training.py process on the resources the scheduler allocated. Exit code 0 (a failed trial is a result)."""
+    plan = search_plan_from_document(read_json(submission))
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    scheduler = f"SLURM job {slurm_job_id()}, " if slurm_job_id() else ""
+    where = f"{HOST} ({scheduler}task {index}, GPU {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
+    threads = len(os.sched_getaffinity(0))
+
+    def say(line, stream=None):
+        print(line, file=stream or sys.stdout, flush=True)
+
+    def run_fold(planned, fold):
+        job = build_job(plan, planned, fold, threads)
+        launcher = ProcessLauncher(fold_environment(planned.parameters["backend"], threads), where)
+
+        def launch(job_path, log_path):
+            code, error_line = launcher.run(job_path, log_path, job["label"])
+            if code == -signal.SIGTERM:
+                stop_on_sigterm()
+            return code, error_line
+        started = time.monotonic()
+        result = attempt(job, launch)
+        report_attempt(say, job, result, time.monotonic() - started, where)
+        return result
+
+    for planned_search in plan.searches:
+        runner = SearchRunner(plan.layout, planned_search.search, planned_search.task_type, plan.claim_grace)
+        while (task := runner.next_trial()) is not None:
+            if run_one_trial(plan, planned_search, runner, task, run_fold, say) in ("complete", "pruned", "failed"):
+                rebuild_spreadsheet(plan.layout, plan.debug)
+    return EXIT_DONE

@@ -61,6 +61,7 @@ class PlannedSearch:
     data_shape: tuple
     output_size: int
     training: dict
+    strings: tuple = ()  # the routine's strings of the search (what a batch task parses again)
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,7 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
                             "would not undo them: give the search another key or num_experiment, or set "
                             "overwrite_results = False to go on with it")
         planned_searches.append(PlannedSearch(search, search_tasks[key], tuple(data_shape),
-                                              output_sizes[search_tasks[key]], training))
+                                              output_sizes[search_tasks[key]], training, tuple(experiment_dict[key])))
     same = {}
     for planned in instances:
         same.setdefault(planned.hash, []).append(planned.instance)
@@ -440,6 +441,30 @@ def plan_trial(plan, planned_search, number, strings):
                                planned_search.data_shape, planned_search.output_size, True, plan.overwrite)
     params = {d.name: parameters[d.name] for d in planned_search.search.space}
     return replace(planned, trial={"search": planned_search.search.key, "trial": number, "params": params})
+
+
+def search_plan_document(plan):
+    """A plan's searches as JSON data: what a batch task needs to run their trials (search_plan_from_document)."""
+    return {"experiment_dir": str(plan.layout.root), "dataset": plan.layout.dataset,
+            "experiment": plan.layout.experiment, "description": plan.description,
+            "features_folder": plan.features_folder, "overwrite": plan.overwrite, "debug": plan.debug,
+            "identity": plan.identity, "split": plan.split, "folds": list(plan.folds), "created": plan.created,
+            "claim_grace": plan.claim_grace,
+            "searches": [{"key": s.search.key, "strings": list(s.strings), "task_type": s.task_type,
+                          "data_shape": list(s.data_shape), "output_size": s.output_size, "training": s.training}
+                         for s in plan.searches]}
+
+
+def search_plan_from_document(document):
+    """The Plan (no hand-written instance) of search_plan_document's data."""
+    searches = tuple(PlannedSearch(parse_search(entry["key"], entry["strings"], f"experiment_dict[{entry['key']}]"),
+                                   entry["task_type"], tuple(entry["data_shape"]), entry["output_size"],
+                                   entry["training"], tuple(entry["strings"])) for entry in document["searches"])
+    return Plan(layout=Layout(document["experiment_dir"], document["dataset"], document["experiment"]),
+                description=document["description"], features_folder=document["features_folder"],
+                overwrite=document["overwrite"], debug=document["debug"], identity=document["identity"],
+                split=document["split"], folds=tuple(document["folds"]), instances=(), warnings=(),
+                created=document["created"], claim_grace=document["claim_grace"], searches=searches)
 
 
 def write_parameters_file(layout, planned):

@@ -450,3 +450,18 @@ def load_study(paths):
     import optuna
     storage = journal_storage(paths)
     return optuna.load_study(study_name=storage.get_all_studies()[0].study_name, storage=storage)
+
+
+def search_status_line(layout, search):
+    """--status's line of a search: its trials by state, from its journal (read only)."""
+    paths = layout.search(search.key)
+    if not paths.journal.exists():
+        return f"search {search.key}: no trial yet ({search.trials} to run, instances {search.key} to " \
+               f"{search.key + search.trials - 1})"
+    try:
+        states = [trial.state.name.lower() for trial in load_study(paths).get_trials(deepcopy=False)]
+    except ImportError:
+        return f"search {search.key}: Optuna is not installed here ({INSTALL_HINT}) to read {paths.journal}"
+    counts = ", ".join(f"{states.count(state)} {word}" for state, word in (
+        ("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"), ("running", "running")) if state in states)
+    return f"search {search.key}: {len(states)} of {search.trials} trials asked ({counts or 'none ended'})"

@@ -10,20 +10,24 @@ A routine script (xval_routine_example.py, copied per experiment) ends with run_
      (executors.py: the local pool of workers by default, a SLURM array with --slurm), whose exit code it returns.
 It imports no framework: the architectures' signatures are read from the source and training runs in fold
 processes (launchers.py), so validation is instant and this process stays small however many instances it runs.
-It is also what a batch scheduler's task runs: python3 xval_instance.py --fold-task FOLD_JOBS INDEX.
+It is also what a batch scheduler's task runs: python3 xval_instance.py --fold-task FOLD_JOBS INDEX (a fold job), or
+--search-task SEARCH_JSON INDEX (trials of the searches, until none is left).
 """
 import sys
 import time
 from pathlib import Path
 
-from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task
+from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task, run_search_task
 from foldjob import fold_state
 from layout import Layout
 from plan import accept, make_plan
+from search import is_search, parse_search, search_status_line
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, load_config,
                                parse_config_value)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one batch scheduler's task
+SEARCH_TASK_FLAG = "--search-task"  # python3 xval_instance.py --search-task SEARCH_JSON INDEX: a search's batch task
+TASKS = {TASK_FLAG: run_fold_task, SEARCH_TASK_FLAG: run_search_task}
 MODES = ("smoke", "status")  # besides running: --smoke (each instance briefly), --status (each fold job's state)
 
 
@@ -201,6 +205,16 @@ def experiment_path(settings, config, routine_file):
 # ----------------------------------------------------------------------------------------------------------------
 # --status, and a launch
 
+def print_instance_status(layout, instance, num_folds, grace):
+    """--status lines of one instance: its fold jobs' counts by state, then one line per fold job."""
+    states = [fold_state(layout, instance, fold, grace) for fold in range(1, num_folds + 1)]
+    counts = {word: sum(state.startswith(word) for state in states)
+              for word in ("done", "running", "failed", "stale", "pending")}
+    print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n))
+    for fold, state in enumerate(states, 1):
+        print(f"  fold {fold}: {state}")
+
+
 def print_status(settings, config, selected, routine_file):
     """--status: each selected instance's fold jobs, from the experiment folder alone, then each scheduler's lines
     for the experiment's jobs. Returns 0."""
@@ -210,14 +224,16 @@ def print_status(settings, config, selected, routine_file):
         print(f"xval: {layout.root} holds no experiment yet (no folds.json, results or claims): nothing of this "
               "routine has run there (check experiment_folder and num_experiment)")
         return EXIT_DONE
-    for instance in selected:
-        states = [fold_state(layout, instance, fold, config["claims"]["grace_seconds"])
-                  for fold in range(1, settings["num_folds"] + 1)]
-        counts = {word: sum(state.startswith(word) for state in states)
-                  for word in ("done", "running", "failed", "stale", "pending")}
-        print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n))
-        for fold, state in enumerate(states, 1):
-            print(f"  fold {fold}: {state}")
+    for key in selected:
+        strings = settings["experiment_dict"][key]
+        instances = [key]
+        if is_search(strings):
+            search = parse_search(key, strings, f"experiment_dict[{key}]")
+            print(search_status_line(layout, search))
+            instances = [instance for instance in search.instances() if layout.instance(instance).result.exists()
+                         or any(layout.fold(instance, fold).lock.exists() for fold in range(1, settings["num_folds"] + 1))]
+        for instance in instances:
+            print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"])
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):
             print(line)
@@ -292,12 +308,13 @@ def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experim
 
 
 if __name__ == "__main__":
-    USAGE = (f"usage: python3 xval_instance.py {TASK_FLAG} FOLD_JOBS INDEX (what a batch scheduler's task runs, "
-             "written by --slurm; a routine script, e.g. xval_routine_example.py, is what you run)")
+    USAGE = (f"usage: python3 xval_instance.py {TASK_FLAG} FOLD_JOBS INDEX | {SEARCH_TASK_FLAG} SEARCH_JSON INDEX "
+             "(what a batch scheduler's task runs, written by --slurm; a routine script, e.g. "
+             "xval_routine_example.py, is what you run)")
     if sys.argv[1:] in (["-h"], ["--help"]):
         print(USAGE)
         raise SystemExit(EXIT_DONE)
-    if len(sys.argv) != 4 or sys.argv[1] != TASK_FLAG:
+    if len(sys.argv) != 4 or sys.argv[1] not in TASKS:
         print(USAGE, file=sys.stderr)
         raise SystemExit(EXIT_REFUSED)
-    raise SystemExit(exit_on_user_error(lambda: run_fold_task(sys.argv[2], sys.argv[3])))
+    raise SystemExit(exit_on_user_error(lambda: TASKS[sys.argv[1]](sys.argv[2], sys.argv[3])))
