@@ -128,6 +128,7 @@ def search_plots(experiment_folder, search_key):
                 continue
         try:
             study = study or load_study(paths)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # its notes on a study without complete trials
             with warnings.catch_warnings(), rc_context():  # rc_context: optuna sets pyplot's style for the process
                 warnings.simplefilter("ignore")  # optuna marks its matplotlib figures experimental
                 axes = painter(study)

@@ -16,7 +16,8 @@ is handed out under locks/search_run{S}.mutex: the next trial is a trial left ru
 search_trials exist; so a search ends with exactly search_trials trials, however often it is killed. After each
 fold the trial reports its validation main metric (step = fold number) and the pruner may stop it: it is then
 recorded as pruned, never failed, and never chosen. Each new trial's sampler is seeded from (search_seed, trial
-number), so a search is reproducible whatever the number of processes running it.
+number), so a search is reproducible whatever the number of processes running it (a grid's by search_seed alone:
+it orders the grid).
 """
 import ast
 import contextlib
@@ -25,7 +26,7 @@ import json
 import math
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from registries import HIGHER_IS_BETTER, MAIN_METRIC
 from utility_functions import XvalError, claim, file_mutex, heartbeat, heartbeat_interval, release
@@ -272,8 +273,8 @@ def trial_seed(seed, number):
 def make_sampler(search, number):
     import optuna
     seed = trial_seed(search.seed, number)
-    if search.sampler == "grid":
-        return optuna.samplers.GridSampler({d.name: d.grid() for d in search.space}, seed=seed)
+    if search.sampler == "grid":  # its seed orders the grid: the same in every process, or points would repeat
+        return optuna.samplers.GridSampler({d.name: d.grid() for d in search.space}, seed=search.seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.startup_trials)
@@ -378,6 +379,10 @@ class SearchRunner:
                 outcome = self.trial_folds(trial, planned, folds, run_fold, collect)
             kind, detail = outcome
             with self.lock:
+                # GridSampler's after_trial calls study.stop() once the grid is visited, which only study.optimize()
+                # allows: a grid's trials are told through a sampler that keeps no state (asking sets it again)
+                if self.search.sampler == "grid":
+                    self.study.sampler = make_sampler(replace(self.search, sampler="random"), 0)
                 if kind == "complete":
                     self.study.tell(trial, detail, skip_if_finished=True)
                 elif kind in ("pruned", "failed"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import common
 
-SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks")
+SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks", "search")
 DEFAULT = SCRIPTS[:4]
 HEADER = ("benchmark", "figure", "value", "target", "met")
 

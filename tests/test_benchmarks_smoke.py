@@ -142,3 +142,33 @@ def test_tweaks(reports):
     assert set(figures) == {"preprocessing", "features", "routine"} and all("on" in group for group in figures.values())
     for tweak in TWEAKS:  # measured on against off, or reported as gone from the product
         assert any(tweak in label for label in labels(results, "tweaks"))
+
+
+@pytest.mark.skipif(PEER_MISSING, reason=PEER_REASON)
+def test_search(tmp_path):
+    """benchmarks/search.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the hand grid,
+    xval's search and the Optuna + scikeras peer, counted and compared."""
+    script = REPO / "benchmarks" / "search.py"
+    helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=str(REPO),
+                            timeout=60)
+    assert helped.returncode == 0 and "--smoke" in helped.stdout, helped.stderr
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
+               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"), "--only", "search"]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, f"run.py --smoke --only search failed:\n{completed.stdout[-4000:]}"
+    results = json.loads((tmp_path / "search.json").read_text(encoding="utf-8"))["results"]
+    figures = figures_of(results, "search")
+    assert {"search fold trainings / grid's", "search's best validation UAR - grid's best",
+            "wall: grid / xval search / peer (s)"} <= set(labels(results, "search"))
+    assert labels(results, "search")[-1].startswith("CPU used by other processes")
+    assert all(figures["wall"][side] > 0 for side in ("grid", "search", "peer"))
+    trials, folds = figures["search_trials"], figures["folds"]
+    counted = figures["fold_trainings"]
+    # every grid point trains every fold, the peer every trial's every fold; pruned trials train fewer
+    assert counted["grid"] == figures["grid_points"] * folds and counted["peer"] == trials * folds
+    assert trials <= counted["search"] <= trials * folds and figures["search"]["trials"] == trials
+    assert figures["share"] == pytest.approx(counted["search"] / counted["grid"])
+    assert sum(figures["search"]["statuses"].values()) == trials and len(figures["peer_trials"]) == trials
+    # a search trial on a grid point trains what the grid's instance trained: the same numbers
+    assert figures["search"]["folds_equal_to_grid"] == figures["search"]["folds_compared_with_grid"] == counted["search"]
+    assert figures["reached"] == (figures["best_val"]["search"] >= figures["best_val"]["grid"])

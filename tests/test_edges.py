@@ -482,6 +482,7 @@ def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
 # 15. --help
 
 @pytest.mark.parametrize("script", ["xval_routine_example.py", "xval_routine_regression_example.py",
+                                    "xval_routine_search_example.py",
                                     "xval_instance.py", "training.py", "use_model.py", "results_to_excel.py",
                                     "preprocessing_dataset.py", "preprocessing_ravdess.py", "benchmarks/run.py",
                                     "benchmarks/plain_keras.py", "benchmarks/naive_preprocessing.py"])

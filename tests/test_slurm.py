@@ -241,3 +241,37 @@ def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm
         assert len(list((experiment_dir / "slurm").iterdir())) == 1
     finally:
         subprocess.run(["scancel", record["array_job"], record["spreadsheet_job"]], timeout=60)
+
+
+def test_a_search_submitted_to_slurm_runs_each_trial_once_across_its_array_tasks(slurm, tiny_features, tmp_path):
+    try:
+        import optuna
+    except ImportError:  # requirements-search.txt: CI installs it and never skips
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("Optuna is not installed (pip install -r requirements-search.txt)")
+    config = slurm_config(tiny_features, tmp_path)
+    strings = instance("searched", 'learning_rate = choice(0.003, 0.001)', "num_epochs = 1", "search_trials = 3",
+                       'search_sampler = "random"', 'search_pruner = "none"')
+    routine = write_routine(tmp_path, {10: strings}, num_folds=2)
+    submitted = xval(routine, config, "--slurm", "--max-parallel", "2")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "submitted the searches (10) as SLURM array" in submitted.stdout and "3 task(s)" in submitted.stdout
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    record, folder = submission(experiment_dir)
+    assert "#SBATCH --array=0-2%2" in (folder / "search.sbatch").read_text()
+    wait_until(lambda: False, record["spreadsheet_job"])
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(experiment_dir / "search" / "run10.journal")))
+    trials = optuna.load_study(study_name="run10", storage=storage).get_trials()
+    assert [trial.state.name for trial in trials] == ["COMPLETE"] * 3
+    assert sorted(fold_results(experiment_dir)) == sorted(f"results_tiny_exp1_run{n}_fold{f}.json"
+                                                          for n in (10, 11, 12) for f in (1, 2))
+    for n in (10, 11, 12):
+        for f in (1, 2):
+            log = (experiment_dir / "logs" / f"tiny_exp1_run{n}_fold{f}.log").read_text()
+            assert log.count("\n===== ") == 1 and "SLURM job" in log, f"trial {n - 10} fold {f} ran more than once"
+    assert openpyxl.load_workbook(next(experiment_dir.glob("*_results_spreadsheet.xlsx")))["search 10"]["A1"].value
+    again = xval(routine, config, "--slurm")
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr

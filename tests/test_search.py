@@ -1,0 +1,235 @@
+"""A routine that searches: N trials and no more (killed and rerun, or two routines on one journal), pruning of a
+clearly bad trial at fold 1, a grid visited once per point, the selection-aware estimate recomputed from the fold
+results, the search sheet, and every bad search string refused before anything runs.
+
+Waits are for observed progress (an epoch line in a fold's log), never a fixed sleep.
+"""
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+
+import openpyxl
+import pytest
+
+from routine_helpers import instance, run_routine, start_routine, write_routine
+from test_resilience import wait_for_progress
+
+try:
+    import optuna
+except ImportError:  # requirements-search.txt; CI installs it and never skips
+    optuna = None
+pytestmark = pytest.mark.skipif(optuna is None and os.environ.get("CI") != "true",
+                                reason="Optuna is not installed (pip install -r requirements-search.txt)")
+
+SEARCH = 10  # the search's key: its trials are instances 10, 11, ...
+
+
+def search_strings(*space, trials=4, sampler="random", seed=0, pruner=None, startup=1, **model):
+    """A search instance of the tiny model: its distributions, then its settings."""
+    settings = [f"search_trials = {trials}", f'search_sampler = "{sampler}"', f"search_seed = {seed}",
+                f"search_startup_trials = {startup}"] + ([f'search_pruner = "{pruner}"'] if pruner else [])
+    return instance("search", *space, *settings, **model)
+
+
+def trials_of(experiment_dir, key=SEARCH):
+    """The search's Optuna trials, read from its journal."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(experiment_dir / "search" / f"run{key}.journal")))
+    return optuna.load_study(study_name=f"run{key}", storage=storage).get_trials()
+
+
+def results(experiment_dir):
+    """{instance id: results JSON} of every instance."""
+    return {document["instance"]: document for document in
+            (json.loads(path.read_text()) for path in (experiment_dir / "results").glob("results_*.json"))}
+
+
+def fold_runs(experiment_dir):
+    """[(instance, fold)] of every fold process every launch ran (from the launch records)."""
+    return [(run["instance"], run["fold"]) for path in (experiment_dir / "logs").glob("launch_*.json")
+            for run in json.loads(path.read_text())["fold_runs"]]
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(tiny_features, tmp_path_factory):
+    """A search of 4 trials (random sampler, median pruner) over 2 folds, SIGKILLed while its second trial trains,
+    then run again to its end."""
+    folder = tmp_path_factory.mktemp("search")
+    space = ['learning_rate = choice(0.003, 0.001)', 'dense_units = intrange(4, 8, step=4)']
+    routine = write_routine(folder, {1: instance("hand"), SEARCH: search_strings(*space)}, num_folds=2)
+    experiment_dir = folder / "experiments" / "experiment_1"
+    process = start_routine(routine, tiny_features["config_path"], SEARCH)
+    second_trial = experiment_dir / "logs" / f"tiny_exp1_run{SEARCH + 1}_fold1.log"
+    while not (second_trial.exists() and "xval-epoch: " in second_trial.read_text(errors="replace")):
+        assert wait_for_progress(process, experiment_dir, "epoch"), "the routine ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)  # the routine and its fold process, mid-trial
+    process.wait()
+    killed = {trial.number: trial.state.name for trial in trials_of(experiment_dir)}
+    rerun = run_routine(routine, tiny_features["config_path"])
+    return {"routine": routine, "dir": experiment_dir, "killed": killed, "rerun": rerun, "config": tiny_features[
+        "config_path"]}
+
+
+def test_a_killed_search_ends_with_exactly_its_trials_each_trial_run_once(killed_and_rerun):
+    rerun, experiment_dir = killed_and_rerun["rerun"], killed_and_rerun["dir"]
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "RUNNING" in killed_and_rerun["killed"].values(), "the kill did not land in a trial"
+    trials = trials_of(experiment_dir)
+    assert [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert all(trial.state.name in ("COMPLETE", "PRUNED") for trial in trials)
+    documents = results(experiment_dir)
+    for trial in trials:
+        document = documents[SEARCH + trial.number]
+        assert document["search"] == {"search": SEARCH, "trial": trial.number, "params": trial.params}
+        assert document["status"] == trial.state.name.lower()
+        assert (experiment_dir / "results" / "parameters" / f"parameters_tiny_exp1_run{SEARCH + trial.number}.txt"
+                ).exists()
+    runs = fold_runs(experiment_dir)
+    assert len(runs) == len(set(runs)), "a fold finished in one launch was trained again"
+    assert "search 10: " in rerun.stdout and "Report for search 10: selection-aware test" in rerun.stdout
+    again = run_routine(killed_and_rerun["routine"], killed_and_rerun["config"])
+    assert again.returncode == 0 and len(trials_of(experiment_dir)) == 4
+    assert "fold 1/2 on" not in again.stdout, "a rerun of a finished search trained again"
+
+
+def test_the_selection_aware_estimate_recomputed_from_the_fold_results_is_the_reported_one(killed_and_rerun):
+    experiment_dir = killed_and_rerun["dir"]
+    summary = json.loads(next(experiment_dir.glob("*_summary.json")).read_text())["searches"][str(SEARCH)]
+    documents = [document for document in results(experiment_dir).values() if document.get("search")]
+    complete = [document for document in documents if document["status"] == "complete"]
+    assert summary["trials"] == {status: sum(d["status"] == status for d in documents)
+                                 for status in {d["status"] for d in documents}}
+    chosen_tests = []
+    for fold in (1, 2):
+        scores = {d["instance"]: next(f for f in d["folds"] if f["fold"] == fold)["metrics"] for d in complete}
+        best = max(scores, key=lambda number: (scores[number]["val"]["balanced_accuracy"], -number))
+        chosen_tests.append(scores[best]["test"]["balanced_accuracy"])
+    reported = summary["summary"]["selection_aware_test"]
+    assert math.isclose(reported["mean"], sum(chosen_tests) / len(chosen_tests))
+    best_mean = max(complete, key=lambda d: (d["summary"]["val"]["balanced_accuracy"]["mean"], -d["instance"]))
+    assert summary["summary"]["chosen_on_validation"]["instance"] == best_mean["instance"]
+    pruned = {d["instance"] for d in documents if d["status"] == "pruned"}
+    assert not pruned & {entry["instance"] for entry in reported["per_fold"]}
+
+
+def test_the_workbook_has_a_search_sheet_with_every_trial_and_optunas_figures(killed_and_rerun):
+    experiment_dir = killed_and_rerun["dir"]
+    workbook = openpyxl.load_workbook(next(experiment_dir.glob("*_results_spreadsheet.xlsx")))
+    sheet = workbook[f"search {SEARCH}"]
+    rows = [row for row in sheet.iter_rows(values_only=True)]
+    header = next(index for index, row in enumerate(rows) if row[0] == "trial")
+    trials = {row[1]: row[2] for row in rows[header + 1:] if isinstance(row[0], int)}
+    documents = results(experiment_dir)
+    assert trials == {number: documents[number]["status"] if documents[number]["status"] != "pruned" else
+                      f"pruned after fold {documents[number]['pruned_after_fold']}" for number in range(10, 14)}
+    assert any("Report for search 10" in str(row[0]) for row in rows[:header])
+    complete = sum(document.get("status") == "complete" for document in documents.values() if document.get("search"))
+    assert len(sheet._images) == (2 if complete >= 2 else 1)
+    assert (experiment_dir / "plots" / f"search_run{SEARCH}_history.png").stat().st_size > 0
+
+
+def test_a_changed_search_is_refused_on_a_journal_made_by_another(killed_and_rerun, tmp_path):
+    routine = killed_and_rerun["routine"]
+    text = routine.read_text().replace("choice(0.003, 0.001)", "choice(0.003, 0.002)")
+    changed = routine.with_name("changed.py")
+    changed.write_text(text)
+    refused = run_routine(changed, killed_and_rerun["config"])
+    assert refused.returncode == 2
+    assert "holds the trials of another search (space changed)" in refused.stderr, refused.stderr
+
+
+def test_two_routines_sharing_a_journal_never_run_the_same_trial(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {SEARCH: search_strings('learning_rate = loguniform(1e-3, 1e-2)', trials=4,
+                                                              pruner="none")}, num_folds=2)
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    first, second = (start_routine(routine, tiny_features["config_path"], str(n)) for n in (SEARCH, SEARCH))
+    assert first.wait(timeout=600) in (0, 3) and second.wait(timeout=600) in (0, 3)
+    trials = trials_of(experiment_dir)
+    assert len(trials) == 4 and all(trial.state.name == "COMPLETE" for trial in trials)
+    runs = fold_runs(experiment_dir)
+    assert sorted(runs) == sorted((SEARCH + n, fold) for n in range(4) for fold in (1, 2)), \
+        "a fold job of a trial ran twice, or not at all"
+    assert len({json.loads(path.read_text())["pid"] for path in (experiment_dir / "logs").glob("launch_*.json")}) == 2
+
+
+def test_pruning_stops_a_trial_with_an_absurd_learning_rate_at_fold_1(tiny_features, tmp_path):
+    strings = search_strings('learning_rate = choice(0.01, 1e-9)', trials=4, seed=0, task_type="regression",
+                             model=['architecture = "EXAMPLE_model"', "filters = [4]", "dense_units = 8",
+                                    "num_epochs = 3", "batch_size = 16"])
+    routine = write_routine(tmp_path, {SEARCH: strings}, num_folds=3, dataset="tiny_intensity")
+    finished = run_routine(routine, tiny_features["config_path"])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    trials = trials_of(tmp_path / "experiments" / "experiment_1")
+    absurd = [trial for trial in trials if trial.params["learning_rate"] == 1e-9 and trial.number > 0]
+    assert trials[0].params["learning_rate"] == 0.01, "seed 0 should try the sound learning rate first"
+    assert absurd and all(trial.state.name == "PRUNED" and max(trial.intermediate_values) == 1 for trial in absurd)
+    documents = results(tmp_path / "experiments" / "experiment_1")
+    assert all(documents[SEARCH + t.number]["status"] == "pruned" and len(documents[SEARCH + t.number]["folds"]) == 1
+               for t in absurd)
+    assert "pruned after fold 1" in finished.stdout
+
+
+def test_a_grid_search_visits_every_point_once(tiny_features, tmp_path):
+    space = ['learning_rate = choice(0.003, 0.001)', 'dense_units = intrange(4, 8, step=4)', 'num_epochs = 1']
+    routine = write_routine(tmp_path, {SEARCH: instance("grid", *space, 'search_sampler = "grid"')}, num_folds=2)
+    finished = run_routine(routine, tiny_features["config_path"])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    trials = trials_of(tmp_path / "experiments" / "experiment_1")
+    visited = sorted((t.params["learning_rate"], t.params["dense_units"]) for t in trials)
+    assert visited == sorted(itertools.product((0.003, 0.001), (4, 8)))
+    assert all(trial.state.name == "COMPLETE" for trial in trials)
+
+
+@pytest.mark.parametrize("strings, message", [
+    (['learning_rate = loguniform(0, 0.1)'], "needs LOW < HIGH, LOW > 0"),
+    (['learning_rate = uniform(0.1)'], "takes two ends"),
+    (['batch_size = choice(16)'], "needs two values or more"),
+    (['batch_size = choice(16, 16, 32)'], "lists a value twice"),
+    (['num_epochs = intrange(1, 4, step=2)'], "4 is not reached from 1 in steps of 2"),
+    (['num_epochs = intrange(1.5, 4)'], "needs finite whole numbers"),
+    (['learning_rate = loguniform(1e-4, 1e-2)', 'search_sampler = "grid"'], "a grid search needs choice(...)"),
+    (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_trials = 3'], "has 2 points"),
+    (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_pruner = "median"'], "prunes none"),
+    (['batch_size = choice(16, 32)', 'search_sampler = "bayes"', 'search_trials = 2'], "search_sampler = 'bayes'"),
+    (['batch_size = choice(16, 32)', 'search_trails = 2'], "unknown search setting 'search_trails'"),
+    (['batch_size = choice(16, 32)'], "a search needs search_trials = N"),
+    (['search_trials = 3'], "a search needs at least one distribution"),
+    (['batch_size = choice(16, "many")', 'search_trials = 2'], "batch_size"),
+    (['learning_rate = loguniform(1e-4, 1e-2)', 'search_trials = 2', 'learning_rate = 0.1'], "assigned twice"),
+    (['task_type = choice("classification", "regression")', 'search_trials = 2'], "task_type cannot be searched"),
+    (['hidden_units = choice([8], [16])', 'search_trials = 2'], "unknown parameter 'hidden_units'"),
+])
+def test_a_bad_search_string_is_refused_before_anything_runs(tiny_features, tmp_path, strings, message):
+    routine = write_routine(tmp_path, {SEARCH: instance("bad", *strings)})
+    refused = run_routine(routine, tiny_features["config_path"])
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_an_instance_inside_a_searchs_trials_is_refused(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {SEARCH: search_strings('batch_size = choice(16, 32)', trials=4),
+                                       SEARCH + 2: instance("inside")})
+    refused = run_routine(routine, tiny_features["config_path"])
+    assert refused.returncode == 2 and "experiment_dict[12] lies inside search 10's trials (instances 10 to 13)" \
+        in refused.stderr, refused.stderr
+
+
+def test_the_search_example_routine_is_a_search_every_corner_of_which_resolves():
+    from parameters import architecture_signatures, resolve_instance
+    from plan import parse_searches
+    from routine_helpers import REPO
+    from search import check_search, corners
+    from test_config_and_examples import example_settings
+    from utility_functions import load_config
+    settings = example_settings(REPO / "xval_routine_search_example.py")
+    training, signatures = load_config(REPO / "config.ini")["training"], architecture_signatures()
+    searches = parse_searches(settings["experiment_dict"])
+    assert list(searches) == [SEARCH] and set(settings["experiment_dict"]) - set(searches)
+    search = searches[SEARCH]
+    assert search.sampler == "tpe" and search.pruner == "median" and len(corners(search)) >= 4
+    assert check_search(search, lambda strings, where: resolve_instance(strings, training, signatures, where),
+                        "example") == "classification"
