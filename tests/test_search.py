@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 
 import openpyxl
 import pytest
