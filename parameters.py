@@ -243,6 +243,22 @@ def check_training_values(parameters, overridden, where):
             fail(f"{name} = {parameters[name]!r} has no effect with {idle}: remove it, or set {fix}")
 
 
+def uses(signature, training_key):
+    """Whether an architecture (its signature) uses a config.ini [training] key: every key but those of
+    MODEL_ONLY_TRAINING_PARAMETERS, which exist only where the architecture takes them as an argument."""
+    return training_key not in MODEL_ONLY_TRAINING_PARAMETERS or training_key in signature["arguments"]
+
+
+def architecture_parameters(architecture, training_defaults, signatures):
+    """The names of the parameters an instance of `architecture` may set (what resolve_instance accepts for it):
+    the mandatory ones, the [training] keys it uses and its own arguments with defaults; empty if it is unknown."""
+    signature = signatures.get(architecture)
+    if signature is None:
+        return set()
+    return {*MANDATORY_PARAMETERS, *signature["defaults"], *(name for name in training_defaults
+                                                             if uses(signature, name))}
+
+
 def resolve_instance(parameter_strings, training_defaults, signatures, where):
     """One instance's resolved parameters: defaults, then its strings in order. Refuses any doubt with XvalError.
 
@@ -280,8 +296,7 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
         if name in training_defaults:
             raise XvalError(f"define_models.{architecture}: argument '{name}' has a default but config.ini "
                             f"[training] defines it too: remove the default so there is one place for it")
-    used_training = {name: value for name, value in training_defaults.items()
-                     if name not in MODEL_ONLY_TRAINING_PARAMETERS or name in signature["arguments"]}
+    used_training = {name: value for name, value in training_defaults.items() if uses(signature, name)}
     defaults = {**used_training, **signature["defaults"]}
     parameters = {"comment_1": "", "comment_2": "", "task_type": task_type, "architecture": architecture,
                   **defaults}

@@ -23,10 +23,10 @@ import numpy as np
 
 from foldjob import fold_fingerprint, reusable_folds
 from layout import Layout
-from parameters import (architecture_signatures, changed_parameters, check_backend_installed, parameter_hash,
-                        parameters_text, resolve_instance)
+from parameters import (architecture_parameters, architecture_signatures, changed_parameters, check_backend_installed,
+                        parameter_hash, parameters_text, resolve_instance)
 from registries import SPLITTERS
-from search import check_optuna, check_search, is_search, parse_search
+from search import check_optuna, check_search, is_search, parse_search, with_conditions
 from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
                                check_dataset, check_target, config_path_in_use, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
@@ -360,10 +360,12 @@ def plan_instance(layout, identity, folds, instance, strings, parameters, data_s
                            {fold: str(path) for fold, path in initial_models.items()}), cautions
 
 
-def parse_searches(experiment_dict):
-    """{key: Search} of the routine's search entries, and a refusal of any instance id two entries would share
-    (a search of N trials takes the ids key .. key + N - 1)."""
-    searches = {key: parse_search(key, strings, f"experiment_dict[{key}]")
+def parse_searches(experiment_dict, training, signatures):
+    """{key: Search} of the routine's search entries (with_conditions applied where the architecture is searched),
+    and a refusal of any instance id two entries would share (a search of N trials takes the ids key .. key +
+    N - 1)."""
+    searches = {key: with_conditions(parse_search(key, strings, f"experiment_dict[{key}]"),
+                                     lambda architecture: architecture_parameters(architecture, training, signatures))
                 for key, strings in experiment_dict.items() if is_search(strings)}
     for key, search in searches.items():
         inside = [other for other in experiment_dict if other != key and other in search.instances()]
@@ -380,7 +382,7 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
     the first problem."""
     signatures, training = architecture_signatures(), config["training"]
     experiment_dict = settings["experiment_dict"]
-    all_searches = parse_searches(experiment_dict)
+    all_searches = parse_searches(experiment_dict, training, signatures)
     searches = {key: all_searches[key] for key in selected if key in all_searches}
     hand = [instance for instance in selected if instance not in searches]
     resolved = {instance: resolve_instance(experiment_dict[instance], training, signatures,
@@ -439,7 +441,7 @@ def plan_trial(plan, planned_search, number, strings):
                                   f"experiment_dict[{planned_search.search.key}], trial {number}")
     planned, _ = plan_instance(plan.layout, plan.identity, plan.folds, instance, strings, parameters,
                                planned_search.data_shape, planned_search.output_size, True, plan.overwrite)
-    params = {d.name: parameters[d.name] for d in planned_search.search.space}
+    params = {d.name: parameters[d.name] for d in planned_search.search.space if d.name in parameters}
     return replace(planned, trial={"search": planned_search.search.key, "trial": number, "params": params})
 
 
@@ -457,8 +459,9 @@ def search_plan_document(plan):
 
 def search_plan_from_document(document):
     """The Plan (no hand-written instance) of search_plan_document's data."""
-    searches = tuple(PlannedSearch(parse_search(entry["key"], entry["strings"], f"experiment_dict[{entry['key']}]"),
-                                   entry["task_type"], tuple(entry["data_shape"]), entry["output_size"],
+    signatures = architecture_signatures()
+    searches = tuple(PlannedSearch(parse_searches({entry["key"]: entry["strings"]}, entry["training"],
+                                                  signatures)[entry["key"]], entry["task_type"], tuple(entry["data_shape"]), entry["output_size"],
                                    entry["training"], tuple(entry["strings"])) for entry in document["searches"])
     return Plan(layout=Layout(document["experiment_dir"], document["dataset"], document["experiment"]),
                 description=document["description"], features_folder=document["features_folder"],

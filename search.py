@@ -95,6 +95,7 @@ class Search:
     seed: int
     pruner: str
     startup_trials: int
+    applies: tuple = ()  # a searched architecture: ((name, (architectures that take it)), ...) for the others' names
 
     def instances(self):
         """The instance ids of its trials."""
@@ -109,14 +110,20 @@ class Search:
 
     def trial_strings(self, number, stored):
         """The parameter strings of trial `number` whose Optuna parameters are `stored`: the fixed strings, its
-        comment_2 followed by ' · trial {number}', and one 'name = value' per dimension."""
+        comment_2 followed by ' · trial {number}', and one 'name = value' per dimension; where the architecture is
+        searched, a string only where the trial's architecture takes that parameter (see `applies`)."""
+        values = {d.name: d.value(stored[d.name]) for d in self.space}
+        architecture = values.get("architecture")
+        applies = dict(self.applies)
         strings = []
         for text in self.fixed:
             name, _, value = text.partition("=")
             if name.strip() == "comment_2":
                 text = f"comment_2 = {(str(ast.literal_eval(value.strip())) + f' · trial {number}')!r}"
-            strings.append(text)
-        return tuple(strings) + tuple(f"{d.name} = {d.value(stored[d.name])!r}" for d in self.space)
+            if architecture in applies.get(name.strip(), (architecture,)):
+                strings.append(text)
+        return tuple(strings) + tuple(f"{name} = {value!r}" for name, value in values.items()
+                                      if architecture in applies.get(name, (architecture,)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,6 +241,26 @@ def parse_search(key, strings, where):
         raise XvalError(f"{where}: search_trials and search_startup_trials must be 1 or more")
     return Search(key, tuple(fixed), tuple(space.values()), trials, sampler, values["search_seed"], pruner,
                   values["search_startup_trials"])
+
+
+def with_conditions(search, taken):
+    """The search with `applies` set where its architecture is searched: taken(architecture) -> the names of the
+    parameters that architecture takes. A name some searched architectures do not take applies only to the
+    trials of the others; a name none of them takes is refused."""
+    architectures = next((d.values() for d in search.space if d.name == "architecture"), None)
+    if architectures is None:
+        return search
+    names = [text.split("=")[0].strip() for text in search.fixed] + [d.name for d in search.space]
+    takes = {architecture: taken(architecture) for architecture in architectures}
+    applies = []
+    for name in names:
+        which = tuple(architecture for architecture in architectures if name in takes[architecture])
+        if not which:
+            raise XvalError(f"experiment_dict[{search.key}]: {name} is taken by none of the searched architectures "
+                            f"({', '.join(map(str, architectures))}): remove it")
+        if len(which) < len(architectures):
+            applies.append((name, which))
+    return replace(search, applies=tuple(applies))
 
 
 def corners(search):

@@ -200,6 +200,8 @@ def test_a_grid_search_visits_every_point_once(tiny_features, tmp_path):
     (['learning_rate = loguniform(1e-4, 1e-2)', 'search_trials = 2', 'learning_rate = 0.1'], "assigned twice"),
     (['task_type = choice("classification", "regression")', 'search_trials = 2'], "task_type cannot be searched"),
     (['hidden_units = choice([8], [16])', 'search_trials = 2'], "unknown parameter 'hidden_units'"),
+    (['architecture = choice("EXAMPLE_model", "POOLED_STATS_model")', 'channels = choice([8], [16])',
+      'search_trials = 2'], "channels is taken by none of the searched architectures"),
 ])
 def test_a_bad_search_string_is_refused_before_anything_runs(tiny_features, tmp_path, strings, message):
     routine = write_routine(tmp_path, {SEARCH: instance("bad", *strings)})
@@ -226,9 +228,32 @@ def test_the_search_example_routine_is_a_search_every_corner_of_which_resolves()
     from utility_functions import load_config
     settings = example_settings(REPO / "xval_routine_search_example.py")
     training, signatures = load_config(REPO / "config.ini")["training"], architecture_signatures()
-    searches = parse_searches(settings["experiment_dict"])
+    searches = parse_searches(settings["experiment_dict"], training, signatures)
     assert list(searches) == [SEARCH] and set(settings["experiment_dict"]) - set(searches)
     search = searches[SEARCH]
     assert search.sampler == "tpe" and search.pruner == "median" and len(corners(search)) >= 4
     assert check_search(search, lambda strings, where: resolve_instance(strings, training, signatures, where),
                         "example") == "classification"
+
+
+def test_a_searched_architecture_gets_only_the_parameters_it_takes():
+    from parameters import architecture_signatures, resolve_instance
+    from plan import parse_searches
+    from routine_helpers import REPO
+    from search import check_search, corners
+    from utility_functions import load_config
+    training, signatures = load_config(REPO / "config.ini")["training"], architecture_signatures()
+    strings = instance("arch", 'architecture = choice("EXAMPLE_model", "POOLED_STATS_model")',
+                       'hidden_units = choice([8], [16])', 'dropout = uniform(0.0, 0.5)', 'search_trials = 4')
+    search = parse_searches({SEARCH: strings}, training, signatures)[SEARCH]
+    seen = set()
+    for stored in corners(search):
+        names = {text.split("=")[0].strip() for text in search.trial_strings(0, stored)}
+        architecture = "EXAMPLE_model" if "filters" in names else "POOLED_STATS_model"
+        seen.add(architecture)
+        assert ("hidden_units" in names) == (architecture == "POOLED_STATS_model")
+        assert {"dense_units", "filters"} <= names or architecture == "POOLED_STATS_model"
+        assert "dropout" in names  # both take it
+    assert seen == {"EXAMPLE_model", "POOLED_STATS_model"}
+    assert check_search(search, lambda strings, where: resolve_instance(strings, training, signatures, where),
+                        "test") == "classification"
