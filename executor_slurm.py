@@ -50,18 +50,14 @@ def sbatch_lines(slurm):
     return lines
 
 
-def fold_array_script(plan, slurm, list_path, count, command_line):
-    """The sbatch script of the fold jobs listed in list_path: array task i runs entry i (0-based)."""
+def array_script(plan, slurm, about, count, flag, document_path):
+    """An sbatch job array of `count` tasks (at most [slurm] max_parallel at once, requeued when preempted), task i
+    running `python3 xval_instance.py FLAG DOCUMENT i`; about: the comment lines that say what a task does."""
     layout = plan.layout
     cap = f"%{slurm['max_parallel']}" if slurm["max_parallel"] else ""
     return "\n".join([
         "#!/bin/bash",
-        f"# xval: experiment {layout.experiment} on '{layout.dataset}', {count} fold job(s) of instances "
-        f"{', '.join(map(str, plan.selected))},",
-        f"# written by: {command_line}",
-        f"# Array task i trains the fold job at entry i (0-based) of {list_path.name}, unless it is done already or",
-        "# being run by a live process; preempted or on a failed node, SLURM requeues the task and the fold starts",
-        "# again. Submitting this script again runs whatever is not done.",
+        *about,
         f"#SBATCH --job-name={sbatch_value(slurm_job_name(layout.dataset, layout.experiment))}",
         f"#SBATCH --array=0-{count - 1}{cap}",
         f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
@@ -72,34 +68,34 @@ def fold_array_script(plan, slurm, list_path, count, command_line):
         "",
         f"export XVAL_CONFIG={shlex.quote(str(config_path_in_use()))}",
         f"cd {shlex.quote(str(PROJECT_DIR))}",
-        f"exec {shlex.quote(sys.executable)} xval_instance.py {TASK_FLAG} {shlex.quote(str(list_path))} "
+        f"exec {shlex.quote(sys.executable)} xval_instance.py {flag} {shlex.quote(str(document_path))} "
         '"$SLURM_ARRAY_TASK_ID"', ""])
+
+
+def fold_array_script(plan, slurm, list_path, count, command_line):
+    """The sbatch script of the fold jobs listed in list_path: array task i runs entry i (0-based)."""
+    layout = plan.layout
+    instances = [planned.instance for planned in plan.instances]
+    return array_script(plan, slurm, [
+        f"# xval: experiment {layout.experiment} on '{layout.dataset}', {count} fold job(s) of instances "
+        f"{', '.join(map(str, instances))},",
+        f"# written by: {command_line}",
+        f"# Array task i trains the fold job at entry i (0-based) of {list_path.name}, unless it is done already or",
+        "# being run by a live process; preempted or on a failed node, SLURM requeues the task and the fold starts",
+        "# again. Submitting this script again runs whatever is not done."], count, TASK_FLAG, list_path)
 
 
 def search_array_script(plan, slurm, document_path, count, command_line):
     """The sbatch script of a plan's searches: `count` array tasks, each asking the searches' journals for trials
     until none is left (executors.run_search_task)."""
     layout = plan.layout
-    cap = f"%{slurm['max_parallel']}" if slurm["max_parallel"] else ""
-    return "\n".join([
-        "#!/bin/bash",
+    return array_script(plan, slurm, [
         f"# xval: experiment {layout.experiment} on '{layout.dataset}', search(es) "
         f"{', '.join(str(s.search.key) for s in plan.searches)},",
         f"# written by: {command_line}",
         "# Each array task asks the search journal for the next trial and runs its folds, until every trial is",
-        "# handed out; a trial of a task that was stopped is taken over by a later task or run.",
-        f"#SBATCH --job-name={sbatch_value(slurm_job_name(layout.dataset, layout.experiment))}",
-        f"#SBATCH --array=0-{count - 1}{cap}",
-        f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}",
-        *sbatch_lines(slurm),
-        "#SBATCH --requeue",
-        "#SBATCH --open-mode=append",
-        f"#SBATCH --output={sbatch_value(str(layout.slurm_output('%A_%a')))}",
-        "",
-        f"export XVAL_CONFIG={shlex.quote(str(config_path_in_use()))}",
-        f"cd {shlex.quote(str(PROJECT_DIR))}",
-        f"exec {shlex.quote(sys.executable)} xval_instance.py {SEARCH_TASK_FLAG} {shlex.quote(str(document_path))} "
-        '"$SLURM_ARRAY_TASK_ID"', ""])
+        "# handed out; a trial of a task that was stopped is taken over by a later task or run."],
+        count, SEARCH_TASK_FLAG, document_path)
 
 
 def trials_left(plan):
