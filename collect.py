@@ -25,8 +25,9 @@ from utility_functions import XvalError, atomic_write_json, mean_and_std, read_j
 SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
-                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test. searches: the same "
-                 "over each search's trials alone (summary), with how many trials ended in each status (trials).")
+                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test. "
+                 "searches: the same over each search's trials alone (summary), with how many trials ended in each "
+                 "status (trials).")
 STATUSES = ("complete", "incomplete", "failed", "pruned")  # pruned: a search's trial its pruner stopped
 OTHER_SPLIT = "complete, other split"  # the status shown of a complete instance trained on another split
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
@@ -52,7 +53,8 @@ RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__cont
                  "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
                  "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None),
                  "search": ({"search": int, "trial": int, "params": dict}, None), "pruned_after_fold": (int, None)}
-RESULT_DEFAULTS = {"search": None, "pruned_after_fold": None, "error": "", "parameters": {}, "parameters_file": "", "parameter_hash": "", "class_names": None,
+RESULT_DEFAULTS = {"search": None, "pruned_after_fold": None, "error": "", "parameters": {}, "parameters_file": "",
+                   "parameter_hash": "", "class_names": None,
                    "folds": [], "summary": {}, "speaker_independent": True, "foldable_item": None}
 FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
 

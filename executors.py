@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from foldjob import attempt, build_job, collect_instance, instance_record, job_layout, read_job, report_attempt, upgrade_job
+from foldjob import (attempt, build_job, collect_instance, instance_record, job_layout, read_job, report_attempt,
+                     upgrade_job)
 from launchers import ProcessLauncher, fold_environment
 from plan import plan_trial, search_plan_from_document, write_parameters_file
 from search import SearchRunner, trial_line
@@ -153,8 +154,9 @@ def run_one_trial(plan, planned_search, runner, task, run_fold, say):
     except BaseException:
         runner.abandon(trial)
         raise
-    outcome, detail = runner.run_trial(trial, planned, plan.folds, run_fold, lambda planned, pruned_at: collect_instance(
-        plan.layout, planned.instance, instance_record(plan, planned), pruned_at))
+    def collect(planned, pruned_at):
+        return collect_instance(plan.layout, planned.instance, instance_record(plan, planned), pruned_at)
+    outcome, detail = runner.run_trial(trial, planned, plan.folds, run_fold, collect)
     say(trial_line(planned_search.search, trial.number, planned, outcome, detail, runner.metric))
     return outcome
 

@@ -461,7 +461,8 @@ def search_plan_from_document(document):
     """The Plan (no hand-written instance) of search_plan_document's data."""
     signatures = architecture_signatures()
     searches = tuple(PlannedSearch(parse_searches({entry["key"]: entry["strings"]}, entry["training"],
-                                                  signatures)[entry["key"]], entry["task_type"], tuple(entry["data_shape"]), entry["output_size"],
+                                                  signatures)[entry["key"]], entry["task_type"],
+                                   tuple(entry["data_shape"]), entry["output_size"],
                                    entry["training"], tuple(entry["strings"])) for entry in document["searches"])
     return Plan(layout=Layout(document["experiment_dir"], document["dataset"], document["experiment"]),
                 description=document["description"], features_folder=document["features_folder"],

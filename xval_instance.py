@@ -230,8 +230,9 @@ def print_status(settings, config, selected, routine_file):
         if is_search(strings):
             search = parse_search(key, strings, f"experiment_dict[{key}]")
             print(search_status_line(layout, search))
+            folds = range(1, settings["num_folds"] + 1)
             instances = [instance for instance in search.instances() if layout.instance(instance).result.exists()
-                         or any(layout.fold(instance, fold).lock.exists() for fold in range(1, settings["num_folds"] + 1))]
+                         or any(layout.fold(instance, fold).lock.exists() for fold in folds)]
         for instance in instances:
             print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"])
     for name in EXECUTORS:

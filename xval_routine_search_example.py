@@ -1,4 +1,4 @@
-"""An xval routine that searches: copy it per experiment, edit the space, run it (pip install -r requirements-search.txt).
+"""An xval routine that searches: copy it per experiment, edit the space, run it (needs requirements-search.txt).
 
     python3 xval_routine_search_example.py            # the hand-written instance 1, then the search's 8 trials
     python3 xval_routine_search_example.py 10         # the search only

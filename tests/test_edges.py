@@ -15,16 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 import demo_corpus
-import preprocessing_dataset as pipeline
 from conftest import TINY_SETTINGS, write_config
 from routine_helpers import (REPO, copy_project, experiment_files, instance, routine_environment, run_routine,
-                             start_routine, write_routine)
+                             write_routine)
 from utility_functions import XvalError, load_config
 
 GOOD = instance("good", "num_epochs = 1")
