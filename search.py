@@ -329,10 +329,11 @@ def open_study(layout, search, task_type):
     if recorded is None:
         study.set_user_attr("xval_search", search.spec())
     elif recorded != json.loads(json.dumps(search.spec())):
-        changed = [key for key in search.spec() if recorded.get(key) != json.loads(json.dumps(search.spec()[key]))]
+        wanted = json.loads(json.dumps(search.spec()))
+        changed = [key for key in wanted if recorded.get(key) != wanted[key]]
         raise XvalError(f"search {search.key}: {paths.journal} holds the trials of another search "
-                        f"({', '.join(changed)} changed): restore the search's strings, or give the new search another key or "
-                        "num_experiment")
+                        f"({', '.join(changed)} changed): restore the search's strings, or give the new search another "
+                        "key or num_experiment")
     return study
 
 
