@@ -417,6 +417,8 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
         warnings += cautions
     planned_searches = []
     for key, search in searches.items():
+        if reuse and layout.root.exists():
+            check_search_ids(layout, search)
         if reuse and settings["overwrite_results"] and layout.search(key).journal.exists():
             raise XvalError(f"search {key} has trials in {layout.search(key).journal}, and overwrite_results = True "
                             "would not undo them: give the search another key or num_experiment, or set "
@@ -432,6 +434,25 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
                 overwrite=settings["overwrite_results"], debug=settings["debug_mode"], identity=identity,
                 split=split, folds=tuple(folds), instances=tuple(instances), warnings=tuple(warnings),
                 created=time.time(), claim_grace=config["claims"]["grace_seconds"], searches=tuple(planned_searches))
+
+
+def check_search_ids(layout, search):
+    """Refuse a search whose instance ids hold results that are not its trials (an instance of an earlier routine,
+    another search's trial), or whose trials' results are there without its journal: its trials would clash
+    with them."""
+    journal = layout.search(search.key).journal
+    for instance in search.instances():
+        path = layout.instance(instance).result
+        if not path.exists():
+            continue
+        recorded = read_json(path)
+        trial = recorded.get("search") if isinstance(recorded, dict) else None
+        if not isinstance(trial, dict) or trial.get("search") != search.key:
+            raise XvalError(f"search {search.key}: instance {instance} (one of its trials' ids) has results of "
+                            f"another instance in {layout.root}: give the search another key or num_experiment")
+        if not journal.exists():
+            raise XvalError(f"search {search.key}: its trials have results but its journal {journal} is missing: "
+                            "restore it, or give the search another key or num_experiment")
 
 
 def plan_trial(plan, planned_search, number, strings):

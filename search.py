@@ -352,6 +352,7 @@ class SearchRunner:
         self.study = open_study(layout, search, task_type)
         self.lock = threading.Lock()  # the study object and `active` are shared by this process's workers
         self.active = set()  # trial numbers this process runs now
+        self.busy = set()  # trials left running because a fold of theirs is run elsewhere: not taken again here
 
     def next_trial(self):
         """(trial, its strings) of the next trial for this process, its claim taken; None when the search has all
@@ -361,7 +362,7 @@ class SearchRunner:
         with self.lock, file_mutex(self.layout.search(self.search.key).mutex):
             trials = self.study.get_trials(deepcopy=False)
             for frozen in trials:
-                if frozen.state == TrialState.RUNNING and frozen.number not in self.active and \
+                if frozen.state == TrialState.RUNNING and frozen.number not in self.active | self.busy and \
                         claim(self.layout.trial_claim(self.search.key + frozen.number), self.grace) is None:
                     self.active.add(frozen.number)
                     return optuna.trial.Trial(self.study, frozen._trial_id), self.strings(frozen.number, frozen.params)
@@ -407,6 +408,8 @@ class SearchRunner:
                 outcome = self.trial_folds(trial, planned, folds, run_fold, collect)
             kind, detail = outcome
             with self.lock:
+                if kind == "busy":
+                    self.busy.add(trial.number)
                 # GridSampler's after_trial calls study.stop() once the grid is visited, which only study.optimize()
                 # allows: a grid's trials are told through a sampler that keeps no state (asking sets it again)
                 if self.search.sampler == "grid":

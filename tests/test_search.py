@@ -257,3 +257,12 @@ def test_a_searched_architecture_gets_only_the_parameters_it_takes():
     assert seen == {"EXAMPLE_model", "POOLED_STATS_model"}
     assert check_search(search, lambda strings, where: resolve_instance(strings, training, signatures, where),
                         "test") == "classification"
+
+
+def test_a_search_over_ids_holding_another_instances_results_is_refused(tiny_features, tmp_path):
+    first = write_routine(tmp_path, {SEARCH + 1: instance("hand", "num_epochs = 1")}, name="first.py", num_folds=2)
+    assert run_routine(first, tiny_features["config_path"]).returncode == 0
+    routine = write_routine(tmp_path, {SEARCH: search_strings('batch_size = choice(16, 32)', trials=3)}, num_folds=2)
+    refused = run_routine(routine, tiny_features["config_path"])
+    assert refused.returncode == 2 and "search 10: instance 11 (one of its trials' ids) has results of another " \
+        "instance" in refused.stderr, refused.stderr
