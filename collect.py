@@ -25,9 +25,9 @@ from utility_functions import XvalError, atomic_write_json, mean_and_std, read_j
 SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
-                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test. "
-                 "searches: the same over each search's trials alone (summary), with how many trials ended in each "
-                 "status (trials).")
+                 "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
+SEARCHES_ABOUT = (" searches: the same over each search's trials alone (summary), with how many trials ended in each "
+                  "status (trials).")
 STATUSES = ("complete", "incomplete", "failed", "pruned")  # pruned: a search's trial its pruner stopped
 OTHER_SPLIT = "complete, other split"  # the status shown of a complete instance trained on another split
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
@@ -347,8 +347,10 @@ def routine_summaries(instances):
 def write_routine_summary(experiment_folder, instances):
     """routine_summaries(instances), written atomically as the summary JSON of experiment_folder (named after the
     lowest-numbered instance)."""
-    summaries = routine_summaries(instances)
-    atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, {
-        "experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
-        "about": SUMMARY_ABOUT, "task_types": summaries, "searches": search_summaries(instances)})
+    summaries, searches = routine_summaries(instances), search_summaries(instances)
+    document = {"experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
+                "about": SUMMARY_ABOUT, "task_types": summaries}
+    if searches:  # only then: a summary without searches reads as an earlier version wrote it, unchanged on resume
+        document.update(about=SUMMARY_ABOUT + SEARCHES_ABOUT, searches=searches)
+    atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, document)
     return summaries

@@ -25,7 +25,8 @@ Fold trainings are counted from xval's records (fold result files, checked again
 the best of each side is its best mean validation balanced accuracy (UAR) over the folds, among complete instances
 or trials, and that one's own test mean (optimistic: chosen on validation items that are other folds' test items;
 xval's summary also gives the selection-aware test UAR, reported beside it). One repetition: the walls are single
-measurements.
+measurements. About 23 minutes on the 2-core machine it was written on, whose 5-epoch demo fold takes 8.6 s
+(about 12 minutes where a fold takes the README's 4.8 s); --smoke about a minute.
 """
 import itertools
 import json
@@ -86,7 +87,12 @@ def run_routine(ws, folder, number, folds, instances):
     script.write_text(ROUTINE.format(dataset=common.DATASET, number=number, folds=folds, folder=str(folder),
                                      instances=instances), encoding="utf-8")
     measured = common.run([sys.executable, str(script)], common.environment(ws), script.with_suffix(".log"))
-    experiment = folder / f"experiment_{number}"
+    return read_experiment(folder / f"experiment_{number}", number, measured["seconds"])
+
+
+def read_experiment(experiment, number, wall):
+    """What a routine left in experiment (experiment_{number}): its wall time, launch record, instance results
+    {id: document}, fold results {(id, fold): document} and summary JSON."""
     launch = json.loads(sorted((experiment / "logs").glob("launch_*.json"))[-1].read_text(encoding="utf-8"))
     results = {}
     for path in (experiment / "results").glob(f"results_{common.DATASET}_exp{number}_run*.json"):
@@ -98,7 +104,7 @@ def run_routine(ws, folder, number, folds, instances):
         document = json.loads(path.read_text(encoding="utf-8"))
         fold_results[(instance, document["fold"])] = document
     summary = sorted(experiment.glob("*_exp*_summary.json"))
-    return {"wall": measured["seconds"], "launch": launch, "results": results, "folds": fold_results,
+    return {"wall": wall, "launch": launch, "results": results, "folds": fold_results,
             "folder": experiment, "summary": json.loads(summary[-1].read_text(encoding="utf-8")) if summary else {}}
 
 
@@ -144,10 +150,15 @@ def search_figures(search, grid, size, grid_best_val):
     trials = {d["search"]["trial"]: d for d in search["results"].values() if d.get("search")}
     statuses = {status: sum(d["status"] == status for d in trials.values()) for status in
                 ("complete", "pruned", "failed")}
-    spent, reached_at = 0, None
+    spent, reached_at, seen, repeated, repeated_folds = 0, None, set(), 0, 0
     for number in sorted(trials):
-        spent += sum(1 for (instance, _) in search["folds"] if instance == SEARCH_KEY + number)
+        trained = sum(1 for (instance, _) in search["folds"] if instance == SEARCH_KEY + number)
+        spent += trained
         document = trials[number]
+        point = key_of(document["search"]["params"])
+        if point in seen:  # the sampler proposed a point an earlier trial had: the same folds trained again
+            repeated, repeated_folds = repeated + 1, repeated_folds + trained
+        seen.add(point)
         if reached_at is None and document["status"] == "complete" and mean_of(document, "val") >= grid_best_val:
             reached_at = spent
     grid_instance = {key_of(point): i for i, point in enumerate(points(size), 1)}
@@ -162,7 +173,20 @@ def search_figures(search, grid, size, grid_best_val):
     return {"trials": len(trials), "statuses": statuses,
             "distinct_points": len({key_of(d["search"]["params"]) for d in trials.values()}),
             "pruned_after_fold": {str(fold): pruned_after.count(fold) for fold in sorted(set(pruned_after), key=str)},
-            "folds_when_reached": reached_at, "folds_equal_to_grid": same, "folds_compared_with_grid": compared}
+            "folds_when_reached": reached_at, "folds_equal_to_grid": same, "folds_compared_with_grid": compared,
+            "repeated_trials": repeated, "repeated_folds": repeated_folds}
+
+
+def peer_equal_to_grid(peer, grid, size):
+    """How many of the peer's trials got the grid's instance's mean validation and test UAR at the same point
+    (to 1e-9: the same fits; they differ where xval's best epoch by val_loss is not the last one)."""
+    grid_instance = {key_of(point): i for i, point in enumerate(points(size), 1)}
+    equal = 0
+    for trial in peer["trials"]:
+        document = grid["results"][grid_instance[key_of(trial["params"])]]
+        equal += all(abs(sum(scores) / len(scores) - mean_of(document, split)) < 1e-9
+                     for scores, split in ((trial["val_scores"], "val"), (trial["test_scores"], "test")))
+    return equal
 
 
 def run_peer(ws, folder, grid, size, trials):
@@ -201,12 +225,17 @@ def main():
     """Grid, search, peer; then the table rows and figures."""
     args, ws, folder = common.start("search", __doc__.splitlines()[0])
     size = SMOKE if args.smoke else FULL
-    trials, folds, points_n = trials_for(size), size["folds"], len(points(size))
+    trials, folds = trials_for(size), size["folds"]
     grid = run_routine(ws, folder, 1, folds, grid_dict(size))
     search = run_routine(ws, folder, 2, folds, search_dict(size, trials))
     check(grid, search, size, trials)
     peer = run_peer(ws, folder, grid, size, trials)
+    common.write_json(args.out, report(grid, search, peer, size))
 
+
+def report(grid, search, peer, size):
+    """{'rows', 'peer_versions', 'figures'} of the three runs."""
+    trials, folds, points_n = trials_for(size), size["folds"], len(points(size))
     grid_folds, search_folds, peer_folds = len(grid["folds"]), len(search["folds"]), peer["folds_trained"]
     grid_best, grid_val, grid_test = best_of(grid["results"])
     search_best, search_val, search_test = best_of(search["results"])
@@ -214,6 +243,7 @@ def main():
     share = search_folds / grid_folds
     reached = search_val >= grid_val
     done = search_figures(search, grid, size, grid_val)
+    peer_equal = peer_equal_to_grid(peer, grid, size)
     best_params = {"grid": points(size)[grid_best - 1],
                    "search": search["results"][search_best]["search"]["params"] if search_best else None,
                    "peer": peer["best"]["params"]}
@@ -242,20 +272,26 @@ def main():
             common.row("  its best complete trial's mean validation UAR (point); its test mean",
                        f"{search_val:.4f} ({shown(best_params['search'])}); {search_test:.4f}"),
             common.row("  fold trainings when a complete trial first reached the grid's best validation UAR",
-                       "never" if done["folds_when_reached"] is None else str(done["folds_when_reached"])),
+                       "never" if done["folds_when_reached"] is None else
+                       f"{done['folds_when_reached']} ({done['folds_when_reached'] / grid_folds:.1%} of the grid's)"),
+            common.row("  trials on a point an earlier trial had visited; their fold trainings",
+                       f"{done['repeated_trials']}; {done['repeated_folds']}"),
             common.row("  its folds on grid points equal to the grid's (validation and test UAR, to the bit)",
                        f"{done['folds_equal_to_grid']} of {done['folds_compared_with_grid']}"),
             common.row("search fold trainings / grid's", f"{share:.1%} ({search_folds} / {grid_folds})",
                        f"<= {TARGET_SHARE:.0%}", share <= TARGET_SHARE),
             common.row("search's best validation UAR - grid's best", f"{search_val - grid_val:+.4f}", ">= 0", reached),
             common.row(f"search reaches the grid's best validation UAR in <= {TARGET_SHARE:.0%} of its fold trainings",
-                       f"{'yes' if reached else 'no'} in {share:.1%}", f"best >= grid's in <= {budget:.1f}",
+                       f"best {'reached' if reached else 'NOT reached'}; {search_folds} fold trainings in all",
+                       f"best >= grid's in <= {budget:.1f}",
                        reached and share <= TARGET_SHARE),
             common.row(f"peer: Optuna TPE over cross_validate + scikeras, {trials} trials, no pruning: wall; fold "
                        "trainings", f"{peer['wall']:.1f} s; {peer_folds}"),
             common.row("  its best trial's mean validation UAR (point); its test mean",
                        f"{peer['best']['val_mean']:.4f} ({shown(best_params['peer'])}); "
                        f"{peer['best']['test_mean']:.4f}"),
+            common.row("  its trials with the grid instance's validation and test UAR at their point (to 1e-9)",
+                       f"{peer_equal} of {len(peer['trials'])}"),
             common.row("wall: grid / xval search / peer (s)",
                        f"{grid['wall']:.1f} / {search['wall']:.1f} / {peer['wall']:.1f}"),
             common.row("wall per fold training: grid / xval search / peer (s)",
@@ -267,7 +303,7 @@ def main():
                        f"{search['launch']['phases'].get('spreadsheet', 0.0):.1f}"),
             common.row("xval's selection-aware test UAR: grid / search", f"{aware['grid']:.4f} / {aware['search']:.4f}")]
     versions = {name: metadata.version(name) for name in ("optuna", "scikeras", "scikit-learn")}
-    common.write_json(args.out, {"rows": rows, "peer_versions": versions, "figures": finite({
+    return {"rows": rows, "peer_versions": versions, "figures": finite({
         "wall": walls, "fold_trainings": fold_counts, "best_val": best_val, "best_test": best_test,
         "best_params": best_params, "selection_aware_test": aware, "share": share, "target_share": TARGET_SHARE,
         "reached": reached, "met": reached and share <= TARGET_SHARE, "search_trials": trials, "grid_points": points_n,
@@ -279,7 +315,7 @@ def main():
             "folds": sum(1 for (i, _) in search["folds"] if i == inst),
             "val": [f["metrics"]["val"][METRIC] for f in d["folds"]]} for inst, d in sorted(search["results"].items())},
         "phases": {"grid": grid["launch"]["phases"], "search": search["launch"]["phases"]},
-        "peer_trials": peer["trials"], "peer_fit": peer["fit"]})})
+        "peer_trials": peer["trials"], "peer_fit": peer["fit"], "peer_equal_to_grid": peer_equal})}
 
 
 if __name__ == "__main__":
