@@ -14,10 +14,10 @@ with its open-lock, which works on NFS), so local workers, several routines and 
 is handed out under locks/search_run{S}.mutex: the next trial is a trial left running by a process that is gone
 (its claim locks/run{R}.trial.lock is stale: same rule as a fold job's claim), else a new one while fewer than
 search_trials exist; so a search ends with exactly search_trials trials, however often it is killed. After each
-fold the trial reports its validation main metric (step = fold number) and the pruner may stop it: it is then
-recorded as pruned, never failed, and never chosen. Each new trial's sampler is seeded from (search_seed, trial
-number), so a search is reproducible whatever the number of processes running it (a grid's by search_seed alone:
-it orders the grid).
+fold the trial reports the mean of its folds' validation main metric so far (step = fold number) and the pruner
+may stop it: it is then recorded as pruned, never failed, and never chosen. Each new trial's sampler is seeded
+from (search_seed, trial number), so a search is reproducible whatever the number of processes running it (a
+grid's by search_seed alone: it orders the grid).
 """
 import ast
 import contextlib
@@ -396,7 +396,8 @@ class SearchRunner:
         return {name: found.count(name) for name in ("complete", "pruned", "failed", "running")}
 
     def run_trial(self, trial, planned, folds, run_fold, collect):
-        """Run a trial's folds in order, reporting each fold's validation main metric; returns (outcome, detail):
+        """Run a trial's folds in order, reporting the mean validation main metric so far after each; returns
+        (outcome, detail):
         complete (its mean validation value), pruned (the fold it stopped after), failed (the error line), busy (a
         fold of it is run by another process: left running) or interrupted (Ctrl-C or a signal: left running, the
         next run takes it over)."""
@@ -428,6 +429,7 @@ class SearchRunner:
     def trial_folds(self, trial, planned, folds, run_fold, collect):
         """The folds of one trial (see run_trial), the pruner asked after each but the last."""
         from utility_functions import read_json
+        seen = []  # the validation values of the folds so far
         for fold in folds:
             number = fold["fold"]
             if number - 1 in planned.missing:
@@ -442,9 +444,12 @@ class SearchRunner:
             value = values.get("val", {}).get(self.metric)
             if value is None:
                 continue
+            seen.append(float(value))
+            # the mean so far, not the fold's own value: folds differ in difficulty, and the pruner compares the
+            # trial's best reported value with the others' at this step, so one lucky fold would protect a trial
             with self.lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a step already reported (a trial taken over) keeps its value
-                trial.report(float(value), number)
+                trial.report(sum(seen) / len(seen), number)
                 prune = number < len(folds) and trial.should_prune()
             if prune:
                 collect(planned, number)

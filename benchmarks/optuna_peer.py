@@ -2,7 +2,7 @@
 
     python3 benchmarks/optuna_peer.py JOB.json OUT.json
 
-JOB.json (written by search.py from xval's own files): {"features_folder", "dataset", "folds": [{"train_items",
+JOB.json (written by search_budget.py from xval's own files): {"features_folder", "dataset", "folds": [{"train_items",
 "val_items", "test_items"}] (the experiment's folds.json), "base": the resolved parameters of one instance of the
 hand grid, "space": {name: [values]} (the grid's values of each searched parameter), "trials", "seed",
 "startup_trials"}. The whole dataset is stacked once (sklearn_peer.stacked); each fold becomes a pair of index

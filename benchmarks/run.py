@@ -3,10 +3,11 @@
     python3 benchmarks/run.py [--smoke] [--only NAME ...] [--workdir DIR] [--output JSON] [--markdown MD]
 
 Makes the workspace (config.ini, demo corpus, features; only what is missing), then runs preprocessing.py,
-overhead.py, memory.py and parallel.py (and tweaks.py, only when named in --only), and records how much of the
-machine's CPU other processes used meanwhile: a figure measured on a busy machine is worth less. The full run takes
-about 12 minutes on 2 cores without parallel.py (which adds about 6; tweaks.py 7.5 more); --smoke (tiny sizes,
-seconds a script) is what CI runs. parallel.py needs requirements-benchmarks.txt (scikeras) installed.
+overhead.py, memory.py and parallel.py (and tweaks.py and search_budget.py, only when named in --only), and records
+how much of the machine's CPU other processes used meanwhile: a figure measured on a busy machine is worth less. The
+full run takes about 12 minutes on 2 cores without parallel.py (which adds about 6; tweaks.py 7.5 more,
+search_budget.py about 23); --smoke (tiny sizes, seconds a script) is what CI runs. parallel.py and
+search_budget.py need requirements-benchmarks.txt (scikeras) installed, search_budget.py requirements-search.txt.
 """
 import argparse
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import common
 
-SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks", "search")
+SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks", "search_budget")
 DEFAULT = SCRIPTS[:4]
 HEADER = ("benchmark", "figure", "value", "target", "met")
 

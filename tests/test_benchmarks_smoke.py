@@ -146,21 +146,21 @@ def test_tweaks(reports):
 
 @pytest.mark.skipif(PEER_MISSING, reason=PEER_REASON)
 def test_search(tmp_path):
-    """benchmarks/search.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the hand grid,
+    """benchmarks/search_budget.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the hand grid,
     xval's search and the Optuna + scikeras peer, counted and compared."""
-    script = REPO / "benchmarks" / "search.py"
+    script = REPO / "benchmarks" / "search_budget.py"
     helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=str(REPO),
                             timeout=60)
     assert helped.returncode == 0 and "--smoke" in helped.stdout, helped.stderr
     command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
-               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"), "--only", "search"]
+               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"), "--only", "search_budget"]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
-    assert completed.returncode == 0, f"run.py --smoke --only search failed:\n{completed.stdout[-4000:]}"
+    assert completed.returncode == 0, f"run.py --smoke --only search_budget failed:\n{completed.stdout[-4000:]}"
     results = json.loads((tmp_path / "search.json").read_text(encoding="utf-8"))["results"]
-    figures = figures_of(results, "search")
+    figures = figures_of(results, "search_budget")
     assert {"search fold trainings / grid's", "search's best validation UAR - grid's best",
-            "wall: grid / xval search / peer (s)"} <= set(labels(results, "search"))
-    assert labels(results, "search")[-1].startswith("CPU used by other processes")
+            "wall: grid / xval search / peer (s)"} <= set(labels(results, "search_budget"))
+    assert labels(results, "search_budget")[-1].startswith("CPU used by other processes")
     assert all(figures["wall"][side] > 0 for side in ("grid", "search", "peer"))
     trials, folds = figures["search_trials"], figures["folds"]
     counted = figures["fold_trainings"]

@@ -86,6 +86,10 @@ def test_a_killed_search_ends_with_exactly_its_trials_each_trial_run_once(killed
         assert document["status"] == trial.state.name.lower()
         assert (experiment_dir / "results" / "parameters" / f"parameters_tiny_exp1_run{SEARCH + trial.number}.txt"
                 ).exists()
+        folds = sorted(document["folds"], key=lambda fold: fold["fold"])
+        values = [fold["metrics"]["val"]["balanced_accuracy"] for fold in folds]
+        assert trial.intermediate_values == {  # what the pruner saw: the mean of the folds so far
+            fold["fold"]: pytest.approx(sum(values[:k]) / k) for k, fold in enumerate(folds, 1)}
     runs = fold_runs(experiment_dir)
     assert len(runs) == len(set(runs)), "a fold finished in one launch was trained again"
     assert "search 10: " in rerun.stdout and "Report for search 10: selection-aware test" in rerun.stdout

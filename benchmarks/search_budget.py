@@ -1,6 +1,6 @@
 """Search: xval's search with pruning against a hand grid of the same points, and against Optuna over cross_validate.
 
-    python3 benchmarks/search.py WORKDIR OUT.json [--smoke]
+    python3 benchmarks/search_budget.py WORKDIR OUT.json [--smoke]
 
 On the demo corpus, EXAMPLE_model x 4 actor folds x 5 epochs (early stopping off), one CPU worker (DEVICES -1: every
 core for each fold), three whole processes timed from outside, one after the other, each into its own folder:
@@ -223,7 +223,7 @@ def check(grid, search, size, trials):
 
 def main():
     """Grid, search, peer; then the table rows and figures."""
-    args, ws, folder = common.start("search", __doc__.splitlines()[0])
+    args, ws, folder = common.start("search_budget", __doc__.splitlines()[0])
     size = SMOKE if args.smoke else FULL
     trials, folds = trials_for(size), size["folds"]
     grid = run_routine(ws, folder, 1, folds, grid_dict(size))
