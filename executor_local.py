@@ -24,7 +24,7 @@ from foldjob import (attempt, build_job, collect_instance, format_seconds, insta
                      report_attempt)
 from plan import plan_trial
 from search import SearchRunner, corners
-from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
+from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment, no_gpu_warning
 from utility_functions import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, HOST, XvalError, atomic_write_json
 
 WAIT_SLICE = 0.5  # seconds: how often the routine's main thread, waiting for its workers, looks for a Ctrl-C
@@ -139,9 +139,7 @@ class LocalExecutor(Executor):
                                        "seconds": round(time.monotonic() - started, 3), "exit_code": code})
             if worker.device >= 0 and launcher.seen == "cpu" and backend not in worker.warned:
                 worker.warned.add(backend)
-                self.say(f"warning: {worker.label} was asked for, but {backend} sees no GPU there, so its folds run "
-                         "on the CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build "
-                         f"of {backend}", sys.stderr)
+                self.say(no_gpu_warning(worker.label, backend, "list -1 for a CPU worker"), sys.stderr)
             return code, error_line
 
         started = time.monotonic()

@@ -190,3 +190,10 @@ class ForkServerLauncher(Launcher):
                 self.server.kill()
                 self.server.wait()
         self.server = None
+
+
+def no_gpu_warning(asked, backend, cpu_option):
+    """The one line that says a GPU was asked for (asked: e.g. "GPU 1") but backend saw none, so training ran on the
+    CPU; cpu_option: how to ask for the CPU instead."""
+    return (f"warning: {asked} was asked for, but {backend} sees no GPU there, so training runs on the CPU: "
+            f"{cpu_option}, or check the GPU (nvidia-smi) and the CUDA build of {backend}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from foldjob import read_job
-from launchers import ProcessLauncher, fold_environment
+from launchers import ProcessLauncher, fold_environment, no_gpu_warning
 from layout import FOLD_MODEL_PATTERN, RESULT_FILE_GLOB, RESULT_FILE_PATTERN, Layout
 from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
@@ -172,6 +172,8 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     launcher = ProcessLauncher(fold_environment(document["parameters"]["backend"], job["threads"], gpu),
                                f"use_model.py final (pid {os.getpid()})")
     code, error = launcher.run(paths.job, paths.log, f"instance {instance} final")
+    if gpu is not None and gpu >= 0 and launcher.seen == "cpu":
+        print(no_gpu_warning(f"--gpu {gpu}", document["parameters"]["backend"], "pass --gpu -1"), file=sys.stderr)
     if code != 0 or not paths.model.exists():
         raise XvalError(f"the final model failed: {error or f'exit code {code}'} (log: {paths.log})")
     import collect
@@ -255,6 +257,19 @@ def file_features(path, features):
     return feat_analysis.extract_features_batch(signals, features["sample_rate"], features["feature_settings"])
 
 
+def checked_out_path(out, inputs):
+    """The resolved CSV path predict writes (default predictions.csv); XvalError when it is not a .csv file or is
+    one of the inputs (audio files or models), which writing would overwrite."""
+    path = Path(out or "predictions.csv").expanduser().resolve()
+    if path.suffix.lower() != ".csv":
+        raise XvalError(f"--out {out} is not a .csv file: predictions are written as CSV; pass e.g. --out "
+                        f"{path.with_suffix('.csv').name}")
+    if any(path == Path(item).expanduser().resolve() for item in inputs):
+        raise XvalError(f"--out {out} is one of the files predict reads: writing it would overwrite it; pass "
+                        "another path")
+    return path
+
+
 def predict(target, audio, instance_text, out):
     """use_model.py predict: write one CSV row per readable audio file; returns (CSV path, unreadable files)."""
     models, card = model_set(target, instance_text)
@@ -263,6 +278,7 @@ def predict(target, audio, instance_text, out):
         raise XvalError(f"{card['name']} does not store the feature settings it was trained with (made before xval "
                         "recorded them): its features cannot be reproduced; preprocess and train it again")
     files = audio_files(audio)
+    out = checked_out_path(out, files + [model for model, _ in models])
     pieces, unreadable = {}, []
     for path in files:
         try:
@@ -294,7 +310,6 @@ def predict(target, audio, instance_text, out):
         mean = total / len(models)
         prediction = classes[int(mean.argmax())] if classes else float(mean[0])
         writer.writerow([str(path), prediction] + ([f"{p:.6f}" for p in mean] if classes else []) + [card["name"]])
-    out = Path(out or "predictions.csv").expanduser().resolve()
     atomic_write_text(out, text.getvalue())
     print(f"predicted {len(pieces)} files with {card['name']} -> {out}")
     if unreadable:

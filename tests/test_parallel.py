@@ -62,7 +62,7 @@ def test_a_gpu_the_backend_cannot_see_is_one_warning_and_the_folds_still_run(tin
     completed = run_routine(routine, tiny_features["config_path"], 1, 1, "99")
     assert completed.returncode == 0, completed.stdout + completed.stderr
     warnings = [line for line in completed.stderr.splitlines() if "sees no GPU" in line]
-    assert warnings == ["warning: GPU 99 was asked for, but tensorflow sees no GPU there, so its folds run on the "
+    assert warnings == ["warning: GPU 99 was asked for, but tensorflow sees no GPU there, so training runs on the "
                         "CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build of "
                         "tensorflow"], completed.stderr
     document = json.loads((tmp_path / "experiments" / "experiment_1" / "results" / "results_tiny_exp1_run1.json")

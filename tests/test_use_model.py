@@ -122,6 +122,13 @@ def test_the_final_model_of_the_instance_chosen_on_validation(experiment, tmp_pa
     assert all(row["model"] == model.name for row in rows)
     assert "skipped 1 files" in predicted.stdout and "broken.wav" in predicted.stdout
 
+    # device 99: no machine has it; the final model still trains, on the CPU, and says so in one line
+    on_gpu = use_model("final", experiment["dir"], "--overwrite", "--gpu", "99", config_path=experiment["config"])
+    assert on_gpu.returncode == 0, on_gpu.stderr
+    assert [line for line in on_gpu.stderr.splitlines() if "sees no GPU" in line] == [
+        "warning: --gpu 99 was asked for, but tensorflow sees no GPU there, so training runs on the CPU: pass "
+        "--gpu -1, or check the GPU (nvidia-smi) and the CUDA build of tensorflow"], on_gpu.stderr
+
 
 def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_path):
     files = clip_files_of(experiment["metadata"], ["03"])
@@ -144,7 +151,8 @@ def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_p
     assert [row["prediction"] for row in rows] == [document["class_names"][i] for i in expected.argmax(axis=1)]
 
 
-@pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete", "instance-with-a-file"])
+@pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete", "instance-with-a-file",
+                                  "out-is-an-input"])
 def test_bad_inputs_are_one_line(experiment, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -157,6 +165,10 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
         arguments, words = ["predict", fold_model, *some_audio, "--instance", "2"], "--instance only acts with an"
     elif case == "missing-model":
         arguments, words = ["predict", tmp_path / "nothing.hdf5", *some_audio], "does not exist"
+    elif case == "out-is-an-input":  # a slip that would have written the CSV over the user's recording
+        some_audio = [tmp_path / "recording.wav"]
+        shutil.copy(clip_files_of(experiment["metadata"], ["01"])[0], some_audio[0])
+        arguments, words = ["predict", fold_model, *some_audio, "--out", some_audio[0]], "is not a .csv file"
     elif case == "no-card":  # a fold model saved by main at 167406f, before models carried their card
         shutil.copy(REPO / "tests" / "fixtures" / "v167406f" / "experiment_1" / "models" /
                     "model_fixture_exp1_run1_fold1.hdf5", tmp_path / "copied.hdf5")
@@ -167,6 +179,8 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
         result = unfinished / "results" / "results_tiny_exp1_run1.json"
         result.write_text(result.read_text().replace('"status": "complete"', '"status": "incomplete"'))
         arguments, words = ["final", unfinished, "--instance", "1"], "instance 1 is incomplete"
+    before = {path: path.read_bytes() for path in some_audio}
     completed = use_model(*arguments, config_path=experiment["config"])
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1 and words in completed.stderr
+    assert {path: path.read_bytes() for path in some_audio} == before
