@@ -150,11 +150,11 @@ METRICS = {metric.name: metric for metric in (
     Metric("balanced_accuracy", True,
            {"classification": lambda s: _skm().balanced_accuracy_score(s.y_true, s.y_pred)}, "sklearn"),
     Metric("f1_macro", True, {"classification": lambda s: _skm().f1_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=0)}, "sklearn"),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, "sklearn"),
     Metric("precision_macro", True, {"classification": lambda s: _skm().precision_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=0)}),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}),
     Metric("recall_macro", True, {"classification": lambda s: _skm().recall_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=0)}),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}),
     Metric("rmse", False, {"regression": lambda s: np.sqrt(_skm().mean_squared_error(s.y_true, s.y_pred))}, "keras"),
     Metric("mae", False, {"regression": lambda s: _skm().mean_absolute_error(s.y_true, s.y_pred)}, "keras"),
     Metric("r2", True, {"regression": lambda s: _skm().r2_score(s.y_true, s.y_pred) if np.ptp(s.y_true) > 0

@@ -104,13 +104,28 @@ def test_metrics_equal_scikit_learn_on_the_saved_predictions(experiment):
             test = fold["metrics"]["test"]
             assert test["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
             assert test["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
-            assert test["f1_macro"] == pytest.approx(
-                skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+            # macro means over the classes where each is defined: F1 over classes true or predicted, precision
+            # over the predicted, recall over the true (so it is UAR)
+            assert test["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
             assert test["precision_macro"] == pytest.approx(
-                skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
-            assert test["recall_macro"] == pytest.approx(
-                skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+                skm.precision_score(y_true, y_pred, labels=sorted(set(y_pred)), average="macro"))
+            assert test["recall_macro"] == pytest.approx(test["balanced_accuracy"])
             assert fold["confusion_matrix"]["test"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+def test_a_class_missing_from_a_fold_is_not_scored_as_zero():
+    """A test fold of 4 classes whose speakers never show classes 2 and 3 (nor does the model predict them): each
+    present class recalled perfectly is a perfect macro score, not half of one."""
+    from training import classification_metrics
+    y_true = np.array([0, 0, 1, 1, 1])
+    probabilities = np.eye(4)[y_true] * 0.9 + 0.025
+    scores, confusion = classification_metrics(y_true, probabilities)
+    assert scores["balanced_accuracy"] == scores["recall_macro"] == scores["precision_macro"] == 1.0
+    assert scores["f1_macro"] == 1.0 and confusion.shape == (4, 4)
+    wrong = np.eye(4)[[0, 1, 1, 1, 3]] * 0.9 + 0.025  # one clip of class 0 called 1, one of 1 called 3
+    scores, _ = classification_metrics(y_true, wrong)
+    assert scores["recall_macro"] == pytest.approx(scores["balanced_accuracy"]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert scores["precision_macro"] == pytest.approx((1 + 2 / 3 + 0) / 3)  # class 3 was predicted, never true
 
 
 def test_models_reload_with_the_overrides_and_reproduce_the_predictions(experiment):
