@@ -275,10 +275,16 @@ def check_search(search, resolve, where):
     wrong type, an argument one architecture would never receive, a backend not installed... is refused here.
     Returns the task type of the search (one, since task_type is not searched)."""
     task_types = set()
+    continuous = [d for d in search.space if d.kind in ("uniform", "loguniform")]
     for stored in corners(search):
         shown = ", ".join(f"{name} = {value}" for name, value in stored.items())
         parameters = resolve(search.trial_strings(0, stored), f"{where} (the trial with {shown})")
         task_types.add(parameters["task_type"])
+        whole = [d for d in continuous if isinstance(parameters.get(d.name), int)]
+        if whole:  # its ends pass as whole numbers, and the first trial between them would fail after writing
+            d = whole[0]
+            raise XvalError(f"{where}: {d.name} takes whole numbers, and {d.kind}({d.low}, {d.high}) draws "
+                            f"fractions: use intrange({math.ceil(d.low)}, {math.floor(d.high)}) or choice(...)")
     return task_types.pop()
 
 

@@ -193,6 +193,7 @@ def test_a_grid_search_visits_every_point_once(tiny_features, tmp_path):
     (['batch_size = choice(16, 16, 32)'], "lists a value twice"),
     (['num_epochs = intrange(1, 4, step=2)'], "4 is not reached from 1 in steps of 2"),
     (['num_epochs = intrange(1.5, 4)'], "needs finite whole numbers"),
+    (['num_epochs = uniform(1, 3)', 'search_trials = 2'], "num_epochs takes whole numbers, and uniform(1, 3) draws"),
     (['learning_rate = loguniform(1e-4, 1e-2)', 'search_sampler = "grid"'], "a grid search needs choice(...)"),
     (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_trials = 3'], "has 2 points"),
     (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_pruner = "median"'], "prunes none"),
