@@ -29,6 +29,16 @@ OPTIONS = {"--partition": "partition", "--time": "time", "--mem": "mem", "--cpus
            "--gres": "gres", "--max-parallel": "max_parallel", "--sbatch-line": "extra_sbatch"}
 
 
+# #SBATCH options the scripts set themselves, which an extra line would override: {option: (short, how to set it)}
+OWN_SBATCH = {"--array": ("-a", "--max-parallel caps the tasks at once"), "--job-name": ("-J", "--status finds "
+              "the jobs by it"), "--output": ("-o", "the logs go to the experiment's slurm/ folder"),
+              "--error": ("-e", "the logs go to the experiment's slurm/ folder"), "--dependency": ("-d", "the "
+              "spreadsheet job follows the array"), "--open-mode": (None, "a requeued task appends to its log"),
+              "--requeue": (None, "a preempted task runs again"), "--no-requeue": (None, "a preempted task runs again"),
+              "--cpus-per-task": ("-c", "use --cpus-per-task"), "--partition": ("-p", "use --partition"),
+              "--time": ("-t", "use --time"), "--mem": (None, "use --mem"), "--gres": (None, "use --gres")}
+
+
 def slurm_job_name(dataset, experiment):
     """The name of an experiment's SLURM jobs (what --status asks squeue for)."""
     return f"xval_{dataset}_exp{experiment}"
@@ -177,6 +187,12 @@ class SlurmExecutor(Executor):
             raise XvalError(f"[slurm] cpus_per_task must be 1 or more and max_parallel 0 (no cap) or more, got "
                             f"{slurm['cpus_per_task']} and {slurm['max_parallel']}: fix config.ini, or --cpus-per-task "
                             "and --max-parallel")
+        for line in filter(None, map(str.strip, slurm["extra_sbatch"].split(";"))):
+            word = line.split("=")[0].split()[0]
+            option = next((name for name, (short, _) in OWN_SBATCH.items() if word in (name, short)), None)
+            if option:
+                raise XvalError(f"extra #SBATCH line '{line}' sets {option}, which xval's scripts set themselves "
+                                f"({OWN_SBATCH[option][1]}): remove it from --sbatch-line or [slurm] extra_sbatch")
         for key in ("time", "mem"):
             if not slurm[key].strip():
                 raise XvalError(f"[slurm] {key} is empty: give the fold jobs' {key} (e.g. {SETTINGS[key][1]}) in "

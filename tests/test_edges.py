@@ -356,6 +356,8 @@ def DOUBLING_model(input_shape, output_size, task_type, regularization_lambda, d
 @pytest.mark.parametrize("arguments, words", [
     (["--slurm", "--time="], "[slurm] time is empty"), (["--slurm", "--mem="], "[slurm] mem is empty"),
     (["--slurm", "--sbatch-line="], "an empty --sbatch-line adds nothing"),
+    (["--slurm", "--sbatch-line=--array=0-9"], "line '--array=0-9' sets --array, which xval's scripts set themselves"),
+    (["--slurm", "--sbatch-line", "--qos=normal; -o /tmp/log"], "line '-o /tmp/log' sets --output"),
 ])
 def test_empty_slurm_values_are_refused(tiny_features, tmp_path, arguments, words):
     routine = write_routine(tmp_path, {1: GOOD})
