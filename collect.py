@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.stats
 
 from layout import RESULT_FILE_GLOB, RESULT_FILE_PATTERN, SUMMARY_GLOB, Layout
-from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES
+from registries import HIGHER_IS_BETTER, MAIN_METRIC, METRICS, TASK_TYPES
 from utility_functions import XvalError, atomic_write_json, mean_and_std, read_json
 
 SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chosen_on_validation is the instance with "
@@ -83,6 +83,11 @@ def mismatch(value, schema, where=""):
     return None if (value is None if schema is None else schema(value)) else (where, value)
 
 
+def within(value, bounds):
+    """Whether value lies within bounds (low, high), give or take float round-off (1e-9)."""
+    return bounds[0] - 1e-9 <= value <= bounds[1] + 1e-9
+
+
 def damage(raw):
     """What is the first thing in a result file's JSON that is not what the engine writes ("folds[2].seconds is
     'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, and have square test confusion matrices with
@@ -93,6 +98,12 @@ def damage(raw):
     if problem is not None:
         shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
         return f"{problem[0] or 'its content'} is {shown}"
+    outside = next(((f"folds[{index}].metrics.{split}.{name}", value, METRICS[name].bounds)
+                    for index, fold in enumerate(raw.get("folds") or [])
+                    for split, values in (fold.get("metrics") or {}).items() for name, value in values.items()
+                    if name in METRICS and value is not None and not within(value, METRICS[name].bounds)), None)
+    if outside:
+        return f"{outside[0]} is {outside[1]!r}, outside {outside[2][0]} to {outside[2][1]}"
     matrices = [(f"folds[{index}].confusion_matrix.test", (fold.get("confusion_matrix") or {}).get("test"))
                 for index, fold in enumerate(raw.get("folds") or [])]
     matrices = [(where, matrix) for where, matrix in matrices if matrix is not None]

@@ -6,6 +6,7 @@ and never switches on a name itself, so a new backend, metric or splitter is one
 Nothing here imports a framework, scikit-learn or scipy at import time (the routine reads these tables without
 them); an entry's functions import what they need when they are called, in the fold process.
 """
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -137,6 +138,7 @@ class Metric:
     higher_is_better: bool
     score: dict
     monitor: str = None
+    bounds: tuple = (-math.inf, math.inf)  # (lowest, highest) value it can take: a value outside is damage
 
     @property
     def tasks(self):
@@ -145,22 +147,26 @@ class Metric:
 
 METRICS = {metric.name: metric for metric in (
     Metric("loss", False, {"classification": lambda s: _skm().log_loss(s.y_true, s.probabilities, labels=s.labels),
-                           "regression": lambda s: _skm().mean_squared_error(s.y_true, s.y_pred)}, "keras"),
-    Metric("accuracy", True, {"classification": lambda s: _skm().accuracy_score(s.y_true, s.y_pred)}, "keras"),
+                           "regression": lambda s: _skm().mean_squared_error(s.y_true, s.y_pred)}, "keras",
+           bounds=(0, math.inf)),
+    Metric("accuracy", True, {"classification": lambda s: _skm().accuracy_score(s.y_true, s.y_pred)}, "keras",
+           bounds=(0, 1)),
     Metric("balanced_accuracy", True,
-           {"classification": lambda s: _skm().balanced_accuracy_score(s.y_true, s.y_pred)}, "sklearn"),
+           {"classification": lambda s: _skm().balanced_accuracy_score(s.y_true, s.y_pred)}, "sklearn", bounds=(0, 1)),
     Metric("f1_macro", True, {"classification": lambda s: _skm().f1_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, "sklearn"),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, "sklearn", bounds=(0, 1)),
     Metric("precision_macro", True, {"classification": lambda s: _skm().precision_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, bounds=(0, 1)),
     Metric("recall_macro", True, {"classification": lambda s: _skm().recall_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}),
-    Metric("rmse", False, {"regression": lambda s: np.sqrt(_skm().mean_squared_error(s.y_true, s.y_pred))}, "keras"),
-    Metric("mae", False, {"regression": lambda s: _skm().mean_absolute_error(s.y_true, s.y_pred)}, "keras"),
+        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, bounds=(0, 1)),
+    Metric("rmse", False, {"regression": lambda s: np.sqrt(_skm().mean_squared_error(s.y_true, s.y_pred))}, "keras",
+           bounds=(0, math.inf)),
+    Metric("mae", False, {"regression": lambda s: _skm().mean_absolute_error(s.y_true, s.y_pred)}, "keras",
+           bounds=(0, math.inf)),
     Metric("r2", True, {"regression": lambda s: _skm().r2_score(s.y_true, s.y_pred) if np.ptp(s.y_true) > 0
-                        else None}),
-    Metric("pearson_r", True, {"regression": _pearson}),
-    Metric("ccc", True, {"regression": _concordance}),
+                        else None}, bounds=(-math.inf, 1)),
+    Metric("pearson_r", True, {"regression": _pearson}, bounds=(-1, 1)),
+    Metric("ccc", True, {"regression": _concordance}, bounds=(-1, 1)),
 )}
 # the metric that ranks instances and chooses on validation, per task type (first in every table)
 MAIN_METRIC = {"classification": "balanced_accuracy", "regression": "rmse"}

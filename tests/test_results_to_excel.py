@@ -506,6 +506,8 @@ def test_stray_files_change_nothing(experiment, tmp_path, capsys):
     (lambda result: result["folds"][1].update(seconds="abc"), "folds[1].seconds is 'abc'"),
     (lambda result: result["folds"][0]["metrics"]["test"].update(accuracy=float("nan")),
      "folds[0].metrics.test.accuracy is nan"),
+    (lambda result: result["folds"][0]["metrics"]["test"].update(accuracy=2.5),  # a percentage typed by hand?
+     "folds[0].metrics.test.accuracy is 2.5, outside 0 to 1"),
     (lambda result: result.update(status="done"), "status is 'done'"),
     (lambda result: result["folds"][2]["confusion_matrix"]["test"].pop(), "folds[2].confusion_matrix.test is not")])
 def test_a_damaged_result_file_is_one_warning_naming_what_is_wrong_and_the_rest_is_written(tmp_path, damage, where):
