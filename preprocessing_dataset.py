@@ -184,10 +184,14 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
 # Labels to targets
 
 def parse_class_order(text):
-    """--classes 'a,b,c' -> ['a', 'b', 'c'] (None for none given); a class named twice is refused."""
+    """--classes 'a,b,c' -> ['a', 'b', 'c'] (None for none given); an empty name or a class named twice is
+    refused."""
     if not text:
         return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:
+        raise XvalError(f"--classes {text!r} has an empty name (two commas in a row, or one at an end): list the "
+                        "class names separated by single commas, e.g. --classes happy,neutral")
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise XvalError(f"--classes names {', '.join(twice)} more than once: list each class once (the order of "

@@ -229,6 +229,8 @@ def test_classes_are_named_once_and_a_new_order_is_not_a_reuse(voices):
     path = table_csv(voices, "classes", voices["rows"])
     one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "x", "--classes", "happy,happy"),
                      "--classes names happy more than once")
+    one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "x", "--classes", "happy,,neutral"),
+                     "--classes 'happy,,neutral' has an empty name")
     assert preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "neutral,happy").returncode == 0
     again = preprocess(voices, "--csv", path, "--dataset", "ordered", "--classes", "neutral,happy")
     assert again.returncode == 0 and "unchanged, reusing" in again.stdout
