@@ -153,12 +153,14 @@ METRICS = {metric.name: metric for metric in (
            bounds=(0, 1)),
     Metric("balanced_accuracy", True,
            {"classification": lambda s: _skm().balanced_accuracy_score(s.y_true, s.y_pred)}, "sklearn", bounds=(0, 1)),
+    # macro means over the classes of the fold's test clips or predictions (scikit-learn's default labels), never
+    # over a class absent from both; recall over the classes of the test clips alone, so it is UAR
     Metric("f1_macro", True, {"classification": lambda s: _skm().f1_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, "sklearn", bounds=(0, 1)),
+        s.y_true, s.y_pred, average="macro", zero_division=0)}, "sklearn", bounds=(0, 1)),
     Metric("precision_macro", True, {"classification": lambda s: _skm().precision_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, bounds=(0, 1)),
+        s.y_true, s.y_pred, average="macro", zero_division=0)}, bounds=(0, 1)),
     Metric("recall_macro", True, {"classification": lambda s: _skm().recall_score(
-        s.y_true, s.y_pred, labels=s.labels, average="macro", zero_division=np.nan)}, bounds=(0, 1)),
+        s.y_true, s.y_pred, labels=np.unique(s.y_true), average="macro", zero_division=0)}, bounds=(0, 1)),
     Metric("rmse", False, {"regression": lambda s: np.sqrt(_skm().mean_squared_error(s.y_true, s.y_pred))}, "keras",
            bounds=(0, math.inf)),
     Metric("mae", False, {"regression": lambda s: _skm().mean_absolute_error(s.y_true, s.y_pred)}, "keras",

@@ -104,18 +104,19 @@ def test_metrics_equal_scikit_learn_on_the_saved_predictions(experiment):
             test = fold["metrics"]["test"]
             assert test["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
             assert test["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
-            # macro means over the classes where each is defined: F1 over classes true or predicted, precision
-            # over the predicted, recall over the true (so it is UAR)
-            assert test["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+            # macro means over the classes true or predicted (scikit-learn's default labels); recall over the
+            # true ones, so it is UAR
+            assert test["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
             assert test["precision_macro"] == pytest.approx(
-                skm.precision_score(y_true, y_pred, labels=sorted(set(y_pred)), average="macro"))
+                skm.precision_score(y_true, y_pred, average="macro", zero_division=0))
             assert test["recall_macro"] == pytest.approx(test["balanced_accuracy"])
             assert fold["confusion_matrix"]["test"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
 
 
 def test_a_class_missing_from_a_fold_is_not_scored_as_zero():
     """A test fold of 4 classes whose speakers never show classes 2 and 3 (nor does the model predict them): each
-    present class recalled perfectly is a perfect macro score, not half of one."""
+    present class recalled perfectly is a perfect macro score, not half of one. A class predicted but never true
+    counts for precision (0), not for recall."""
     from training import classification_metrics
     y_true = np.array([0, 0, 1, 1, 1])
     probabilities = np.eye(4)[y_true] * 0.9 + 0.025
