@@ -189,7 +189,8 @@ class SlurmExecutor(Executor):
                             "and --max-parallel")
         for line in filter(None, map(str.strip, slurm["extra_sbatch"].split(";"))):
             word = line.split("=")[0].split()[0]
-            option = next((name for name, (short, _) in OWN_SBATCH.items() if word in (name, short)), None)
+            option = next((name for name, (short, _) in OWN_SBATCH.items() if word == name or (short and not
+                           word.startswith("--") and word[:2] == short)), None)  # -o FILE, -oFILE
             if option:
                 raise XvalError(f"extra #SBATCH line '{line}' sets {option}, which xval's scripts set themselves "
                                 f"({OWN_SBATCH[option][1]}): remove it from --sbatch-line or [slurm] extra_sbatch")

@@ -283,8 +283,10 @@ def check_search(search, resolve, where):
         whole = [d for d in continuous if isinstance(parameters.get(d.name), int)]
         if whole:  # its ends pass as whole numbers, and the first trial between them would fail after writing
             d = whole[0]
+            ends = (math.ceil(d.low), math.floor(d.high))
             raise XvalError(f"{where}: {d.name} takes whole numbers, and {d.kind}({d.low}, {d.high}) draws "
-                            f"fractions: use intrange({math.ceil(d.low)}, {math.floor(d.high)}) or choice(...)")
+                            f"fractions: use intrange({ends[0] if ends[0] < ends[1] else 'LOW'}, "
+                            f"{ends[1] if ends[0] < ends[1] else 'HIGH'}) or choice(...)")
     return task_types.pop()
 
 
