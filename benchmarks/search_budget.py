@@ -168,7 +168,8 @@ def search_figures(search, grid, size, grid_best_val):
         other = grid["folds"].get((grid_instance.get(key_of(params)), fold))
         if other is not None:
             compared += 1
-            same += all(result["metrics"][split][METRIC] == other["metrics"][split][METRIC] for split in ("val", "test"))
+            same += all(result["metrics"][split][METRIC] == other["metrics"][split][METRIC]
+                        for split in ("val", "test"))
     pruned_after = [d.get("pruned_after_fold") for d in trials.values() if d["status"] == "pruned"]
     return {"trials": len(trials), "statuses": statuses,
             "distinct_points": len({key_of(d["search"]["params"]) for d in trials.values()}),
@@ -265,8 +266,8 @@ def report(grid, search, peer, size):
                        f"{grid['wall']:.1f} s; {grid_folds}"),
             common.row("  its best mean validation UAR (instance, point); that instance's test mean",
                        f"{grid_val:.4f} ({grid_best}: {shown(best_params['grid'])}); {grid_test:.4f}"),
-            common.row(f"xval search, TPE + median pruner ({size['startup']} startup trials), search_trials = {trials}: "
-                       "wall; fold trainings", f"{search['wall']:.1f} s; {search_folds}"),
+            common.row(f"xval search, TPE + median pruner ({size['startup']} startup trials), "
+                       f"search_trials = {trials}: wall; fold trainings", f"{search['wall']:.1f} s; {search_folds}"),
             common.row("  its trials; pruned; distinct points visited",
                        f"{statuses}; {pruned}; {done['distinct_points']} of {points_n}"),
             common.row("  its best complete trial's mean validation UAR (point); its test mean",
@@ -301,7 +302,8 @@ def report(grid, search, peer, size):
             common.row("  xval's spreadsheet and plots rebuilt after each instance or trial (s): grid / search",
                        f"{grid['launch']['phases'].get('spreadsheet', 0.0):.1f} / "
                        f"{search['launch']['phases'].get('spreadsheet', 0.0):.1f}"),
-            common.row("xval's selection-aware test UAR: grid / search", f"{aware['grid']:.4f} / {aware['search']:.4f}")]
+            common.row("xval's selection-aware test UAR: grid / search",
+                       f"{aware['grid']:.4f} / {aware['search']:.4f}")]
     versions = {name: metadata.version(name) for name in ("optuna", "scikeras", "scikit-learn")}
     return {"rows": rows, "peer_versions": versions, "figures": finite({
         "wall": walls, "fold_trainings": fold_counts, "best_val": best_val, "best_test": best_test,

@@ -70,7 +70,8 @@ CATALOGUE = [
     ("splitter-needs-classes", {"num_experiment": 5, "dataset": "tiny_intensity", "experiment_dict": {
         1: without(GOOD, "task_type") + ['task_type = "regression"']}}, [], "splitter-stratified",
      "stratifies by class, and this dataset has no class labels"),
-    ("slurm-bad-resources", {}, ["--slurm", "--cpus-per-task", "0"], None, "cpus_per_task must be 1 or more and max_parallel 0 (no cap) or more, got 0"),
+    ("slurm-bad-resources", {}, ["--slurm", "--cpus-per-task", "0"], None,
+     "cpus_per_task must be 1 or more and max_parallel 0 (no cap) or more, got 0"),
     ("config-unknown-splitter", {}, [], "splitter-unknown", "[folds] splitter = 'ShuffleSplit' is not one of"),
     ("config-missing", {}, [], "delete", "does not exist"),
     ("config-unparsable", {}, [], "garble", "cannot be parsed"),

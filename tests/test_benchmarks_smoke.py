@@ -146,14 +146,15 @@ def test_tweaks(reports):
 
 @pytest.mark.skipif(PEER_MISSING, reason=PEER_REASON)
 def test_search(tmp_path):
-    """benchmarks/search_budget.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the hand grid,
-    xval's search and the Optuna + scikeras peer, counted and compared."""
+    """benchmarks/search_budget.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the
+    hand grid, xval's search and the Optuna + scikeras peer, counted and compared."""
     script = REPO / "benchmarks" / "search_budget.py"
     helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=str(REPO),
                             timeout=60)
     assert helped.returncode == 0 and "--smoke" in helped.stdout, helped.stderr
     command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
-               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"), "--only", "search_budget"]
+               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"),
+               "--only", "search_budget"]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
     assert completed.returncode == 0, f"run.py --smoke --only search_budget failed:\n{completed.stdout[-4000:]}"
     results = json.loads((tmp_path / "search.json").read_text(encoding="utf-8"))["results"]
@@ -170,5 +171,6 @@ def test_search(tmp_path):
     assert figures["share"] == pytest.approx(counted["search"] / counted["grid"])
     assert sum(figures["search"]["statuses"].values()) == trials and len(figures["peer_trials"]) == trials
     # a search trial on a grid point trains what the grid's instance trained: the same numbers
-    assert figures["search"]["folds_equal_to_grid"] == figures["search"]["folds_compared_with_grid"] == counted["search"]
+    compared = figures["search"]
+    assert compared["folds_equal_to_grid"] == compared["folds_compared_with_grid"] == counted["search"]
     assert figures["reached"] == (figures["best_val"]["search"] >= figures["best_val"]["grid"])

@@ -52,7 +52,8 @@ def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directo
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda text: text.replace("[folds]", "[fold]"), "section [folds] is missing"),
-    (lambda text: text.replace("hop_length = 512", "hop_length = 512.5"), "[features] hop_length = '512.5' is not a whole number"),
+    (lambda text: text.replace("hop_length = 512", "hop_length = 512.5"),
+     "[features] hop_length = '512.5' is not a whole number"),
     (lambda text: text.replace("early_stopping = true", "early_stopping = sometimes"), "is not true or false"),
     (lambda text: text.replace("validation_share = 0.2", "validation_share = 1.5"), "must be between 0 and 1"),
     (lambda text: text.replace("batch_size = 32", "batch_size = 0"), "must be greater than 0"),

@@ -255,8 +255,8 @@ def test_a_dataset_of_one_class_and_labels_missing_from_names_are_explained(voic
 
 @pytest.mark.parametrize("arguments, words", [
     (["--label-pattern", "(?P<label>x)"], "--label-pattern only acts with --folders"),
-    (["--group-pattern", "(?P<group>x)", "--label-pattern", "(?P<label>x)"], "--group-pattern, --label-pattern only act "
-                                                                           "with --folders"),
+    (["--group-pattern", "(?P<group>x)", "--label-pattern", "(?P<label>x)"],
+     "--group-pattern, --label-pattern only act with --folders"),
     (["--target", "regression", "--classes", "a,b"], "--classes only acts with --target classification"),
 ])
 def test_an_option_the_front_end_would_ignore_is_refused(voices, arguments, words):

@@ -177,7 +177,8 @@ def test_regression_instance(tiny_features, tmp_path):
     document = instance_json(tmp_path / "experiments" / "experiment_1", 1, dataset)
     assert document["task_type"] == "regression" and "confusion_matrix" not in document["folds"][0]
     for fold in document["folds"]:
-        y_true, y_pred = np.array(fold["predictions"]["test"]["y_true"]), np.array(fold["predictions"]["test"]["y_pred"])
+        predictions = fold["predictions"]["test"]
+        y_true, y_pred = np.array(predictions["y_true"]), np.array(predictions["y_pred"])
         test = fold["metrics"]["test"]
         assert test["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y_true, y_pred)))
         assert test["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred))

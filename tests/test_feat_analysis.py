@@ -185,8 +185,9 @@ def test_numbers_do_not_depend_on_blas_threads():
     np.testing.assert_array_equal(default, single)
 
 
-@pytest.mark.parametrize("changes", [{}, {"cqt_fmin": 55.0, "cqt_bins": 60, "cqt_bins_per_octave": 12,
-                                          "hop_length": 256}, {"cqt_fmin": 110.0, "cqt_bins": 48, "cqt_bins_per_octave": 24}])
+@pytest.mark.parametrize("changes", [{},
+                                     {"cqt_fmin": 55.0, "cqt_bins": 60, "cqt_bins_per_octave": 12, "hop_length": 256},
+                                     {"cqt_fmin": 110.0, "cqt_bins": 48, "cqt_bins_per_octave": 24}])
 def test_cqt_equals_librosa_cqt_in_decibels_and_places_a_tone_in_its_bin(changes):
     settings = settings_of("cqt", {"cqt_fmin": 32.7, "cqt_bins": 84, "cqt_bins_per_octave": 12, **changes})
     signal = noise_with_silence()
