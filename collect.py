@@ -98,6 +98,14 @@ def damage(raw):
     if problem is not None:
         shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
         return f"{problem[0] or 'its content'} is {shown}"
+    if raw.get("status") == "complete":
+        folds = raw.get("folds") or []
+        numbers = [fold.get("fold") for fold in folds]
+        if not folds or len(set(numbers)) != len(numbers):
+            return f"folds holds fold numbers {numbers}, not one entry per fold"
+        empty = next((index for index, fold in enumerate(folds) if not (fold.get("metrics") or {}).get("test")), None)
+        if empty is not None:
+            return f"folds[{empty}].metrics.test is missing, although the instance is complete"
     outside = next(((f"folds[{index}].metrics.{split}.{name}", value, METRICS[name].bounds)
                     for index, fold in enumerate(raw.get("folds") or [])
                     for split, values in (fold.get("metrics") or {}).items() for name, value in values.items()
@@ -139,6 +147,9 @@ def parse_instance(raw, path, experiment_folder):
 def check_experiment_folder(experiment_folder):
     """XvalError unless experiment_folder is a folder with a results/ subfolder."""
     folder = Path(experiment_folder)
+    if folder.exists() and not folder.is_dir():
+        raise XvalError(f"{folder} is a file, not an experiment folder: pass the experiment_{{N}} folder that holds "
+                        "results/")
     if not folder.is_dir():
         raise XvalError(f"experiment folder {folder} does not exist: pass an experiment_{{N}} folder")
     results = Layout(folder, None, None).results
@@ -147,6 +158,16 @@ def check_experiment_folder(experiment_folder):
         hint = f"pass one of its experiment folders ({', '.join(children[:5])})" if children else \
             "run an experiment first, or pass the experiment_{N} folder that holds results/"
         raise XvalError(f"{folder} has no {results.name}/ folder: {hint}")
+
+
+def experiment_number(experiment_folder):
+    """N of an experiment_{N} folder (from its name, else from its single experiment_{N}_description.txt), or None
+    when neither says."""
+    if match := re.fullmatch(r"experiment_(\d+)", Path(experiment_folder).name):
+        return int(match[1])
+    numbers = {int(match[1]) for path in Path(experiment_folder).glob("experiment_*_description.txt")
+               if (match := re.fullmatch(r"experiment_(\d+)_description\.txt", path.name))}
+    return numbers.pop() if len(numbers) == 1 else None
 
 
 def load_instances(experiment_folder):
@@ -158,9 +179,15 @@ def load_instances(experiment_folder):
     for path in paths:
         if not RESULT_FILE_PATTERN.match(path.name):
             warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
+    experiment = experiment_number(experiment_folder)
+    for path in paths:
+        if (match := RESULT_FILE_PATTERN.match(path.name)) and experiment not in (None, int(match["experiment"])):
+            warn(f"{path} belongs to experiment {int(match['experiment'])}, not to this experiment_{experiment} "
+                 "folder: skipped (move it to its own experiment folder)")
     instances = []
     for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
-                           if (match := RESULT_FILE_PATTERN.match(path.name))):
+                           if (match := RESULT_FILE_PATTERN.match(path.name))
+                           and experiment in (None, int(match["experiment"]))):
         try:
             instances.append(parse_instance(read_json(path), path, experiment_folder))
         except XvalError as error:
@@ -171,6 +198,9 @@ def load_instances(experiment_folder):
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     mark_other_splits(instances, Path(experiment_folder))
+    if not instances:
+        raise XvalError(f"no readable results in {results}: restore the damaged files named above or rerun the "
+                        "instances")
     return instances
 
 
@@ -183,14 +213,20 @@ def split_of(folds):
 def mark_other_splits(instances, experiment_folder):
     """Instances are compared fold by fold (the choice on validation, the selection-aware estimate, the paired
     tests), so only on one split: that of folds.json (else of the lowest-numbered complete instance). A complete
-    instance trained on another split is shown as OTHER_SPLIT, no longer counts as complete, and is named once."""
+    instance trained on another split is shown as OTHER_SPLIT, no longer counts as complete, and is named once; one
+    that lacks some of folds.json's folds is damaged, named and removed from instances."""
     complete = [instance for instance in instances if instance.complete]
     try:
         reference = split_of(read_json(Layout(experiment_folder, None, None).folds)["folds"])
     except (OSError, XvalError, KeyError, TypeError):
         reference = split_of(complete[0].folds) if complete else None
     for instance in complete:
-        if split_of(instance.folds) != reference:
+        if reference and set(split_of(instance.folds)) < set(reference):
+            missing = sorted({fold[0] for fold in reference} - {fold["fold"] for fold in instance.folds})
+            warn(f"{instance.source} is damaged (complete, but fold {', '.join(map(str, missing))} of folds.json is "
+                 "missing from it): restore it or delete it to recompute; skipped")
+            instances.remove(instance)
+        elif split_of(instance.folds) != reference:
             instance.complete, instance.status = False, OTHER_SPLIT
             warn(f"{instance.source} was trained on another split than the experiment's folds.json: it is left out "
                  "of the comparison (the choice on validation, the selection-aware estimate, the p-values)")

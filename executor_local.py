@@ -144,7 +144,8 @@ class LocalExecutor(Executor):
 
         started = time.monotonic()
         result = attempt(job, launch)
-        changed = report_attempt(self.say, job, result, time.monotonic() - started, worker.label,
+        where = f"{worker.label} (no GPU: CPU)" if worker.device >= 0 and launcher.seen == "cpu" else worker.label
+        changed = report_attempt(self.say, job, result, time.monotonic() - started, where,
                                  self.eta(left()) if result.outcome == "trained" else None)
         if result.outcome == "failed" and plan.debug:
             log = plan.layout.fold(planned.instance, fold["fold"]).log

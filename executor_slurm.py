@@ -31,12 +31,20 @@ OPTIONS = {"--partition": "partition", "--time": "time", "--mem": "mem", "--cpus
 
 # #SBATCH options the scripts set themselves, which an extra line would override: {option: (short, how to set it)}
 OWN_SBATCH = {"--array": ("-a", "--max-parallel caps the tasks at once"), "--job-name": ("-J", "--status finds "
-              "the jobs by it"), "--output": ("-o", "the logs go to the experiment's slurm/ folder"),
-              "--error": ("-e", "the logs go to the experiment's slurm/ folder"), "--dependency": ("-d", "the "
+              "the jobs by it"), "--output": ("-o", "the logs go to the experiment's logs/slurm_*.out"),
+              "--error": ("-e", "the logs go to the experiment's logs/slurm_*.out"), "--dependency": ("-d", "the "
               "spreadsheet job follows the array"), "--open-mode": (None, "a requeued task appends to its log"),
               "--requeue": (None, "a preempted task runs again"), "--no-requeue": (None, "a preempted task runs again"),
               "--cpus-per-task": ("-c", "use --cpus-per-task"), "--partition": ("-p", "use --partition"),
               "--time": ("-t", "use --time"), "--mem": (None, "use --mem"), "--gres": (None, "use --gres")}
+
+
+def own_option(word, name, short):
+    """Whether an #SBATCH line's first word sets the option `name` (short: its one-letter form or None): the option
+    itself, an abbreviation sbatch accepts (--arr for --array), or the short form with its value attached (-oFILE)."""
+    if word.startswith("--"):
+        return len(word) > 2 and name.startswith(word)
+    return bool(short) and word[:2] == short
 
 
 def slurm_job_name(dataset, experiment):
@@ -189,8 +197,7 @@ class SlurmExecutor(Executor):
                             "and --max-parallel")
         for line in filter(None, map(str.strip, slurm["extra_sbatch"].split(";"))):
             word = line.split("=")[0].split()[0]
-            option = next((name for name, (short, _) in OWN_SBATCH.items() if word == name or (short and not
-                           word.startswith("--") and word[:2] == short)), None)  # -o FILE, -oFILE
+            option = next((name for name, (short, _) in OWN_SBATCH.items() if own_option(word, name, short)), None)
             if option:
                 raise XvalError(f"extra #SBATCH line '{line}' sets {option}, which xval's scripts set themselves "
                                 f"({OWN_SBATCH[option][1]}): remove it from --sbatch-line or [slurm] extra_sbatch")

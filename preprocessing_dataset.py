@@ -90,6 +90,14 @@ def file_stats(paths, root):
     return stats
 
 
+def csv_delimiter(header_line):
+    """The column separator of a CSV, from its header row: ',' unless the row holds no comma but ';' or a tab (as
+    spreadsheet programs in many locales save CSV)."""
+    if "," in header_line:
+        return ","
+    return max(";\t", key=header_line.count) if any(mark in header_line for mark in ";\t") else ","
+
+
 def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
     audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
@@ -98,10 +106,19 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         raise XvalError(f"CSV file {csv_path} does not exist: pass the path of your table with --csv")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            header = list(rows[0].keys()) if rows else []
+            delimiter = csv_delimiter(handle.readline())
+            handle.seek(0)
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows, header = list(reader), [name for name in reader.fieldnames or [] if name is not None]
     except (UnicodeDecodeError, csv.Error) as error:
         raise XvalError(f"{csv_path} cannot be read as a CSV ({error}): save it as UTF-8 CSV") from None
+    if not header:
+        raise XvalError(f"{csv_path} is empty: it needs a header row naming its columns (e.g. file,label,speaker) "
+                        "and one row per clip")
+    if not rows:
+        raise XvalError(f"{csv_path} has a header row ({', '.join(header)}) but no rows: add one row per clip")
+    if delimiter != ",":
+        print(f"{csv_path.name}: columns separated by {delimiter!r} (read from its header row)")
     roles = (("the audio files", file_column, "--file-column"), ("the labels", label_column, "--label-column"),
              ("the foldable items", fold_by, "--fold-by"))
     for role, column, option in roles:

@@ -131,11 +131,20 @@ class Search:
 
 def distribution_call(text):
     """(name, call node) when text is 'name = DISTRIBUTION(...)', else None (an ordinary parameter string)."""
-    with contextlib.suppress(SyntaxError, AttributeError, TypeError):
+    with contextlib.suppress(SyntaxError, AttributeError, TypeError, IndexError):
         statement = ast.parse(text.strip()).body[0]
         call = statement.value
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in DISTRIBUTIONS:
             return statement.targets[0].id, call
+    return None
+
+
+def unknown_distribution(text):
+    """The name called in 'name = other(...)' when `other` is not a distribution (a misspelt one), else None."""
+    with contextlib.suppress(SyntaxError, AttributeError, TypeError, IndexError):
+        call = ast.parse(text.strip()).body[0].value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id not in DISTRIBUTIONS:
+            return call.func.id
     return None
 
 
@@ -207,6 +216,10 @@ def parse_search(key, strings, where):
         elif name.startswith("search_"):
             from parameters import closest
             raise XvalError(f"{here}: unknown search setting '{name}': {closest(name, SETTINGS)}")
+        elif unknown := unknown_distribution(text):
+            from parameters import closest
+            raise XvalError(f"{here}: '{text}' calls {unknown}(), which is not a distribution: "
+                            f"{closest(unknown, DISTRIBUTIONS)}")
         else:
             fixed.append(text)
     clashes = [text.split("=")[0].strip() for text in fixed if text.split("=")[0].strip() in space]

@@ -499,6 +499,9 @@ def claim(lock_path, grace):
                 return None
             if owner and lock_owner_alive(owner, heartbeat_age(lock_path), grace):
                 return owner
+            if owner:
+                print(f"{lock_path.name}: taking over the stale claim of {owner.get('host')} (pid {owner.get('pid')}, "
+                      f"since {owner.get('since')}; its process is gone or its heartbeat stopped)", flush=True)
         me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
               "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id(),
               "slurm_restart": slurm_restart_count()}

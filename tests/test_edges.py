@@ -157,6 +157,54 @@ def test_an_instance_trained_on_another_split_is_left_out_of_every_comparison(fi
     assert statuses == ["complete, other split"]
 
 
+
+@pytest.mark.parametrize("damage", ["test-metrics-removed", "fold-removed"])
+def test_a_complete_result_missing_a_fold_or_its_test_metrics_is_damaged_not_compared(finished, tmp_path, capsys,
+                                                                                        damage):
+    import collect
+    import results_to_excel
+    experiment = copied(finished, tmp_path)
+    path = experiment["dir"] / "results" / "results_tiny_exp1_run2.json"
+    document = json.loads(path.read_text())
+    if damage == "test-metrics-removed":
+        del document["folds"][1]["metrics"]["test"]
+    else:
+        del document["folds"][1]
+    path.write_text(json.dumps(document))
+    instances = collect.load_instances(experiment["dir"])
+    error = capsys.readouterr().err
+    assert [instance.id for instance in instances] == [1]
+    assert f"{path} is damaged (" in error and "restore it or delete it to recompute" in error, error
+    assert ("folds[1].metrics.test is missing" if damage == "test-metrics-removed" else
+            "fold 2 of folds.json is missing from it") in error
+    import openpyxl
+    sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(experiment["dir"]))["summary"]
+    assert "another split" not in " ".join(str(cell.value) for row in sheet.iter_rows() for cell in row)
+
+
+def test_a_result_of_another_experiment_in_the_folder_is_skipped_with_a_warning(finished, tmp_path, capsys):
+    import collect
+    experiment = copied(finished, tmp_path)
+    stray = experiment["dir"] / "results" / "results_tiny_exp2_run1.json"
+    shutil.copy(experiment["dir"] / "results" / "results_tiny_exp1_run1.json", stray)
+    instances = collect.load_instances(experiment["dir"])
+    assert [(instance.id, instance.experiment) for instance in instances] == [(1, 1), (2, 1)]
+    assert f"{stray} belongs to experiment 2, not to this experiment_1 folder: skipped" in capsys.readouterr().err
+
+
+def test_results_to_excel_on_a_file_says_it_is_a_file(finished):
+    path = finished["dir"] / "folds.json"
+    completed = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(path)], capture_output=True,
+                               text=True, timeout=300)
+    one_line_refusal(completed, f"{path} is a file, not an experiment folder")
+
+
+def test_a_misspelt_distribution_is_named(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: ["search_trials = 2", "learning_rate = log_uniform(1e-4, 1e-2)"]})
+    one_line_refusal(run_routine(routine, tiny_features["config_path"]),
+                     "'learning_rate = log_uniform(1e-4, 1e-2)' calls log_uniform(), which is not a distribution: "
+                     "did you mean loguniform")
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2-5, 8, 13, 18b-c. Preprocessing: one clip one item, no repeats, classes once, links followed, nothing replaced
 
@@ -208,6 +256,22 @@ def test_one_audio_file_under_two_foldable_items_or_labels_is_refused(voices):
     one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "linked", rows), "--dataset", "linked"),
                      "list the same audio file")
 
+
+def test_a_semicolon_csv_is_read_and_an_empty_or_header_only_csv_is_explained(voices):
+    path = table_csv(voices, "semicolons", voices["rows"])
+    path.write_text(path.read_text().replace(",", ";"))
+    completed = preprocess(voices, "--csv", path, "--dataset", "semicolons")
+    assert completed.returncode == 0, completed.stderr
+    assert "semicolons.csv: columns separated by ';'" in completed.stdout
+    assert f"{len(voices['rows'])} clips" in completed.stdout, completed.stdout
+    header_only = voices["root"] / "header_only.csv"
+    header_only.write_text("file,label,speaker\n")
+    one_line_refusal(preprocess(voices, "--csv", header_only, "--dataset", "header_only"),
+                     "has a header row (file, label, speaker) but no rows: add one row per clip")
+    empty = voices["root"] / "empty.csv"
+    empty.write_text("")
+    one_line_refusal(preprocess(voices, "--csv", empty, "--dataset", "empty"),
+                     "is empty: it needs a header row naming its columns")
 
 def test_repeated_rows_are_skipped_and_copies_named(voices):
     copy = voices["root"] / "audio" / "copy_of_spk1.wav"
@@ -360,6 +424,9 @@ def DOUBLING_model(input_shape, output_size, task_type, regularization_lambda, d
     (["--slurm", "--sbatch-line="], "an empty --sbatch-line adds nothing"),
     (["--slurm", "--sbatch-line=--array=0-9"], "line '--array=0-9' sets --array, which xval's scripts set themselves"),
     (["--slurm", "--sbatch-line", "--qos=normal; -o /tmp/log"], "line '-o /tmp/log' sets --output"),
+    (["--slurm", "--sbatch-line=--arr=0-3"], "line '--arr=0-3' sets --array"),
+    (["--slurm", "--sbatch-line=--time 10"], "line '--time 10' sets --time, which xval's scripts set themselves"),
+    (["--slurm", "--sbatch-line=-Jother"], "line '-Jother' sets --job-name"),
 ])
 def test_empty_slurm_values_are_refused(tiny_features, tmp_path, arguments, words):
     routine = write_routine(tmp_path, {1: GOOD})

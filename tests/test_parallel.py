@@ -65,6 +65,7 @@ def test_a_gpu_the_backend_cannot_see_is_one_warning_and_the_folds_still_run(tin
     assert warnings == ["warning: GPU 99 was asked for, but tensorflow sees no GPU there, so training runs on the "
                         "CPU: list -1 for a CPU worker, or check the GPU (nvidia-smi) and the CUDA build of "
                         "tensorflow"], completed.stderr
+    assert "instance 1 fold 1/2 on GPU 99 (no GPU: CPU): test" in completed.stdout, completed.stdout
     document = json.loads((tmp_path / "experiments" / "experiment_1" / "results" / "results_tiny_exp1_run1.json")
                           .read_text())
     assert document["status"] == "complete" and len(document["folds"]) == 2

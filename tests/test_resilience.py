@@ -286,10 +286,12 @@ def test_a_claim_of_another_host_whose_heartbeat_stopped_is_taken_over(tiny_feat
         thread.join()
     assert first.returncode == 3, first.stdout + first.stderr
     assert "instance 1 fold 1/2 on CPU" in first.stdout and "skipped, being run by live-host pid 4242" in first.stdout
+    assert "run1_fold1.lock: taking over the stale claim of crashed-host (pid 4242" in first.stdout
     os.utime(live, (an_hour_ago, an_hour_ago))  # the live host dies too
     second = run_routine(routine, config)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "instance 1 fold 2/2 on CPU" in second.stdout and "instance 1 complete" in second.stdout
+    assert "run1_fold2.lock: taking over the stale claim of live-host" in second.stdout
     assert not list(locks.glob("*.lock"))
 
 
