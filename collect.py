@@ -28,7 +28,8 @@ SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chos
                  "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
 SEARCHES_ABOUT = (" searches: the same over each search's trials alone (summary), with how many trials ended in each "
                   "status (trials).")
-STATUSES = ("complete", "incomplete", "failed", "pruned")  # pruned: a search's trial its pruner stopped
+# pruned: a search's trial its pruner stopped; repeat: a search's trial on the point of an earlier one (repeat_of)
+STATUSES = ("complete", "incomplete", "failed", "pruned", "repeat")
 OTHER_SPLIT = "complete, other split"  # the status shown of a complete instance trained on another split
 SIGNIFICANCE_LEVEL, TEST_NAME = 0.05, "paired t-test (scipy.stats.ttest_rel)"
 
@@ -52,9 +53,10 @@ RESULT_SCHEMA = {"task_type": TASK_TYPES.__contains__, "status": STATUSES.__cont
                  "dataset": (str, None), "error": (str, None), "parameters": (dict, None),
                  "parameters_file": (str, None), "parameter_hash": (str, None), "class_names": (list, None),
                  "folds": ([FOLD_SCHEMA], None), "summary": ({str: {str: {str: NUMBER}}}, None),
-                 "search": ({"search": int, "trial": int, "params": dict}, None), "pruned_after_fold": (int, None)}
-RESULT_DEFAULTS = {"search": None, "pruned_after_fold": None, "error": "", "parameters": {}, "parameters_file": "",
-                   "parameter_hash": "", "class_names": None,
+                 "search": ({"search": int, "trial": int, "params": dict}, None), "pruned_after_fold": (int, None),
+                 "repeat_of": (int, None)}
+RESULT_DEFAULTS = {"search": None, "pruned_after_fold": None, "repeat_of": None, "error": "", "parameters": {},
+                   "parameters_file": "", "parameter_hash": "", "class_names": None,
                    "folds": [], "summary": {}, "speaker_independent": True, "foldable_item": None}
 FOLD_DEFAULTS = {"metrics": {}, "history": {}, "confusion_matrix": {}, "timings": {}, "test_items": []}
 

@@ -23,7 +23,7 @@ from executors import Executor, rebuild_spreadsheet, run_one_trial
 from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
                      report_attempt)
 from plan import plan_trial
-from search import SearchRunner, corners
+from search import FINISHED, SearchRunner, corners
 from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment, no_gpu_warning
 from utility_functions import EXIT_DONE, EXIT_ELSEWHERE, EXIT_FAILED, HOST, XvalError, atomic_write_json
 
@@ -245,7 +245,7 @@ class LocalExecutor(Executor):
         def do(worker, task):
             outcome = run_one_trial(plan, planned_search, runner, task, lambda planned, fold: self.run_on_worker(
                 plan, worker, planned, fold, lambda: None), self.say)
-            if outcome in ("complete", "pruned", "failed"):
+            if outcome in FINISHED:
                 self.timed_rebuild(plan)
             return outcome == "failed" and plan.debug
 
@@ -253,7 +253,7 @@ class LocalExecutor(Executor):
         counts = runner.counts()
         self.say(f"search {search.key}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n) +
                  f" of {search.trials} trials")
-        finished = counts["complete"] + counts["pruned"] + counts["failed"]
+        finished = sum(counts[outcome] for outcome in FINISHED)
         if finished == search.trials:
             return "complete" if counts["complete"] else "failed"
         return "busy" if counts["running"] else "stopped"

@@ -23,7 +23,7 @@ from foldjob import (attempt, build_job, collect_instance, instance_record, job_
                      upgrade_job)
 from launchers import ProcessLauncher, fold_environment
 from plan import plan_trial, search_plan_from_document, write_parameters_file
-from search import SearchRunner, trial_line
+from search import FINISHED, SearchRunner, trial_line
 from utility_functions import EXIT_DONE, EXIT_FAILED, HOST, file_mutex, read_json, slurm_job_id
 
 EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}  # name (--name selects it): module
@@ -156,7 +156,14 @@ def run_one_trial(plan, planned_search, runner, task, run_fold, say):
         raise
     def collect(planned, pruned_at):
         return collect_instance(plan.layout, planned.instance, instance_record(plan, planned), pruned_at)
-    outcome, detail = runner.run_trial(trial, planned, plan.folds, run_fold, collect)
+    earlier = runner.repeated(trial)
+    if earlier is not None:  # the sampler proposed a point already run: the same folds would train again
+        collect_instance(plan.layout, planned.instance, instance_record(plan, planned),
+                         repeat_of=planned_search.search.key + earlier.number)
+        runner.tell_repeat(trial, earlier)
+        outcome, detail = "repeat", earlier.number
+    else:
+        outcome, detail = runner.run_trial(trial, planned, plan.folds, run_fold, collect)
     say(trial_line(planned_search.search, trial.number, planned, outcome, detail, runner.metric))
     return outcome
 
@@ -191,6 +198,6 @@ def run_search_task(submission, index):
     for planned_search in plan.searches:
         runner = SearchRunner(plan.layout, planned_search.search, planned_search.task_type, plan.claim_grace)
         while (task := runner.next_trial()) is not None:
-            if run_one_trial(plan, planned_search, runner, task, run_fold, say) in ("complete", "pruned", "failed"):
+            if run_one_trial(plan, planned_search, runner, task, run_fold, say) in FINISHED:
                 rebuild_spreadsheet(plan.layout, plan.debug)
     return EXIT_DONE

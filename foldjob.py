@@ -167,12 +167,13 @@ def summarise_folds(folds):
     return summary
 
 
-def collect_instance(layout, instance, record, pruned_at=None):
+def collect_instance(layout, instance, record, pruned_at=None, repeat_of=None):
     """Assemble an instance's results JSON from what is on disk now, under the instance's mutex, so that whoever
     lands its last fold writes it complete (record: instance_record's). Complete: every fold has a result made as
     planned (fingerprint and model); failed: a fold without one has a failure record; pruned: a search's trial
     stopped by its pruner after fold pruned_at; incomplete otherwise (folds pending, running elsewhere, or never
-    run). An unchanged document leaves the file as it is."""
+    run); repeat: a search's trial that repeated the point of the trial run as instance repeat_of, whose result
+    stands for it (no fold of its own). An unchanged document leaves the file as it is."""
     paths = layout.instance(instance)
     with file_mutex(paths.mutex):
         folds, errors = [], []
@@ -183,12 +184,13 @@ def collect_instance(layout, instance, record, pruned_at=None):
                 folds.append(result)
             elif fold.failure.exists():
                 errors.append(read_json(fold.failure)["error"])
-        status = "complete" if len(folds) == len(record["fingerprints"]) else "failed" if errors else \
-            "pruned" if pruned_at else "incomplete"
+        status = "repeat" if repeat_of is not None else "complete" if len(folds) == len(record["fingerprints"]) \
+            else "failed" if errors else "pruned" if pruned_at else "incomplete"
         previous = read_json(paths.result) if paths.result.exists() else {}
         document = {**record["base"], "status": status, "error": errors[0] if errors else None, "folds": folds,
                     "summary": summarise_folds(folds) if folds else None,
-                    **({"pruned_after_fold": pruned_at} if status == "pruned" else {})}
+                    **({"pruned_after_fold": pruned_at} if status == "pruned" else {}),
+                    **({"repeat_of": repeat_of} if status == "repeat" else {})}
         changed = previous != json.loads(json.dumps(to_jsonable(document)))
         if changed:
             atomic_write_json(paths.result, document)

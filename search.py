@@ -41,6 +41,8 @@ SETTINGS = {"search_trials": (int, None), "search_sampler": (str, "tpe"), "searc
             "search_pruner": (str, None), "search_startup_trials": (int, 4)}
 SPACE_FIXED = ("task_type", "comment_1", "comment_2")  # never searched: they name or define what is compared
 INSTALL_HINT = "pip install -r requirements-search.txt"
+FINISHED = ("complete", "pruned", "failed", "repeat")  # a trial's outcomes that end it (others leave it running)
+REPEAT_ATTR = "xval_repeat_of"  # a trial's user attribute: the number of the earlier trial whose point it repeats
 
 
 @dataclass(frozen=True)
@@ -397,6 +399,31 @@ class SearchRunner:
             self.active.add(trial.number)
             return trial, self.strings(trial.number, trial.params)
 
+    def repeated(self, trial):
+        """The earlier finished trial (complete or pruned; an Optuna FrozenTrial) whose parameters this trial repeats
+        exactly, or None. A repeat of a repeat names the first trial of the point."""
+        from optuna.trial import TrialState
+        with self.lock:
+            trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        earlier = [frozen for frozen in trials if frozen.number < trial.number and frozen.params == trial.params
+                   and REPEAT_ATTR not in frozen.user_attrs]
+        return min(earlier, key=lambda frozen: frozen.number) if earlier else None
+
+    def tell_repeat(self, trial, earlier):
+        """Tell the study that trial repeats `earlier` (see repeated): its value, or pruned, without training."""
+        from optuna.trial import TrialState
+        with self.lock:
+            trial.set_user_attr(REPEAT_ATTR, earlier.number)
+            if self.search.sampler == "grid":  # see run_trial
+                self.study.sampler = make_sampler(replace(self.search, sampler="random"), 0)
+            if earlier.state == TrialState.COMPLETE:
+                self.study.tell(trial, earlier.value, skip_if_finished=True)
+            else:
+                self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        release(self.layout.trial_claim(self.search.key + trial.number))
+        with self.lock:
+            self.active.discard(trial.number)
+
     def strings(self, number, stored):
         return self.search.trial_strings(number, stored)
 
@@ -407,14 +434,15 @@ class SearchRunner:
             self.active.discard(trial.number)
 
     def counts(self):
-        """{complete, pruned, failed, running: number of the search's trials in that state} (from the journal)."""
+        """{complete, pruned, failed, repeat, running: number of the search's trials in that state} (from the
+        journal; a repeat is a trial that repeated an earlier one's point and reused its result)."""
         from optuna.trial import TrialState
         names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
                  TrialState.RUNNING: "running", TrialState.WAITING: "running"}
         with self.lock:
             trials = self.study.get_trials(deepcopy=False)
-        found = [names[trial.state] for trial in trials]
-        return {name: found.count(name) for name in ("complete", "pruned", "failed", "running")}
+        found = ["repeat" if REPEAT_ATTR in trial.user_attrs else names[trial.state] for trial in trials]
+        return {name: found.count(name) for name in ("complete", "pruned", "failed", "repeat", "running")}
 
     def run_trial(self, trial, planned, folds, run_fold, collect):
         """Run a trial's folds in order, reporting the mean validation main metric so far after each; returns
@@ -492,6 +520,8 @@ def trial_line(search, number, planned, outcome, detail, metric):
         return f"{label}: pruned after fold {detail} (worse than the other trials there)"
     if outcome == "failed":
         return f"{label}: FAILED: {detail}"
+    if outcome == "repeat":
+        return f"{label}: repeats trial {detail} (the same parameters): its result reused, no fold trained"
     return f"{label}: {outcome}, left for the next run" + (f" ({detail})" if detail else "")
 
 

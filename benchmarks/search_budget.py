@@ -149,7 +149,7 @@ def search_figures(search, grid, size, grid_best_val):
     point (validation and test UAR, to the bit)."""
     trials = {d["search"]["trial"]: d for d in search["results"].values() if d.get("search")}
     statuses = {status: sum(d["status"] == status for d in trials.values()) for status in
-                ("complete", "pruned", "failed")}
+                ("complete", "pruned", "failed", "repeat")}
     spent, reached_at, seen, repeated, repeated_folds = 0, None, set(), 0, 0
     for number in sorted(trials):
         trained = sum(1 for (instance, _) in search["folds"] if instance == SEARCH_KEY + number)

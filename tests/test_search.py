@@ -186,6 +186,40 @@ def test_a_grid_search_visits_every_point_once(tiny_features, tmp_path):
     assert all(trial.state.name == "COMPLETE" for trial in trials)
 
 
+def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_nothing(tiny_features, tmp_path):
+    # 4 random trials over 2 points: at least 2 trials repeat a point an earlier trial ran
+    routine = write_routine(tmp_path, {SEARCH: search_strings('learning_rate = choice(0.003, 0.001)', trials=4,
+                                                              pruner="none")}, num_folds=2)
+    finished = run_routine(routine, tiny_features["config_path"])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    experiment_dir = tmp_path / "experiments" / "experiment_1"
+    trials, documents = trials_of(experiment_dir), results(experiment_dir)
+    assert len(trials) == 4 and all(trial.state.name == "COMPLETE" for trial in trials)
+    first_of = {}
+    for trial in trials:
+        first_of.setdefault(trial.params["learning_rate"], trial.number)
+    repeats = [trial for trial in trials if first_of[trial.params["learning_rate"]] != trial.number]
+    assert len(repeats) >= 2
+    for trial in repeats:
+        earlier = trials[first_of[trial.params["learning_rate"]]]
+        document = documents[SEARCH + trial.number]
+        assert document["status"] == "repeat" and document["repeat_of"] == SEARCH + earlier.number
+        assert document["folds"] == [] and trial.value == earlier.value
+        assert f"search {SEARCH} trial {trial.number} (instance {SEARCH + trial.number}: learning_rate = " \
+               f"{trial.params['learning_rate']}): repeats trial {earlier.number} (the same parameters)" in finished.stdout
+    assert sorted(fold_runs(experiment_dir)) == sorted((SEARCH + number, fold) for number in first_of.values()
+                                                        for fold in (1, 2)), "a repeated point was trained again"
+    summary = json.loads((experiment_dir / "tiny_exp1_summary.json").read_text())
+    assert sorted(summary["searches"][str(SEARCH)]["summary"]["complete_instances"]) == sorted(
+        SEARCH + number for number in first_of.values())
+    sheet = openpyxl.load_workbook(next(experiment_dir.glob("*.xlsx")))[f"search {SEARCH}"]
+    shown = [cell.value for row in sheet.iter_rows() for cell in row if str(cell.value).startswith("repeat of")]
+    assert sorted(shown) == sorted(f"repeat of trial {first_of[t.params['learning_rate']]} (instance "
+                                   f"{SEARCH + first_of[t.params['learning_rate']]})" for t in repeats)
+    again = run_routine(routine, tiny_features["config_path"])
+    assert again.returncode == 0 and len(trials_of(experiment_dir)) == 4 and len(fold_runs(experiment_dir)) == \
+        2 * len(first_of), again.stdout + again.stderr
+
 @pytest.mark.parametrize("strings, message", [
     (['learning_rate = loguniform(0, 0.1)'], "needs LOW < HIGH, LOW > 0"),
     (['learning_rate = uniform(0.1)'], "takes two ends"),
