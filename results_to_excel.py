@@ -427,8 +427,8 @@ def write_search_sheet(workbook, formats, entry, instances, plots_root):
     metric = MAIN_METRIC[task_type]
     worksheet = new_sheet(workbook, formats, f"search {key}", f"Search {key}: {len(trials)} trials, {task_type}",
                           "A trial is an instance (run {R}); pruned: stopped by the pruner after the fold shown, never "
-                          "chosen; repeat: the sampler proposed an earlier trial's point again, whose result stands for "
-                          f"it (no fold trained). Updated {time.strftime('%Y-%m-%d %H:%M')}")
+                          "chosen; repeat: the sampler proposed an earlier trial's point again, whose result stands "
+                          f"for it (no fold trained). Updated {time.strftime('%Y-%m-%d %H:%M')}")
     lines = search_lines(entry)
     for offset, line in enumerate(lines):
         worksheet.write_string(2 + offset, 0, line, formats(bold=offset == 1, font_color="#1F3864"))
@@ -445,8 +445,8 @@ def write_search_sheet(workbook, formats, entry, instances, plots_root):
         style = HIGHLIGHTS["best"] if trial.id == best.get("instance") else \
             HIGHLIGHTS["excluded"] if trial.status != "complete" else {}
         status = f"pruned after fold {trial.pruned_after_fold}" if trial.status == "pruned" else \
-            f"repeat of trial {trial.repeat_of - key} (instance {trial.repeat_of})" if trial.status == "repeat" else \
-            trial.status
+            f"repeat of trial {trial.repeat_of - key} (instance {trial.repeat_of})" if trial.status == "repeat" \
+            else trial.status
         values = [trial.search["trial"], trial.id, status, len(trial.folds),
                   *[parameter_display(trial.search["params"].get(name)) for name in names],
                   *[(trial.summary or {}).get(split, {}).get(metric, {}).get("mean") for split in ("val", "test")]]

@@ -83,7 +83,7 @@ def test_a_killed_search_ends_with_exactly_its_trials_each_trial_run_once(killed
     for trial in trials:
         document = documents[SEARCH + trial.number]
         assert document["search"] == {"search": SEARCH, "trial": trial.number, "params": trial.params}
-        assert document["status"] == trial.state.name.lower()
+        assert document["status"] == ("repeat" if "xval_repeat_of" in trial.user_attrs else trial.state.name.lower())
         assert (experiment_dir / "results" / "parameters" / f"parameters_tiny_exp1_run{SEARCH + trial.number}.txt"
                 ).exists()
         folds = sorted(document["folds"], key=lambda fold: fold["fold"])
@@ -126,8 +126,11 @@ def test_the_workbook_has_a_search_sheet_with_every_trial_and_optunas_figures(ki
     header = next(index for index, row in enumerate(rows) if row[0] == "trial")
     trials = {row[1]: row[2] for row in rows[header + 1:] if isinstance(row[0], int)}
     documents = results(experiment_dir)
-    assert trials == {number: documents[number]["status"] if documents[number]["status"] != "pruned" else
-                      f"pruned after fold {documents[number]['pruned_after_fold']}" for number in range(10, 14)}
+    shown = {"pruned": "pruned after fold {pruned_after_fold}",
+             "repeat": "repeat of trial {trial} (instance {repeat_of})"}
+    assert trials == {number: shown.get(document["status"], document["status"]).format(
+        trial=(document.get("repeat_of") or 0) - SEARCH, **document) for number, document in documents.items()
+        if number >= SEARCH}
     assert any("Report for search 10" in str(row[0]) for row in rows[:header])
     complete = sum(document.get("status") == "complete" for document in documents.values() if document.get("search"))
     assert len(sheet._images) == (2 if complete >= 2 else 1)
@@ -206,7 +209,8 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
         assert document["status"] == "repeat" and document["repeat_of"] == SEARCH + earlier.number
         assert document["folds"] == [] and trial.value == earlier.value
         assert f"search {SEARCH} trial {trial.number} (instance {SEARCH + trial.number}: learning_rate = " \
-               f"{trial.params['learning_rate']}): repeats trial {earlier.number} (the same parameters)" in finished.stdout
+               f"{trial.params['learning_rate']}): repeats trial {earlier.number} (the same parameters)" \
+               in finished.stdout
     assert sorted(fold_runs(experiment_dir)) == sorted((SEARCH + number, fold) for number in first_of.values()
                                                         for fold in (1, 2)), "a repeated point was trained again"
     summary = json.loads((experiment_dir / "tiny_exp1_summary.json").read_text())
