@@ -551,9 +551,11 @@ def search_status_line(layout, search):
         return f"search {search.key}: no trial yet ({search.trials} to run, instances {search.key} to " \
                f"{search.key + search.trials - 1})"
     try:
-        states = [trial.state.name.lower() for trial in load_study(paths).get_trials(deepcopy=False)]
+        states = ["repeat" if REPEAT_ATTR in trial.user_attrs else trial.state.name.lower()
+                  for trial in load_study(paths).get_trials(deepcopy=False)]
     except ImportError:
         return f"search {search.key}: Optuna is not installed here ({INSTALL_HINT}) to read {paths.journal}"
     counts = ", ".join(f"{states.count(state)} {word}" for state, word in (
-        ("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"), ("running", "running")) if state in states)
+        ("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"), ("repeat", "repeats of an earlier point"),
+        ("running", "running")) if state in states)
     return f"search {search.key}: {len(states)} of {search.trials} trials asked ({counts or 'none ended'})"

@@ -223,6 +223,9 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     again = run_routine(routine, tiny_features["config_path"])
     assert again.returncode == 0 and len(trials_of(experiment_dir)) == 4 and len(fold_runs(experiment_dir)) == \
         2 * len(first_of), again.stdout + again.stderr
+    status = run_routine(routine, tiny_features["config_path"], "--status")
+    assert f"search {SEARCH}: 4 of 4 trials asked ({len(first_of)} complete, {len(repeats)} repeats of an earlier " \
+           "point)" in status.stdout, status.stdout
 
 @pytest.mark.parametrize("strings, message", [
     (['learning_rate = loguniform(0, 0.1)'], "needs LOW < HIGH, LOW > 0"),
