@@ -92,14 +92,21 @@ def within(value, bounds):
 
 def damage(raw):
     """What is the first thing in a result file's JSON that is not what the engine writes ("folds[2].seconds is
-    'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, and have square test confusion matrices with
-    one row per class."""
+    'abc'"), or None: it must fit RESULT_SCHEMA, name a plain dataset, hold metrics within their bounds, no negative
+    time, best epochs within the epochs run, every fold once with its test metrics when complete, and square test
+    confusion matrices with one row per class."""
     problem = mismatch(raw, RESULT_SCHEMA)
     if problem is None and re.search(r"[/\\]", raw.get("dataset") or ""):
         problem = "dataset", raw["dataset"]
     if problem is not None:
         shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
         return f"{problem[0] or 'its content'} is {shown}"
+    for index, fold in enumerate(raw.get("folds") or []):
+        best, run = fold.get("best_epoch"), fold.get("epochs_run")
+        if fold.get("seconds", 0) < 0 or any(value < 0 for value in (fold.get("timings") or {}).values()):
+            return f"folds[{index}] has a negative time ({fold.get('seconds')!r} s)"
+        if best is not None and not 1 <= best <= (run if run is not None else best):
+            return f"folds[{index}].best_epoch is {best}, outside 1 to its epochs_run ({run})"
     if raw.get("status") == "complete":
         folds = raw.get("folds") or []
         numbers = [fold.get("fold") for fold in folds]
@@ -127,6 +134,14 @@ def present(fields):
     return {key: value for key, value in fields.items() if value is not None and value != ""}
 
 
+def folds_summary(folds):
+    """{split: {metric: {"mean", "std"}}} of folds' metrics (what the engine writes as a results JSON's summary)."""
+    splits = dict.fromkeys(split for fold in folds for split in fold["metrics"])
+    return {split: {name: {key: value for key, value in mean_and_std(
+        fold["metrics"].get(split, {}).get(name) for fold in folds).items() if key != "folds"}
+        for name in sorted({name for fold in folds for name in fold["metrics"].get(split, {})})} for split in splits}
+
+
 def parse_instance(raw, path, experiment_folder):
     """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
     naming the file and what is wrong when damage() finds something."""
@@ -138,6 +153,8 @@ def parse_instance(raw, path, experiment_folder):
     instance = SimpleNamespace(**{**RESULT_DEFAULTS, "dataset": name["dataset"], "experiment": int(name["experiment"]),
                                   **present(raw), "id": int(name["instance"]), "source": path})
     instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
+    if instance.folds:  # the means the views show come from the folds, as every comparison does: one source
+        instance.summary = folds_summary(instance.folds)
     instance.error, instance.complete = instance.error.strip(), instance.status == "complete"
     if instance.parameters_file:
         instance.parameters_file = (Path(experiment_folder) / instance.parameters_file).resolve()

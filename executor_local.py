@@ -20,8 +20,8 @@ from dataclasses import replace
 import numpy as np
 
 from executors import Executor, rebuild_spreadsheet, run_one_trial
-from foldjob import (attempt, build_job, collect_instance, format_seconds, instance_done_line, instance_record,
-                     report_attempt)
+from foldjob import (attempt, build_job, collect_instance, ended_text, format_seconds, instance_done_line,
+                     instance_record, report_attempt)
 from plan import plan_trial
 from search import FINISHED, SearchRunner, corners
 from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment, no_gpu_warning
@@ -276,7 +276,9 @@ class LocalExecutor(Executor):
         if not planned.missing:
             if collected.before == "complete":
                 self.say(f"instance {planned.instance}: complete already, skipped (overwrite_results = False)"
-                         + ("; its edited comments written to its results" if collected.changed else ""))
+                         + ("; its results JSON now records its strings as the routine writes them (comments, "
+                            "order or spelling edited; the same parameters, so no fold is retrained)"
+                            if collected.changed else ""))
                 if collected.changed:
                     self.timed_rebuild(plan)
                 return "skipped"
@@ -346,28 +348,36 @@ class LocalExecutor(Executor):
         for one epoch of SMOKE_BATCHES batches, in a scratch folder that is deleted afterwards: one line per instance
         (ok or its error) with its seconds. Returns the exit code (0
         all ok, 1 one failed). Nothing is written into the experiment folder."""
-        scratch, failed, worker = plan.elsewhere(tempfile.mkdtemp(prefix="xval-smoke-")), [], self.workers[0]
+        scratch, failed = plan.elsewhere(tempfile.mkdtemp(prefix="xval-smoke-")), []
         print(f"xval: smoke run of instances {', '.join(map(str, plan.selected))}: fold 1, 1 epoch, "
-              f"{SMOKE_BATCHES} batches each, in {scratch.layout.root}", flush=True)
+              f"{SMOKE_BATCHES} batches each, in {scratch.layout.root}, one at a time, in turn on "
+              f"{', '.join(worker.label for worker in self.workers)}", flush=True)
         try:
             scratch.layout.logs.mkdir(parents=True)
             trials = [plan_trial(scratch, planned_search, 0, planned_search.search.trial_strings(
                 0, corners(planned_search.search)[0])) for planned_search in scratch.searches]
-            for planned in [*scratch.instances, *trials]:
+            for index, planned in enumerate([*scratch.instances, *trials]):
+                worker = self.workers[index % len(self.workers)]  # every listed device gets used when it can
                 quick = replace(planned, parameters=dict(planned.parameters, num_epochs=1))
                 job = build_job(scratch, quick, scratch.folds[0], worker.threads, smoke_batches=SMOKE_BATCHES)
                 paths = scratch.layout.fold(planned.instance, 1)
                 atomic_write_json(paths.job, job)
-                started = time.monotonic()
-                code, error_line = worker.launcher(planned.parameters["backend"]).run(
-                    paths.job, paths.log, f"instance {planned.instance}")
-                error = None if code == 0 else error_line or f"the fold process ended with exit code {code}"
-                print(f"instance {planned.instance}: {'ok' if error is None else 'FAILED: ' + error} "
+                started, backend = time.monotonic(), planned.parameters["backend"]
+                launcher = worker.launcher(backend)
+                code, error_line = launcher.run(paths.job, paths.log, f"instance {planned.instance}")
+                error = None if code == 0 else error_line or ended_text(code)
+                where = f"{worker.label} (no GPU: CPU)" if worker.device >= 0 and launcher.seen == "cpu" else \
+                    worker.label
+                print(f"instance {planned.instance} on {where}: {'ok' if error is None else 'FAILED: ' + error} "
                       f"({time.monotonic() - started:.1f} s)", flush=True)
+                if worker.device >= 0 and launcher.seen == "cpu" and backend not in worker.warned:
+                    worker.warned.add(backend)
+                    print(no_gpu_warning(worker.label, backend, "list -1 for a CPU worker"), file=sys.stderr)
                 if error:
                     failed.append(planned.instance)
         finally:
-            worker.close()
+            for worker in self.workers:
+                worker.close()
             shutil.rmtree(scratch.layout.root, ignore_errors=True)
         print(f"xval: smoke run: {len(plan.selected) - len(failed)} ok, {len(failed)} failed; nothing was written "
               f"to {plan.layout.root}")

@@ -7,6 +7,7 @@ the fold-job protocol in a fresh training.py process on the GPU and cores SLURM 
 each overridable on the command line (OPTIONS).
 """
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from executors import Executor, rebuild_spreadsheet
-from foldjob import build_job
+from foldjob import build_job, read_if_readable, stopped_text
 from plan import search_plan_document
 from utility_functions import (EXIT_DONE, HOST, PROJECT_DIR, SLURM_LIVE_STATES, XvalError, atomic_write_json,
                                atomic_write_text, config_path_in_use, read_json)
@@ -37,6 +38,7 @@ OWN_SBATCH = {"--array": ("-a", "--max-parallel caps the tasks at once"), "--job
               "--requeue": (None, "a preempted task runs again"), "--no-requeue": (None, "a preempted task runs again"),
               "--cpus-per-task": ("-c", "use --cpus-per-task"), "--partition": ("-p", "use --partition"),
               "--time": ("-t", "use --time"), "--mem": (None, "use --mem"), "--gres": (None, "use --gres")}
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize (task indices 0 to 1000)
 
 
 def own_option(word, name, short):
@@ -161,6 +163,15 @@ def sbatch(arguments, script=None):
     return completed.stdout.strip().split(";")[0]
 
 
+def max_array_size():
+    """The cluster's MaxArraySize (scontrol show config): an array's task indices must be below it; SLURM's default,
+    1001, where scontrol does not say."""
+    command = shutil.which("scontrol")
+    completed = subprocess.run([command, "show", "config"], capture_output=True, text=True) if command else None
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", completed.stdout if completed else "", re.MULTILINE)
+    return int(match[1]) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
 def queued_fold_jobs(layout):
     """{"run{R}_fold{F}": array job} of the fold jobs of this experiment's earlier submissions whose array task
     SLURM still holds (pending, running, requeued), from their submitted.json and squeue."""
@@ -220,7 +231,12 @@ class SlurmExecutor(Executor):
         self.scripts = {"folds.sbatch": fold_array_script(plan, slurm, self.folder / "fold_jobs.json",
                                                           max(1, len(self.jobs)), command_line),
                         "spreadsheet.sbatch": spreadsheet_script(plan, slurm)}
-        self.search_tasks = trials_left(plan)
+        limit = max_array_size()
+        if len(self.jobs) > limit:
+            raise XvalError(f"{len(self.jobs)} fold jobs to submit, more than one SLURM array may hold on this cluster "
+                            f"(MaxArraySize {limit}): submit fewer instances at a time (FIRST_INSTANCE "
+                            "LAST_INSTANCE), one submission after the other")
+        self.search_tasks = min(trials_left(plan), limit)  # a search task runs trials until none is left
         if self.search_tasks:
             self.scripts["search.sbatch"] = search_array_script(plan, slurm, self.folder / "search.json",
                                                                 self.search_tasks, command_line)
@@ -243,13 +259,20 @@ class SlurmExecutor(Executor):
                 rebuild_spreadsheet(plan.layout, plan.debug)
             return EXIT_DONE
         jobs, slurm, folder = self.jobs, self.config["slurm"], self.folder
+        stopped = [read_if_readable(plan.layout.fold(planned.instance, fold["fold"]).stopped) for planned, fold in jobs]
+        stopped = [record for record in stopped if isinstance(record, dict)]
+        if stopped:
+            print(f"warning: {len(stopped)} of these fold jobs were stopped by SLURM in an earlier submission (e.g. "
+                  f"{stopped_text(stopped[-1])}); --time is {slurm['time']}", file=sys.stderr, flush=True)
         try:
-            atomic_write_json(folder / "fold_jobs.json",
-                              [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
+            if jobs:
+                atomic_write_json(folder / "fold_jobs.json",
+                                  [build_job(plan, planned, fold, slurm["cpus_per_task"]) for planned, fold in jobs])
             if self.search_tasks:
                 atomic_write_json(folder / "search.json", search_plan_document(plan))
             for name, script in self.scripts.items():
-                atomic_write_text(folder / name, script)
+                if name != "folds.sbatch" or jobs:  # a search-only submission has no fold array
+                    atomic_write_text(folder / name, script)
             array = sbatch([folder / "folds.sbatch"]) if jobs else None
         except XvalError:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was submitted: no submission to keep

@@ -12,6 +12,7 @@ A batch scheduler's task runs one fold job of a submission: `python3 xval_instan
 assembles the instance's results JSON; a SIGTERM (cancelled, preempted, out of time) releases the claim and
 records no failure.
 """
+import contextlib
 import importlib
 import os
 import signal
@@ -24,7 +25,8 @@ from foldjob import (attempt, build_job, collect_instance, instance_record, job_
 from launchers import ProcessLauncher, fold_environment
 from plan import plan_trial, search_plan_from_document, write_parameters_file
 from search import FINISHED, SearchRunner, trial_line
-from utility_functions import EXIT_DONE, EXIT_FAILED, HOST, file_mutex, read_json, slurm_job_id
+from utility_functions import (EXIT_DONE, EXIT_FAILED, HOST, XvalError, atomic_write_json, file_mutex, read_json,
+                               slurm_job_id)
 
 EXECUTORS = {"local": "executor_local", "slurm": "executor_slurm"}  # name (--name selects it): module
 DEFAULT_EXECUTOR = "local"
@@ -109,10 +111,14 @@ def stop_on_sigterm(*_):
 def submission_job(submission, index):
     """The fold job at index of a submission file: fold_jobs.json (a list of job documents), or the fold_jobs.txt
     of a submission made before xval 2 (a job file path per line)."""
+    jobs = Path(submission).read_text(encoding="utf-8").splitlines() if Path(submission).suffix == ".txt" else \
+        read_json(submission)
+    if not 0 <= index < len(jobs):
+        raise XvalError(f"task index {index} is out of range: {submission} holds {len(jobs)} fold jobs"
+                        + (f" (indices 0 to {len(jobs) - 1})" if jobs else ""))
     if Path(submission).suffix == ".txt":
-        path = Path(Path(submission).read_text(encoding="utf-8").splitlines()[index])
-        return read_job(path)
-    return upgrade_job(read_json(submission)[index], submission)
+        return read_job(Path(jobs[index]))
+    return upgrade_job(jobs[index], submission)
 
 
 def run_fold_task(submission, index):
@@ -120,7 +126,15 @@ def run_fold_task(submission, index):
     devices and cores the scheduler allocated. Exit code 0 when the fold is done (now or before) or being run
     elsewhere, 1 when it failed."""
     job = submission_job(submission, int(index))
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    task_started = time.monotonic()
+
+    def stopped(*_):  # the scheduler's SIGTERM: said in the fold's record for --status and the next submission
+        with contextlib.suppress(OSError):
+            atomic_write_json(job_layout(job).fold(job["instance"], job["fold"]).stopped, {
+                "host": HOST, "slurm_job": slurm_job_id(), "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": round(time.monotonic() - task_started, 1)})
+        stop_on_sigterm()
+    signal.signal(signal.SIGTERM, stopped)
     scheduler = f"SLURM job {slurm_job_id()}, " if slurm_job_id() else ""
     where = f"{HOST} ({scheduler}GPU {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
     launcher = ProcessLauncher(fold_environment(job["parameters"]["backend"], job["threads"]), where)
@@ -128,7 +142,7 @@ def run_fold_task(submission, index):
     def launch(job_path, log_path):
         code, error_line = launcher.run(job_path, log_path, job["label"])
         if code == -signal.SIGTERM:  # the fold was stopped with the task, not failed
-            stop_on_sigterm()
+            stopped()
         return code, error_line
 
     started = time.monotonic()

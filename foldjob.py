@@ -14,6 +14,7 @@ dataset content and fold items as planned (fold_fingerprint), and its model file
 """
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -247,7 +248,7 @@ def attempt(job, launch):
             code, error_line = launch(paths.job, paths.log)
             if code == 0 and result_path.exists():
                 return Attempt("trained", read_json(result_path), collect_instance(layout, instance, job["record"]))
-            error = f"fold {number}: {error_line or f'the fold process ended with exit code {code}'}"
+            error = f"fold {number}: {error_line or ended_text(code)}"
             record_failure(paths.failure, f"{error} (log: {layout.relative(paths.log)})")
             return Attempt("failed", error, collect_instance(layout, instance, job["record"]))
     finally:
@@ -311,6 +312,16 @@ def read_if_readable(path):
         return None
 
 
+def ended_text(code):
+    """How a fold process that wrote no error line ended: its exit code, or the signal that killed it."""
+    if code == -signal.SIGKILL:
+        return "the fold process was killed (SIGKILL: the out-of-memory killer, a scheduler's memory limit, or kill -9)"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return f"the fold process was killed by signal {name}"
+    return f"the fold process ended with exit code {code}"
+
+
 def fold_state(layout, instance, fold, grace):
     """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
     paths = layout.fold(instance, fold)
@@ -330,4 +341,14 @@ def fold_state(layout, instance, fold, grace):
     if failed:
         return f"failed: {failed.get('error')}"
     present = [path.name for path in (paths.lock, paths.result, paths.failure) if path.exists()]
-    return f"pending ({', '.join(present)} unreadable)" if present else "pending"
+    if present:
+        return f"pending ({', '.join(present)} unreadable)"
+    stopped = read_if_readable(paths.stopped)
+    return f"pending ({stopped_text(stopped)})" if isinstance(stopped, dict) else "pending"
+
+
+def stopped_text(stopped):
+    """What a fold's stopped record (layout.fold().stopped) says, as words."""
+    job = f"SLURM job {stopped.get('slurm_job')}" if stopped.get("slurm_job") else f"a task on {stopped.get('host')}"
+    return (f"{job} was stopped by its scheduler at {stopped.get('at')}, {stopped.get('seconds')} s after it "
+            "started: cancelled, preempted or out of time; if the time limit, give a longer --time")

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 WEIGHTS_SUFFIX = ".weights.h5"  # Keras 3's required ending of a weights-only file
-RESULT_FILE_PATTERN = re.compile(r"^results_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)\.json$")
+# numbers written as the engine writes them (run01 is not run1: a copy, not a second instance 1)
+RESULT_FILE_PATTERN = re.compile(
+    r"^results_(?P<dataset>.+)_exp(?P<experiment>0|[1-9]\d*)_run(?P<instance>0|[1-9]\d*)\.json$")
 RESULT_FILE_GLOB = "results_*_exp*_run*.json"
 FOLD_MODEL_PATTERN = re.compile(
     r"^model_(?P<dataset>.+)_exp(?P<experiment>\d+)_run(?P<instance>\d+)_fold(?P<fold>\d+)(\.hdf5|\.weights\.h5)$")
@@ -35,13 +37,15 @@ class InstancePaths(NamedTuple):
 
 
 class FoldPaths(NamedTuple):
-    """A fold job's files: its claim, job file, log, failure record, model and result."""
+    """A fold job's files: its claim, job file, log, failure record, model, result, and the record of a batch task
+    stopped by its scheduler while it trained the fold (SIGTERM: cancelled, preempted or out of time)."""
     lock: Path
     job: Path
     log: Path
     failure: Path
     model: Path
     result: Path
+    stopped: Path
 
 
 class SearchPaths(NamedTuple):
@@ -109,7 +113,8 @@ class Layout:
         return FoldPaths(lock=self.locks / f"run{instance}_fold{fold}.lock", job=self.logs / f"{stem}.job.json",
                          log=self.logs / f"{stem}.log", failure=self.logs / f"{stem}.failed.json",
                          model=self.models / f"model_{stem}.hdf5",
-                         result=self.results / "folds" / f"results_{stem}.json")
+                         result=self.results / "folds" / f"results_{stem}.json",
+                         stopped=self.logs / f"{stem}.stopped.json")
 
     def final(self, instance):
         stem = f"model_{self.stem(instance)}_final"

@@ -33,7 +33,8 @@ NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate
 # so finished experiments keep resuming after an upgrade. Every key added to [training] gets an entry here
 # (tests/test_upgrade.py refuses a new key without one).
 HASH_NEUTRAL = {}
-# parameters that act only with some value of others: (name, whether it acts, what idles it, what would make it act)
+# parameters that act only with some value of others: (name, whether it acts, what idles it (a format string of the
+# parameters), what would make it act); only a parameter the instance sets is refused, never a default
 CONDITIONAL_PARAMETERS = (
     ("patience", lambda p: p["early_stopping"], "early_stopping = False", "early_stopping = True"),
     ("focal_gamma", lambda p: p["loss"] == "focal", "loss = 'auto'", 'loss = "focal"'),
@@ -42,6 +43,14 @@ CONDITIONAL_PARAMETERS = (
     ("lr_factor", lambda p: p["lr_patience"] > 0, "lr_patience = 0", "lr_patience = 1 or more"),
     ("min_lr", lambda p: p["lr_patience"] > 0, "lr_patience = 0", "lr_patience = 1 or more"),
     ("trainable", lambda p: bool(p["initial_model"]), "no initial_model", "initial_model"),
+    ("patience", lambda p: p["patience"] < p["num_epochs"], "num_epochs = {num_epochs} (early stopping waits "
+     "{patience} epochs without improvement)", "patience below num_epochs"),
+    ("lr_patience", lambda p: p["lr_patience"] < p["num_epochs"], "num_epochs = {num_epochs}",
+     "lr_patience below num_epochs"),
+    ("lr_patience", lambda p: p["lr_patience"] == 0 or p["min_lr"] < p["learning_rate"], "min_lr = {min_lr} at or "
+     "above learning_rate = {learning_rate} (the rate is only lowered down to min_lr)", "min_lr below learning_rate"),
+    ("min_lr", lambda p: p["min_lr"] < p["learning_rate"], "learning_rate = {learning_rate} (the rate is only "
+     "lowered down to min_lr)", "min_lr below learning_rate"),
 )
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in ("abs", "min", "max", "round", "int", "float", "str",
                                                           "bool", "list", "tuple", "dict", "range", "len", "sum")}
@@ -240,7 +249,8 @@ def check_training_values(parameters, overridden, where):
                      "instances")
     for name, acts, idle, fix in CONDITIONAL_PARAMETERS:
         if name in overridden and not acts(parameters):
-            fail(f"{name} = {parameters[name]!r} has no effect with {idle}: remove it, or set {fix}")
+            fail(f"{name} = {parameters[name]!r} has no effect with {idle.format(**parameters)}: remove it, or set "
+                 f"{fix}")
 
 
 def uses(signature, training_key):

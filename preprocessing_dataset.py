@@ -56,11 +56,13 @@ KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and fr
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DATASET_NAME_LENGTH = 100  # characters: its file names (name + '_predictors.npz' and more) stay under 255 bytes
 SKIP_KINDS = {  # kind of skipped row -> how the summary names it
     "missing_file": "audio file not found", "unreadable": "unreadable or empty audio",
     "empty_label": "empty label", "no_label": "no label in the file name", "bad_label": "label not usable",
     "no_item": "no foldable item", "duplicate_row": "the same clip listed again",
     "single_clip_item": "the only clip of its foldable item",
+    "no_class_folder": "not in a class folder",
 }
 
 
@@ -117,6 +119,9 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
                         "and one row per clip")
     if not rows:
         raise XvalError(f"{csv_path} has a header row ({', '.join(header)}) but no rows: add one row per clip")
+    twice = sorted({name for name in header if name.strip() and header.count(name) > 1})
+    if twice:
+        raise XvalError(f"{csv_path} names the column {twice[0]!r} twice in its header row: rename one of them")
     if delimiter != ",":
         print(f"{csv_path.name}: columns separated by {delimiter!r} (read from its header row)")
     roles = (("the audio files", file_column, "--file-column"), ("the labels", label_column, "--label-column"),
@@ -125,6 +130,11 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         if column not in header and not (option == "--fold-by" and column == FOLD_BY_FILE):
             raise XvalError(f"{csv_path} has no column '{column}' for {role} (its columns: {', '.join(header)}): "
                             f"name the right one with {option}")
+    extra = next((number for number, row in enumerate(rows, start=2)
+                  if any(cell.strip() for cell in row.get(None) or [])), None)  # empty trailing cells are harmless
+    if extra is not None:
+        raise XvalError(f"{csv_path}, row {extra}: {len(header) + len(rows[extra - 2][None])} cells for the "
+                        f"{len(header)} columns of the header: a cell holding {delimiter!r} must be in double quotes")
     root = Path(audio_root).expanduser().resolve() if audio_root else csv_path.parent
     clips, skipped = [], []
     for number, row in enumerate(rows, start=2):
@@ -172,13 +182,20 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
     groups = name_pattern(group_pattern, "group", "--group-pattern", "^(?P<group>[^_]+)_")
     labels = name_pattern(label_pattern, "label", "--label-pattern", "^(?P<label>\\d)_")
     suffixes = feat_analysis.AUDIO_SUFFIXES
-    paths = [path for path in files_under(folder) if TEMP_MARKER not in path.name
-             and path.suffix.lower() in suffixes and (labels or len(path.relative_to(folder).parts) > 1)]
+    audio = [path for path in files_under(folder) if TEMP_MARKER not in path.name and path.suffix.lower() in suffixes]
+    paths = [path for path in audio if labels or len(path.relative_to(folder).parts) > 1]
     if not paths:
         raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
                         f"({', '.join(suffixes)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
                         "in the file names with --label-pattern")
-    clips, skipped = [], []
+    clips = []
+    skipped = [skip_entry(None, "no_class_folder", "lies directly in the input folder: move it into its class's "
+                          "folder (FOLDER/CLASS/file.wav)", path.relative_to(folder).as_posix())
+               for path in audio if path not in paths]
+    if labels is None:
+        for empty in sorted(child.name for child in folder.iterdir() if child.is_dir() and
+                            not any(path.relative_to(folder).parts[0] == child.name for path in paths)):
+            print(f"WARNING: class folder '{empty}' holds no audio file ({', '.join(suffixes)}): no clip of that class")
     for path in paths:  # no rows here: a skipped file is named by its path
         relative = path.relative_to(folder).as_posix()
         group_match = groups.search(path.name) if groups else None
@@ -495,8 +512,10 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio.
     """
     started = time.perf_counter()
-    if not DATASET_NAME.match(dataset or ""):
-        raise XvalError(f"dataset name {dataset!r} may hold only letters, digits, '_', '.' and '-': fix --dataset")
+    if not DATASET_NAME.match(dataset or "") or len(dataset) > DATASET_NAME_LENGTH:
+        raise XvalError(f"dataset name {dataset!r} must start with an ASCII letter or digit and hold only ASCII "
+                        f"letters, digits, '_', '.' and '-', at most {DATASET_NAME_LENGTH} characters (it names "
+                        "files): fix --dataset")
     if target_kind not in TARGET_KINDS:
         raise XvalError(f"target {target_kind!r} is not one of {', '.join(TARGET_KINDS)}: fix --target")
     feature_type = feature_type or config["features"]["type"]
@@ -551,6 +570,10 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     if target_kind == "classification" and len(present) < 2:
         raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification needs "
                         "two or more; check the labels (and --classes), or use --target regression for numbers")
+    if len({clip["item"] for clip in read}) < 2:
+        raise XvalError(f"only one foldable item ({read[0]['item']}, by '{table['fold_by']}') has usable clips in "
+                        f"{table['source']}: cross-validation by foldable item needs two or more; check --fold-by or "
+                        "--group-pattern")
     kept_rows = np.concatenate([np.arange(clip["first_piece"], clip["first_piece"] + clip["pieces"]) for clip in read])
     features = features[kept_rows]
     skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
@@ -577,10 +600,20 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
                "windows": int(len(features)) if windows else None, "identical_audio": metadata["identical_audio"],
                "classes_without_clips": [name for name in class_names or () if name not in present],
-               "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()}}
+               "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
+               "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
+                                 "items": case_variants(items)}}
     if not quiet:
         print(summary_text(summary, feature_type, table["source"], kinds))
     return summary
+
+
+def case_variants(names):
+    """Groups of names equal but for case and spaces (['Happy', 'happy']), each sorted; names: distinct strings."""
+    groups = {}
+    for name in names:
+        groups.setdefault("".join(name.casefold().split()), []).append(name)
+    return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
 def row_label(entry):
@@ -605,6 +638,13 @@ def summary_text(summary, feature_type, source, kinds):
     for names in summary.get("identical_audio") or []:
         lines.append(f"  WARNING: identical audio in {'; '.join(names)}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
+    variants = summary.get("case_variants") or {}
+    for names in variants.get("labels") or []:
+        lines.append(f"  WARNING: labels that differ only in case or spaces are separate classes: {' / '.join(names)}: "
+                     "if they are one class, fix the table")
+    for names in variants.get("items") or []:
+        lines.append(f"  WARNING: foldable items that differ only in case or spaces: {' / '.join(names)}: if they are "
+                     "one speaker, their clips can sit in training and test of one fold; fix the table")
     if summary.get("classes_without_clips"):
         lines.append(f"  WARNING: classes without any usable clip: {', '.join(summary['classes_without_clips'])}")
     if summary["fold_by"] == FOLD_BY_FILE:

@@ -29,7 +29,8 @@ import warnings
 from dataclasses import dataclass, replace
 
 from registries import HIGHER_IS_BETTER, MAIN_METRIC
-from utility_functions import XvalError, claim, file_mutex, heartbeat, heartbeat_interval, release
+from utility_functions import (XvalError, claim, file_mutex, heartbeat, heartbeat_age, heartbeat_interval,
+                               lock_owner_alive, release)
 
 DISTRIBUTIONS = {"uniform": "uniform(LOW, HIGH): a float", "loguniform": "loguniform(LOW, HIGH): a float, LOW > 0",
                  "intrange": "intrange(LOW, HIGH) or intrange(LOW, HIGH, step=STEP): a whole number, both ends in",
@@ -237,6 +238,10 @@ def parse_search(key, strings, where):
     pruner = values["search_pruner"] or ("none" if sampler == "grid" else "median")
     if pruner not in PRUNERS:
         raise XvalError(f"{where}: search_pruner = {pruner!r} is unknown: use one of {', '.join(PRUNERS)}")
+    if "search_startup_trials" in settings and sampler != "tpe" and pruner != "median":
+        raise XvalError(f"{where}: search_startup_trials = {settings['search_startup_trials']} has no effect with "
+                        f"search_sampler = {sampler!r} and search_pruner = {pruner!r} (it delays TPE's model and the "
+                        "median pruner): remove it")
     trials = values["search_trials"]
     if sampler == "grid":
         continuous = [d.name for d in space.values() if d.kind in ("uniform", "loguniform")]
@@ -345,14 +350,16 @@ def open_study(layout, search, task_type):
     paths = layout.search(search.key)
     storage = journal_storage(paths)
     higher = HIGHER_IS_BETTER[MAIN_METRIC[task_type]]
-    study = optuna.create_study(storage=storage, study_name=f"run{search.key}", load_if_exists=True,
-                                direction="maximize" if higher else "minimize", sampler=make_sampler(search, 0),
-                                pruner=make_pruner(search))
-    recorded = study.user_attrs.get("xval_search")
-    if recorded is None:
-        study.set_user_attr("xval_search", search.spec())
-    elif recorded != json.loads(json.dumps(search.spec())):
-        wanted = json.loads(json.dumps(search.spec()))
+    name, sampler, pruner = f"run{search.key}", make_sampler(search, 0), make_pruner(search)
+    if name in {study.study_name for study in storage.get_all_studies()}:  # load: a create would grow the journal
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    else:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                    direction="maximize" if higher else "minimize", load_if_exists=True)
+    recorded, wanted = study.user_attrs.get("xval_search"), json.loads(json.dumps(search.spec()))
+    if recorded is None or (recorded != wanted and not study.get_trials(deepcopy=False)):
+        study.set_user_attr("xval_search", search.spec())  # new, or changed before any trial ran: nothing is lost
+    elif recorded != wanted:
         changed = [key for key in wanted if recorded.get(key) != wanted[key]]
         raise XvalError(f"search {search.key}: {paths.journal} holds the trials of another search "
                         f"({', '.join(changed)} changed): restore the search's strings, or give the new search another "
@@ -544,18 +551,32 @@ def load_study(paths):
     return optuna.load_study(study_name=storage.get_all_studies()[0].study_name, storage=storage)
 
 
-def search_status_line(layout, search):
-    """--status's line of a search: its trials by state, from its journal (read only)."""
+def claimed(lock, grace):
+    """Whether a claim file has a live owner (--status only: reads, never takes it)."""
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(owner, dict) and lock_owner_alive(owner, heartbeat_age(lock), grace)
+
+
+def search_status_line(layout, search, grace):
+    """--status's line of a search: its trials by state, from its journal (read only); a running trial whose
+    claim has no live owner (grace: [claims] grace_seconds) is one a gone process left, which the next run
+    continues."""
     paths = layout.search(search.key)
     if not paths.journal.exists():
         return f"search {search.key}: no trial yet ({search.trials} to run, instances {search.key} to " \
                f"{search.key + search.trials - 1})"
     try:
-        states = ["repeat" if REPEAT_ATTR in trial.user_attrs else trial.state.name.lower()
+        states = ["repeat" if REPEAT_ATTR in trial.user_attrs else
+                  "left" if trial.state.name == "RUNNING" and not claimed(layout.trial_claim(search.key + trial.number),
+                                                                          grace) else trial.state.name.lower()
                   for trial in load_study(paths).get_trials(deepcopy=False)]
     except ImportError:
         return f"search {search.key}: Optuna is not installed here ({INSTALL_HINT}) to read {paths.journal}"
     counts = ", ".join(f"{states.count(state)} {word}" for state, word in (
         ("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"), ("repeat", "repeats of an earlier point"),
-        ("running", "running")) if state in states)
+        ("running", "running"), ("left", "left running by a process or task that is gone: the next run continues "
+                                           "them")) if state in states)
     return f"search {search.key}: {len(states)} of {search.trials} trials asked ({counts or 'none ended'})"

@@ -61,8 +61,10 @@ def chosen_instance(experiment_dir):
               collect.routine_summaries(collect.load_instances(experiment_dir)).values()
               if summary and summary.get("chosen_on_validation")]
     if len(chosen) != 1:
-        what = "no complete instance" if not chosen else "instances of several task types"
-        raise XvalError(f"{experiment_dir} has {what}: pass --instance N")
+        if not chosen:
+            raise XvalError(f"{experiment_dir} has no complete instance (see its spreadsheet or --status): fix what "
+                            "made them fail and rerun the routine, then use a complete instance")
+        raise XvalError(f"{experiment_dir} has instances of several task types: pass --instance N")
     return chosen[0]
 
 
@@ -151,7 +153,11 @@ def final(experiment_dir, instance_text, overwrite, gpu):
     if gpu is not None and gpu < -1:
         raise XvalError(f"--gpu {gpu} is not a device: give a CUDA device number (0, 1, ...) or -1 for the CPU")
     instance = which_instance(experiment_dir, instance_text)
-    _, document = instance_result(experiment_dir, instance)
+    path, document = instance_result(experiment_dir, instance)
+    import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
+    problem = collect.damage(document) if isinstance(document, dict) else "not a results object"
+    if problem:
+        raise XvalError(f"{path} is damaged ({problem}): restore it, or rerun the routine to recompute it")
     if document["status"] != "complete":
         raise XvalError(f"instance {instance} is {document['status']}: finish its cross-validation (rerun the "
                         "routine) before training its final model")
@@ -250,17 +256,24 @@ def audio_files(paths):
 
 
 def file_features(path, features):
-    """Features of one audio file with the stored settings: float32 (pieces, frames, bins), one piece per window
-    (or the one fixed-length clip); the preprocessing's own code, so the same numbers as at training time."""
+    """Features of one audio file with the stored settings: (float32 (pieces, frames, bins), one piece per window
+    or the one fixed-length clip; the file's duration in s); the preprocessing's own code, so the same numbers as at
+    training time."""
     import feat_analysis
-    signals, _, _ = feat_analysis.clip_signals(path, features["length"])
-    return feat_analysis.extract_features_batch(signals, features["sample_rate"], features["feature_settings"])
+    signals, _, duration = feat_analysis.clip_signals(path, features["length"])
+    return feat_analysis.extract_features_batch(signals, features["sample_rate"], features["feature_settings"]), \
+        duration
 
 
 def checked_out_path(out, inputs):
     """The resolved CSV path predict writes (default predictions.csv); XvalError when it is not a .csv file or is
     one of the inputs (audio files or models), which writing would overwrite."""
     path = Path(out or "predictions.csv").expanduser().resolve()
+    folder = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
+    if folder is not None:
+        raise XvalError(f"--out {out}: {folder} is a file, not a folder: pass a path in a folder")
+    if path.is_dir():
+        raise XvalError(f"--out {out} is a folder: pass a CSV file path, e.g. --out {Path(out) / 'predictions.csv'}")
     if path.suffix.lower() != ".csv":
         raise XvalError(f"--out {out} is not a .csv file: predictions are written as CSV; pass e.g. --out "
                         f"{path.with_suffix('.csv').name}")
@@ -279,10 +292,13 @@ def predict(target, audio, instance_text, out):
                         "recorded them): its features cannot be reproduced; preprocess and train it again")
     files = audio_files(audio)
     out = checked_out_path(out, files + [model for model, _ in models])
-    pieces, unreadable = {}, []
+    pieces, unreadable, longer = {}, [], 0
+    length = features["length"]
+    clip_seconds = length["clip_samples"] / length["sample_rate"] if length["mode"] == "fixed" else None
     for path in files:
         try:
-            pieces[path] = file_features(path, features)
+            pieces[path], duration = file_features(path, features)
+            longer += clip_seconds is not None and duration > clip_seconds + 1e-3
         except (RuntimeError, OSError, ValueError, EOFError) as error:
             unreadable.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
     if not pieces:
@@ -312,6 +328,10 @@ def predict(target, audio, instance_text, out):
         writer.writerow([str(path), prediction] + ([f"{p:.6f}" for p in mean] if classes else []) + [card["name"]])
     atomic_write_text(out, text.getvalue())
     print(f"predicted {len(pieces)} files with {card['name']} -> {out}")
+    if longer:
+        print(f"note: {longer} of the files are longer than the model's clips ({clip_seconds:g} s): each was scored "
+              f"on one {clip_seconds:g} s piece cut as in training (cut_mode {length.get('cut_mode')!r}); a model of a "
+              "windows dataset scores whole recordings")
     if unreadable:
         print(f"skipped {len(unreadable)} files that cannot be read:")
         for path, reason in unreadable:

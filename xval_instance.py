@@ -205,14 +205,36 @@ def experiment_path(settings, config, routine_file):
 # ----------------------------------------------------------------------------------------------------------------
 # --status, and a launch
 
-def print_instance_status(layout, instance, num_folds, grace):
-    """--status lines of one instance: its fold jobs' counts by state, then one line per fold job."""
+def print_instance_status(layout, instance, num_folds, grace, changed=None):
+    """--status lines of one instance: its fold jobs' counts by state, then one line per fold job. changed: the
+    parameters the routine now gives it otherwise than its results record (a run refuses to reuse them)."""
     states = [fold_state(layout, instance, fold, grace) for fold in range(1, num_folds + 1)]
     counts = {word: sum(state.startswith(word) for state in states)
               for word in ("done", "running", "failed", "stale", "pending")}
-    print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n))
+    print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n) +
+          (f"; its results were made with other parameters than the routine gives now ({', '.join(changed)} "
+           "changed): a run refuses to reuse them (overwrite_results = True retrains it)" if changed else ""))
     for fold, state in enumerate(states, 1):
         print(f"  fold {fold}: {state}")
+
+
+def changed_since(layout, instance, strings, config, settings):
+    """The parameters of a hand-written instance that its strings now resolve otherwise than its results JSON
+    records (names), or None when they agree, it has no results yet, or its strings do not resolve (a run says
+    why)."""
+    from foldjob import read_if_readable
+    from parameters import architecture_signatures, changed_parameters, parameter_hash, resolve_instance
+    recorded = read_if_readable(layout.instance(instance).result)
+    if not isinstance(recorded, dict) or not recorded.get("parameter_hash"):
+        return None
+    try:
+        parameters = resolve_instance(strings, config["training"], architecture_signatures(),
+                                      f"experiment_dict[{instance}]")
+    except XvalError:
+        return None
+    if parameter_hash(parameters, layout.dataset, settings["num_folds"]) == recorded["parameter_hash"]:
+        return None
+    return changed_parameters(recorded.get("parameters") or {}, parameters) or ["the dataset or num_folds"]
 
 
 def print_status(settings, config, selected, routine_file):
@@ -229,12 +251,13 @@ def print_status(settings, config, selected, routine_file):
         instances = [key]
         if is_search(strings):
             search = parse_search(key, strings, f"experiment_dict[{key}]")
-            print(search_status_line(layout, search))
+            print(search_status_line(layout, search, config["claims"]["grace_seconds"]))
             folds = range(1, settings["num_folds"] + 1)
             instances = [instance for instance in search.instances() if layout.instance(instance).result.exists()
                          or any(layout.fold(instance, fold).lock.exists() for fold in folds)]
+        changed = None if is_search(strings) else changed_since(layout, key, strings, config, settings)
         for instance in instances:
-            print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"])
+            print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"], changed)
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):
             print(line)

@@ -273,6 +273,57 @@ def test_a_semicolon_csv_is_read_and_an_empty_or_header_only_csv_is_explained(vo
     one_line_refusal(preprocess(voices, "--csv", empty, "--dataset", "empty"),
                      "is empty: it needs a header row naming its columns")
 
+
+def test_a_row_with_more_cells_than_the_header_or_a_column_named_twice_is_refused(voices):
+    path = table_csv(voices, "shifted", voices["rows"])
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",neutral,", ",neutral, quiet,")  # an unquoted comma in a label: the cells shift
+    path.write_text("\n".join(lines) + "\n")
+    one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "shifted"),
+                     "shifted.csv, row 3: 4 cells for the 3 columns of the header: a cell holding ',' must be in "
+                     "double quotes")
+    twice = voices["root"] / "twice_header.csv"
+    twice.write_text("file,label,speaker,label\n" + "".join(f"{row['file']},{row['label']},{row['speaker']},x\n"
+                                                            for row in voices["rows"]))
+    one_line_refusal(preprocess(voices, "--csv", twice, "--dataset", "twice_header"),
+                     "names the column 'label' twice in its header row")
+
+
+def test_labels_or_speakers_that_differ_only_in_case_are_warned_and_one_speaker_is_refused(voices):
+    rows = [dict(row, label="Happy" if row["label"] == "happy" and row["speaker"] == "spk0" else row["label"],
+                 speaker="SPK1" if row["speaker"] == "spk1" and row["file"].endswith("_2.wav") else row["speaker"])
+            for row in voices["rows"]]
+    completed = preprocess(voices, "--csv", table_csv(voices, "cases", rows), "--dataset", "cases")
+    assert completed.returncode == 0, completed.stderr
+    assert "WARNING: labels that differ only in case or spaces are separate classes: Happy / happy" in completed.stdout
+    assert "WARNING: foldable items that differ only in case or spaces: SPK1 / spk1: if they are one speaker" in \
+        completed.stdout
+    one = [row for row in voices["rows"] if row["speaker"] == "spk0"]
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "one_speaker", one), "--dataset", "one_speaker"),
+                     "only one foldable item (spk0, by 'speaker') has usable clips")
+
+
+@pytest.mark.parametrize("name", [".hidden", "émotion", "a" * 101])
+def test_a_dataset_name_that_cannot_name_files_is_refused_with_the_rule(voices, name):
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "names", voices["rows"]), "--dataset", name),
+                     "must start with an ASCII letter or digit and hold only ASCII letters, digits, '_', '.' and '-', "
+                     "at most 100 characters")
+
+
+def test_folders_name_an_audio_file_outside_the_class_folders_and_an_empty_class_folder(voices, tmp_path):
+    folder = tmp_path / "classes"
+    for row in voices["rows"]:
+        target = folder / row["label"] / f"{row['speaker']}_{Path(row['file']).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(voices["root"] / row["file"], target)
+    shutil.copy(voices["root"] / voices["rows"][0]["file"], folder / "spk0_loose.wav")
+    (folder / "fearful").mkdir()
+    completed = preprocess(voices, "--folders", folder, "--dataset", "loose", "--group-pattern", "^(?P<group>[^_]+)_")
+    assert completed.returncode == 0, completed.stderr
+    assert "WARNING: class folder 'fearful' holds no audio file" in completed.stdout
+    assert "not in a class folder: 1" in completed.stdout
+    assert "spk0_loose.wav: lies directly in the input folder: move it into its class's folder" in completed.stdout
+
 def test_repeated_rows_are_skipped_and_copies_named(voices):
     copy = voices["root"] / "audio" / "copy_of_spk1.wav"
     shutil.copy(voices["root"] / "audio" / "spk1" / "happy_2.wav", copy)
@@ -595,6 +646,76 @@ def test_a_damaged_model_file_is_one_line(finished, tmp_path):
                                env=routine_environment(finished["config"]))
     one_line_refusal(completed, f"model {model} cannot be read")
 
+
+
+@pytest.mark.parametrize("damage", ["negative-seconds", "best-epoch-0", "best-epoch-past-the-run"])
+def test_impossible_fold_values_are_damage_for_the_views_and_for_final(finished, tmp_path, capsys, damage):
+    import collect
+    experiment = copied(finished, tmp_path)
+    path = experiment["dir"] / "results" / "results_tiny_exp1_run1.json"
+    document = json.loads(path.read_text())
+    fold = document["folds"][0]
+    fold.update({"negative-seconds": {"seconds": -5}, "best-epoch-0": {"best_epoch": 0},
+                 "best-epoch-past-the-run": {"best_epoch": fold["epochs_run"] + 5}}[damage])
+    path.write_text(json.dumps(document))
+    assert [instance.id for instance in collect.load_instances(experiment["dir"])] == [2]
+    assert f"{path} is damaged (folds[0]" in capsys.readouterr().err
+    completed = subprocess.run([sys.executable, str(REPO / "use_model.py"), "final", str(experiment["dir"]),
+                                "--instance", "1"], capture_output=True, text=True, timeout=300,
+                               env=routine_environment(experiment["config"]))
+    one_line_refusal(completed, f"{path} is damaged (folds[0]")
+    assert not (experiment["dir"] / "final").exists()
+
+
+def test_a_copy_of_a_result_under_a_leading_zero_name_is_not_a_second_instance(finished, tmp_path, capsys):
+    import collect
+    experiment = copied(finished, tmp_path)
+    copy = experiment["dir"] / "results" / "results_tiny_exp1_run01.json"
+    shutil.copy(experiment["dir"] / "results" / "results_tiny_exp1_run1.json", copy)
+    assert [instance.id for instance in collect.load_instances(experiment["dir"])] == [1, 2]
+    assert f"{copy} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped" in capsys.readouterr().err
+
+
+def test_the_views_show_the_means_of_the_folds_not_a_stored_summary_that_disagrees(finished, tmp_path):
+    import openpyxl
+    import results_to_excel
+    experiment = copied(finished, tmp_path)
+    path = experiment["dir"] / "results" / "results_tiny_exp1_run2.json"
+    document = json.loads(path.read_text())
+    document["folds"][0]["metrics"]["test"]["balanced_accuracy"] = 1.0  # edited by hand, summary left as it was
+    path.write_text(json.dumps(document))
+    values = [fold["metrics"]["test"]["balanced_accuracy"] for fold in document["folds"]]
+    from test_results_to_excel import summary_layout
+    sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(experiment["dir"]))["summary"]
+    _, columns, rows = summary_layout(sheet)
+    shown = sheet.cell(rows[2], columns[("balanced_accuracy", "test", "mean")]).value
+    assert shown == pytest.approx(sum(values) / len(values)) and shown != document["summary"]["test"][
+        "balanced_accuracy"]["mean"]
+
+
+def test_predict_names_a_file_in_the_out_path_and_says_when_it_cut_long_files(finished, tmp_path):
+    model = finished["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"
+    import soundfile as sf
+    long_clip = tmp_path / "long.wav"
+    sf.write(long_clip, demo_corpus.synthesize_clip(1, 1, 1, 1, 1, seed=3, clip_seconds_range=(6.0, 6.0)), 48000)
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+
+    def predict(*arguments):
+        return subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", str(model), str(long_clip),
+                               *arguments], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                              env=routine_environment(finished["config"]))
+    one_line_refusal(predict("--out", str(blocker / "p.csv")), f"{blocker} is a file, not a folder")
+    completed = predict("--out", str(tmp_path / "p.csv"))
+    assert completed.returncode == 0, completed.stderr
+    assert "note: 1 of the files are longer than the model's clips" in completed.stdout
+
+
+def test_a_fold_process_killed_by_a_signal_is_named_by_it():
+    from foldjob import ended_text
+    assert "SIGKILL: the out-of-memory killer" in ended_text(-signal.SIGKILL)
+    assert ended_text(-signal.SIGSEGV) == "the fold process was killed by signal SIGSEGV"
+    assert ended_text(3) == "the fold process ended with exit code 3"
 
 # ----------------------------------------------------------------------------------------------------------------
 # 17. Exit codes

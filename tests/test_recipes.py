@@ -39,6 +39,10 @@ def results(experiment_dir, run, dataset="tiny"):
     (["time_mask_width = 4"], "classification", "time_mask_width = 4 has no effect with time_masks = 0"),
     (["lr_factor = 0.2"], "classification", "lr_factor = 0.2 has no effect with lr_patience = 0"),
     (["lr_patience = 2", "lr_factor = 1.5"], "classification", "lr_factor = 1.5 must be between 0 and 1"),
+    (["num_epochs = 3", "patience = 3"], "classification", "patience = 3 has no effect with num_epochs = 3"),
+    (["num_epochs = 3", "lr_patience = 5"], "classification", "lr_patience = 5 has no effect with num_epochs = 3"),
+    (["learning_rate = 0.001", "lr_patience = 2", "min_lr = 0.1"], "classification",
+     "lr_patience = 2 has no effect with min_lr = 0.1 at or above learning_rate = 0.001"),
     (['trainable = "last_layer"'], "classification", "trainable = 'last_layer' has no effect with no initial_model"),
     (["mixup_alpha = -0.2"], "classification", "mixup_alpha = -0.2 must not be negative"),
     (['save_best_model_metric = "val_balanced_accuracy"'], "regression", "not available for regression"),
@@ -221,9 +225,15 @@ def test_a_smoke_run_tries_every_instance_and_writes_nothing(tiny_features, tmp_
     completed = run_routine(routine, tiny_features["config_path"], "--smoke", project=project)
     assert completed.returncode == 1, completed.stdout + completed.stderr
     lines = [line for line in completed.stdout.splitlines() if line.startswith("instance ")]
-    assert [line.split(":")[0] for line in lines] == ["instance 1", "instance 2", "instance 3"]
-    assert lines[0].startswith("instance 1: ok (") and lines[2].startswith("instance 3: ok (")
+    assert [line.split(":")[0] for line in lines] == ["instance 1 on CPU", "instance 2 on CPU", "instance 3 on CPU"]
+    assert lines[0].startswith("instance 1 on CPU: ok (") and lines[2].startswith("instance 3 on CPU: ok (")
     assert "FAILED" in lines[1] and "shapes do not match at layer 7" in lines[1]
     assert not (project / "experiments").exists()
     only_two = run_routine(routine, tiny_features["config_path"], "--smoke", 3, project=project)
-    assert only_two.returncode == 0 and "instance 3: ok" in only_two.stdout and "instance 1" not in only_two.stdout
+    assert only_two.returncode == 0 and "instance 3 on CPU: ok" in only_two.stdout and "instance 1" not in \
+        only_two.stdout
+    # every listed device takes its turn (here two CPU workers; on a workstation each GPU)
+    in_turn = run_routine(routine, tiny_features["config_path"], "--smoke", 1, 3, "-1,-1", project=project)
+    assert [line.split(":")[0] for line in in_turn.stdout.splitlines() if line.startswith("instance ")] == [
+        "instance 1 on CPU worker 1", "instance 2 on CPU worker 2", "instance 3 on CPU worker 1"], in_turn.stdout
+    assert not (project / "experiments").exists()

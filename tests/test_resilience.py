@@ -221,12 +221,17 @@ def test_changed_parameters_of_a_started_instance_are_refused(tiny_features, tmp
     experiment_dir = tmp_path / "experiments" / "experiment_1"
     before = experiment_files(experiment_dir)
     changed = write_routine(tmp_path, {1: instance("a", "num_epochs = 1", "learning_rate = 0.01")}, num_folds=2)
+    status = run_routine(changed, tiny_features["config_path"], "--status")
+    assert "instance 1: 2 done; its results were made with other parameters than the routine gives now " \
+           "(learning_rate changed): a run refuses to reuse them" in status.stdout, status.stdout
     refused = run_routine(changed, tiny_features["config_path"])
     assert refused.returncode == 2 and "computed with other parameters" in refused.stderr
     assert "overwrite_results = True" in refused.stderr and refused.stderr.strip().count("\n") == 0
     assert experiment_files(experiment_dir) == before
     edited_comment = write_routine(tmp_path, {1: instance("renamed", "num_epochs = 1")}, num_folds=2)
-    assert "complete already" in run_routine(edited_comment, tiny_features["config_path"]).stdout
+    edited = run_routine(edited_comment, tiny_features["config_path"]).stdout
+    assert "complete already" in edited and "its results JSON now records its strings as the routine writes them" \
+        in edited, edited
     document = json.loads((experiment_dir / "results" / "results_tiny_exp1_run1.json").read_text())
     assert document["parameters"]["comment_1"] == "renamed" and document["status"] == "complete"
     assert {name: data for name, data in experiment_files(experiment_dir).items() if name.startswith(

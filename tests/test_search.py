@@ -28,8 +28,9 @@ SEARCH = 10  # the search's key: its trials are instances 10, 11, ...
 
 def search_strings(*space, trials=4, sampler="random", seed=0, pruner=None, startup=1, **model):
     """A search instance of the tiny model: its distributions, then its settings."""
-    settings = [f"search_trials = {trials}", f'search_sampler = "{sampler}"', f"search_seed = {seed}",
-                f"search_startup_trials = {startup}"] + ([f'search_pruner = "{pruner}"'] if pruner else [])
+    settings = [f"search_trials = {trials}", f'search_sampler = "{sampler}"', f"search_seed = {seed}"] + (
+        [f"search_startup_trials = {startup}"] if sampler == "tpe" or pruner in (None, "median") else []) + (
+        [f'search_pruner = "{pruner}"'] if pruner else [])
     return instance("search", *space, *settings, **model)
 
 
@@ -67,15 +68,18 @@ def killed_and_rerun(tiny_features, tmp_path_factory):
     os.killpg(process.pid, signal.SIGKILL)  # the routine and its fold process, mid-trial
     process.wait()
     killed = {trial.number: trial.state.name for trial in trials_of(experiment_dir)}
+    status = run_routine(routine, tiny_features["config_path"], "--status")
     rerun = run_routine(routine, tiny_features["config_path"])
     return {"routine": routine, "dir": experiment_dir, "killed": killed, "rerun": rerun, "config": tiny_features[
-        "config_path"]}
+        "config_path"], "status": status}
 
 
 def test_a_killed_search_ends_with_exactly_its_trials_each_trial_run_once(killed_and_rerun):
     rerun, experiment_dir = killed_and_rerun["rerun"], killed_and_rerun["dir"]
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "RUNNING" in killed_and_rerun["killed"].values(), "the kill did not land in a trial"
+    assert "1 left running by a process or task that is gone: the next run continues them" in \
+        killed_and_rerun["status"].stdout, killed_and_rerun["status"].stdout
     trials = trials_of(experiment_dir)
     assert [trial.number for trial in trials] == [0, 1, 2, 3]
     assert all(trial.state.name in ("COMPLETE", "PRUNED") for trial in trials)
@@ -240,6 +244,11 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_pruner = "median"'], "prunes none"),
     (['batch_size = choice(16, 32)', 'search_sampler = "bayes"', 'search_trials = 2'], "search_sampler = 'bayes'"),
     (['batch_size = choice(16, 32)', 'search_trails = 2'], "unknown search setting 'search_trails'"),
+    (['batch_size = choice(16, 32)', 'search_trials = 2', 'search_sampler = "random"', 'search_pruner = "none"',
+      'search_startup_trials = 3'], "search_startup_trials = 3 has no effect with search_sampler = 'random' and "
+                                    "search_pruner = 'none'"),
+    (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_startup_trials = 2'],
+     "search_startup_trials = 2 has no effect with search_sampler = 'grid'"),
     (['batch_size = choice(16, 32)'], "a search needs search_trials = N"),
     (['search_trials = 3'], "a search needs at least one distribution"),
     (['batch_size = choice(16, "many")', 'search_trials = 2'], "batch_size"),

@@ -185,10 +185,14 @@ def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_feature
     assert logs[0].read_text().count("\n===== ") == 2, "the requeued task did not train its fold again"
     status = xval(routine, config, "--status")
     assert "fold 1: done" in status.stdout, status.stdout
-    assert "fold 2: pending" in status.stdout or "fold 2: stale claim" in status.stdout, status.stdout
+    assert "fold 2: pending (SLURM job " in status.stdout or "fold 2: stale claim" in status.stdout, status.stdout
+    # the cancelled task said so (its SIGTERM handler): --status and the next submission show it
+    assert "was stopped by its scheduler at " in status.stdout or "fold 2: stale claim" in status.stdout
 
     resubmitted = xval(routine, config, "--slurm")
     assert resubmitted.returncode == 0 and "submitted 1 fold job(s)" in resubmitted.stdout, resubmitted.stdout
+    assert "warning: 1 of these fold jobs were stopped by SLURM in an earlier submission" in resubmitted.stderr, \
+        resubmitted.stderr
     record, _ = submission(experiment_dir)
     wait_until(lambda: False, record["spreadsheet_job"])
     assert logs[1].read_text().count("\n===== ") == 2
@@ -224,6 +228,29 @@ def test_what_sbatch_would_refuse_is_refused_before_anything_is_written(slurm, t
     assert refused.returncode == 2 and "holds a double quote or a line break" in refused.stderr, refused.stderr
     assert not (tmp_path / "two\nlines").exists()
 
+
+def test_more_fold_jobs_than_an_array_may_hold_are_refused_and_a_task_past_its_jobs_is_one_line(
+        slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1"), 2: instance("b", "num_epochs = 1")},
+                            num_folds=2)
+    scontrol = tmp_path / "bin" / "scontrol"  # a cluster whose arrays hold at most 3 tasks
+    scontrol.parent.mkdir()
+    scontrol.write_text("#!/bin/sh\necho 'MaxArraySize            = 3'\n")
+    scontrol.chmod(0o755)
+    environment = dict(routine_environment(config), PATH=f"{scontrol.parent}:{os.environ['PATH']}")
+    refused = subprocess.run([sys.executable, str(routine), "--slurm"], capture_output=True, text=True, timeout=600,
+                             env=environment, cwd=str(tmp_path))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: 4 fold jobs to submit, more than one SLURM array may hold on this cluster (MaxArraySize 3): submit "
+        "fewer instances at a time (FIRST_INSTANCE LAST_INSTANCE), one submission after the other"], refused.stderr
+    assert not (tmp_path / "experiments").exists()
+    jobs = tmp_path / "fold_jobs.json"
+    jobs.write_text("[]")
+    past = subprocess.run([sys.executable, str(REPO / "xval_instance.py"), "--fold-task", str(jobs), "0"],
+                          capture_output=True, text=True, timeout=120, env=routine_environment(config))
+    assert past.returncode == 2 and past.stderr.strip().splitlines() == [
+        f"error: task index 0 is out of range: {jobs} holds 0 fold jobs"], past.stderr
 
 def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm, tiny_features, tmp_path):
     config = slurm_config(tiny_features, tmp_path)
