@@ -326,9 +326,10 @@ class LocalExecutor(Executor):
         self.write_launch_record(plan, outcomes)
         counts = {status: [i for i, s in outcomes.items() if s == status]
                   for status in ("complete", "skipped", "failed", "busy", "stopped")}
+        searches = {planned_search.search.key for planned_search in plan.searches}
         print(f"xval: done in {format_seconds(time.monotonic() - self.started)}: " +
-              ", ".join(f"{len(ids)} {status} ({', '.join(map(str, ids))})" for status, ids in counts.items() if ids)
-              + f". Results: {plan.layout.root}")
+              ", ".join(f"{len(ids)} {status} (" + ", ".join(f"search {i}" if i in searches else str(i) for i in ids)
+                        + ")" for status, ids in counts.items() if ids) + f". Results: {plan.layout.root}")
         print_choice(plan.layout)
         if counts["failed"]:
             print(f"xval: {len(counts['failed'])} instance(s) failed; see their logs. Fix and rerun: completed folds "

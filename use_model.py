@@ -118,7 +118,8 @@ def features_folder_of(layout, document):
         clip_ids = load_clip_ids(folder, document["dataset"], predictors)
         if dataset_fingerprint(predictors, targets, clip_ids) == document.get("dataset_fingerprint"):
             return folder
-    raise XvalError(f"no features folder ({', '.join(map(str, filter(None, folders)))}) holds the features of "
+    raise XvalError(f"no features folder ({', '.join(dict.fromkeys(str(folder) for folder in folders if folder))}) "
+                    "holds the features of "
                     f"dataset '{document['dataset']}' that instance {document['instance']} was cross-validated on: "
                     "restore them (preprocess with the same settings) before training its final model")
 

@@ -215,6 +215,7 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
         assert f"search {SEARCH} trial {trial.number} (instance {SEARCH + trial.number}: learning_rate = " \
                f"{trial.params['learning_rate']}): repeats trial {earlier.number} (the same parameters)" \
                in finished.stdout
+    assert "1 complete (search 10)" in finished.stdout, finished.stdout
     assert sorted(fold_runs(experiment_dir)) == sorted((SEARCH + number, fold) for number in first_of.values()
                                                         for fold in (1, 2)), "a repeated point was trained again"
     summary = json.loads((experiment_dir / "tiny_exp1_summary.json").read_text())
