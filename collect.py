@@ -142,6 +142,17 @@ def folds_summary(folds):
         for name in sorted({name for fold in folds for name in fold["metrics"].get(split, {})})} for split in splits}
 
 
+def disagrees(stored, computed):
+    """Whether a stored summary's means differ from those computed from the folds (beyond float round-off)."""
+    for split, metrics in computed.items():
+        for name, stats in metrics.items():
+            value = ((stored.get(split) or {}).get(name) or {}).get("mean")
+            if value is not None and stats["mean"] is not None and not math.isclose(value, stats["mean"],
+                                                                                    rel_tol=1e-9, abs_tol=1e-12):
+                return True
+    return False
+
+
 def parse_instance(raw, path, experiment_folder):
     """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
     naming the file and what is wrong when damage() finds something."""
@@ -154,7 +165,10 @@ def parse_instance(raw, path, experiment_folder):
                                   **present(raw), "id": int(name["instance"]), "source": path})
     instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
     if instance.folds:  # the means the views show come from the folds, as every comparison does: one source
-        instance.summary = folds_summary(instance.folds)
+        stored, instance.summary = instance.summary or {}, folds_summary(instance.folds)
+        if disagrees(stored, instance.summary):
+            warn(f"{path}: its stored summary disagrees with its folds' metrics (edited by hand?): every view shows "
+                 "the means of the folds")
     instance.error, instance.complete = instance.error.strip(), instance.status == "complete"
     if instance.parameters_file:
         instance.parameters_file = (Path(experiment_folder) / instance.parameters_file).resolve()
@@ -189,6 +203,16 @@ def experiment_number(experiment_folder):
     return numbers.pop() if len(numbers) == 1 else None
 
 
+def experiment_dataset(experiment_folder, instances):
+    """The dataset an experiment is on: its folds.json's, else that of most of its instances (the lowest-numbered
+    instance's among equals)."""
+    try:
+        return read_json(Layout(experiment_folder, None, None).folds)["dataset"]
+    except (OSError, XvalError, KeyError, TypeError):
+        names = [instance.dataset for instance in instances]
+        return max(dict.fromkeys(names), key=names.count)
+
+
 def load_instances(experiment_folder):
     """Every readable instance of an experiment folder, in instance order; other result files are warned about.
     XvalError when the folder is not an experiment folder or holds no readable result file."""
@@ -216,6 +240,11 @@ def load_instances(experiment_folder):
     if not instances:
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
+    dataset = experiment_dataset(experiment_folder, instances)
+    for instance in [instance for instance in instances if instance.dataset != dataset]:
+        warn(f"{instance.source} holds results on dataset '{instance.dataset}', and this experiment is on "
+             f"'{dataset}': skipped (an experiment is on one dataset; move it to its own experiment folder)")
+        instances.remove(instance)
     mark_other_splits(instances, Path(experiment_folder))
     if not instances:
         raise XvalError(f"no readable results in {results}: restore the damaged files named above or rerun the "

@@ -259,11 +259,15 @@ class SlurmExecutor(Executor):
                 rebuild_spreadsheet(plan.layout, plan.debug)
             return EXIT_DONE
         jobs, slurm, folder = self.jobs, self.config["slurm"], self.folder
+        trial_folds = [plan.layout.fold(instance, fold["fold"]) for planned_search in plan.searches
+                       for instance in planned_search.search.instances() for fold in plan.folds] \
+            if self.search_tasks else []
         stopped = [read_if_readable(plan.layout.fold(planned.instance, fold["fold"]).stopped) for planned, fold in jobs]
+        stopped += [read_if_readable(paths.stopped) for paths in trial_folds if not paths.result.exists()]
         stopped = [record for record in stopped if isinstance(record, dict)]
         if stopped:
-            print(f"warning: {len(stopped)} of these fold jobs were stopped by SLURM in an earlier submission (e.g. "
-                  f"{stopped_text(stopped[-1])}); --time is {slurm['time']}", file=sys.stderr, flush=True)
+            print(f"warning: {len(stopped)} of the fold jobs to run were stopped by SLURM in an earlier submission "
+                  f"(e.g. {stopped_text(stopped[-1])}); --time is {slurm['time']}", file=sys.stderr, flush=True)
         try:
             if jobs:
                 atomic_write_json(folder / "fold_jobs.json",

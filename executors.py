@@ -108,9 +108,26 @@ def stop_on_sigterm(*_):
     raise SystemExit(128 + signal.SIGTERM)
 
 
+def record_stop(job, task_started):
+    """Write the stopped record of the fold job a batch task was running when its scheduler sent SIGTERM (its job,
+    when, seconds since the task started: time.monotonic() at task_started), for --status and the next --slurm."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(job_layout(job).fold(job["instance"], job["fold"]).stopped, {
+            "host": HOST, "slurm_job": slurm_job_id(), "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": round(time.monotonic() - task_started, 1)})
+
+
+def check_task_file(path, flag, name):
+    """XvalError unless a batch task's file exists (the task is run by hand, or its submission folder was moved)."""
+    if not Path(path).is_file():
+        raise XvalError(f"{flag} {path} does not exist: give the {name} of a submission folder "
+                        "(EXPERIMENT/slurm/{time}_{pid}/)")
+
+
 def submission_job(submission, index):
     """The fold job at index of a submission file: fold_jobs.json (a list of job documents), or the fold_jobs.txt
     of a submission made before xval 2 (a job file path per line)."""
+    check_task_file(submission, "--fold-task", "fold_jobs.json")
     jobs = Path(submission).read_text(encoding="utf-8").splitlines() if Path(submission).suffix == ".txt" else \
         read_json(submission)
     if not 0 <= index < len(jobs):
@@ -129,10 +146,7 @@ def run_fold_task(submission, index):
     task_started = time.monotonic()
 
     def stopped(*_):  # the scheduler's SIGTERM: said in the fold's record for --status and the next submission
-        with contextlib.suppress(OSError):
-            atomic_write_json(job_layout(job).fold(job["instance"], job["fold"]).stopped, {
-                "host": HOST, "slurm_job": slurm_job_id(), "at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "seconds": round(time.monotonic() - task_started, 1)})
+        record_stop(job, task_started)
         stop_on_sigterm()
     signal.signal(signal.SIGTERM, stopped)
     scheduler = f"SLURM job {slurm_job_id()}, " if slurm_job_id() else ""
@@ -186,8 +200,15 @@ def run_search_task(submission, index):
     """A batch task of a search submission (search.json: plan.search_plan_document): trials of each search, asked
     one after the other from the shared journal, until the searches have all their trials; each fold in a fresh
     training.py process on the resources the scheduler allocated. Exit code 0 (a failed trial is a result)."""
+    check_task_file(submission, "--search-task", "search.json")
     plan = search_plan_from_document(read_json(submission))
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    task_started, current = time.monotonic(), {}
+
+    def stopped(*_):  # as a fold task's: the fold it was training says it was stopped
+        if current:
+            record_stop(current["job"], task_started)
+        stop_on_sigterm()
+    signal.signal(signal.SIGTERM, stopped)
     scheduler = f"SLURM job {slurm_job_id()}, " if slurm_job_id() else ""
     where = f"{HOST} ({scheduler}task {index}, GPU {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
     threads = len(os.sched_getaffinity(0))
@@ -196,13 +217,13 @@ def run_search_task(submission, index):
         print(line, file=stream or sys.stdout, flush=True)
 
     def run_fold(planned, fold):
-        job = build_job(plan, planned, fold, threads)
+        job = current["job"] = build_job(plan, planned, fold, threads)
         launcher = ProcessLauncher(fold_environment(planned.parameters["backend"], threads), where)
 
         def launch(job_path, log_path):
             code, error_line = launcher.run(job_path, log_path, job["label"])
             if code == -signal.SIGTERM:
-                stop_on_sigterm()
+                stopped()
             return code, error_line
         started = time.monotonic()
         result = attempt(job, launch)

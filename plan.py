@@ -453,6 +453,14 @@ def check_search_ids(layout, search):
         if not journal.exists():
             raise XvalError(f"search {search.key}: its trials have results but its journal {journal} is missing: "
                             "restore it, or give the search another key or num_experiment")
+    if journal.exists():
+        from search import finished_trials  # Optuna: only where the search has run
+        for number in finished_trials(layout.search(search.key)):
+            path = layout.instance(search.key + number).result
+            if not path.exists():
+                raise XvalError(f"search {search.key}: trial {number} finished, but its results {path} are missing "
+                                "(deleted?): restore them, or give the search another key or num_experiment (a "
+                                "trial is never run twice)")
 
 
 def plan_trial(plan, planned_search, number, strings):

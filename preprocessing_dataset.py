@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,10 @@ SKIP_KINDS = {  # kind of skipped row -> how the summary names it
 
 def clip_entry(row, file, path, label, item, record):
     """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
-    label, foldable item, and the record the metadata keeps for it (every column of its row)."""
-    return {"row": row, "file": file, "path": str(path), "label": label, "item": item, "record": record}
+    label, foldable item, and the record the metadata keeps for it (every column of its row). Label and item are
+    in Unicode NFC: 'Ä' typed as one character or as 'A' + a combining mark (as macOS writes names) is one name."""
+    return {"row": row, "file": file, "path": str(path), "label": unicodedata.normalize("NFC", label),
+            "item": unicodedata.normalize("NFC", item), "record": record}
 
 
 def skip_entry(clip_or_row, kind, reason, file=None):
@@ -104,6 +107,9 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
     audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
     csv_path = Path(csv_path).expanduser().resolve()
+    if csv_path.is_dir():
+        raise XvalError(f"--csv {csv_path} is a folder, not a CSV file: pass the table's path (or use --folders for "
+                        "a folder of class subfolders)")
     if not csv_path.is_file():
         raise XvalError(f"CSV file {csv_path} does not exist: pass the path of your table with --csv")
     try:
@@ -111,6 +117,8 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
             delimiter = csv_delimiter(handle.readline())
             handle.seek(0)
             reader = csv.DictReader(handle, delimiter=delimiter)
+            if reader.fieldnames:  # 'file, label' as typed by hand: the names without their spaces
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             rows, header = list(reader), [name for name in reader.fieldnames or [] if name is not None]
     except (UnicodeDecodeError, csv.Error) as error:
         raise XvalError(f"{csv_path} cannot be read as a CSV ({error}): save it as UTF-8 CSV") from None
@@ -130,6 +138,10 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         if column not in header and not (option == "--fold-by" and column == FOLD_BY_FILE):
             raise XvalError(f"{csv_path} has no column '{column}' for {role} (its columns: {', '.join(header)}): "
                             f"name the right one with {option}")
+    if label_column == fold_by:
+        raise XvalError(f"--label-column and --fold-by both name '{fold_by}': every class would be one foldable item, "
+                        "so no test class is ever seen in training; fold by another column (a session), or "
+                        "--fold-by file")
     extra = next((number for number, row in enumerate(rows, start=2)
                   if any(cell.strip() for cell in row.get(None) or [])), None)  # empty trailing cells are harmless
     if extra is not None:
@@ -174,6 +186,9 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
     laid out in any way. The foldable item comes from the name by group_pattern (a group named 'group'), or is
     the file itself when fold_by is 'file'."""
     folder = Path(folder).expanduser().resolve()
+    if folder.is_file():
+        raise XvalError(f"--folders {folder} is a file, not a folder: pass the folder holding one subfolder per class "
+                        "(or use --csv for a table)")
     if not folder.is_dir():
         raise XvalError(f"folder {folder} does not exist: pass the folder holding one subfolder per class")
     if fold_by != FOLD_BY_FILE and not group_pattern:
@@ -222,7 +237,7 @@ def parse_class_order(text):
     refused."""
     if not text:
         return None
-    names = [name.strip() for name in text.split(",")]
+    names = [unicodedata.normalize("NFC", name.strip()) for name in text.split(",")]
     if "" in names:
         raise XvalError(f"--classes {text!r} has an empty name (two commas in a row, or one at an end): list the "
                         "class names separated by single commas, e.g. --classes happy,neutral")
@@ -601,11 +616,22 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                "windows": int(len(features)) if windows else None, "identical_audio": metadata["identical_audio"],
                "classes_without_clips": [name for name in class_names or () if name not in present],
                "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
+               "cut": cut_clips(read, length),
                "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
                                  "items": case_variants(items)}}
     if not quiet:
         print(summary_text(summary, feature_type, table["source"], kinds))
     return summary
+
+
+def cut_clips(read, length):
+    """(how many clips are longer than a fixed-length dataset's clips, that length in s), or None in windows mode
+    or when none is longer. read: the clips with their duration in s; length: feat_analysis.length_settings'."""
+    if length["mode"] != "fixed":
+        return None
+    seconds = length["clip_samples"] / length["sample_rate"]
+    longer = sum(clip["duration"] > seconds + 1e-3 for clip in read)
+    return (longer, seconds) if longer else None
 
 
 def case_variants(names):
@@ -638,6 +664,10 @@ def summary_text(summary, feature_type, source, kinds):
     for names in summary.get("identical_audio") or []:
         lines.append(f"  WARNING: identical audio in {'; '.join(names)}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
+    if summary.get("cut"):
+        longer, seconds = summary["cut"]
+        lines.append(f"  note: {longer} of the clips are longer than clip_seconds ({seconds:g} s): each was cut to one "
+                     f"{seconds:g} s piece (cut_mode); [preprocessing] clip_mode = windows keeps whole clips")
     variants = summary.get("case_variants") or {}
     for names in variants.get("labels") or []:
         lines.append(f"  WARNING: labels that differ only in case or spaces are separate classes: {' / '.join(names)}: "

@@ -259,6 +259,8 @@ def parse_search(key, strings, where):
         raise XvalError(f"{where}: a search needs search_trials = N (how many trials in all, N >= 1)")
     if trials < 1 or values["search_startup_trials"] < 1:
         raise XvalError(f"{where}: search_trials and search_startup_trials must be 1 or more")
+    if not 0 <= values["search_seed"] < 2 ** 32:
+        raise XvalError(f"{where}: search_seed = {values['search_seed']} must be a whole number from 0 to 2**32 - 1")
     return Search(key, tuple(fixed), tuple(space.values()), trials, sampler, values["search_seed"], pruner,
                   values["search_startup_trials"])
 
@@ -296,6 +298,14 @@ def check_search(search, resolve, where):
     Returns the task type of the search (one, since task_type is not searched)."""
     task_types = set()
     continuous = [d for d in search.space if d.kind in ("uniform", "loguniform")]
+    searched = next((d for d in search.space if d.name == "architecture"), None)
+    if searched is not None:
+        from parameters import architecture_signatures, closest
+        signatures = architecture_signatures()
+        unknown = next((value for value in searched.values() if value not in signatures), None)
+        if unknown is not None:
+            raise XvalError(f"{where}: architecture {unknown!r} (one of its choices) is not a model function of "
+                            f"define_models.py: {closest(str(unknown), signatures)}")
     for stored in corners(search):
         shown = ", ".join(f"{name} = {value}" for name, value in stored.items())
         parameters = resolve(search.trial_strings(0, stored), f"{where} (the trial with {shown})")
@@ -558,6 +568,15 @@ def claimed(lock, grace):
     except (OSError, ValueError):
         return False
     return isinstance(owner, dict) and lock_owner_alive(owner, heartbeat_age(lock), grace)
+
+
+def finished_trials(paths):
+    """The numbers of the trials a search's journal (layout.search(key)) records as finished."""
+    from optuna.trial import TrialState
+    if not journal_storage(paths).get_all_studies():
+        return []
+    return [trial.number for trial in load_study(paths).get_trials(deepcopy=False)
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
 
 
 def search_status_line(layout, search, grace):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task, run_search_task
-from foldjob import fold_state
+from foldjob import fold_state, read_if_readable
 from layout import Layout
 from plan import accept, make_plan
 from search import is_search, parse_search, search_status_line
@@ -222,7 +222,6 @@ def changed_since(layout, instance, strings, config, settings):
     """The parameters of a hand-written instance that its strings now resolve otherwise than its results JSON
     records (names), or None when they agree, it has no results yet, or its strings do not resolve (a run says
     why)."""
-    from foldjob import read_if_readable
     from parameters import architecture_signatures, changed_parameters, parameter_hash, resolve_instance
     recorded = read_if_readable(layout.instance(instance).result)
     if not isinstance(recorded, dict) or not recorded.get("parameter_hash"):
@@ -254,9 +253,15 @@ def print_status(settings, config, selected, routine_file):
             print(search_status_line(layout, search, config["claims"]["grace_seconds"]))
             folds = range(1, settings["num_folds"] + 1)
             instances = [instance for instance in search.instances() if layout.instance(instance).result.exists()
-                         or any(layout.fold(instance, fold).lock.exists() for fold in folds)]
+                         or any(path.exists() for fold in folds for path in (layout.fold(instance, fold).lock,
+                                                                             layout.fold(instance, fold).stopped))]
         changed = None if is_search(strings) else changed_since(layout, key, strings, config, settings)
         for instance in instances:
+            recorded = read_if_readable(layout.instance(instance).result)
+            if isinstance(recorded, dict) and recorded.get("status") == "repeat":
+                print(f"instance {instance}: repeat of trial {recorded.get('repeat_of', key) - key} (instance "
+                      f"{recorded.get('repeat_of')}): its result stands for this trial, no fold of its own")
+                continue
             print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"], changed)
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):

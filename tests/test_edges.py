@@ -192,6 +192,17 @@ def test_a_result_of_another_experiment_in_the_folder_is_skipped_with_a_warning(
     assert f"{stray} belongs to experiment 2, not to this experiment_1 folder: skipped" in capsys.readouterr().err
 
 
+def test_a_result_of_another_dataset_in_the_folder_is_skipped_with_a_warning(finished, tmp_path, capsys):
+    import collect
+    experiment = copied(finished, tmp_path)
+    stray = experiment["dir"] / "results" / "results_other_exp1_run1.json"
+    document = json.loads((experiment["dir"] / "results" / "results_tiny_exp1_run1.json").read_text())
+    stray.write_text(json.dumps(dict(document, dataset="other")))
+    assert [(instance.id, instance.dataset) for instance in collect.load_instances(experiment["dir"])] == [
+        (1, "tiny"), (2, "tiny")]
+    assert f"{stray} holds results on dataset 'other', and this experiment is on 'tiny': skipped" in \
+        capsys.readouterr().err
+
 def test_results_to_excel_on_a_file_says_it_is_a_file(finished):
     path = finished["dir"] / "folds.json"
     completed = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(path)], capture_output=True,
@@ -323,6 +334,36 @@ def test_folders_name_an_audio_file_outside_the_class_folders_and_an_empty_class
     assert "WARNING: class folder 'fearful' holds no audio file" in completed.stdout
     assert "not in a class folder: 1" in completed.stdout
     assert "spk0_loose.wav: lies directly in the input folder: move it into its class's folder" in completed.stdout
+
+
+def test_unicode_forms_header_spaces_and_long_clips_are_read_as_meant(voices, tmp_path):
+    import unicodedata
+    def typed(text, index):  # every other row as macOS writes names (decomposed: 'A' + a combining mark)
+        return unicodedata.normalize("NFD" if index % 2 else "NFC", text)
+    rows = [dict(row, label=typed("Ärger", index) if row["label"] == "happy" else row["label"],
+                 speaker=typed(f"Jürgen{row['speaker']}", index)) for index, row in enumerate(voices["rows"])]
+    path = table_csv(voices, "unicode", rows)
+    path.write_text(path.read_text(encoding="utf-8").replace("file,label,speaker", "file, label, speaker"),
+                    encoding="utf-8")
+    config = write_config(tmp_path / "short", {**TINY_SETTINGS, "preprocessing": {"clip_seconds": "0.5"}})
+    completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv", str(path),
+                                "--dataset", "unicode", "--config", str(config), "--jobs", "1"], capture_output=True,
+                               text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "classes: neutral 8, Ärger 8" in unicodedata.normalize("NFC", completed.stdout), completed.stdout
+    assert "16 clips of 4 speakers" in completed.stdout and "differ only in case" not in completed.stdout
+    assert "note: 16 of the clips are longer than clip_seconds (0.5 s): each was cut to one 0.5 s piece" in \
+        completed.stdout
+
+
+def test_a_csv_of_the_wrong_kind_or_a_label_that_is_the_foldable_item_is_refused(voices):
+    path = table_csv(voices, "kinds", voices["rows"])
+    one_line_refusal(preprocess(voices, "--csv", voices["root"] / "audio", "--dataset", "kinds"),
+                     "is a folder, not a CSV file")
+    one_line_refusal(preprocess(voices, "--folders", path, "--dataset", "kinds", "--fold-by", "file"),
+                     "is a file, not a folder")
+    one_line_refusal(preprocess(voices, "--csv", path, "--dataset", "kinds", "--label-column", "speaker"),
+                     "--label-column and --fold-by both name 'speaker'")
 
 def test_repeated_rows_are_skipped_and_copies_named(voices):
     copy = voices["root"] / "audio" / "copy_of_spk1.wav"
@@ -676,7 +717,7 @@ def test_a_copy_of_a_result_under_a_leading_zero_name_is_not_a_second_instance(f
     assert f"{copy} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped" in capsys.readouterr().err
 
 
-def test_the_views_show_the_means_of_the_folds_not_a_stored_summary_that_disagrees(finished, tmp_path):
+def test_the_views_show_the_means_of_the_folds_not_a_stored_summary_that_disagrees(finished, tmp_path, capsys):
     import openpyxl
     import results_to_excel
     experiment = copied(finished, tmp_path)
@@ -691,6 +732,7 @@ def test_the_views_show_the_means_of_the_folds_not_a_stored_summary_that_disagre
     shown = sheet.cell(rows[2], columns[("balanced_accuracy", "test", "mean")]).value
     assert shown == pytest.approx(sum(values) / len(values)) and shown != document["summary"]["test"][
         "balanced_accuracy"]["mean"]
+    assert f"{path}: its stored summary disagrees with its folds' metrics (edited by hand?)" in capsys.readouterr().err
 
 
 def test_predict_names_a_file_in_the_out_path_and_says_when_it_cut_long_files(finished, tmp_path):

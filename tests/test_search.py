@@ -231,6 +231,16 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     status = run_routine(routine, tiny_features["config_path"], "--status")
     assert f"search {SEARCH}: 4 of 4 trials asked ({len(first_of)} complete, {len(repeats)} repeats of an earlier " \
            "point)" in status.stdout, status.stdout
+    for trial in repeats:
+        earlier = first_of[trial.params["learning_rate"]]
+        assert f"instance {SEARCH + trial.number}: repeat of trial {earlier} (instance {SEARCH + earlier}): its " \
+               "result stands for this trial, no fold of its own" in status.stdout, status.stdout
+    lost = experiment_dir / "results" / f"results_tiny_exp1_run{SEARCH}.json"
+    lost.unlink()  # a finished trial's results deleted: never reported as if they were there, never run twice
+    refused = run_routine(routine, tiny_features["config_path"])
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: search {SEARCH}: trial 0 finished, but its results {lost} are missing (deleted?): restore them, or "
+        "give the search another key or num_experiment (a trial is never run twice)"], refused.stderr
 
 @pytest.mark.parametrize("strings, message", [
     (['learning_rate = loguniform(0, 0.1)'], "needs LOW < HIGH, LOW > 0"),
@@ -245,6 +255,11 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_pruner = "median"'], "prunes none"),
     (['batch_size = choice(16, 32)', 'search_sampler = "bayes"', 'search_trials = 2'], "search_sampler = 'bayes'"),
     (['batch_size = choice(16, 32)', 'search_trails = 2'], "unknown search setting 'search_trails'"),
+    (['batch_size = choice(16, 32)', 'search_trials = 2', 'search_seed = -1'],
+     "search_seed = -1 must be a whole number from 0 to 2**32 - 1"),
+    (['architecture = choice("EXAMPLE_model", "EXAMPLE_modl")', 'search_trials = 2'],
+     "architecture 'EXAMPLE_modl' (one of its choices) is not a model function of define_models.py: did you mean "
+     "EXAMPLE_model"),
     (['batch_size = choice(16, 32)', 'search_trials = 2', 'search_sampler = "random"', 'search_pruner = "none"',
       'search_startup_trials = 3'], "search_startup_trials = 3 has no effect with search_sampler = 'random' and "
                                     "search_pruner = 'none'"),

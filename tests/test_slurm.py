@@ -191,7 +191,7 @@ def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_feature
 
     resubmitted = xval(routine, config, "--slurm")
     assert resubmitted.returncode == 0 and "submitted 1 fold job(s)" in resubmitted.stdout, resubmitted.stdout
-    assert "warning: 1 of these fold jobs were stopped by SLURM in an earlier submission" in resubmitted.stderr, \
+    assert "warning: 1 of the fold jobs to run were stopped by SLURM in an earlier submission" in resubmitted.stderr, \
         resubmitted.stderr
     record, _ = submission(experiment_dir)
     wait_until(lambda: False, record["spreadsheet_job"])
@@ -251,6 +251,12 @@ def test_more_fold_jobs_than_an_array_may_hold_are_refused_and_a_task_past_its_j
                           capture_output=True, text=True, timeout=120, env=routine_environment(config))
     assert past.returncode == 2 and past.stderr.strip().splitlines() == [
         f"error: task index 0 is out of range: {jobs} holds 0 fold jobs"], past.stderr
+    for flag, name in (("--fold-task", "fold_jobs.json"), ("--search-task", "search.json")):
+        missing = subprocess.run([sys.executable, str(REPO / "xval_instance.py"), flag, str(tmp_path / "gone" / name),
+                                  "0"], capture_output=True, text=True, timeout=120, env=routine_environment(config))
+        assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+            f"error: {flag} {tmp_path / 'gone' / name} does not exist: give the {name} of a submission folder "
+            "(EXPERIMENT/slurm/{time}_{pid}/)"], missing.stderr
 
 def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm, tiny_features, tmp_path):
     config = slurm_config(tiny_features, tmp_path)
