@@ -20,8 +20,8 @@ from dataclasses import replace
 import numpy as np
 
 from executors import Executor, rebuild_spreadsheet, run_one_trial
-from foldjob import (attempt, build_job, collect_instance, ended_text, format_seconds, instance_done_line,
-                     instance_record, report_attempt)
+from foldjob import (attempt, build_job, collect_instance, ended_text, fold_state, format_seconds,
+                     instance_done_line, instance_record, report_attempt)
 from plan import plan_trial
 from search import FINISHED, SearchRunner, corners
 from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment, no_gpu_warning
@@ -272,6 +272,12 @@ class LocalExecutor(Executor):
         if outcomes.get("busy"):  # left to another process, which may have completed the instance meanwhile
             return "complete" if collected.status == "complete" else "busy"
         if collected.status != "complete":
+            claimed = [fold["fold"] for fold in plan.folds if fold_state(plan.layout, planned.instance, fold["fold"],
+                                                                         plan.claim_grace).startswith("running")]
+            if claimed:  # its folds were done here, and another process retrains one now (its overwrite_results)
+                self.say(f"instance {planned.instance}: fold {', '.join(map(str, claimed))} is being trained again "
+                         "by another process (overwrite_results = True there?): left to it")
+                return "busy"
             return "stopped"
         if not planned.missing:
             if collected.before == "complete":
