@@ -748,9 +748,13 @@ def test_predict_names_a_file_in_the_out_path_and_says_when_it_cut_long_files(fi
                                *arguments], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
                               env=routine_environment(finished["config"]))
     one_line_refusal(predict("--out", str(blocker / "p.csv")), f"{blocker} is a file, not a folder")
-    completed = predict("--out", str(tmp_path / "p.csv"))
+    formula = tmp_path / '=HYPERLINK("x","y").wav'  # a name that a spreadsheet would read as a formula
+    shutil.copy(long_clip, formula)
+    completed = predict(formula.name, "--out", str(tmp_path / "p.csv"))
     assert completed.returncode == 0, completed.stderr
-    assert "note: 1 of the files are longer than the model's clips" in completed.stdout
+    assert "note: 2 of the files are longer than the model's clips" in completed.stdout
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
+        assert [row["file"] for row in csv.DictReader(handle)] == [str(long_clip), str(formula)]
 
 
 def test_a_fold_process_killed_by_a_signal_is_named_by_it():
