@@ -153,7 +153,7 @@ def disagrees(stored, computed):
     return False
 
 
-def parse_instance(raw, path, experiment_folder):
+def parse_instance(raw, path, experiment_folder, warn=warn):
     """The instance of a result file's JSON: a namespace of its fields, defaults filled in, folds sorted; XvalError
     naming the file and what is wrong when damage() finds something."""
     problem, name = damage(raw), RESULT_FILE_PATTERN.match(path.name)
@@ -213,39 +213,45 @@ def experiment_dataset(experiment_folder, instances):
         return max(dict.fromkeys(names), key=names.count)
 
 
-def load_instances(experiment_folder):
-    """Every readable instance of an experiment folder, in instance order; other result files are warned about.
-    XvalError when the folder is not an experiment folder or holds no readable result file."""
+def load_instances(experiment_folder, said=None):
+    """Every readable instance of an experiment folder, in instance order; other result files are warned about
+    (each warning line also appended to the list `said` when given, for the workbook). XvalError when the folder
+    is not an experiment folder or holds no readable result file."""
     check_experiment_folder(experiment_folder)
+
+    def note(message):
+        warn(message)
+        if said is not None:
+            said.append(message)
     results = Layout(experiment_folder, None, None).results
     paths = [path for path in results.glob(RESULT_FILE_GLOB) if path.is_file()]
     for path in paths:
         if not RESULT_FILE_PATTERN.match(path.name):
-            warn(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
+            note(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
     experiment = experiment_number(experiment_folder)
     for path in paths:
         if (match := RESULT_FILE_PATTERN.match(path.name)) and experiment not in (None, int(match["experiment"])):
-            warn(f"{path} belongs to experiment {int(match['experiment'])}, not to this experiment_{experiment} "
+            note(f"{path} belongs to experiment {int(match['experiment'])}, not to this experiment_{experiment} "
                  "folder: skipped (move it to its own experiment folder)")
     instances = []
     for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
                            if (match := RESULT_FILE_PATTERN.match(path.name))
                            and experiment in (None, int(match["experiment"]))):
         try:
-            instances.append(parse_instance(read_json(path), path, experiment_folder))
+            instances.append(parse_instance(read_json(path), path, experiment_folder, note))
         except XvalError as error:
-            warn(f"{error}: skipped")
+            note(f"{error}: skipped")
         except (OSError, UnicodeDecodeError) as error:
-            warn(f"{path} cannot be read ({error}): skipped")
+            note(f"{path} cannot be read ({error}): skipped")
     if not instances:
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     dataset = experiment_dataset(experiment_folder, instances)
     for instance in [instance for instance in instances if instance.dataset != dataset]:
-        warn(f"{instance.source} holds results on dataset '{instance.dataset}', and this experiment is on "
+        note(f"{instance.source} holds results on dataset '{instance.dataset}', and this experiment is on "
              f"'{dataset}': skipped (an experiment is on one dataset; move it to its own experiment folder)")
         instances.remove(instance)
-    mark_other_splits(instances, Path(experiment_folder))
+    mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:
         raise XvalError(f"no readable results in {results}: restore the damaged files named above or rerun the "
                         "instances")
@@ -258,7 +264,7 @@ def split_of(folds):
                  for fold in folds)
 
 
-def mark_other_splits(instances, experiment_folder):
+def mark_other_splits(instances, experiment_folder, warn=warn):
     """Instances are compared fold by fold (the choice on validation, the selection-aware estimate, the paired
     tests), so only on one split: that of folds.json (else of the lowest-numbered complete instance). A complete
     instance trained on another split is shown as OTHER_SPLIT, no longer counts as complete, and is named once; one
@@ -439,13 +445,15 @@ def routine_summaries(instances):
     return {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
 
 
-def write_routine_summary(experiment_folder, instances):
+def write_routine_summary(experiment_folder, instances, said=()):
     """routine_summaries(instances), written atomically as the summary JSON of experiment_folder (named after the
-    lowest-numbered instance)."""
+    lowest-numbered instance), with `warnings` (said: what reading the results files warned about) when any."""
     summaries, searches = routine_summaries(instances), search_summaries(instances)
     document = {"experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
                 "about": SUMMARY_ABOUT, "task_types": summaries}
     if searches:  # only then: a summary without searches reads as an earlier version wrote it, unchanged on resume
         document.update(about=SUMMARY_ABOUT + SEARCHES_ABOUT, searches=searches)
+    if said:  # only then, as searches
+        document["warnings"] = list(said)
     atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, document)
     return summaries

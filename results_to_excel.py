@@ -264,9 +264,10 @@ def summary_table(instances, task_type, output_path, summary):
     return columns, rows
 
 
-def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
-    """The sentences that say which instance is chosen and which number to report, the summary table (ID, link and
-    comment 1 stay in view when scrolling right), the legend and the parameters all instances share."""
+def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary, said=()):
+    """The sentences that say which instance is chosen and which number to report, what reading the results files
+    said (said: warning lines, e.g. a damaged file left out), the summary table (ID, link and comment 1 stay in view
+    when scrolling right), the legend and the parameters all instances share."""
     counts = ", ".join(f"{sum(i.status == status for i in instances)} {status}" for status in STATUSES)
     counts += "".join(f", {n} on another split" for n in [sum(i.status == OTHER_SPLIT for i in instances)] if n)
     dependent = [i.foldable_item for i in instances if not i.speaker_independent]
@@ -278,6 +279,9 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
     lines = honest_lines(summary)
     for offset, line in enumerate(lines):
         worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
+    for line in said:
+        worksheet.write_string(2 + len(lines), 0, f"Warning: {line}", formats(font_color="#C00000"))
+        lines = [*lines, line]
     header_row = 3 + len(lines)
     end = write_table(worksheet, formats, *summary_table(instances, task_type, output_path, summary), header_row,
                       SUMMARY_CELL, frozen_columns=3)
@@ -469,9 +473,10 @@ def write_search_sheet(workbook, formats, entry, instances, plots_root):
 
 # ---- The workbook
 
-def build_workbook(path, instances, summaries, plots_root, output_path):
+def build_workbook(path, instances, summaries, plots_root, output_path, said=()):
     """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
-    routine_summary of its instances}."""
+    routine_summary of its instances}; said: what reading the results files warned about (on the first summary
+    sheet)."""
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
                                                "strings_to_urls": False})
     made = {}  # one xlsxwriter format per distinct set of properties (Excel wants few, reused formats)
@@ -484,7 +489,7 @@ def build_workbook(path, instances, summaries, plots_root, output_path):
     suffix = {task_type: "" if task_type == instances[0].task_type else f"_{task_type}" for task_type in groups}
     for task_type, group in groups.items():
         write_summary_sheet(workbook, formats, f"summary{suffix[task_type]}", group, task_type, output_path,
-                            summaries[task_type])
+                            summaries[task_type], said if task_type == instances[0].task_type else ())
     for task_type, group in groups.items():
         write_folds_sheet(workbook, formats, f"folds{suffix[task_type]}", group, task_type)
     if "classification" in groups:
@@ -504,7 +509,8 @@ def write_spreadsheet(experiment_folder, output_path=None):
     A view needs nothing but to read: from a folder that cannot be written (an archive, a colleague's), the workbook
     goes to output_path elsewhere, its plots are drawn in a scratch folder, and the summary JSON is not written."""
     experiment_folder = Path(experiment_folder).resolve()
-    instances = load_instances(experiment_folder)
+    said = []  # what reading the results files warned about: in the workbook and the summary JSON too
+    instances = load_instances(experiment_folder, said)
     output_path = Path(output_path or Layout(experiment_folder, instances[0].dataset, instances[0].experiment).workbook)
     if output_path.suffix.lower() != ".xlsx":
         raise XvalError(f"output {output_path} must end in .xlsx: name it e.g. {output_path.stem}.xlsx")
@@ -519,8 +525,8 @@ def write_spreadsheet(experiment_folder, output_path=None):
         with contextlib.ExitStack() as scratch:
             plots_root = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if read_only else experiment_folder
             summaries = routine_summaries(instances) if read_only else write_routine_summary(experiment_folder,
-                                                                                               instances)
-            build_workbook(temp, instances, summaries, plots_root, output_path)
+                                                                                               instances, said)
+            build_workbook(temp, instances, summaries, plots_root, output_path, said)
         commit_temp_file(temp, output_path)
         if read_only:
             print(f"note: {experiment_folder} cannot be written ({read_only}): its summary JSON and plots/ were not "

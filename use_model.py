@@ -327,7 +327,8 @@ def predict(target, audio, instance_text, out):
         mean = total / len(models)
         prediction = classes[int(mean.argmax())] if classes else float(mean[0])
         # absolute: a name as typed ('=x.wav') could start like a spreadsheet formula; a path never does
-        writer.writerow([os.path.abspath(path), prediction] + ([f"{p:.6f}" for p in mean] if classes else []) + [card["name"]])
+        writer.writerow([os.path.abspath(path), prediction] + ([f"{p:.6f}" for p in mean] if classes else [])
+                        + [card["name"]])
     atomic_write_text(out, text.getvalue())
     print(f"predicted {len(pieces)} files with {card['name']} -> {out}")
     if longer:

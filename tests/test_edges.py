@@ -179,7 +179,10 @@ def test_a_complete_result_missing_a_fold_or_its_test_metrics_is_damaged_not_com
             "fold 2 of folds.json is missing from it") in error
     import openpyxl
     sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(experiment["dir"]))["summary"]
-    assert "another split" not in " ".join(str(cell.value) for row in sheet.iter_rows() for cell in row)
+    text = " ".join(str(cell.value) for row in sheet.iter_rows() for cell in row)
+    assert "another split" not in text and f"Warning: {path} is damaged (" in text  # in the workbook, not only stderr
+    summary = json.loads(next(experiment["dir"].glob("*_summary.json")).read_text())
+    assert any(f"{path} is damaged (" in line for line in summary["warnings"])
 
 
 def test_a_result_of_another_experiment_in_the_folder_is_skipped_with_a_warning(finished, tmp_path, capsys):
