@@ -204,8 +204,8 @@ def experiment_number(experiment_folder):
 
 
 def experiment_dataset(experiment_folder, instances):
-    """The dataset an experiment is on: its folds.json's, else that of most of its instances (the lowest-numbered
-    instance's among equals)."""
+    """The dataset an experiment's folds were made on: its folds.json's, else that of most of its instances (the
+    lowest-numbered instance's among equals)."""
     try:
         return read_json(Layout(experiment_folder, None, None).folds)["dataset"]
     except (OSError, XvalError, KeyError, TypeError):
@@ -247,10 +247,13 @@ def load_instances(experiment_folder, said=None):
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     dataset = experiment_dataset(experiment_folder, instances)
-    for instance in [instance for instance in instances if instance.dataset != dataset]:
-        note(f"{instance.source} holds results on dataset '{instance.dataset}', and this experiment is on "
-             f"'{dataset}': skipped (an experiment is on one dataset; move it to its own experiment folder)")
-        instances.remove(instance)
+    for instance in list(instances):  # two files for one instance id: the one on the experiment's dataset stays
+        rivals = [other for other in instances if other.id == instance.id]
+        if len(rivals) > 1 and instance is not next((i for i in rivals if i.dataset == dataset), rivals[0]):
+            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', and "
+                 f"{next(i for i in rivals if i is not instance).source} too: skipped (one file per instance; this "
+                 f"experiment's folds.json is on '{dataset}'; move it to its own experiment folder)")
+            instances.remove(instance)
     mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:
         raise XvalError(f"no readable results in {results}: restore the damaged files named above or rerun the "

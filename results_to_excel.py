@@ -264,10 +264,9 @@ def summary_table(instances, task_type, output_path, summary):
     return columns, rows
 
 
-def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary, said=()):
-    """The sentences that say which instance is chosen and which number to report, what reading the results files
-    said (said: warning lines, e.g. a damaged file left out), the summary table (ID, link and comment 1 stay in view
-    when scrolling right), the legend and the parameters all instances share."""
+def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
+    """The sentences that say which instance is chosen and which number to report, the summary table (ID, link and
+    comment 1 stay in view when scrolling right), the legend and the parameters all instances share."""
     counts = ", ".join(f"{sum(i.status == status for i in instances)} {status}" for status in STATUSES)
     counts += "".join(f", {n} on another split" for n in [sum(i.status == OTHER_SPLIT for i in instances)] if n)
     dependent = [i.foldable_item for i in instances if not i.speaker_independent]
@@ -279,9 +278,6 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
     lines = honest_lines(summary)
     for offset, line in enumerate(lines):
         worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
-    for line in said:
-        worksheet.write_string(2 + len(lines), 0, f"Warning: {line}", formats(font_color="#C00000"))
-        lines = [*lines, line]
     header_row = 3 + len(lines)
     end = write_table(worksheet, formats, *summary_table(instances, task_type, output_path, summary), header_row,
                       SUMMARY_CELL, frozen_columns=3)
@@ -475,7 +471,7 @@ def write_search_sheet(workbook, formats, entry, instances, plots_root):
 
 def build_workbook(path, instances, summaries, plots_root, output_path, said=()):
     """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
-    routine_summary of its instances}; said: what reading the results files warned about (on the first summary
+    routine_summary of its instances}; said: what reading the results files warned about (a last 'warnings'
     sheet)."""
     workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
                                                "strings_to_urls": False})
@@ -489,7 +485,7 @@ def build_workbook(path, instances, summaries, plots_root, output_path, said=())
     suffix = {task_type: "" if task_type == instances[0].task_type else f"_{task_type}" for task_type in groups}
     for task_type, group in groups.items():
         write_summary_sheet(workbook, formats, f"summary{suffix[task_type]}", group, task_type, output_path,
-                            summaries[task_type], said if task_type == instances[0].task_type else ())
+                            summaries[task_type])
     for task_type, group in groups.items():
         write_folds_sheet(workbook, formats, f"folds{suffix[task_type]}", group, task_type)
     if "classification" in groups:
@@ -498,7 +494,19 @@ def build_workbook(path, instances, summaries, plots_root, output_path, said=())
         write_search_sheet(workbook, formats, entry, instances, plots_root)
     write_parameters_sheet(workbook, formats, instances, output_path)
     write_plots_sheet(workbook, formats, instances, plots_root)
+    if said:
+        write_warnings_sheet(workbook, formats, said)
     workbook.close()
+
+
+def write_warnings_sheet(workbook, formats, said):
+    """The 'warnings' sheet (last): what reading the results files warned about, one line each (a damaged or stray
+    file left out), so that a reader of the workbook sees what its numbers do not include."""
+    worksheet = new_sheet(workbook, formats, "warnings", f"{len(said)} warnings while reading the results files",
+                          "These files, or parts of them, are not in the other sheets' numbers. Updated "
+                          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    for row, line in enumerate(said, 2):
+        worksheet.write_string(row, 0, line, formats(font_color="#C00000"))
 
 
 def write_spreadsheet(experiment_folder, output_path=None):
