@@ -102,7 +102,7 @@ def test_resume_after_a_kill_on_the_torch_backend(tiny_features, tmp_path):
     experiment_dir = tmp_path / "experiments" / "experiment_1"
     process = start_routine(routine, tiny_features["config_path"])
     folds_dir = experiment_dir / "results" / "folds"
-    while not (folds_dir.is_dir() and list(folds_dir.glob("*.json"))):
+    while not (folds_dir.is_dir() and list(folds_dir.glob("results_*.json"))):
         try:
             process.wait(timeout=0.05)
             break
@@ -111,7 +111,7 @@ def test_resume_after_a_kill_on_the_torch_backend(tiny_features, tmp_path):
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    survivors = {path.name: path.read_bytes() for path in folds_dir.glob("*.json")}
+    survivors = {path.name: path.read_bytes() for path in folds_dir.glob("results_*.json")}
     assert survivors
     finished = run_routine(routine, tiny_features["config_path"])
     assert finished.returncode == 0, finished.stderr
