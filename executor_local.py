@@ -58,6 +58,21 @@ class Worker:
             self.launchers[backend].start()
         return self.launchers[backend]
 
+    def on_cpu(self, backend):
+        """Whether this GPU worker's backend saw no GPU on its device (so its folds run on the CPU)."""
+        return self.device >= 0 and backend in self.launchers and self.launchers[backend].seen == "cpu"
+
+    def where(self, backend):
+        """Where this worker's last fold of backend ran, for its line: its label, '(no GPU: CPU)' when on_cpu."""
+        return f"{self.label} (no GPU: CPU)" if self.on_cpu(backend) else self.label
+
+    def no_gpu_warning(self, backend):
+        """The one warning line that backend sees no GPU on this worker's device, the first time only; else None."""
+        if not self.on_cpu(backend) or backend in self.warned:
+            return None
+        self.warned.add(backend)
+        return no_gpu_warning(self.label, backend, "list -1 for a CPU worker")
+
     def abort(self):
         for launcher in self.launchers.values():
             launcher.abort()
@@ -137,15 +152,13 @@ class LocalExecutor(Executor):
             with self.lock:
                 self.fold_runs.append({"instance": planned.instance, "fold": fold["fold"], "device": worker.label,
                                        "seconds": round(time.monotonic() - started, 3), "exit_code": code})
-            if worker.device >= 0 and launcher.seen == "cpu" and backend not in worker.warned:
-                worker.warned.add(backend)
-                self.say(no_gpu_warning(worker.label, backend, "list -1 for a CPU worker"), sys.stderr)
+            if warning := worker.no_gpu_warning(backend):
+                self.say(warning, sys.stderr)
             return code, error_line
 
         started = time.monotonic()
         result = attempt(job, launch)
-        where = f"{worker.label} (no GPU: CPU)" if worker.device >= 0 and launcher.seen == "cpu" else worker.label
-        changed = report_attempt(self.say, job, result, time.monotonic() - started, where,
+        changed = report_attempt(self.say, job, result, time.monotonic() - started, worker.where(backend),
                                  self.eta(left()) if result.outcome == "trained" else None)
         if result.outcome == "failed" and plan.debug:
             log = plan.layout.fold(planned.instance, fold["fold"]).log
@@ -370,16 +383,13 @@ class LocalExecutor(Executor):
                 paths = scratch.layout.fold(planned.instance, 1)
                 atomic_write_json(paths.job, job)
                 started, backend = time.monotonic(), planned.parameters["backend"]
-                launcher = worker.launcher(backend)
-                code, error_line = launcher.run(paths.job, paths.log, f"instance {planned.instance}")
+                code, error_line = worker.launcher(backend).run(paths.job, paths.log, f"instance {planned.instance}")
                 error = None if code == 0 else error_line or ended_text(code)
-                where = f"{worker.label} (no GPU: CPU)" if worker.device >= 0 and launcher.seen == "cpu" else \
-                    worker.label
-                print(f"instance {planned.instance} on {where}: {'ok' if error is None else 'FAILED: ' + error} "
-                      f"({time.monotonic() - started:.1f} s)", flush=True)
-                if worker.device >= 0 and launcher.seen == "cpu" and backend not in worker.warned:
-                    worker.warned.add(backend)
-                    print(no_gpu_warning(worker.label, backend, "list -1 for a CPU worker"), file=sys.stderr)
+                print(f"instance {planned.instance} on {worker.where(backend)}: "
+                      f"{'ok' if error is None else 'FAILED: ' + error} ({time.monotonic() - started:.1f} s)",
+                      flush=True)
+                if warning := worker.no_gpu_warning(backend):
+                    print(warning, file=sys.stderr)
                 if error:
                     failed.append(planned.instance)
         finally:
