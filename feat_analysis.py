@@ -268,6 +268,12 @@ def length_settings(preprocessing):
             "hop_samples": int(round(preprocessing["window_hop_seconds"] * rate))}
 
 
+def cut_to_clip(duration, length):
+    """Whether a recording of duration s loses audio to a fixed-length clip (length: length_settings'; windows
+    keep everything); a millisecond of slack for the rounding of clip_samples."""
+    return length["mode"] == "fixed" and duration > length["clip_samples"] / length["sample_rate"] + 1e-3
+
+
 
 def read_mono(path):
     """Samples of an audio file mixed to mono: (float32 (samples,) in [-1, 1], sample rate in Hz).

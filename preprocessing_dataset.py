@@ -198,18 +198,18 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
     labels = name_pattern(label_pattern, "label", "--label-pattern", "^(?P<label>\\d)_")
     suffixes = feat_analysis.AUDIO_SUFFIXES
     audio = [path for path in files_under(folder) if TEMP_MARKER not in path.name and path.suffix.lower() in suffixes]
-    paths = [path for path in audio if labels or len(path.relative_to(folder).parts) > 1]
+    loose = [] if labels else [path for path in audio if path.parent == folder]  # in no class folder
+    paths = [path for path in audio if path.parent != folder] if loose else audio
     if not paths:
         raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
                         f"({', '.join(suffixes)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
                         "in the file names with --label-pattern")
     clips = []
     skipped = [skip_entry(None, "no_class_folder", "lies directly in the input folder: move it into its class's "
-                          "folder (FOLDER/CLASS/file.wav)", path.relative_to(folder).as_posix())
-               for path in audio if path not in paths]
+                          "folder (FOLDER/CLASS/file.wav)", path.name) for path in loose]
     if labels is None:
-        for empty in sorted(child.name for child in folder.iterdir() if child.is_dir() and
-                            not any(path.relative_to(folder).parts[0] == child.name for path in paths)):
+        classes = {path.relative_to(folder).parts[0] for path in paths}
+        for empty in sorted(child.name for child in folder.iterdir() if child.is_dir() and child.name not in classes):
             print(f"WARNING: class folder '{empty}' holds no audio file ({', '.join(suffixes)}): no clip of that class")
     for path in paths:  # no rows here: a skipped file is named by its path
         relative = path.relative_to(folder).as_posix()
@@ -627,11 +627,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
 def cut_clips(read, length):
     """(how many clips are longer than a fixed-length dataset's clips, that length in s), or None in windows mode
     or when none is longer. read: the clips with their duration in s; length: feat_analysis.length_settings'."""
-    if length["mode"] != "fixed":
-        return None
-    seconds = length["clip_samples"] / length["sample_rate"]
-    longer = sum(clip["duration"] > seconds + 1e-3 for clip in read)
-    return (longer, seconds) if longer else None
+    longer = sum(feat_analysis.cut_to_clip(clip["duration"], length) for clip in read)
+    return (longer, length["clip_samples"] / length["sample_rate"]) if longer else None
 
 
 def case_variants(names):

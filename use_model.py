@@ -293,13 +293,12 @@ def predict(target, audio, instance_text, out):
                         "recorded them): its features cannot be reproduced; preprocess and train it again")
     files = audio_files(audio)
     out = checked_out_path(out, files + [model for model, _ in models])
-    pieces, unreadable, longer = {}, [], 0
-    length = features["length"]
-    clip_seconds = length["clip_samples"] / length["sample_rate"] if length["mode"] == "fixed" else None
+    import feat_analysis  # here, as in file_features: librosa, which final and the views never need
+    pieces, unreadable, longer, length = {}, [], 0, features["length"]
     for path in files:
         try:
             pieces[path], duration = file_features(path, features)
-            longer += clip_seconds is not None and duration > clip_seconds + 1e-3
+            longer += feat_analysis.cut_to_clip(duration, length)
         except (RuntimeError, OSError, ValueError, EOFError) as error:
             unreadable.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
     if not pieces:
@@ -332,6 +331,7 @@ def predict(target, audio, instance_text, out):
     atomic_write_text(out, text.getvalue())
     print(f"predicted {len(pieces)} files with {card['name']} -> {out}")
     if longer:
+        clip_seconds = length["clip_samples"] / length["sample_rate"]
         print(f"note: {longer} of the files are longer than the model's clips ({clip_seconds:g} s): each was scored "
               f"on one {clip_seconds:g} s piece cut as in training (cut_mode {length.get('cut_mode')!r}); a model of a "
               "windows dataset scores whole recordings")
