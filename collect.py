@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from foldjob import summarise_folds
 from layout import RESULT_FILE_GLOB, RESULT_FILE_PATTERN, SUMMARY_GLOB, Layout
 from registries import HIGHER_IS_BETTER, MAIN_METRIC, METRICS, TASK_TYPES
 from utility_functions import XvalError, atomic_write_json, mean_and_std, read_json
@@ -134,14 +135,6 @@ def present(fields):
     return {key: value for key, value in fields.items() if value is not None and value != ""}
 
 
-def folds_summary(folds):
-    """{split: {metric: {"mean", "std"}}} of folds' metrics (what the engine writes as a results JSON's summary)."""
-    splits = dict.fromkeys(split for fold in folds for split in fold["metrics"])
-    return {split: {name: {key: value for key, value in mean_and_std(
-        fold["metrics"].get(split, {}).get(name) for fold in folds).items() if key != "folds"}
-        for name in sorted({name for fold in folds for name in fold["metrics"].get(split, {})})} for split in splits}
-
-
 def disagrees(stored, computed):
     """Whether a stored summary's means differ from those computed from the folds (beyond float round-off)."""
     for split, metrics in computed.items():
@@ -165,7 +158,7 @@ def parse_instance(raw, path, experiment_folder, warn=warn):
                                   **present(raw), "id": int(name["instance"]), "source": path})
     instance.folds = sorted(({**FOLD_DEFAULTS, **present(fold)} for fold in instance.folds), key=lambda f: f["fold"])
     if instance.folds:  # the means the views show come from the folds, as every comparison does: one source
-        stored, instance.summary = instance.summary or {}, folds_summary(instance.folds)
+        stored, instance.summary = instance.summary or {}, summarise_folds(instance.folds)
         if disagrees(stored, instance.summary):
             warn(f"{path}: its stored summary disagrees with its folds' metrics (edited by hand?): every view shows "
                  "the means of the folds")

@@ -159,11 +159,12 @@ class Collected(NamedTuple):
 
 
 def summarise_folds(folds):
-    """{split: {metric: {"mean", "std"}}} over folds: mean_and_std of each metric's values (None skipped)."""
+    """{split: {metric: {"mean", "std"}}} over folds: mean_and_std of each metric's values (None, or a split a fold
+    lacks, skipped). What a results JSON's summary holds, and what the views recompute it from."""
     summary = {split: {} for split in SPLITS}
     for split in SPLITS:
-        for name in sorted({name for fold in folds for name in fold["metrics"][split]}):
-            stats = mean_and_std(fold["metrics"][split].get(name) for fold in folds)
+        for name in sorted({name for fold in folds for name in fold["metrics"].get(split, {})}):
+            stats = mean_and_std(fold["metrics"].get(split, {}).get(name) for fold in folds)
             summary[split][name] = {"mean": stats["mean"], "std": stats["std"]}
     return summary
 
