@@ -132,23 +132,26 @@ class Search:
 # ----------------------------------------------------------------------------------------------------------------
 # The routine's strings in: a search is recognised, parsed and checked before anything runs
 
-def distribution_call(text):
-    """(name, call node) when text is 'name = DISTRIBUTION(...)', else None (an ordinary parameter string)."""
+def assigned_call(text):
+    """(name, call node) when text is 'name = function(...)', else None."""
     with contextlib.suppress(SyntaxError, AttributeError, TypeError, IndexError):
         statement = ast.parse(text.strip()).body[0]
         call = statement.value
-        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in DISTRIBUTIONS:
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
             return statement.targets[0].id, call
     return None
 
 
+def distribution_call(text):
+    """(name, call node) when text is 'name = DISTRIBUTION(...)', else None (an ordinary parameter string)."""
+    found = assigned_call(text)
+    return found if found and found[1].func.id in DISTRIBUTIONS else None
+
+
 def unknown_distribution(text):
     """The name called in 'name = other(...)' when `other` is not a distribution (a misspelt one), else None."""
-    with contextlib.suppress(SyntaxError, AttributeError, TypeError, IndexError):
-        call = ast.parse(text.strip()).body[0].value
-        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id not in DISTRIBUTIONS:
-            return call.func.id
-    return None
+    found = assigned_call(text)
+    return found[1].func.id if found and found[1].func.id not in DISTRIBUTIONS else None
 
 
 def is_search(strings):
@@ -555,10 +558,12 @@ def journal_storage(paths):
 
 
 def load_study(paths):
-    """The study of an existing journal (layout.search(key)), for the views; its one study, whatever its name."""
+    """The study of an existing journal (layout.search(key)), for the views; its one study, whatever its name, or
+    None when the journal holds none yet."""
     import optuna
     storage = journal_storage(paths)
-    return optuna.load_study(study_name=storage.get_all_studies()[0].study_name, storage=storage)
+    studies = storage.get_all_studies()
+    return optuna.load_study(study_name=studies[0].study_name, storage=storage) if studies else None
 
 
 def claimed(lock, grace):
@@ -573,10 +578,9 @@ def claimed(lock, grace):
 def finished_trials(paths):
     """The numbers of the trials a search's journal (layout.search(key)) records as finished."""
     from optuna.trial import TrialState
-    if not journal_storage(paths).get_all_studies():
-        return []
-    return [trial.number for trial in load_study(paths).get_trials(deepcopy=False)
-            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    study = load_study(paths)
+    return [trial.number for trial in study.get_trials(deepcopy=False)
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)] if study else []
 
 
 def search_status_line(layout, search, grace):
@@ -588,10 +592,11 @@ def search_status_line(layout, search, grace):
         return f"search {search.key}: no trial yet ({search.trials} to run, instances {search.key} to " \
                f"{search.key + search.trials - 1})"
     try:
+        study = load_study(paths)
         states = ["repeat" if REPEAT_ATTR in trial.user_attrs else
                   "left" if trial.state.name == "RUNNING" and not claimed(layout.trial_claim(search.key + trial.number),
                                                                           grace) else trial.state.name.lower()
-                  for trial in load_study(paths).get_trials(deepcopy=False)]
+                  for trial in (study.get_trials(deepcopy=False) if study else [])]
     except ImportError:
         return f"search {search.key}: Optuna is not installed here ({INSTALL_HINT}) to read {paths.journal}"
     counts = ", ".join(f"{states.count(state)} {word}" for state, word in (
