@@ -18,9 +18,11 @@ pipeline does the rest (build_dataset):
      into windows of window_seconds every window_hop_seconds (the last one zero-padded, a short clip padded to one
      window), so nothing is thrown away; training uses the windows, evaluation averages a clip's windows;
   4. features (feat_analysis.py), in worker processes;
-  5. {NAME}_predictors.npz and {NAME}_target.npz (one array per foldable item, no pickle), {NAME}_clips.npz in
-     windows mode (each window's clip, numbered within its item), and {NAME}_metadata.json (one record per clip
-     with every column, class names, settings, sample rates and durations found, what was skipped and why).
+  5. {NAME}_predictors.npy and {NAME}_target.npy (every example, the foldable items one after the other, no
+     pickle; memory-mapped by every process), {NAME}_clips.npy in windows mode (each window's clip, numbered within
+     its item), {NAME}_index.json (each item's examples) and {NAME}_metadata.json (one record per clip with every
+     column, class names, settings, sample rates and durations found, what was skipped and why). The features are
+     written to disk as they are computed, so memory does not grow with the corpus.
 A row that cannot be used (missing or undecodable file, empty or unusable label, no foldable item, a foldable item
 with a single clip) is skipped and named in the summary with its row number; the run succeeds for the rest unless
 nothing usable is left. Folding by file (--fold-by file: speaker-dependent, clips of one speaker in training and
@@ -28,6 +30,7 @@ test) is possible only when asked by name, and is then said in the metadata, on 
 A rerun with the same table, input files (names, sizes, modification times) and settings reuses the dataset.
 """
 import argparse
+import contextlib
 import csv
 import ctypes
 import hashlib
@@ -45,7 +48,8 @@ import threadpoolctl
 from tqdm import tqdm
 
 import feat_analysis
-from utility_functions import (TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file, config_path_in_use,
+from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
+                               config_path_in_use, stored_format,
                                dataset_paths, exit_on_user_error, files_under, load_config, read_json,
                                remove_stale_temp_files, temp_path_for, writing)
 
@@ -55,9 +59,10 @@ FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only wh
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
+COPY_BYTES = 64 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-DATASET_NAME_LENGTH = 100  # characters: its file names (name + '_predictors.npz' and more) stay under 255 bytes
+DATASET_NAME_LENGTH = 100  # characters: its file names (name + '_predictors.npy' and more) stay under 255 bytes
 SKIP_KINDS = {  # kind of skipped row -> how the summary names it
     "missing_file": "audio file not found", "unreadable": "unreadable or empty audio",
     "empty_label": "empty label", "no_label": "no label in the file name", "bad_label": "label not usable",
@@ -360,30 +365,31 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
-def compute_features(clips, length, feature_settings, jobs, label):
-    """Features of all clips in order, over jobs processes with a progress bar.
+def compute_features(clips, length, feature_settings, jobs, label, sink):
+    """Features of all clips in order, over jobs processes with a progress bar, appended to the binary file sink
+    as they come (float32, C order), so that memory does not grow with the corpus.
 
-    Returns (float32 (pieces of the readable clips, frames, bins), [per clip: (pieces, reason, rate, duration,
-    digest)])."""
+    Returns ((frames, bins), [per clip: (pieces, reason, rate, duration, digest)])."""
     plan = feat_analysis.analysis_plan(length["sample_rate"], feature_settings)
     chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
     tasks = [{"paths": [clip["path"] for clip in chunk], "length": length, "feature_settings": feature_settings,
               "plan": plan} for chunk in chunks]
     jobs = max(1, min(jobs, len(tasks)))
-    results = []
+    outcomes, shape = [], None
     with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
-        if jobs == 1:
-            with threadpoolctl.threadpool_limits(limits=1):
-                for outcome in map(features_of_chunk, tasks):
-                    results.append(outcome)
-                    progress.update(len(outcome[1]))
-        else:
-            with _pool_context().Pool(jobs, initializer=_prepare_worker) as pool:
-                for outcome in pool.imap(features_of_chunk, tasks):
-                    results.append(outcome)
-                    progress.update(len(outcome[1]))
-    features = np.concatenate([features for features, _ in results])
-    return features, [outcome for _, outcomes in results for outcome in outcomes]
+        with contextlib.ExitStack() as stack:
+            if jobs == 1:
+                stack.enter_context(threadpoolctl.threadpool_limits(limits=1))
+                results = map(features_of_chunk, tasks)
+            else:
+                results = stack.enter_context(_pool_context().Pool(jobs, initializer=_prepare_worker)).imap(
+                    features_of_chunk, tasks)
+            for features, chunk_outcomes in results:
+                np.ascontiguousarray(features, dtype=np.float32).tofile(sink)
+                shape = features.shape[1:]
+                outcomes += chunk_outcomes
+                progress.update(len(chunk_outcomes))
+    return shape, outcomes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,37 +413,80 @@ def input_fingerprint(stats, table, preprocessing_settings, feature_settings, ta
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def save_npz(path, arrays):
-    """np.savez (uncompressed, no pickle) of {key: array} to path, atomically."""
+def save_npy(path, array):
+    """np.save (no pickle) of array to path, atomically."""
     temp = temp_path_for(path)
     with writing(path, temp):
-        np.savez(temp, **arrays)
+        with open(temp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
         commit_temp_file(temp, path)
 
 
-def write_dataset(paths, clips, features, target_kind, class_names, metadata, windows):
-    """Write predictors, target (and in windows mode each window's clip), one array per foldable item with its
-    clips in table order, then the metadata (last: without it the dataset is never reused)."""
-    pieces = np.array([clip["pieces"] for clip in clips])
-    starts = np.concatenate([[0], np.cumsum(pieces)])
-    targets = target_rows([clip["target"] for clip in clips], target_kind, len(class_names or ()))
+def copy_rows(path, raw, runs, shape):
+    """Write the .npy file path, atomically, of float32 rows (frames, bins) = shape copied from the raw file raw
+    (float32 rows of that shape, one after the other): runs [(first row, rows)], in order. One run at a time, at
+    most COPY_BYTES, so memory stays flat whatever the corpus."""
+    row_bytes = int(np.prod(shape)) * 4
+    total = sum(count for _, count in runs)
+    temp = temp_path_for(path)
+    with writing(path, temp):
+        with open(raw, "rb") as source, open(temp, "wb") as target:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": (total, *shape)}
+            np.lib.format.write_array_header_1_0(target, header)
+            step = max(1, COPY_BYTES // row_bytes)  # rows per read
+            for first, count in runs:
+                for start in range(first, first + count, step):
+                    source.seek(start * row_bytes)
+                    target.write(source.read(min(first + count - start, step) * row_bytes))
+        commit_temp_file(temp, path)
+
+
+def row_runs(clips):
+    """[(first row, rows)] of the clips' rows (clip["first_piece"], clip["pieces"]) in their order, consecutive
+    clips merged into one run."""
+    runs = []
+    for clip in clips:
+        if runs and runs[-1][0] + runs[-1][1] == clip["first_piece"]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + clip["pieces"])
+        else:
+            runs.append((clip["first_piece"], clip["pieces"]))
+    return runs
+
+
+def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows):
+    """Write a dataset in format 2 (utility_functions): predictors (copied from the raw features file raw, whose
+    rows clip["first_piece"] ... hold a clip's (frames, bins) = shape pieces), target, (in windows mode each
+    window's clip), items in sorted order with their clips in table order, then the index, then the metadata (last:
+    without it the dataset is never reused). A format 1 dataset of the same name is replaced."""
     items = sorted({clip["item"] for clip in clips})
-    rows = {item: [index for index, clip in enumerate(clips) if clip["item"] == item] for item in items}
-    spans = {item: np.concatenate([np.arange(starts[i], starts[i + 1]) for i in rows[item]]) for item in items}
-    paths["metadata"].unlink(missing_ok=True)
-    save_npz(paths["predictors"], {item: features[spans[item]] for item in items})
-    save_npz(paths["target"], {item: np.repeat(targets[rows[item]], pieces[rows[item]], axis=0) for item in items})
+    ordered = sorted(clips, key=lambda clip: clip["item"])  # stable: each item's clips stay in table order
+    pieces = np.array([clip["pieces"] for clip in ordered])
+    spans, first = [], 0
+    for item in items:
+        count = sum(clip["pieces"] for clip in ordered if clip["item"] == item)
+        spans.append([item, first, first + count])
+        first += count
+    for kind in ("metadata", "index"):
+        paths[kind].unlink(missing_ok=True)
+    copy_rows(paths["predictors"], raw, row_runs(ordered), shape)
+    targets = target_rows([clip["target"] for clip in ordered], target_kind, len(class_names or ()))
+    save_npy(paths["target"], np.repeat(targets, pieces, axis=0))
     if windows:
-        save_npz(paths["clips"], {item: np.repeat(np.arange(len(rows[item]), dtype=np.int32), pieces[rows[item]])
-                                  for item in items})
+        numbers = np.concatenate([np.arange(sum(clip["item"] == item for clip in ordered)) for item in items])
+        save_npy(paths["clips"], np.repeat(numbers.astype(np.int32), pieces))
     else:
         paths["clips"].unlink(missing_ok=True)
+    atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans})
+    for kind in ("predictors_npz", "target_npz", "clips_npz"):
+        paths[kind].unlink(missing_ok=True)
     atomic_write_json(paths["metadata"], metadata)
 
 
 def existing_metadata(paths):
-    """The metadata of the dataset at paths when all its files are there (a complete dataset), else None."""
-    if not (paths["predictors"].is_file() and paths["target"].is_file() and paths["metadata"].is_file()):
+    """The metadata of the dataset at paths when all its files are there (a complete dataset, format 1 or 2), else
+    None."""
+    if stored_format(paths) is None or not paths["metadata"].is_file():
         return None
     try:
         metadata = read_json(paths["metadata"])
@@ -550,7 +599,11 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
                         f"({'; '.join(differences)}): experiments built on it would no longer resume (their dataset "
                         "fingerprint changes); preprocess under another --dataset name, or pass --force to replace it")
-    if metadata and not differences and not force:
+    if metadata and not differences and not force and stored_format(paths) == 1 and not quiet:
+        print(f"{dataset}: stored as .npz archives (format 1), which every fold process reads into a copy of its "
+              "own: writing it again as memory-mapped .npy files (format 2; the same features, the same dataset "
+              "fingerprint, so its experiments resume)")
+    if metadata and not differences and not force and stored_format(paths) == 2:
         summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
                    "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
                    "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint,
@@ -566,63 +619,69 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
     length = feat_analysis.length_settings(pre)
-    features, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset)
-    read = []
-    for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):
-        if reason is None:
-            read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration, digest=digest))
-        else:
-            skipped.append(skip_entry(clip, "unreadable", reason))
-    starts = np.concatenate([[0], np.cumsum([clip["pieces"] for clip in read])]).astype(int)
-    for index, clip in enumerate(read):
-        clip["first_piece"] = starts[index]
-    if table["fold_by"] != FOLD_BY_FILE:
-        read, single = single_clip_items(read)
-        skipped += single
-    if not read:
-        raise XvalError(nothing_usable(table, clips, skipped))
-    present = sorted({clip["label"] for clip in read})
-    if target_kind == "classification" and len(present) < 2:
-        raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification needs "
-                        "two or more; check the labels (and --classes), or use --target regression for numbers")
-    if len({clip["item"] for clip in read}) < 2:
-        raise XvalError(f"only one foldable item ({read[0]['item']}, by '{table['fold_by']}') has usable clips in "
-                        f"{table['source']}: cross-validation by foldable item needs two or more; check --fold-by or "
-                        "--group-pattern")
-    kept_rows = np.concatenate([np.arange(clip["first_piece"], clip["first_piece"] + clip["pieces"]) for clip in read])
-    features = features[kept_rows]
-    skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
-    frames, bins = features.shape[1:]
-    items = sorted({clip["item"] for clip in read})
-    windows = length["mode"] == "windows"
-    records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
-                    sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
-    metadata = {
-        "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
-        "source": table["source"],
-        "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
-        "items": items, "clips_per_item": {item: sum(clip["item"] == item for clip in read) for item in items},
-        "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
-        "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
-        "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
-        "identical_audio": identical_audio(read), **(metadata_extra or {}),
-    }
-    if "clip_samples" in length:
-        metadata["clip_samples"] = length["clip_samples"]
-    write_dataset(paths, read, features, target_kind, class_names, metadata, windows)
-    summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
-               "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
-               "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
-               "windows": int(len(features)) if windows else None, "identical_audio": metadata["identical_audio"],
-               "classes_without_clips": [name for name in class_names or () if name not in present],
-               "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
-               "cut": cut_clips(read, length),
-               "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
-                                 "items": case_variants(items)}}
-    if not quiet:
-        print(summary_text(summary, feature_type, table["source"], kinds))
-    return summary
+    raw = temp_path_for(features_folder / f"{dataset}_features.raw")  # every clip's features, until written
+    try:
+        with writing(raw), open(raw, "wb") as sink:
+            shape, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset,
+                                               sink)
+        read = []
+        for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):
+            if reason is None:
+                read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration, digest=digest))
+            else:
+                skipped.append(skip_entry(clip, "unreadable", reason))
+        starts = np.concatenate([[0], np.cumsum([clip["pieces"] for clip in read])]).astype(int)
+        for index, clip in enumerate(read):
+            clip["first_piece"] = starts[index]
+        if table["fold_by"] != FOLD_BY_FILE:
+            read, single = single_clip_items(read)
+            skipped += single
+        if not read:
+            raise XvalError(nothing_usable(table, clips, skipped))
+        present = sorted({clip["label"] for clip in read})
+        if target_kind == "classification" and len(present) < 2:
+            raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification "
+                            "needs two or more; check the labels (and --classes), or use --target regression for "
+                            "numbers")
+        if len({clip["item"] for clip in read}) < 2:
+            raise XvalError(f"only one foldable item ({read[0]['item']}, by '{table['fold_by']}') has usable clips in "
+                            f"{table['source']}: cross-validation by foldable item needs two or more; check --fold-by "
+                            "or --group-pattern")
+        skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
+        frames, bins = shape
+        items = sorted({clip["item"] for clip in read})
+        windows = length["mode"] == "windows"
+        records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
+                        sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
+        metadata = {
+            "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
+            "source": table["source"],
+            "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
+            "items": items, "clips_per_item": {item: sum(clip["item"] == item for clip in read) for item in items},
+            "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
+            "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
+            "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
+            "identical_audio": identical_audio(read), **(metadata_extra or {}),
+        }
+        if "clip_samples" in length:
+            metadata["clip_samples"] = length["clip_samples"]
+        write_dataset(paths, read, raw, shape, target_kind, class_names, metadata, windows)
+        summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
+                   "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
+                   "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
+                   "windows": sum(clip["pieces"] for clip in read) if windows else None,
+                   "identical_audio": metadata["identical_audio"],
+                   "classes_without_clips": [name for name in class_names or () if name not in present],
+                   "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
+                   "cut": cut_clips(read, length),
+                   "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
+                                     "items": case_variants(items)}}
+        if not quiet:
+            print(summary_text(summary, feature_type, table["source"], kinds))
+        return summary
 
+    finally:
+        raw.unlink(missing_ok=True)
 
 def cut_clips(read, length):
     """(how many clips are longer than a fixed-length dataset's clips, that length in s), or None in windows mode
@@ -651,7 +710,7 @@ def summary_text(summary, feature_type, source, kinds):
         shape += f", {summary['windows']} windows"
     lines = [f"{summary['dataset']}: {summary['clips']} clips of {len(summary['items'])} {summary['fold_by']}s "
              f"(the foldable items) from {source} -> {summary['paths']['predictors'].parent}/{summary['dataset']}_"
-             f"{{predictors,target}}.npz ({shape}) in {summary['seconds']:.1f} s"]
+             f"{{predictors,target}}.npy ({shape}) in {summary['seconds']:.1f} s"]
     if summary.get("class_counts"):
         lines.append("  classes: " + ", ".join(f"{name} {count}" for name, count in summary["class_counts"].items()))
     audio = summary["audio"]
@@ -696,7 +755,8 @@ def summary_text(summary, feature_type, source, kinds):
 def parse_args(argv):
     """The command line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Preprocess a dataset given as a CSV or as class folders into "
-                                                 "{dataset}_predictors.npz, _target.npz and _metadata.json.")
+                                                 "{dataset}_predictors.npy, _target.npy, _index.json and "
+                                                 "_metadata.json.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", help="a CSV with a header row: file, label and foldable item columns")
     source.add_argument("--folders", help="a folder with one subfolder of audio files per class")

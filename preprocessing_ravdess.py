@@ -11,10 +11,11 @@ The pipeline reads, resamples, fits to length (or cuts into windows) and compute
 (songs, other files, names that are not RAVDESS names, unreadable audio) is skipped, counted, listed at the end
 and recorded in the metadata.
 
-Writes into [paths] features_folder, one array per actor, keys '01' ... '24':
-    {NAME}_predictors.npz  float32 (clips, frames, bins), clips sorted by file name
-    {NAME}_target.npz      emotion: one-hot float32 (clips, 8), columns = emotion codes 01..08;
+Writes into [paths] features_folder, the actors ('01' ... '24') one after the other (preprocessing_dataset.py):
+    {NAME}_predictors.npy  float32 (clips, frames, bins), each actor's clips sorted by file name
+    {NAME}_target.npy      emotion: one-hot float32 (clips, 8), columns = emotion codes 01..08;
                            intensity: float32 (clips,), 0 normal, 1 strong
+    {NAME}_index.json      each actor's clips (first, end)
     {NAME}_metadata.json   settings, shapes, every clip's codes, the skipped files, the input fingerprint
 A rerun with the same inputs (names, sizes, modification times) and settings reuses them, unless --force.
 """
@@ -192,7 +193,8 @@ def preprocess(input_folder, dataset, config, feature_type=None, target="emotion
 def parse_args(argv):
     """The command line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Preprocess RAVDESS (or the synthetic demo corpus) into "
-                                                 "{dataset}_predictors.npz, _target.npz and _metadata.json.")
+                                                 "{dataset}_predictors.npy, _target.npy, _index.json and "
+                                                 "_metadata.json.")
     parser.add_argument("--input", help="folder of RAVDESS .wav files, searched recursively (default: [paths] "
                                         "ravdess_folder, or demo_folder with --demo)")
     parser.add_argument("--dataset", help="dataset name (default: ravdess or ravdess_demo, + _intensity for "

@@ -519,13 +519,17 @@ def run_fold(job, loaded=None):
     dataset = loaded or load_all(job["features_folder"], job["dataset"])
     final = job.get("final", False)
     splits = ("train",) if final else SPLITS
-    data = {split: stack_items(dataset, job[f"{split}_items"]) for split in splits}
-    del dataset
-    if job.get("smoke_batches"):  # a smoke run: a few batches of every split
-        data = {split: tuple(array[:job["smoke_batches"] * parameters["batch_size"]] for array in arrays)
-                for split, arrays in data.items()}
-    if task_type == "regression":
-        data = {split: (x, y.reshape(-1), owner, clip) for split, (x, y, owner, clip) in data.items()}
+
+    def split_data(split):
+        """x, y, owner, clip of one split, stacked when needed: the test items only once they are evaluated, so a
+        fold holds at most the training items and one other split (the dataset itself is memory-mapped)."""
+        x, y, owner, clip = stack_items(dataset, job[f"{split}_items"])
+        if job.get("smoke_batches"):  # a smoke run: a few batches of every split
+            size = job["smoke_batches"] * parameters["batch_size"]
+            x, y, owner, clip = x[:size], y[:size], owner[:size], clip[:size]
+        return x, (y.reshape(-1) if task_type == "regression" else y), owner, clip
+
+    data = {split: split_data(split) for split in splits if split != "test"}
     x_train, y_train, _, _ = data["train"]
     output_size = y_train.shape[1] if task_type == "classification" else 1
 
@@ -573,10 +577,12 @@ def run_fold(job, loaded=None):
               "monitor": monitor, "monitor_mode": mode, "model_file": model_file,
               "normalisation": {"mean": mean.tolist(), "variance": variance.tolist()},
               "predictions": {}, "confusion_matrix": {}}
+    del batches, x_train, y_train
     for split in splits:
-        x, y, owner, clip = data[split]
+        x, y, owner, clip = data.pop(split) if split in data else split_data(split)
         scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, clip,
                                                            parameters["batch_size"])
+        del x  # before the next split is stacked
         result["metrics"][split] = scores
         if split == "test":
             result["predictions"]["test"] = predictions

@@ -540,23 +540,49 @@ def release(lock_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The feature dataset: {name}_predictors.npz and {name}_target.npz, one array per foldable item
+# The feature dataset, stored so that every process can memory-map it (format 2):
+#   {name}_predictors.npy  float32 (examples, frames, bins), the items one after the other in sorted order
+#   {name}_target.npy      (examples, classes) one-hot float32, or (examples,) float32
+#   {name}_clips.npy       int32 (examples,): the clip (numbered within its item) of every window; windows only
+#   {name}_index.json      {"format": 2, "examples": N, "items": [[item, first example, end], ...]}, written last
+# Datasets written before (format 1: {name}_predictors.npz and _target.npz, one array per item) are still read,
+# into memory; preprocessing them again (--force) stores them in format 2 with the same dataset fingerprint.
+
+STORAGE_FORMAT = 2
+
 
 def dataset_paths(features_folder, dataset):
-    """Paths of a dataset's predictors, target and metadata files."""
+    """Paths of a dataset's files: predictors, target, clips, index (format 2), metadata, and the format 1
+    archives predictors_npz, target_npz, clips_npz (read, never written)."""
     folder = Path(features_folder)
-    return {"predictors": folder / f"{dataset}_predictors.npz", "target": folder / f"{dataset}_target.npz",
-            "clips": folder / f"{dataset}_clips.npz", "metadata": folder / f"{dataset}_metadata.json"}
+    paths = {kind: folder / f"{dataset}_{kind}.npy" for kind in ("predictors", "target", "clips")}
+    paths.update({f"{kind}_npz": folder / f"{dataset}_{kind}.npz" for kind in ("predictors", "target", "clips")})
+    return dict(paths, index=folder / f"{dataset}_index.json", metadata=folder / f"{dataset}_metadata.json")
+
+
+def stored_format(paths):
+    """2 (memory-mappable .npy with an index), 1 (.npz archives) or None (no dataset) for dataset_paths' paths."""
+    if paths["index"].is_file():
+        return 2
+    if paths["predictors_npz"].is_file() and not paths["predictors"].is_file():
+        return 1
+    return None
 
 
 def load_dataset(features_folder, dataset):
     """Load a dataset without pickle: (predictors, targets), each {item: array}, same items in sorted order.
 
     predictors[item] is float32 (clips, frames, bins); targets[item] is (clips, classes) one-hot or (clips,) float.
+    In format 2 every array is a read-only view of a memory map: processes share the page cache, none holds a
+    private copy; format 1 archives are read into memory.
     """
     paths = dataset_paths(features_folder, dataset)
     dataset_file_stats(features_folder, dataset)  # a missing file is one clear line
-    predictors, targets = (read_npz(paths[kind], dataset) for kind in ("predictors", "target"))
+    if stored_format(paths) == 2:
+        spans = read_index(paths, dataset)
+        predictors, targets = (map_array(paths[kind], dataset, spans) for kind in ("predictors", "target"))
+    else:
+        predictors, targets = (read_npz(paths[f"{kind}_npz"], dataset) for kind in ("predictors", "target"))
     if set(predictors) != set(targets):
         raise XvalError(f"dataset '{dataset}': predictors and target files hold different items "
                         f"({sorted(set(predictors) ^ set(targets))}): rerun preprocessing with --force")
@@ -565,48 +591,91 @@ def load_dataset(features_folder, dataset):
 
 
 def dataset_file_stats(features_folder, dataset):
-    """[[size in bytes, modification time in ns]] of the predictors, target and (None when absent) clips files:
-    tells a rewritten file cheaply."""
+    """[[size in bytes, modification time in ns]] of the dataset's files (None for an absent clips file): tells a
+    rewritten file cheaply. Format 2: predictors, target, clips, index; format 1: the three archives."""
     paths = dataset_paths(features_folder, dataset)
-    for kind in ("predictors", "target"):
+    stored = stored_format(paths)
+    if stored is None:
+        what = (f"in {paths['index'].parent} is incomplete (no {paths['index'].name}: its preprocessing was stopped, "
+                "or is running)" if paths["predictors"].is_file() else
+                f"has no {paths['predictors'].name} in {paths['predictors'].parent}")
+        raise XvalError(f"dataset '{dataset}' {what}: run python3 preprocessing_dataset.py (or "
+                        f"preprocessing_ravdess.py) --dataset {dataset}" +
+                        (" --force" if "incomplete" in what else ", or fix the dataset name"))
+    kinds = ("predictors", "target", "clips", "index") if stored == 2 else ("predictors_npz", "target_npz", "clips_npz")
+    for kind in kinds[:2]:
         if not paths[kind].is_file():
-            raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: run "
-                            f"python3 preprocessing_dataset.py (or preprocessing_ravdess.py) --dataset {dataset}, "
-                            "or fix the dataset name")
+            raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: preprocess it "
+                            "again with --force")
     return [[paths[kind].stat().st_size, paths[kind].stat().st_mtime_ns] if paths[kind].is_file() else None
-            for kind in ("predictors", "target", "clips")]
+            for kind in kinds]
 
 
 def load_clip_ids(features_folder, dataset, predictors):
     """Which clip each example belongs to, numbered within its item: {item: int32 (examples,)}, without pickle.
 
-    A windows dataset stores it in {dataset}_clips.npz (a clip's windows are consecutive); in any other dataset
-    every example is a clip of its own.
+    A windows dataset stores it in {dataset}_clips.npy (.npz in format 1; a clip's windows are consecutive); in any
+    other dataset every example is a clip of its own.
     """
-    path = dataset_paths(features_folder, dataset)["clips"]
-    if not path.is_file():
-        return {item: np.arange(len(x), dtype=np.int32) for item, x in predictors.items()}
-    return read_npz(path, dataset)
+    paths = dataset_paths(features_folder, dataset)
+    if stored_format(paths) == 2:
+        if paths["clips"].is_file():
+            return map_array(paths["clips"], dataset, read_index(paths, dataset))
+    elif paths["clips_npz"].is_file():
+        return read_npz(paths["clips_npz"], dataset)
+    return {item: np.arange(len(x), dtype=np.int32) for item, x in predictors.items()}
+
+
+def damaged(path, dataset, error):
+    """The XvalError of a dataset file that cannot be read."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return XvalError(f"{path} is damaged and cannot be read ({type(error).__name__}: {reason}): preprocess dataset "
+                     f"'{dataset}' again with --force")
+
+
+def read_index(paths, dataset):
+    """{item: (first example, end)} of a format 2 dataset, checked: the items' spans follow one another from 0."""
+    try:
+        index = json.loads(paths["index"].read_text(encoding="utf-8"))
+        spans = {str(item): (int(first), int(end)) for item, first, end in index["items"]}
+        ends = [0] + [end for _, end in spans.values()]
+        if index["format"] != STORAGE_FORMAT or [first for first, _ in spans.values()] != ends[:-1] or \
+                ends[-1] != index["examples"] or len(spans) != len(index["items"]):
+            raise ValueError("the items' spans do not follow one another")
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise damaged(paths["index"], dataset, error) from None
+    return spans
+
+
+def map_array(path, dataset, spans):
+    """{item: read-only memory-mapped view of its rows} of one format 2 .npy file, without pickle."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        rows = max((end for _, end in spans.values()), default=0)
+        if not spans or len(array) != rows:
+            raise ValueError(f"{len(array)} rows, the index counts {rows}")
+    except (OSError, ValueError, EOFError) as error:
+        raise damaged(path, dataset, error) from None
+    return {item: array[first:end] for item, (first, end) in spans.items()}
 
 
 def read_npz(path, dataset):
-    """{key: array} of a dataset's .npz file, read without pickle, keys sorted; a damaged file (truncated, empty,
-    not an archive, holding objects) is an XvalError naming it."""
+    """{key: array} of a format 1 dataset's .npz file, read without pickle, keys sorted; a damaged file (truncated,
+    empty, not an archive, holding objects) is an XvalError naming it."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in sorted(archive.files)}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise XvalError(f"{path} is damaged and cannot be read ({type(error).__name__}: {reason}): preprocess "
-                        f"dataset '{dataset}' again with --force") from None
+        raise damaged(path, dataset, error) from None
 
 
 def dataset_fingerprint(predictors, targets, clip_ids):
     """SHA-256 (hex) of a loaded dataset's content: every item's name, dtype, shape and bytes, predictors, targets
     and clip ids.
 
-    The arrays are hashed rather than the .npz files, whose zip entries carry the time they were written: the same
-    features preprocessed twice give the same fingerprint, other features (settings, audio, items) another one.
+    The arrays are hashed rather than the files (a .npz archive's entries carry the time they were written, and
+    format 1 and 2 store one content differently): the same features preprocessed twice, in either format, give
+    the same fingerprint, other features (settings, audio, items) another one.
     """
     digest = hashlib.sha256()
     for arrays in (predictors, targets, clip_ids):

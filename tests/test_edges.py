@@ -454,7 +454,7 @@ def test_preprocessing_never_replaces_a_dataset_made_otherwise_without_force(voi
     demo_corpus.make_demo_corpus(corpus, n_actors=2, emotions=("neutral", "happy"), repetitions=(1,),
                                  clip_seconds_range=(0.5, 0.6), jobs=1)
     preprocessing_ravdess.preprocess(corpus, "kept", voices["config"], jobs=1, quiet=True)
-    predictors = load_config(voices["config"])["paths"]["features_folder"] / "kept_predictors.npz"
+    predictors = load_config(voices["config"])["paths"]["features_folder"] / "kept_predictors.npy"
     before = predictors.read_bytes()
     with pytest.raises(XvalError, match=r"\[features\] type 'mel' -> 'mfcc'.*pass --force to replace it"):
         preprocessing_ravdess.preprocess(corpus, "kept", voices["config"], feature_type="mfcc", jobs=1, quiet=True)
@@ -660,13 +660,19 @@ def test_every_script_answers_help(script, flag):
 # ----------------------------------------------------------------------------------------------------------------
 # 16. A damaged input names its file
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "index-text", "index-gap"])
 def test_damaged_feature_files_are_one_line_naming_the_file(tiny_features, tmp_path, damage):
     features = tmp_path / "features"
     shutil.copytree(tiny_features["features_folder"], features)
-    path = features / "tiny_predictors.npz"
+    path = features / ("tiny_index.json" if damage.startswith("index") else "tiny_predictors.npy")
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[:len(data) // 2], "empty": b"", "text": b"not an archive"}[damage])
+    if damage == "index-gap":  # an item's span no longer starts where the previous one ends
+        index = json.loads(data)
+        index["items"][1][1] += 1
+        damaged = json.dumps(index).encode()
+    else:
+        damaged = {"truncated": data[:len(data) // 2], "empty": b""}.get(damage, b"not an array")
+    path.write_bytes(damaged)
     config = config_with(tiny_features, tmp_path / "config", "paths", {"features_folder": str(features)})
     routine = write_routine(tmp_path, {1: GOOD})
     one_line_refusal(run_routine(routine, config), f"{path} is damaged and cannot be read")

@@ -64,12 +64,9 @@ def librosa_features(path, config):
 
 def read_arrays(features_folder, dataset):
     paths = dataset_paths(features_folder, dataset)
-    arrays = {}
-    for kind in ("predictors", "target"):
-        with np.load(paths[kind], allow_pickle=False) as archive:
-            arrays[kind] = {key: archive[key] for key in archive.files}
+    predictors, target = load_dataset(features_folder, dataset)
     metadata = json.loads(paths["metadata"].read_text(encoding="utf-8"))
-    return arrays["predictors"], arrays["target"], metadata
+    return predictors, target, metadata
 
 
 # ----------------------------------------------------------------------------------------------------------------

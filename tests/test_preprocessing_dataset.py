@@ -20,7 +20,7 @@ import demo_corpus
 import feat_analysis
 import preprocessing_dataset as pipeline
 from routine_helpers import REPO, instance, run_routine, write_routine
-from utility_functions import XvalError, check_dataset, dataset_paths, load_config, load_dataset
+from utility_functions import XvalError, check_dataset, dataset_paths, load_clip_ids, load_config, load_dataset
 
 SPEAKERS = ("spk1", "spk2", "spk3", "spk4")
 EMOTIONS = {1: "neutral", 3: "happy", 5: "angry"}  # demo corpus emotion code -> label
@@ -234,8 +234,7 @@ def test_windows_cover_every_clip_and_a_routine_scores_clips_not_windows(corpus,
     config_path = config_factory({**SMALL, "preprocessing": {**SMALL["preprocessing"], "clip_mode": "windows"}})
     build_from_csv(corpus["root"] / "corpus.csv", config_path, "windows")
     predictors, targets, metadata, paths = read_dataset(config_path, "windows")
-    with np.load(paths["clips"], allow_pickle=False) as archive:
-        clip_ids = {item: archive[item] for item in archive.files}
+    clip_ids = load_clip_ids(load_config(config_path)["paths"]["features_folder"], "windows", predictors)
     config = load_config(config_path)
     rate, window, hop = config["preprocessing"]["sample_rate"], 8000, 4000  # 0.5 s and 0.25 s at 16 kHz
     for item in SPEAKERS:

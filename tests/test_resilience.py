@@ -146,8 +146,8 @@ def own_features(tiny_features, folder):
     """A config whose features folder is folder/features, holding a copy of the tiny dataset; returns its path."""
     features = folder / "features"
     features.mkdir(parents=True)
-    for kind in ("predictors", "target"):
-        shutil.copy2(tiny_features["features_folder"] / f"tiny_{kind}.npz", features / f"tiny_{kind}.npz")
+    for path in tiny_features["features_folder"].glob("tiny_*"):
+        shutil.copy2(path, features / path.name)
     text = tiny_features["config_path"].read_text()
     config = folder / "config.ini"
     config.write_text(text.replace(str(tiny_features["features_folder"]), str(features)))
@@ -162,9 +162,8 @@ def test_a_fold_trained_on_other_features_is_not_reused(tiny_features, tmp_path)
     for name in ("results/folds/results_tiny_exp1_run1_fold3.json", "models/model_tiny_exp1_run1_fold3.hdf5",
                  "results/results_tiny_exp1_run1.json"):
         (experiment_dir / name).unlink()  # as if killed before fold 3
-    with np.load(tmp_path / "features" / "tiny_predictors.npz") as archive:
-        other = {item: archive[item][:, :, :20] for item in archive.files}  # preprocessed again: 20 bands
-    np.savez(tmp_path / "features" / "tiny_predictors.npz", **other)
+    path = tmp_path / "features" / "tiny_predictors.npy"
+    np.save(path, np.load(path)[:, :, :20])  # preprocessed again: 20 bands
     before = experiment_files(experiment_dir)
     refused = run_routine(routine, config)
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -177,9 +176,8 @@ def test_the_same_features_written_again_are_still_the_same_dataset(tiny_feature
     config = own_features(tiny_features, tmp_path)
     routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1")})
     assert run_routine(routine, config).returncode == 0
-    with np.load(tmp_path / "features" / "tiny_predictors.npz") as archive:
-        same = {item: archive[item] for item in archive.files}
-    np.savez(tmp_path / "features" / "tiny_predictors.npz", **same)  # new file, same content
+    path = tmp_path / "features" / "tiny_predictors.npy"
+    np.save(path, np.load(path))  # a new file, the same content
     assert "complete already" in run_routine(routine, config).stdout
 
 
