@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -20,7 +21,8 @@ import demo_corpus
 import feat_analysis
 import preprocessing_dataset as pipeline
 from routine_helpers import REPO, instance, run_routine, write_routine
-from utility_functions import XvalError, check_dataset, dataset_paths, load_clip_ids, load_config, load_dataset
+from utility_functions import (XvalError, check_dataset, dataset_fingerprint, dataset_paths, load_clip_ids, load_config,
+                               load_dataset)
 
 SPEAKERS = ("spk1", "spk2", "spk3", "spk4")
 EMOTIONS = {1: "neutral", 3: "happy", 5: "angry"}  # demo corpus emotion code -> label
@@ -316,3 +318,51 @@ def test_a_flat_folder_with_label_and_speaker_in_the_file_names(corpus, small_co
     assert sorted(predictors) == list(SPEAKERS) and metadata["class_names"] == ["angry", "happy", "neutral"]
     for record in metadata["clips"]:
         assert record["file"].startswith(record["label"] + "_" + record["group"] + "_")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Storage: memory-mapped arrays (format 2); datasets of format 1 (.npz archives) still read, and rewritten
+
+def test_features_are_memory_mapped_and_a_format_1_dataset_is_rewritten_with_the_same_fingerprint(
+        corpus, config_factory, capsys):
+    config_path = config_factory({**SMALL, "preprocessing": {**SMALL["preprocessing"], "clip_mode": "windows"}})
+    build_from_csv(corpus["root"] / "corpus.csv", config_path, "stored")
+    folder = load_config(config_path)["paths"]["features_folder"]
+    predictors, targets, metadata, paths = read_dataset(config_path, "stored")
+    clip_ids = load_clip_ids(folder, "stored", predictors)
+    for arrays, kind in ((predictors, "predictors"), (targets, "target"), (clip_ids, "clips")):
+        for array in arrays.values():  # views of one read-only map of the file: no private copy
+            assert isinstance(array, np.memmap) and Path(array.filename) == paths[kind] and not array.flags.writeable
+    index = json.loads(paths["index"].read_text())
+    assert sorted(predictors) == metadata["items"] == [item for item, _, _ in index["items"]]
+    fingerprint = dataset_fingerprint(predictors, targets, clip_ids)
+
+    # the same dataset as the version before format 2 wrote it: one array per foldable item in .npz archives
+    copies = [{item: np.array(array) for item, array in arrays.items()} for arrays in (predictors, targets, clip_ids)]
+    del predictors, targets, clip_ids
+    for kind, arrays in zip(("predictors", "target", "clips"), copies):
+        np.savez(paths[f"{kind}_npz"], **arrays)
+        paths[kind].unlink()
+    paths["index"].unlink()
+    old_x, old_y = load_dataset(folder, "stored")
+    assert not any(isinstance(array, np.memmap) for array in old_x.values())  # read into memory
+    assert dataset_fingerprint(old_x, old_y, load_clip_ids(folder, "stored", old_x)) == fingerprint
+    capsys.readouterr()
+
+    build_from_csv(corpus["root"] / "corpus.csv", config_path, "stored")  # same inputs: rewritten in format 2
+    assert "writing it again as memory-mapped .npy files" in capsys.readouterr().out
+    assert not list(Path(folder).glob("stored_*.npz"))
+    new_x, new_y = load_dataset(folder, "stored")
+    assert dataset_fingerprint(new_x, new_y, load_clip_ids(folder, "stored", new_x)) == fingerprint
+    assert all(isinstance(array, np.memmap) for array in new_x.values())
+    assert build_from_csv(corpus["root"] / "corpus.csv", config_path, "stored")["reused"]  # and format 2 stays
+
+
+def test_a_dataset_whose_preprocessing_stopped_before_its_index_is_refused(corpus, small_config):
+    from utility_functions import dataset_file_stats
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "cut_short")
+    paths = dataset_paths(load_config(small_config)["paths"]["features_folder"], "cut_short")
+    paths["index"].unlink()  # as if killed between the arrays and the index
+    with pytest.raises(XvalError, match=r"is incomplete \(no cut_short_index.json: its preprocessing was stopped.*"
+                                        r"--dataset cut_short --force"):
+        dataset_file_stats(paths["index"].parent, "cut_short")
