@@ -152,6 +152,9 @@ def parse_instance(raw, path, experiment_folder, warn=warn):
     problem, name = damage(raw), RESULT_FILE_PATTERN.match(path.name)
     if problem:
         raise XvalError(f"{path} is damaged ({problem}): restore it or delete it to recompute")
+    if raw.get("dataset") not in (None, name["dataset"]):
+        raise XvalError(f"{path} is named for dataset '{name['dataset']}' but holds results on '{raw['dataset']}' "
+                        "(renamed, or copied from another experiment?)")
     if raw.get("instance") not in (None, int(name["instance"])):
         warn(f"{path} says instance {raw['instance']!r}; using {int(name['instance'])} from its name")
     instance = SimpleNamespace(**{**RESULT_DEFAULTS, "dataset": name["dataset"], "experiment": int(name["experiment"]),
@@ -240,12 +243,10 @@ def load_instances(experiment_folder, said=None):
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     dataset = experiment_dataset(experiment_folder, instances)
-    for instance in list(instances):  # two files for one instance id: the one on the experiment's dataset stays
-        rivals = [other for other in instances if other.id == instance.id]
-        if len(rivals) > 1 and instance is not next((i for i in rivals if i.dataset == dataset), rivals[0]):
-            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', and "
-                 f"{next(i for i in rivals if i is not instance).source} too: skipped (one file per instance; this "
-                 f"experiment's folds.json is on '{dataset}'; move it to its own experiment folder)")
+    for instance in list(instances):  # one dataset per experiment: its folds.json's
+        if instance.dataset != dataset:
+            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', but "
+                 f"this experiment's folds are on '{dataset}': skipped (move it to its own experiment folder)")
             instances.remove(instance)
     mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:

@@ -122,6 +122,10 @@ def settings_problem(pre, feat, feature_type):
                       ("hop_samples", "window_hop_seconds")):
         if key in length and length[key] < 1:
             return f"[preprocessing] {name} = {pre[name]} is shorter than one sample: make it longer"
+    if length["mode"] == "windows" and length["hop_samples"] > length["window_samples"]:
+        return (f"[preprocessing] window_hop_seconds = {pre['window_hop_seconds']} is longer than window_seconds = "
+                f"{pre['window_seconds']}: the audio between two windows would never be used; make the hop at most "
+                "the window")
     nyquist = pre["sample_rate"] / 2
     if feature_type in ("mel", "mfcc"):
         fmax = mel_fmax(feat["fmax"], pre["sample_rate"])

@@ -124,7 +124,12 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
             reader = csv.DictReader(handle, delimiter=delimiter)
             if reader.fieldnames:  # 'file, label' as typed by hand: the names without their spaces
                 reader.fieldnames = [name.strip() for name in reader.fieldnames]
-            rows, header = list(reader), [name for name in reader.fieldnames or [] if name is not None]
+            rows, lines = [], []  # lines: each row's first line in the file (blank lines and quoted line breaks)
+            for row in reader:
+                cells = [cell for key, cell in row.items() if key is not None and isinstance(cell, str)]
+                rows.append(row)
+                lines.append(reader.line_num - sum(cell.count("\n") for cell in cells + (row.get(None) or [])))
+            header = [name for name in reader.fieldnames or [] if name is not None]
     except (UnicodeDecodeError, csv.Error) as error:
         raise XvalError(f"{csv_path} cannot be read as a CSV ({error}): save it as UTF-8 CSV") from None
     if not header:
@@ -147,14 +152,14 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         raise XvalError(f"--label-column and --fold-by both name '{fold_by}': every class would be one foldable item, "
                         "so no test class is ever seen in training; fold by another column (a session), or "
                         "--fold-by file")
-    extra = next((number for number, row in enumerate(rows, start=2)
+    extra = next((index for index, row in enumerate(rows)
                   if any(cell.strip() for cell in row.get(None) or [])), None)  # empty trailing cells are harmless
     if extra is not None:
-        raise XvalError(f"{csv_path}, row {extra}: {len(header) + len(rows[extra - 2][None])} cells for the "
+        raise XvalError(f"{csv_path}, row {lines[extra]}: {len(header) + len(rows[extra][None])} cells for the "
                         f"{len(header)} columns of the header: a cell holding {delimiter!r} must be in double quotes")
     root = Path(audio_root).expanduser().resolve() if audio_root else csv_path.parent
     clips, skipped = [], []
-    for number, row in enumerate(rows, start=2):
+    for number, row in zip(lines, rows):
         file = (row.get(file_column) or "").strip()
         path = (root / file).resolve()
         item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()

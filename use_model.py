@@ -32,7 +32,7 @@ import numpy as np
 
 from foldjob import read_job
 from launchers import ProcessLauncher, fold_environment, no_gpu_warning
-from layout import FOLD_MODEL_PATTERN, RESULT_FILE_GLOB, RESULT_FILE_PATTERN, Layout
+from layout import FOLD_MODEL_PATTERN, Layout
 from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, exit_on_user_error, files_under, load_clip_ids,
@@ -45,13 +45,17 @@ FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting 
 # An experiment's instances
 
 def instance_result(experiment_dir, instance):
-    """(path, JSON) of an instance's results file in experiment_dir; XvalError when there is none."""
-    found = sorted(path for path in Path(experiment_dir, "results").glob(RESULT_FILE_GLOB)
-                   if (match := RESULT_FILE_PATTERN.match(path.name)) and int(match["instance"]) == instance)
+    """(path, JSON) of an instance's results file in experiment_dir, read as the views read it (collect: a damaged
+    file, another experiment's or another dataset's is skipped, with a warning); XvalError when there is none."""
+    import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
+    said = []
+    found = [item for item in collect.load_instances(experiment_dir, said) if item.id == instance]
     if not found:
-        raise XvalError(f"{experiment_dir} has no results of instance {instance}: pass an instance it holds "
+        about = [line for line in said if f"_run{instance}.json" in line]
+        raise XvalError(f"{experiment_dir} has no usable results of instance {instance}" +
+                        (" (skipped: see above)" if about else "") + ": pass an instance it holds "
                         "(results/results_*_run{N}.json)")
-    return found[0], read_json(found[0])
+    return found[0].source, read_json(found[0].source)
 
 
 def chosen_instance(experiment_dir):

@@ -196,15 +196,29 @@ def test_a_result_of_another_experiment_in_the_folder_is_skipped_with_a_warning(
     assert f"{stray} belongs to experiment 2, not to this experiment_1 folder: skipped" in capsys.readouterr().err
 
 
-def test_a_second_file_for_one_instance_on_another_dataset_is_skipped_with_a_warning(finished, tmp_path, capsys):
+def test_a_results_file_on_another_dataset_is_skipped_by_every_view_and_by_use_model(finished, tmp_path, capsys):
     import collect
+    import use_model
     experiment = copied(finished, tmp_path)
-    stray = experiment["dir"] / "results" / "results_other_exp1_run1.json"
-    document = json.loads((experiment["dir"] / "results" / "results_tiny_exp1_run1.json").read_text())
-    stray.write_text(json.dumps(dict(document, dataset="other")))
+    genuine = experiment["dir"] / "results" / "results_tiny_exp1_run1.json"
+    document = json.loads(genuine.read_text())
+    rival = experiment["dir"] / "results" / "results_other_exp1_run1.json"  # sorts before the genuine file
+    rival.write_text(json.dumps(dict(document, dataset="other")))
+    renamed = experiment["dir"] / "results" / "results_c104_exp1_run2.json"  # a copy renamed: name and content differ
+    renamed.write_text(json.dumps(document))
+    lone = experiment["dir"] / "results" / "results_other_exp1_run3.json"  # no rival, still another dataset
+    lone.write_text(json.dumps(dict(document, dataset="other", instance=3)))
     assert [(instance.id, instance.dataset) for instance in collect.load_instances(experiment["dir"])] == [
         (1, "tiny"), (2, "tiny")]
-    assert f"{stray} holds results of instance 1 on dataset 'other', and " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for path in (rival, lone):
+        assert f"{path} holds results of instance {path.stem[-1]} on dataset 'other', but this experiment's folds " \
+               "are on 'tiny': skipped" in err
+    assert f"{renamed} is named for dataset 'c104' but holds results on 'tiny'" in err
+    assert use_model.instance_result(experiment["dir"], 1)[0] == genuine
+    with pytest.raises(XvalError, match=r"has no usable results of instance 3 \(skipped: see above\)"):
+        use_model.instance_result(experiment["dir"], 3)
+
 
 def test_results_to_excel_on_a_file_says_it_is_a_file(finished):
     path = finished["dir"] / "folds.json"

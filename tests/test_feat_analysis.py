@@ -207,3 +207,13 @@ def test_cqt_settings_librosa_cannot_compute_are_explained():
     settings = settings_of("cqt", {"cqt_fmin": 32.7, "cqt_bins": 84, "cqt_bins_per_octave": 12})
     assert feat_analysis.cqt_problem(SAMPLE_RATE, settings) is None
     assert "Nyquist" in feat_analysis.cqt_problem(8000, settings)
+
+
+def test_a_window_hop_longer_than_the_window_is_refused():
+    pre = {"sample_rate": 16000, "clip_mode": "windows", "clip_seconds": 1.0, "window_seconds": 0.25,
+           "window_hop_seconds": 1.0}
+    feat = {"type": "mel", "n_fft": 512, "win_length": 512, "hop_length": 256, "n_mels": 32, "fmin": 0.0,
+            "fmax": 0.0, "window": "hann"}
+    problem = feat_analysis.settings_problem(pre, feat, "mel")
+    assert "window_hop_seconds = 1.0 is longer than window_seconds = 0.25" in problem
+    assert feat_analysis.settings_problem(dict(pre, window_hop_seconds=0.25), feat, "mel") is None

@@ -139,7 +139,8 @@ def test_a_regression_target_reads_a_numeric_column(corpus, small_config):
     np.testing.assert_allclose(targets["spk1"], expected)
 
 
-def test_bad_rows_are_named_with_their_row_number_and_the_rest_succeeds(corpus, small_config, capsys):
+@pytest.mark.parametrize("layout", ["plain", "blank-line-and-quoted-line-break"])
+def test_bad_rows_are_named_with_their_row_number_and_the_rest_succeeds(corpus, small_config, capsys, layout):
     rows = [dict(row) for row in corpus["rows"]]
     rows[2]["file"] = "audio/spk1/nowhere.wav"  # row 4 of the file
     rows[5]["label"] = ""  # row 7
@@ -152,11 +153,17 @@ def test_bad_rows_are_named_with_their_row_number_and_the_rest_succeeds(corpus, 
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = build_from_csv(path, small_config, "with_bad_rows")
+    expected = {4: "missing_file", 7: "empty_label", 10: "unreadable", 26: "single_clip_item"}
+    if layout != "plain":  # the row is the line where it starts, as an editor shows it: every row moves down by 2
+        lines = path.read_text(encoding="utf-8").split("\n")
+        lines[2] = lines[2].replace(",m,", ',"m\nsecond line of a quoted cell",')
+        path.write_text("\n".join(lines[:1] + [""] + lines[1:]), encoding="utf-8")
+        expected = {row + 2: kind for row, kind in expected.items()}
+    summary = build_from_csv(path, small_config, f"with_bad_rows_{layout}")
     printed = capsys.readouterr().out
     skipped = {entry["row"]: entry["kind"] for entry in summary["skipped"]}
-    assert skipped == {4: "missing_file", 7: "empty_label", 10: "unreadable", 26: "single_clip_item"}
-    for row in (4, 7, 10, 26):
+    assert skipped == expected
+    for row in expected:
         assert f"row {row}: " in printed
     assert summary["clips"] == 24 - 3 and sorted(summary["items"]) == list(SPEAKERS)
 
