@@ -82,6 +82,15 @@ class Worker:
             launcher.close()
 
 
+def rewritten_text(differs):
+    """What a complete instance's rewritten results JSON now records, after '; ' (differs: Collected.differs)."""
+    if {"folds", "summary"} & set(differs):
+        return ("; its results JSON now takes the metrics of its fold results (results/folds/), which differ from "
+                "what it recorded: a fold result edited by hand, or restored? No fold is retrained")
+    return ("; its results JSON now records its strings as the routine writes them (comments, order or spelling "
+            "edited; the same parameters, so no fold is retrained)")
+
+
 def make_workers(devices, cores, show_progress=False):
     """A Worker per listed device; the cores are shared equally between them (threads per fold process)."""
     threads = worker_threads(len(devices), cores)
@@ -295,9 +304,7 @@ class LocalExecutor(Executor):
         if not planned.missing:
             if collected.before == "complete":
                 self.say(f"instance {planned.instance}: complete already, skipped (overwrite_results = False)"
-                         + ("; its results JSON now records its strings as the routine writes them (comments, "
-                            "order or spelling edited; the same parameters, so no fold is retrained)"
-                            if collected.changed else ""))
+                         + (rewritten_text(collected.differs) if collected.changed else ""))
                 if collected.changed:
                     self.timed_rebuild(plan)
                 return "skipped"

@@ -13,6 +13,7 @@ Paths come from the experiment's Layout; a fold result is reused only if it was 
 dataset content and fold items as planned (fold_fingerprint), and its model file is there.
 """
 import json
+import math
 import os
 import signal
 import time
@@ -156,6 +157,7 @@ class Collected(NamedTuple):
     status: str
     document: dict
     changed: bool
+    differs: tuple = ()  # the keys of the results JSON that changed (when it existed before)
 
 
 def summarise_folds(folds):
@@ -193,10 +195,13 @@ def collect_instance(layout, instance, record, pruned_at=None, repeat_of=None):
                     "summary": summarise_folds(folds) if folds else None,
                     **({"pruned_after_fold": pruned_at} if status == "pruned" else {}),
                     **({"repeat_of": repeat_of} if status == "repeat" else {})}
-        changed = previous != json.loads(json.dumps(to_jsonable(document)))
+        now = json.loads(json.dumps(to_jsonable(document)))
+        changed = previous != now
         if changed:
             atomic_write_json(paths.result, document)
-    return Collected(previous.get("status"), status, document, changed)
+    differs = tuple(sorted(key for key in set(previous) | set(now) if previous.get(key) != now.get(key))) \
+        if previous else ()
+    return Collected(previous.get("status"), status, document, changed, differs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,8 +340,12 @@ def fold_state(layout, instance, fold, grace):
                 "the next run takes it over")
     result = read_if_readable(paths.result)
     if result:
-        metrics = result.get("metrics", {}).get("test", {})
+        metrics = result.get("metrics") if isinstance(result, dict) else None
+        metrics = metrics.get("test") if isinstance(metrics, dict) else None
+        metrics = metrics if isinstance(metrics, dict) else {}
         metric = next((name for name in MAIN_METRIC.values() if metrics.get(name) is not None), None)
+        if metric and not (isinstance(metrics[metric], (int, float)) and math.isfinite(metrics[metric])):
+            return f"done, but {paths.result.name} is damaged (test {metric} is {metrics[metric]!r})"
         return f"done, test {metric} {metrics[metric]:.3f}" if metric else "done"
     failed = read_if_readable(paths.failure)
     if failed:

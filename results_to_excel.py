@@ -543,7 +543,7 @@ def write_spreadsheet(experiment_folder, output_path=None):
         raise XvalError(f"cannot write {output_path} ({error}): check the folder is writable and the file "
                         "is not open in another program") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never made (a read-only folder), or committed
             os.unlink(temp)
     return output_path
 

@@ -595,6 +595,37 @@ def test_a_read_only_experiment_is_viewed_and_used_without_writing(mounts, finis
     assert {path: path.read_bytes() for path in experiment["dir"].rglob("*") if path.is_file()} == before
 
 
+def test_a_workbook_asked_into_a_read_only_folder_is_one_line(mounts, finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    (tmp_path / "archive").mkdir()
+    with read_only(tmp_path / "archive"):
+        view = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(experiment["dir"]),
+                               str(tmp_path / "archive" / "o.xlsx")], capture_output=True, text=True,
+                              env=routine_environment(experiment["config"]))
+    one_line_refusal(view, f"cannot write {tmp_path / 'archive' / 'o.xlsx'} (")
+    assert not list((tmp_path / "archive").iterdir())
+
+
+def test_status_and_a_rerun_say_what_a_hand_edited_fold_result_changed(finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    fold = experiment["dir"] / "results" / "folds" / "results_tiny_exp1_run1_fold1.json"
+    document = json.loads(fold.read_text())
+    original = document["metrics"]["test"]["balanced_accuracy"]
+    fold.write_text(json.dumps({**document, "metrics": {**document["metrics"], "test": {
+        **document["metrics"]["test"], "balanced_accuracy": "0.5"}}}))
+    status = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert status.returncode == 0, status.stderr
+    assert "fold 1: done, but results_tiny_exp1_run1_fold1.json is damaged (test balanced_accuracy is '0.5')" \
+        in status.stdout
+    edited = 0.75 if original != 0.75 else 0.25  # a number within bounds, other than the one trained
+    fold.write_text(json.dumps({**document, "metrics": {**document["metrics"], "test": {
+        **document["metrics"]["test"], "balanced_accuracy": edited}}}))
+    rerun = run_routine(experiment["routine"], experiment["config"])
+    assert rerun.returncode == 0, rerun.stderr
+    assert "its results JSON now takes the metrics of its fold results (results/folds/), which differ" in rerun.stdout
+    assert "records its strings" not in rerun.stdout
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 14. A full disk: one line, nothing half-written, the fold not done
 
