@@ -22,6 +22,7 @@ fold's items, the resolved parameters and the output paths. The fold:
      JSON (atomically, after the model).
 Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one line>` for the parent to report.
 """
+import contextlib
 import ctypes
 import gc
 import inspect
@@ -424,8 +425,23 @@ def read_card(path):
         with h5py.File(path, "r") as handle:
             return json.loads(bytes(handle[CARD_DATASET][()]).decode("utf-8")) if CARD_DATASET in handle else None
     except (OSError, ValueError, KeyError) as error:
-        raise XvalError(f"model {path} cannot be read ({(str(error).splitlines() or [''])[0][:160]}): use a "
-                        "complete copy of the model file") from None
+        raise XvalError(f"model {path} cannot be read ({(str(error).splitlines() or [''])[0][:160]}): " +
+                        not_a_model_hint(path)) from None
+
+
+def not_a_model_hint(path):
+    """How to fix a MODEL path that h5py cannot open, from what the file is: a JSON file, a Keras 3 .keras zip
+    archive, or a damaged model."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if start[:1] in (b"{", b"["):
+            return ("it is a JSON file (a model card or results), not a model: pass the model file itself (a fold's "
+                    "models/*.hdf5, or final/*.hdf5)")
+        if start == b"PK\x03\x04":
+            return ("it is a zip archive (Keras 3's .keras format?): xval predicts with its own .hdf5 or .weights.h5 "
+                    "models, which carry the features they take; pass one of those")
+    return "use a complete copy of the model file"
 
 
 def save_model(keras, model, model_path, model_file, card):

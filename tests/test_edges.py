@@ -733,13 +733,23 @@ def test_damaged_experiment_files_are_one_line_naming_the_file(finished, tmp_pat
     one_line_refusal(run_routine(experiment["routine"], experiment["config"]), str(path))
 
 
-def test_a_damaged_model_file_is_one_line(finished, tmp_path):
-    model = tmp_path / "model.hdf5"
-    model.write_bytes((finished["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5").read_bytes()[:5000])
+@pytest.mark.parametrize("given", ["damaged", "results-json", "keras-zip"])
+def test_a_model_file_that_is_not_one_is_one_line_saying_what_it_is(finished, tmp_path, given):
+    model = tmp_path / {"damaged": "model.hdf5", "results-json": "results.json", "keras-zip": "mine.keras"}[given]
+    source = finished["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"
+    if given == "keras-zip":
+        import zipfile
+        with zipfile.ZipFile(model, "w") as archive:  # a .keras file is a zip archive of config and weights
+            archive.writestr("config.json", "{}")
+    else:
+        model.write_bytes(source.read_bytes()[:5000] if given == "damaged" else
+                          (finished["dir"] / "results" / "results_tiny_exp1_run1.json").read_bytes())
     completed = subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", str(model),
                                 str(REPO / "README.md")], capture_output=True, text=True, timeout=300,
                                env=routine_environment(finished["config"]))
-    one_line_refusal(completed, f"model {model} cannot be read")
+    one_line_refusal(completed, f"model {model} cannot be read (")
+    assert {"damaged": "use a complete copy of the model file", "results-json": "it is a JSON file",
+            "keras-zip": "it is a zip archive (Keras 3's .keras format?)"}[given] in completed.stderr
 
 
 
