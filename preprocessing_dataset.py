@@ -623,6 +623,13 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     skipped = table["skipped"] + repeats + skipped
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
+    lone = one_item_classes(clips) if target_kind == "classification" and table["fold_by"] != FOLD_BY_FILE else {}
+    if lone and len(lone) == len({clip["label"] for clip in clips}):
+        shown = ", ".join(f"{label}: {item}" for label, item in list(lone.items())[:4]) + (", ..." if len(lone) > 4
+                                                                                        else "")
+        raise XvalError(f"every class lies in one foldable item ({shown}): no test class would ever be seen in "
+                        f"training; are the labels the '{table['fold_by']}' column (or pattern) again? Fold by "
+                        "another column, or --fold-by file")
     length = feat_analysis.length_settings(pre)
     raw = temp_path_for(features_folder / f"{dataset}_features.raw")  # every clip's features, until written
     try:
@@ -679,6 +686,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                    "classes_without_clips": [name for name in class_names or () if name not in present],
                    "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
                    "cut": cut_clips(read, length),
+                   "one_item_classes": one_item_classes(read) if lone else {},
                    "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
                                      "items": case_variants(items)}}
         if not quiet:
@@ -693,6 +701,15 @@ def cut_clips(read, length):
     or when none is longer. read: the clips with their duration in s; length: feat_analysis.length_settings'."""
     longer = sum(feat_analysis.cut_to_clip(clip["duration"], length) for clip in read)
     return (longer, length["clip_samples"] / length["sample_rate"]) if longer else None
+
+
+def one_item_classes(clips):
+    """{label: foldable item} of the labels whose clips all lie in one foldable item (in its test fold, training has
+    none of that class), in label order."""
+    items = {}
+    for clip in clips:
+        items.setdefault(clip["label"], set()).add(clip["item"])
+    return {label: next(iter(found)) for label, found in sorted(items.items()) if len(found) == 1}
 
 
 def case_variants(names):
@@ -729,6 +746,9 @@ def summary_text(summary, feature_type, source, kinds):
         longer, seconds = summary["cut"]
         lines.append(f"  note: {longer} of the clips are longer than clip_seconds ({seconds:g} s): each was cut to one "
                      f"{seconds:g} s piece (cut_mode); [preprocessing] clip_mode = windows keeps whole clips")
+    for label, item in (summary.get("one_item_classes") or {}).items():
+        lines.append(f"  WARNING: class {label} has clips of one foldable item only ({item}): in the fold that tests "
+                     "it, training has none of it")
     variants = summary.get("case_variants") or {}
     for names in variants.get("labels") or []:
         lines.append(f"  WARNING: labels that differ only in case or spaces are separate classes: {' / '.join(names)}: "

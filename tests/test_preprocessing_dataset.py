@@ -373,3 +373,26 @@ def test_a_dataset_whose_preprocessing_stopped_before_its_index_is_refused(corpu
     with pytest.raises(XvalError, match=r"is incomplete \(no cut_short_index.json: its preprocessing was stopped.*"
                                         r"--dataset cut_short --force"):
         dataset_file_stats(paths["index"].parent, "cut_short")
+
+
+def test_classes_that_lie_in_one_foldable_item_are_refused_when_all_do_and_warned_when_some_do(corpus, small_config,
+                                                                                                capsys):
+    rows = [dict(row, who=row["speaker"]) for row in corpus["rows"]]  # the speaker column again, under another name
+    path = corpus["root"] / "who.csv"
+
+    def write(rows):
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    write(rows)
+    with pytest.raises(XvalError, match=r"every class lies in one foldable item \(spk.*no test class would ever be "
+                                        r"seen in training"):
+        build_from_csv(path, small_config, "who", label_column="who")
+    assert not dataset_paths(load_config(small_config)["paths"]["features_folder"], "who")["metadata"].exists()
+    rows = [dict(row, label="whisper" if row["speaker"] == SPEAKERS[0] and row["label"] == "angry" else row["label"])
+            for row in corpus["rows"]]  # one class said by one speaker only
+    write(rows)
+    summary = build_from_csv(path, small_config, "one_whisperer")
+    assert summary["one_item_classes"] == {"whisper": SPEAKERS[0]}
+    assert f"WARNING: class whisper has clips of one foldable item only ({SPEAKERS[0]})" in capsys.readouterr().out
