@@ -108,6 +108,15 @@ def csv_delimiter(header_line):
     return max(";\t", key=header_line.count) if any(mark in header_line for mark in ";\t") else ","
 
 
+def unicode_form_on_disk(path):
+    """path, or the same name in the other Unicode normal form when only that one exists (a CSV typed in NFC, files
+    copied from macOS in NFD, or the reverse: 'Ä' as one code point or as 'A' and a combining diaeresis)."""
+    if path.exists():
+        return path
+    return next((other for form in ("NFC", "NFD") if (other := Path(unicodedata.normalize(form, str(path)))).exists()),
+                path)
+
+
 def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
     audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
@@ -161,7 +170,7 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     clips, skipped = [], []
     for number, row in zip(lines, rows):
         file = (row.get(file_column) or "").strip()
-        path = (root / file).resolve()
+        path = unicode_form_on_disk((root / file).resolve())
         item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()
         clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item,
                           {key: value for key, value in row.items() if key is not None})

@@ -396,3 +396,20 @@ def test_classes_that_lie_in_one_foldable_item_are_refused_when_all_do_and_warne
     summary = build_from_csv(path, small_config, "one_whisperer")
     assert summary["one_item_classes"] == {"whisper": SPEAKERS[0]}
     assert f"WARNING: class whisper has clips of one foldable item only ({SPEAKERS[0]})" in capsys.readouterr().out
+
+
+def test_a_file_named_in_the_other_unicode_form_on_disk_is_found(corpus, small_config):
+    import unicodedata
+    rows = [dict(row) for row in corpus["rows"]]
+    for number, row in enumerate(rows[:6]):  # files copied from a Mac: NFD names; the table typed in NFC
+        disk = corpus["root"] / "audio" / unicodedata.normalize("NFD", f"Äpfel_{number}.wav")
+        shutil.copy(corpus["root"] / row["file"], disk)
+        row["file"] = "audio/" + unicodedata.normalize("NFC", f"Äpfel_{number}.wav")
+        assert not (corpus["root"] / row["file"]).exists()
+    path = corpus["root"] / "nfc.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = build_from_csv(path, small_config, "nfc_names")
+    assert summary["clips"] == len(rows) and not summary["skipped"]
