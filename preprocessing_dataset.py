@@ -509,7 +509,24 @@ def existing_metadata(paths):
     return metadata if isinstance(metadata, dict) else None
 
 
-def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source):
+def changed_files(was, now):
+    """What differs between two file_stats lists, as words: the first difference, and how many more; [] if none.
+    was: the metadata's input_files (absent in datasets written before they were kept: [] then)."""
+    was, now = ({name: (size, mtime) for name, size, mtime in stats} for stats in (was, now))
+    found = []
+    for name in sorted(set(was) | set(now)):
+        if name not in now:
+            found.append(f"input file {name} is gone")
+        elif name not in was:
+            found.append(f"new input file {name}")
+        elif was[name][0] != now[name][0]:
+            found.append(f"input file {name} changed size ({was[name][0]} -> {now[name][0]} bytes)")
+        elif was[name][1] != now[name][1]:
+            found.append(f"input file {name} has a new modification time (the same size: touched or copied again?)")
+    return [found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")] if found else []
+
+
+def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source, stats):
     """What differs between an existing dataset (its metadata) and this run ([] when it can be reused): the
     fingerprint covers settings, table and input files; the class order asked for by --classes is compared too."""
     if metadata.get("fingerprint") == fingerprint and class_names in (None, metadata.get("class_names")):
@@ -526,6 +543,8 @@ def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, ta
         differences.append(f"target {metadata['target_kind']} -> {target_kind}")
     if class_names not in (None, metadata.get("class_names")):
         differences.append(f"classes {metadata.get('class_names')} -> {class_names}")
+    if isinstance(metadata.get("input_files"), list):
+        differences += changed_files(metadata["input_files"], stats)
     return differences or ["the table (files, labels, foldable items) or the input files (names, sizes, "
                            "modification times)"]
 
@@ -608,7 +627,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     kinds = {**SKIP_KINDS, **(kinds or {})}
     metadata = existing_metadata(paths)
     differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind,
-                                 table["source"]) if metadata else None
+                                 table["source"], table["stats"]) if metadata else None
     if differences and not force:
         raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
                         f"({'; '.join(differences)}): experiments built on it would no longer resume (their dataset "
@@ -682,6 +701,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
             "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
             "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
+            "input_files": table["stats"],
             "identical_audio": identical_audio(read), **(metadata_extra or {}),
         }
         if "clip_samples" in length:

@@ -1,6 +1,7 @@
 """preprocessing_ravdess on small synthesised corpora: output format, correctness against librosa, odd files,
 parallel = serial, reuse, the intensity target and the command line's one-line errors."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -171,7 +172,11 @@ def test_rerun_reuses_unless_inputs_settings_or_force_change(corpus, small_confi
     assert not replaced["reused"] and replaced["bins"] == 257
     touched = next(inputs.rglob("*.wav"))
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    with pytest.raises(XvalError, match=r"the table \(files, labels, foldable items\) or the input files"):
+    name = touched.relative_to(inputs).as_posix()
+    with pytest.raises(XvalError, match=rf"input file {re.escape(name)} has a new modification time \(the same size"):
+        prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
+    touched.unlink()
+    with pytest.raises(XvalError, match=rf"input file {re.escape(name)} is gone"):
         prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
     changed = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, force=True, quiet=True)
     assert not changed["reused"] and changed["bins"] == 257
