@@ -3,7 +3,8 @@
     python3 benchmarks/run.py [--smoke] [--only NAME ...] [--workdir DIR] [--output JSON] [--markdown MD]
 
 Makes the workspace (config.ini, demo corpus, features; only what is missing), then runs preprocessing.py,
-overhead.py, memory.py and parallel.py (and tweaks.py and search_budget.py, only when named in --only), and records
+overhead.py, memory.py and parallel.py (and tweaks.py, search_budget.py and scale.py, only when named in --only),
+and records
 how much of the machine's CPU other processes used meanwhile: a figure measured on a busy machine is worth less. The
 full run takes about 12 minutes on 2 cores without parallel.py (which adds about 6; tweaks.py 7.5 more,
 search_budget.py about 23); --smoke (tiny sizes, seconds a script) is what CI runs. parallel.py and
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import common
 
-SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks", "search_budget")
+SCRIPTS = ("preprocessing", "overhead", "memory", "parallel", "tweaks", "search_budget", "scale")
 DEFAULT = SCRIPTS[:4]
 HEADER = ("benchmark", "figure", "value", "target", "met")
 
