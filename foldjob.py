@@ -332,14 +332,19 @@ def fold_state(layout, instance, fold, grace):
     """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
     paths = layout.fold(instance, fold)
     owner = read_if_readable(paths.lock)
+    result = read_if_readable(paths.result)
     if owner:
         runner = claim_owner_text(owner)
         if lock_owner_alive(owner, heartbeat_age(paths.lock), grace):
             return f"running on {owner.get('host')} ({runner}) since {owner.get('since')}"
-        return (f"stale claim of {owner.get('host')} ({runner}, since {owner.get('since')}; the process is gone): "
-                "the next run takes it over")
-    result = read_if_readable(paths.result)
+        if not result:  # a stale claim beside a result: killed after the result landed; the fold is done
+            return (f"stale claim of {owner.get('host')} ({runner}, since {owner.get('since')}; the process is "
+                    "gone): the next run takes it over")
     if result:
+        model = result.get("model_file") if isinstance(result, dict) else None
+        if model and not (layout.root / str(model)).is_file():
+            return (f"done, but its model {model} is missing: a run refuses to reuse it (restore it, or "
+                    "overwrite_results = True retrains it)")
         metrics = result.get("metrics") if isinstance(result, dict) else None
         metrics = metrics.get("test") if isinstance(metrics, dict) else None
         metrics = metrics if isinstance(metrics, dict) else {}

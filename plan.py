@@ -21,16 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from foldjob import fold_fingerprint, reusable_folds
+from foldjob import claim_owner_text, fold_fingerprint, read_if_readable, reusable_folds
 from layout import Layout
 from parameters import (architecture_parameters, architecture_signatures, changed_parameters, check_backend_installed,
                         parameter_hash, parameters_text, resolve_instance)
 from registries import SPLITTERS
-from search import check_optuna, check_search, is_search, parse_search, with_conditions
+from search import check_optuna, check_search, is_search, lost_trials, parse_search, with_conditions
 from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
                                check_dataset, check_target, config_path_in_use, dataset_file_stats,
-                               dataset_fingerprint, dataset_paths, file_mutex, load_clip_ids, load_dataset, read_json,
-                               remove_stale_temp_files, storage_error, unwritable)
+                               dataset_fingerprint, dataset_paths, file_mutex, heartbeat_age, load_clip_ids,
+                               load_dataset, lock_owner_alive, read_json, release_stale_claim, remove_stale_temp_files,
+                               storage_error, unwritable)
 
 PACKAGES_RECORDED = ("numpy", "scipy", "tensorflow", "keras", "torch", "jax", "jaxlib", "librosa", "scikit-learn",
                      "pandas", "soundfile", "xlsxwriter", "matplotlib", "h5py")
@@ -413,6 +414,8 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
         planned, cautions = plan_instance(layout, identity, folds, instance, experiment_dict[instance],
                                           resolved[instance], data_shape, output_sizes[resolved[instance]["task_type"]],
                                           reuse, settings["overwrite_results"])
+        if reuse:
+            check_live_claims(layout, planned, config["claims"]["grace_seconds"])
         instances.append(planned)
         warnings += cautions
     planned_searches = []
@@ -436,6 +439,25 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
                 created=time.time(), claim_grace=config["claims"]["grace_seconds"], searches=tuple(planned_searches))
 
 
+def check_live_claims(layout, planned, grace):
+    """Refuse an instance whose fold is being trained now by another process (a live claim) with other parameters
+    (another routine with the same instance number on this experiment folder): the two would mix their folds in
+    one instance."""
+    for index in planned.missing:
+        paths = layout.fold(planned.instance, index + 1)
+        owner = read_if_readable(paths.lock)
+        if not owner or not lock_owner_alive(owner, heartbeat_age(paths.lock), grace):
+            continue
+        job = read_if_readable(paths.job)
+        if isinstance(job, dict) and job.get("parameter_hash") not in (None, planned.hash):
+            changed = changed_parameters(job.get("parameters") or {}, planned.parameters)
+            raise XvalError(f"instance {planned.instance}: fold {index + 1} is being trained now by "
+                            f"{owner.get('host')} ({claim_owner_text(owner)}, since {owner.get('since')}) with "
+                            f"other parameters ({', '.join(changed) or 'the dataset or num_folds'} differ): another "
+                            "routine on this experiment folder uses the same instance number; let it finish and "
+                            "give this instance another number")
+
+
 def check_search_ids(layout, search):
     """Refuse a search whose instance ids hold results that are not its trials (an instance of an earlier routine,
     another search's trial), or whose trials' results are there without its journal: its trials would clash
@@ -453,14 +475,10 @@ def check_search_ids(layout, search):
         if not journal.exists():
             raise XvalError(f"search {search.key}: its trials have results but its journal {journal} is missing: "
                             "restore it, or give the search another key or num_experiment")
-    if journal.exists():
-        from search import finished_trials  # Optuna: only where the search has run
-        for number in finished_trials(layout.search(search.key)):
-            path = layout.instance(search.key + number).result
-            if not path.exists():
-                raise XvalError(f"search {search.key}: trial {number} finished, but its results {path} are missing "
-                                "(deleted?): restore them, or give the search another key or num_experiment (a "
-                                "trial is never run twice)")
+    for instance in lost_trials(layout, search):
+        raise XvalError(f"search {search.key}: trial {instance - search.key} finished, but its results "
+                        f"{layout.instance(instance).result} are missing (deleted?): restore them, or give the search "
+                        "another key or num_experiment (a trial is never run twice)")
 
 
 def plan_trial(plan, planned_search, number, strings):
@@ -565,6 +583,9 @@ def accept(plan, routine_file):
     check_writable(layout.root)
     layout.logs.mkdir(exist_ok=True)  # fold logs, and SLURM's output files, go there
     remove_stale_temp_files(layout.root)  # left by killed xval processes; never read as results
+    for planned in plan.instances:  # a claim left by a process killed after its fold's result landed
+        for index in set(range(len(plan.folds))) - set(planned.missing):
+            release_stale_claim(layout.fold(planned.instance, index + 1).lock, plan.claim_grace)
     write_folds(layout, plan.split, list(plan.folds))
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())

@@ -583,6 +583,18 @@ def finished_trials(paths):
             if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)] if study else []
 
 
+def lost_trials(layout, search):
+    """The instances of a search's trials that its journal records as finished but whose results JSON is gone
+    (read only; [] without a journal or without Optuna)."""
+    if not layout.search(search.key).journal.exists():
+        return []
+    try:
+        numbers = finished_trials(layout.search(search.key))
+    except ImportError:
+        return []
+    return [search.key + number for number in numbers if not layout.instance(search.key + number).result.exists()]
+
+
 def search_status_line(layout, search, grace):
     """--status's line of a search: its trials by state, from its journal (read only); a running trial whose
     claim has no live owner (grace: [claims] grace_seconds) is one a gone process left, which the next run

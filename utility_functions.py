@@ -509,6 +509,21 @@ def claim(lock_path, grace):
     return None
 
 
+def release_stale_claim(lock_path, grace):
+    """Remove the claim at lock_path when its owner is gone (lock_owner_alive with grace, in seconds): a process
+    killed after its fold job's result landed leaves one behind. A live claim is left alone."""
+    lock_path = Path(lock_path)
+    if not lock_path.exists():
+        return
+    with file_mutex(lock_path.parent / ".claims.mutex"):
+        try:
+            owner = json.loads(lock_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(owner, dict) and owner and not lock_owner_alive(owner, heartbeat_age(lock_path), grace):
+            lock_path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def heartbeat(lock_path, interval):
     """Touch the claim at lock_path every `interval` seconds while the with block runs (a thread of this process):

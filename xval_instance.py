@@ -21,7 +21,7 @@ from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sect
 from foldjob import fold_state, read_if_readable
 from layout import Layout
 from plan import accept, make_plan
-from search import is_search, parse_search, search_status_line
+from search import is_search, lost_trials, parse_search, search_status_line
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, load_config,
                                parse_config_value)
 
@@ -205,12 +205,16 @@ def experiment_path(settings, config, routine_file):
 # ----------------------------------------------------------------------------------------------------------------
 # --status, and a launch
 
-def print_instance_status(layout, instance, num_folds, grace, changed=None):
+def print_instance_status(layout, instance, num_folds, grace, changed=None, pruned_after=None):
     """--status lines of one instance: its fold jobs' counts by state, then one line per fold job. changed: the
-    parameters the routine now gives it otherwise than its results record (a run refuses to reuse them)."""
+    parameters the routine now gives it otherwise than its results record (a run refuses to reuse them);
+    pruned_after: the fold after which a search's pruner stopped this trial (its later folds are never trained)."""
     states = [fold_state(layout, instance, fold, grace) for fold in range(1, num_folds + 1)]
+    if pruned_after:
+        states = [f"not trained: the trial was pruned after fold {pruned_after}" if fold > pruned_after and
+                  state == "pending" else state for fold, state in enumerate(states, 1)]
     counts = {word: sum(state.startswith(word) for state in states)
-              for word in ("done", "running", "failed", "stale", "pending")}
+              for word in ("done", "running", "failed", "stale", "pending", "not trained")}
     print(f"instance {instance}: " + ", ".join(f"{n} {word}" for word, n in counts.items() if n) +
           (f"; its results were made with other parameters than the routine gives now ({', '.join(changed)} "
            "changed): a run refuses to reuse them (overwrite_results = True retrains it)" if changed else ""))
@@ -247,7 +251,7 @@ def print_status(settings, config, selected, routine_file):
         return EXIT_DONE
     for key in selected:
         strings = settings["experiment_dict"][key]
-        instances = [key]
+        instances, lost = [key], []
         if is_search(strings):
             search = parse_search(key, strings, f"experiment_dict[{key}]")
             print(search_status_line(layout, search, config["claims"]["grace_seconds"]))
@@ -255,14 +259,24 @@ def print_status(settings, config, selected, routine_file):
             instances = [instance for instance in search.instances() if layout.instance(instance).result.exists()
                          or any(path.exists() for fold in folds for path in (layout.fold(instance, fold).lock,
                                                                              layout.fold(instance, fold).stopped))]
+            lost = lost_trials(layout, search)
+            for instance in lost:
+                print(f"instance {instance}: trial {instance - key} finished, but its results "
+                      f"{layout.instance(instance).result.name} are missing (deleted?): a run refuses until they are "
+                      "restored")
         changed = None if is_search(strings) else changed_since(layout, key, strings, config, settings)
         for instance in instances:
             recorded = read_if_readable(layout.instance(instance).result)
             if isinstance(recorded, dict) and recorded.get("status") == "repeat":
+                gone = recorded.get("repeat_of") in lost
                 print(f"instance {instance}: repeat of trial {recorded.get('repeat_of', key) - key} (instance "
-                      f"{recorded.get('repeat_of')}): its result stands for this trial, no fold of its own")
+                      f"{recorded.get('repeat_of')}): " + ("the result it stands for is missing (deleted?)" if gone else
+                                                           "its result stands for this trial, no fold of its own"))
                 continue
-            print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"], changed)
+            pruned = recorded.get("pruned_after_fold") if isinstance(recorded, dict) and \
+                recorded.get("status") == "pruned" else None
+            print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"], changed,
+                                  pruned)
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):
             print(line)

@@ -21,7 +21,7 @@ import pytest
 import demo_corpus
 from conftest import TINY_SETTINGS, write_config
 from routine_helpers import (REPO, copy_project, experiment_files, instance, routine_environment, run_routine,
-                             write_routine)
+                             start_routine, write_routine)
 from utility_functions import XvalError, load_config
 
 GOOD = instance("good", "num_epochs = 1")
@@ -918,3 +918,39 @@ def test_instances_with_the_same_parameters_are_named_before_training(tiny_featu
     plan = make_plan(settings, load_config(), [1, 2, 3], tmp_path / "experiment_1")
     assert plan.warnings == ("instances 1, 2 have the same parameters (comments aside): they will give the same "
                              "results; change one, or remove it",)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Claims: two routines on one instance, and a claim left beside a finished fold
+
+def test_a_routine_giving_an_instance_other_parameters_while_another_trains_it_is_refused(tiny_features, tmp_path):
+    long = write_routine(tmp_path, {1: instance("a", "num_epochs = 400", "early_stopping = False")},
+                         name="xval_routine_a.py")
+    other = write_routine(tmp_path, {1: instance("a", "num_epochs = 400", "early_stopping = False",
+                                                 "learning_rate = 0.01")}, name="xval_routine_b.py")
+    running = start_routine(long, tiny_features["config_path"], 1, 1, -1)
+    log = tmp_path / "experiments" / "experiment_1" / "logs" / "tiny_exp1_run1_fold1.log"
+    try:
+        while not (log.exists() and "xval-epoch: " in log.read_text(errors="replace")):
+            assert running.poll() is None, "routine a ended before its first epoch"
+            time.sleep(0.05)  # polling for routine a's first epoch
+        refused = run_routine(other, tiny_features["config_path"], 1, 1, -1)
+    finally:
+        os.killpg(running.pid, signal.SIGINT)
+        running.wait(timeout=300)
+    one_line_refusal(refused, "instance 1: fold 1 is being trained now by ")
+    assert "with other parameters (learning_rate differ)" in refused.stderr
+    assert not list((tmp_path / "experiments" / "experiment_1" / "results").rglob("*fold2.json"))
+
+
+def test_a_claim_left_beside_a_finished_fold_is_shown_done_and_removed_by_the_next_run(finished, tmp_path):
+    from utility_functions import HOST
+    experiment = copied(finished, tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = experiment["dir"] / "locks" / "run1_fold1.lock"  # killed after its result landed, before the release
+    lock.write_text(json.dumps({"host": HOST, "pid": int(gone.stdout), "since": "earlier"}))
+    status = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert "instance 1: 2 done" in status.stdout and "stale" not in status.stdout, status.stdout
+    rerun = run_routine(experiment["routine"], experiment["config"])
+    assert rerun.returncode == 0 and "complete already" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert not lock.exists()

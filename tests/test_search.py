@@ -180,6 +180,10 @@ def test_pruning_stops_a_trial_with_an_absurd_learning_rate_at_fold_1(tiny_featu
     assert all(documents[SEARCH + t.number]["status"] == "pruned" and len(documents[SEARCH + t.number]["folds"]) == 1
                for t in absurd)
     assert "pruned after fold 1" in finished.stdout
+    status = run_routine(routine, tiny_features["config_path"], "--status").stdout
+    for trial in absurd:  # its later folds are never trained: not 'pending'
+        assert f"instance {SEARCH + trial.number}: 1 done, 2 not trained" in status, status
+        assert "fold 3: not trained: the trial was pruned after fold 1" in status, status
 
 
 def test_a_grid_search_visits_every_point_once(tiny_features, tmp_path):
@@ -241,6 +245,13 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: search {SEARCH}: trial 0 finished, but its results {lost} are missing (deleted?): restore them, or "
         "give the search another key or num_experiment (a trial is never run twice)"], refused.stderr
+    status = run_routine(routine, tiny_features["config_path"], "--status")
+    assert f"instance {SEARCH}: trial 0 finished, but its results {lost.name} are missing (deleted?): a run refuses " \
+           "until they are restored" in status.stdout, status.stdout
+    for trial in repeats:
+        if first_of[trial.params["learning_rate"]] == 0:
+            assert f"instance {SEARCH + trial.number}: repeat of trial 0 (instance {SEARCH}): the result it stands " \
+                   "for is missing (deleted?)" in status.stdout, status.stdout
 
 @pytest.mark.parametrize("strings, message", [
     (['learning_rate = loguniform(0, 0.1)'], "needs LOW < HIGH, LOW > 0"),
