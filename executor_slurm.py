@@ -301,7 +301,7 @@ class SlurmExecutor(Executor):
         atomic_write_json(folder / "submitted.json", dict(record, spreadsheet_job=sheet))
         folds = f"{len(jobs)} fold job(s) as SLURM array {array} ({folder / 'folds.sbatch'}), and " if jobs else ""
         print(f"xval: submitted {folds}the spreadsheet as job {sheet} after it. Follow them with: python3 "
-              f"{Path(self.routine_file).name} --status", flush=True)
+              f"{shlex.quote(str(Path(self.routine_file).resolve()))} --status", flush=True)
         return EXIT_DONE
 
     @staticmethod

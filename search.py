@@ -190,7 +190,8 @@ def parse_dimension(name, call, where):
         raise XvalError(f"{where}: {name} = {kind}({low!r}, {high!r}) needs finite {'whole ' if whole else ''}numbers:"
                         f" {form}")
     if not low < high or (kind == "loguniform" and low <= 0) or step < 1:
-        raise XvalError(f"{where}: {name} = {kind}({low!r}, {high!r}) needs LOW < HIGH"
+        shown = f"{low!r}, {high!r}" + (f", step={step!r}" if step != 1 else "")
+        raise XvalError(f"{where}: {name} = {kind}({shown}) needs LOW < HIGH"
                         f"{', LOW > 0' if kind == 'loguniform' else ', step >= 1' if whole else ''}: {form}")
     if whole and (high - low) % step:
         raise XvalError(f"{where}: {name} = intrange({low}, {high}, step={step}): {high} is not reached from {low} in "

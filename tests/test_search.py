@@ -259,6 +259,7 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     (['batch_size = choice(16)'], "needs two values or more"),
     (['batch_size = choice(16, 16, 32)'], "lists a value twice"),
     (['num_epochs = intrange(1, 4, step=2)'], "4 is not reached from 1 in steps of 2"),
+    (['num_epochs = intrange(1, 3, step=0)'], "intrange(1, 3, step=0) needs LOW < HIGH, step >= 1"),
     (['num_epochs = intrange(1.5, 4)'], "needs finite whole numbers"),
     (['num_epochs = uniform(1, 3)', 'search_trials = 2'], "num_epochs takes whole numbers, and uniform(1, 3) draws"),
     (['learning_rate = loguniform(1e-4, 1e-2)', 'search_sampler = "grid"'], "a grid search needs choice(...)"),
