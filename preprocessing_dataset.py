@@ -768,9 +768,13 @@ def summary_text(summary, feature_type, source, kinds):
     rates = ", ".join(f"{rate} Hz: {count}" for rate, count in audio["sample_rates"].items())
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
                  f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
-    for names in summary.get("identical_audio") or []:
+    identical = summary.get("identical_audio") or []
+    for names in identical[:LISTED_PER_KIND]:
         lines.append(f"  WARNING: identical audio in {'; '.join(names)}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
+    if len(identical) > LISTED_PER_KIND:
+        lines.append(f"  WARNING: ... and {len(identical) - LISTED_PER_KIND} more groups of identical audio (all "
+                     f"listed in {summary['paths']['metadata'].name})")
     if summary.get("cut"):
         longer, seconds = summary["cut"]
         lines.append(f"  note: {longer} of the clips are longer than clip_seconds ({seconds:g} s): each was cut to one "
