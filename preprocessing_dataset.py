@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               config_path_in_use, stored_format,
+                               config_path_in_use, feature_sums, stored_format,
                                dataset_paths, exit_on_user_error, files_under, load_config, read_json,
                                remove_stale_temp_files, temp_path_for, writing)
 
@@ -59,7 +59,7 @@ FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only wh
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
-COPY_BYTES = 64 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
+COPY_BYTES = 16 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DATASET_NAME_LENGTH = 100  # characters: its file names (name + '_predictors.npy' and more) stay under 255 bytes
@@ -436,12 +436,14 @@ def save_npy(path, array):
         commit_temp_file(temp, path)
 
 
-def copy_rows(path, raw, runs, shape):
+def copy_rows(path, raw, runs, shape, items):
     """Write the .npy file path, atomically, of float32 rows (frames, bins) = shape copied from the raw file raw
-    (float32 rows of that shape, one after the other): runs [(first row, rows)], in order. One run at a time, at
-    most COPY_BYTES, so memory stays flat whatever the corpus."""
+    (float32 rows of that shape, one after the other): runs [(first row, rows, item number)], in order. One piece
+    at a time, at most COPY_BYTES, so memory stays flat whatever the corpus. Returns float64 (items, 2, bins): each
+    item's feature_sums, added up on the way."""
     row_bytes = int(np.prod(shape)) * 4
-    total = sum(count for _, count in runs)
+    total = sum(count for _, count, _ in runs)
+    sums = np.zeros((items, 2, shape[-1]))
     temp = temp_path_for(path)
     with writing(path, temp):
         with open(raw, "rb") as source, open(temp, "wb") as target:
@@ -449,22 +451,25 @@ def copy_rows(path, raw, runs, shape):
                       "shape": (total, *shape)}
             np.lib.format.write_array_header_1_0(target, header)
             step = max(1, COPY_BYTES // row_bytes)  # rows per read
-            for first, count in runs:
+            for first, count, item in runs:
                 for start in range(first, first + count, step):
                     source.seek(start * row_bytes)
-                    target.write(source.read(min(first + count - start, step) * row_bytes))
+                    piece = source.read(min(first + count - start, step) * row_bytes)
+                    target.write(piece)
+                    sums[item] += feature_sums(np.frombuffer(piece, np.float32).reshape(-1, *shape))
         commit_temp_file(temp, path)
+    return sums
 
 
-def row_runs(clips):
-    """[(first row, rows)] of the clips' rows (clip["first_piece"], clip["pieces"]) in their order, consecutive
-    clips merged into one run."""
-    runs = []
+def row_runs(clips, items):
+    """[(first row, rows, item number)] of the clips' rows (clip["first_piece"], clip["pieces"]) in their order,
+    consecutive clips of one item merged into one run; items: the item names in order (numbered from 0)."""
+    number, runs = {item: index for index, item in enumerate(items)}, []
     for clip in clips:
-        if runs and runs[-1][0] + runs[-1][1] == clip["first_piece"]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + clip["pieces"])
+        if runs and runs[-1][0] + runs[-1][1] == clip["first_piece"] and runs[-1][2] == number[clip["item"]]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + clip["pieces"], runs[-1][2])
         else:
-            runs.append((clip["first_piece"], clip["pieces"]))
+            runs.append((clip["first_piece"], clip["pieces"], number[clip["item"]]))
     return runs
 
 
@@ -483,7 +488,8 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
         first += count
     for kind in ("metadata", "index"):
         paths[kind].unlink(missing_ok=True)
-    copy_rows(paths["predictors"], raw, row_runs(ordered), shape)
+    sums = copy_rows(paths["predictors"], raw, row_runs(ordered, items), shape, len(items))
+    save_npy(paths["sums"], sums)
     targets = target_rows([clip["target"] for clip in ordered], target_kind, len(class_names or ()))
     save_npy(paths["target"], np.repeat(targets, pieces, axis=0))
     if windows:

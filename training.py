@@ -55,8 +55,8 @@ from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
 from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
-                               dataset_file_stats, load_clip_ids, load_dataset, read_json, temp_path_for, to_jsonable,
-                               writing)
+                               dataset_file_stats, feature_sums, load_clip_ids, load_dataset, load_item_sums, read_json,
+                               temp_path_for, to_jsonable, writing)
 
 CARD_DATASET = "xval_card"  # the HDF5 dataset, inside every model file xval saves, that holds the model's card
 CARD_FORMAT = 1
@@ -90,14 +90,37 @@ def regression_metrics(y_true, y_pred):
 # ----------------------------------------------------------------------------------------------------------------
 # Data of one fold
 
-def stack_items(dataset, items):
-    """Concatenate the examples of items: x (examples, frames, bins) float32, y, the item of every example and its
-    clip (numbered within its item; each example is a clip of its own but in a windows dataset)."""
-    predictors, targets, clip_ids = dataset
-    x = np.concatenate([predictors[item] for item in items]).astype(np.float32, copy=False)
+class Rows:
+    """The examples of some items, one after the other, read where they lie (memory-mapped views, or arrays) and
+    never stacked: len(rows), rows.shape, and rows[slice or int array] -> float32 (n, frames, bins), a copy of
+    those examples only, in the order asked."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.ends = np.cumsum([len(part) for part in parts])
+        self.shape = (int(self.ends[-1]) if parts else 0, *(parts[0].shape[1:] if parts else ()))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        wanted = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        order = np.argsort(wanted, kind="stable")  # read each part in file order
+        part = np.searchsorted(self.ends, wanted[order], side="right")
+        out = np.empty((len(wanted), *self.shape[1:]), np.float32)
+        for number in np.unique(part):
+            at = order[part == number]
+            out[at] = self.parts[number][wanted[at] - (self.ends[number] - len(self.parts[number]))]
+        return out
+
+
+def item_rows(dataset, items):
+    """The examples of items: x (a Rows of (examples, frames, bins)), y float32 (examples, ...), the item of every
+    example and its clip (numbered within its item; each example is a clip of its own but in a windows dataset)."""
+    predictors, targets, clip_ids, _ = dataset
     y = np.concatenate([targets[item] for item in items]).astype(np.float32, copy=False)
     owner = np.concatenate([[item] * len(predictors[item]) for item in items])
-    return x, y, owner, np.concatenate([clip_ids[item] for item in items])
+    return Rows([predictors[item] for item in items]), y, owner, np.concatenate([clip_ids[item] for item in items])
 
 
 def clip_means(output, owner, clip):
@@ -109,9 +132,11 @@ def clip_means(output, owner, clip):
     return sums / counts[:, np.newaxis], first
 
 
-def normalisation_statistics(x_train):
-    """Mean and variance of every bin over all training clips and frames: two (bins,) float32 arrays."""
-    return x_train.mean(axis=(0, 1)), np.maximum(x_train.var(axis=(0, 1)), 1e-8)
+def normalisation_statistics(sums, count):
+    """Mean and variance of every bin over all training examples and frames, from their feature_sums added up
+    (float64 (2, bins)) and the number of frames they sum (examples x frames): two (bins,) float32 arrays."""
+    mean = sums[0] / count
+    return mean.astype(np.float32), np.maximum(sums[1] / count - mean ** 2, 1e-8).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,14 +337,11 @@ def mixup(x, y, weights, rng, alpha):
 
 
 def training_batches(keras, x, y, weights, parameters, fill):
-    """Training data for model.fit: the arrays themselves, or, with SpecAugment or mixup, a keras PyDataset that
-    shuffles every epoch and augments every batch with a generator seeded by the instance's seed."""
-    augmenting = parameters["time_masks"] or parameters["freq_masks"] or parameters["mixup_alpha"] > 0
-    if not augmenting:
-        return {"x": x, "y": y, "sample_weight": weights, "shuffle": True, "batch_size": parameters["batch_size"]}
-
-    class AugmentedBatches(keras.utils.PyDataset):
-        """Shuffled, augmented training batches: (x, y) or (x, y, sample weights)."""
+    """Training data for model.fit: a keras PyDataset that shuffles every epoch with a generator seeded by the
+    instance's seed, reads each batch's examples from x (an array, or Rows: never a stacked copy of the training
+    set), and with SpecAugment or mixup augments every batch."""
+    class Batches(keras.utils.PyDataset):
+        """Shuffled (augmented) training batches: (x, y) or (x, y, sample weights)."""
 
         def __init__(self):
             super().__init__()
@@ -342,7 +364,7 @@ def training_batches(keras, x, y, weights, parameters, fill):
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(x))
 
-    return {"x": AugmentedBatches()}
+    return {"x": Batches()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -489,9 +511,10 @@ def load_model_file(path, parameters=None, input_shape=None, output_size=None, n
 
 
 def load_all(features_folder, dataset):
-    """(predictors, targets, clip ids) of a dataset, each {item: array} (see utility_functions)."""
+    """(predictors, targets, clip ids, feature sums) of a dataset, each {item: array} (see utility_functions)."""
     predictors, targets = load_dataset(features_folder, dataset)
-    return predictors, targets, load_clip_ids(features_folder, dataset, predictors)
+    return (predictors, targets, load_clip_ids(features_folder, dataset, predictors),
+            load_item_sums(features_folder, dataset, predictors))
 
 
 class Stopwatch:
@@ -537,9 +560,10 @@ def run_fold(job, loaded=None):
     splits = ("train",) if final else SPLITS
 
     def split_data(split):
-        """x, y, owner, clip of one split, stacked when needed: the test items only once they are evaluated, so a
-        fold holds at most the training items and one other split (the dataset itself is memory-mapped)."""
-        x, y, owner, clip = stack_items(dataset, job[f"{split}_items"])
+        """x, y, owner, clip of one split: x read where it lies (Rows), but the validation items, which every
+        epoch evaluates, stacked into one array; so a fold holds no copy of its training or test examples."""
+        x, y, owner, clip = item_rows(dataset, job[f"{split}_items"])
+        x = x[:] if split == "val" else x
         if job.get("smoke_batches"):  # a smoke run: a few batches of every split
             size = job["smoke_batches"] * parameters["batch_size"]
             x, y, owner, clip = x[:size], y[:size], owner[:size], clip[:size]
@@ -549,7 +573,11 @@ def run_fold(job, loaded=None):
     x_train, y_train, _, _ = data["train"]
     output_size = y_train.shape[1] if task_type == "classification" else 1
 
-    mean, variance = normalisation_statistics(x_train)
+    if job.get("smoke_batches"):
+        mean, variance = normalisation_statistics(feature_sums(x_train[:]), len(x_train) * x_train.shape[1])
+    else:
+        mean, variance = normalisation_statistics(sum(dataset[3][item] for item in job["train_items"]),
+                                                  len(x_train) * x_train.shape[1])
     clock.lap("data")
     model = build_model(keras, define_models, parameters, x_train.shape[1:], output_size, mean, variance)
     if job.get("initial_model_path"):

@@ -559,6 +559,9 @@ def release(lock_path):
 #   {name}_predictors.npy  float32 (examples, frames, bins), the items one after the other in sorted order
 #   {name}_target.npy      (examples, classes) one-hot float32, or (examples,) float32
 #   {name}_clips.npy       int32 (examples,): the clip (numbered within its item) of every window; windows only
+#   {name}_sums.npy        float64 (items, 2, bins): each item's sum and sum of squares of every bin over its
+#                          examples and frames (feature_sums), in index order: a fold's normalisation without
+#                          reading its training examples
 #   {name}_index.json      {"format": 2, "examples": N, "items": [[item, first example, end], ...]}, written last
 # Datasets written before (format 1: {name}_predictors.npz and _target.npz, one array per item) are still read,
 # into memory; preprocessing them again (--force) stores them in format 2 with the same dataset fingerprint.
@@ -567,10 +570,10 @@ STORAGE_FORMAT = 2
 
 
 def dataset_paths(features_folder, dataset):
-    """Paths of a dataset's files: predictors, target, clips, index (format 2), metadata, and the format 1
+    """Paths of a dataset's files: predictors, target, clips, sums, index (format 2), metadata, and the format 1
     archives predictors_npz, target_npz, clips_npz (read, never written)."""
     folder = Path(features_folder)
-    paths = {kind: folder / f"{dataset}_{kind}.npy" for kind in ("predictors", "target", "clips")}
+    paths = {kind: folder / f"{dataset}_{kind}.npy" for kind in ("predictors", "target", "clips", "sums")}
     paths.update({f"{kind}_npz": folder / f"{dataset}_{kind}.npz" for kind in ("predictors", "target", "clips")})
     return dict(paths, index=folder / f"{dataset}_index.json", metadata=folder / f"{dataset}_metadata.json")
 
@@ -607,7 +610,7 @@ def load_dataset(features_folder, dataset):
 
 def dataset_file_stats(features_folder, dataset):
     """[[size in bytes, modification time in ns]] of the dataset's files (None for an absent clips file): tells a
-    rewritten file cheaply. Format 2: predictors, target, clips, index; format 1: the three archives."""
+    rewritten file cheaply. Format 2: predictors, target, clips, sums, index; format 1: the three archives."""
     paths = dataset_paths(features_folder, dataset)
     stored = stored_format(paths)
     if stored is None:
@@ -617,7 +620,8 @@ def dataset_file_stats(features_folder, dataset):
         raise XvalError(f"dataset '{dataset}' {what}: run python3 preprocessing_dataset.py (or "
                         f"preprocessing_ravdess.py) --dataset {dataset}" +
                         (" --force" if "incomplete" in what else ", or fix the dataset name"))
-    kinds = ("predictors", "target", "clips", "index") if stored == 2 else ("predictors_npz", "target_npz", "clips_npz")
+    kinds = ("predictors", "target", "clips", "sums", "index") if stored == 2 else \
+        ("predictors_npz", "target_npz", "clips_npz")
     for kind in kinds[:2]:
         if not paths[kind].is_file():
             raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: preprocess it "
@@ -639,6 +643,29 @@ def load_clip_ids(features_folder, dataset, predictors):
     elif paths["clips_npz"].is_file():
         return read_npz(paths["clips_npz"], dataset)
     return {item: np.arange(len(x), dtype=np.int32) for item, x in predictors.items()}
+
+
+def feature_sums(x):
+    """float64 (2, bins): the sum and the sum of squares of every bin of x (examples, frames, bins) over its
+    examples and frames; what a fold's normalisation statistics add up (normalisation_statistics in training)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.stack([x.sum(axis=(0, 1)), np.square(x).sum(axis=(0, 1))])
+
+
+def load_item_sums(features_folder, dataset, predictors):
+    """{item: float64 (2, bins)} feature_sums of every item: read from {dataset}_sums.npy in format 2, computed from
+    the arrays otherwise (format 1)."""
+    paths = dataset_paths(features_folder, dataset)
+    if stored_format(paths) == 2 and paths["sums"].is_file():
+        try:
+            sums = np.load(paths["sums"], allow_pickle=False)
+            bins = next(iter(predictors.values())).shape[2]
+            if sums.shape != (len(predictors), 2, bins) or not np.all(np.isfinite(sums)):
+                raise ValueError(f"shape {sums.shape} or values that are not finite, for {len(predictors)} items")
+        except (OSError, ValueError, EOFError) as error:
+            raise damaged(paths["sums"], dataset, error) from None
+        return dict(zip(read_index(paths, dataset), sums))
+    return {item: feature_sums(x) for item, x in predictors.items()}
 
 
 def damaged(path, dataset, error):

@@ -5,10 +5,11 @@
 The demo audio is listed F times in a CSV, each copy under new speaker ids (actor 01, copy 7: speaker 01x007), so
 a corpus of F x 1,440 clips (mel 94 x 64) goes through preprocessing_dataset.py --csv like any user's corpus. For
 each F: preprocessing's wall time, its peak RSS (wait4: the process and its workers) and the machine's memory in
-use at its peak (MemTotal - MemAvailable, sampled every 0.1 s, minus that before it started: what a user's
-machine loses, shared pages and the page cache of the written files not counted twice); then a routine of
-1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers: its wall, the machine's
-memory in use at its peak, and each fold's time per phase (the fold results' timings). The features' size is
+use at its peak, and the peak of its process tree's summed PSS (/proc/PID/smaps_rollup, sampled every 0.2 s: a
+page shared by n processes counts 1/n in each, so the memory-mapped features count once, not once per process
+as RSS would; unlike the machine's memory in use, MemTotal - MemAvailable, it does not count other processes);
+then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers: its
+wall, the same two memory figures, and each fold's time per phase (the fold results' timings). The features' size is
 that of the dataset's .npy files.
 """
 import argparse
@@ -17,7 +18,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -41,22 +41,45 @@ def memory_in_use():
     return fields["MemTotal"] - fields["MemAvailable"]
 
 
-def measured(command, env, log):
-    """common.run of command, with the machine's memory in use sampled every 0.1 s: adds 'memory_gib', its peak
-    minus the memory in use just before."""
-    before, peak, done = memory_in_use(), [0], threading.Event()
+def tree(pid):
+    """pid and every live descendant of it (from /proc/*/stat's parent ids)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = {pid}, [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier and child not in found]
+        found.update(children)
+        frontier = children
+    return found
 
-    def sample():
-        while not done.wait(0.1):
-            peak[0] = max(peak[0], memory_in_use())
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        result = common.run(command, env, log)
-    finally:
-        done.set()
-        sampler.join()
-    return dict(result, memory_gib=max(0, peak[0] - before) / 2**30)
+
+def tree_pss(pid):
+    """Bytes: the summed proportional set size (/proc/PID/smaps_rollup) of pid and its descendants. A page shared
+    by n processes counts 1/n in each, so the memory-mapped features and the libraries count once in all: what
+    the process tree holds, whatever else runs on the machine."""
+    total = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup", encoding="ascii") as handle:
+                total += next(int(line.split()[1]) * 1024 for line in handle if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def measured(command, env, log):
+    """common.run of command, sampled every 0.2 s: adds 'pss_gib', the peak of its process tree's summed PSS, and
+    'memory_gib', the peak of the machine's memory in use minus that just before (other processes count too)."""
+    before = memory_in_use()
+    result = common.run(command, env, log, sample=lambda pid: (tree_pss(pid), memory_in_use()), period=0.2)
+    samples = result.pop("samples")
+    return dict(result, pss_gib=max((pss for pss, _ in samples), default=0) / 2**30,
+                memory_gib=max(0, max((used for _, used in samples), default=before) - before) / 2**30)
 
 
 def corpus_csv(ws, folder, factor):
@@ -85,7 +108,7 @@ def routine(ws, folder, dataset, workers, number):
     folds = [json.loads(path.read_text(encoding="utf-8"))
              for path in sorted((folder / f"experiment_{number}" / "results" / "folds").glob("*.json"))]
     phases = {name: [fold["timings"][name] for fold in folds] for name in folds[0]["timings"]}
-    return {"wall": result["seconds"], "memory_gib": result["memory_gib"],
+    return {"wall": result["seconds"], "memory_gib": result["memory_gib"], "pss_gib": result["pss_gib"],
             "phases": {name: sum(values) / len(values) for name, values in phases.items()},
             "fold_seconds": sum(fold["seconds"] for fold in folds) / len(folds)}
 
@@ -104,6 +127,7 @@ def one_factor(ws, folder, factor):
             for number, (name, workers) in enumerate((("1 worker", -1), ("2 workers", "-1,-1")), start=1)}
     return {"factor": factor, "clips": clips, "features_gib": features, "preprocessing_seconds": prep["seconds"],
             "preprocessing_peak_rss_gib": prep["peak_mib"] / 1024, "preprocessing_memory_gib": prep["memory_gib"],
+            "preprocessing_pss_gib": prep["pss_gib"],
             "routine": runs}
 
 
@@ -112,30 +136,31 @@ def rows(results):
     table = []
     for r in results:
         table.append(common.row(f"{r['factor']}x ({r['clips']:,} clips, features {r['features_gib']:.2f} GiB): "
-                                "preprocessing wall / peak RSS / machine memory in use",
+                                "preprocessing wall / peak RSS / peak PSS of its processes / machine memory in use",
                                 f"{r['preprocessing_seconds']:.0f} s / {r['preprocessing_peak_rss_gib']:.2f} GiB / "
-                                f"{r['preprocessing_memory_gib']:.2f} GiB"))
+                                f"{r['preprocessing_pss_gib']:.2f} GiB / {r['preprocessing_memory_gib']:.2f} GiB"))
         for name, run in r["routine"].items():
             phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in run["phases"].items())
-            table.append(common.row(f"{r['factor']}x routine 1 x 4 folds x 1 epoch, {name}: wall / machine memory "
-                                    "in use / mean fold phases (s)",
-                                    f"{run['wall']:.0f} s / {run['memory_gib']:.2f} GiB / {phases}"))
+            table.append(common.row(f"{r['factor']}x routine 1 x 4 folds x 1 epoch, {name}: wall / peak PSS of its "
+                                    "processes / machine memory in use / mean fold phases (s)",
+                                    f"{run['wall']:.0f} s / {run['pss_gib']:.2f} GiB / {run['memory_gib']:.2f} GiB / "
+                                    f"{phases}"))
     at = {r["factor"]: r for r in results}
     if 40 in at:
         r = at[40]
-        memory = max(r["preprocessing_peak_rss_gib"], r["preprocessing_memory_gib"])
-        table.append(common.row("40x: preprocessing peak memory (GiB, the larger of RSS and memory in use)",
+        memory = r["preprocessing_pss_gib"]
+        table.append(common.row("40x: preprocessing peak memory (GiB, PSS of its processes)",
                                 f"{memory:.2f}", f"<= {TARGET_PREPROCESSING_GIB_AT_40:g}",
                                 memory <= TARGET_PREPROCESSING_GIB_AT_40))
         two = r["routine"]["2 workers"]
         limit = 1.5 * r["features_gib"] + 2
-        table.append(common.row("40x: routine with 2 workers, machine memory in use (GiB)", f"{two['memory_gib']:.2f}",
-                                f"<= 1.5 x features + 2 = {limit:.2f}", two["memory_gib"] <= limit))
+        table.append(common.row("40x: routine with 2 workers, peak PSS of its processes (GiB)", f"{two['pss_gib']:.2f}",
+                                f"<= 1.5 x features + 2 = {limit:.2f}", two["pss_gib"] <= limit))
         table.append(common.row("40x: data phase of a fold (s), 2 workers", f"{two['phases']['data']:.2f}", "<= 0.5",
                                 two["phases"]["data"] <= 0.5))
     if 200 in at and 40 in at:
-        grown = at[200]["preprocessing_peak_rss_gib"] / at[40]["preprocessing_peak_rss_gib"]
-        table.append(common.row("200x against 40x: preprocessing peak RSS", f"{grown:.2f}x", "<= 1.10x",
+        grown = at[200]["preprocessing_pss_gib"] / at[40]["preprocessing_pss_gib"]
+        table.append(common.row("200x against 40x: preprocessing peak PSS", f"{grown:.2f}x", "<= 1.10x",
                                 grown <= 1.10))
     return table
 
@@ -147,12 +172,11 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     size = [r["features_gib"] for r in results]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(size, [r["preprocessing_peak_rss_gib"] for r in results], "o-", label="preprocessing, peak RSS")
-    axes[0].plot(size, [r["preprocessing_memory_gib"] for r in results], "s--", label="preprocessing, memory in use")
+    axes[0].plot(size, [r["preprocessing_pss_gib"] for r in results], "o-", label="preprocessing")
     for name in ("1 worker", "2 workers"):
-        axes[0].plot(size, [r["routine"][name]["memory_gib"] for r in results], "^-", label=f"routine, {name}")
+        axes[0].plot(size, [r["routine"][name]["pss_gib"] for r in results], "^-", label=f"routine, {name}")
     axes[0].plot(size, [1.5 * s + 2 for s in size], ":", color="grey", label="target: 1.5 x features + 2 GiB")
-    axes[0].set(xlabel="features (GiB)", ylabel="GiB", title="memory")
+    axes[0].set(xlabel="features (GiB)", ylabel="GiB", title="peak PSS of the process tree")
     axes[1].plot(size, [r["preprocessing_seconds"] for r in results], "o-", label="preprocessing")
     for name in ("1 worker", "2 workers"):
         axes[1].plot(size, [r["routine"][name]["wall"] for r in results], "^-", label=f"routine, {name}")

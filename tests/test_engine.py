@@ -95,6 +95,15 @@ def test_folds_are_a_partition_shared_by_every_instance(experiment):
             assert set(fold["predictions"]["test"]["item"]) == set(fold["test_items"])
 
 
+def test_each_folds_normalisation_is_the_mean_and_variance_of_its_training_examples(experiment):
+    predictors, _ = load_dataset(experiment["features"]["features_folder"], "tiny")
+    for run in (1, 2):
+        for fold in instance_json(experiment["dir"], run)["folds"]:
+            x_train = np.concatenate([predictors[item] for item in fold["train_items"]]).astype(np.float64)
+            np.testing.assert_allclose(fold["normalisation"]["mean"], x_train.mean(axis=(0, 1)), rtol=1e-5)
+            np.testing.assert_allclose(fold["normalisation"]["variance"], x_train.var(axis=(0, 1)), rtol=1e-4)
+
+
 def test_metrics_equal_scikit_learn_on_the_saved_predictions(experiment):
     for run in (1, 2):
         for fold in instance_json(experiment["dir"], run)["folds"]:

@@ -47,6 +47,7 @@ def test_two_cpu_workers_train_every_fold_once_and_a_rerun_alone_reproduces_it(t
     (experiment_dir / "locks" / "run2_fold2.lock").write_text(json.dumps(
         {"host": HOST, "pid": 2 ** 22 + 17, "since": "earlier", "slurm_job": None}))
     (experiment_dir / "results" / "folds" / "results_tiny_exp1_run1_fold2.json").unlink()
+    (experiment_dir / "results" / "folds" / "results_tiny_exp1_run2_fold2.json").unlink()  # killed before its result
     status = subprocess.run([sys.executable, str(routine), "--status"], capture_output=True, text=True,
                             env=routine_environment(tiny_features["config_path"]), cwd=str(tmp_path), timeout=120)
     assert status.returncode == 0, status.stderr

@@ -21,8 +21,8 @@ import demo_corpus
 import feat_analysis
 import preprocessing_dataset as pipeline
 from routine_helpers import REPO, instance, run_routine, write_routine
-from utility_functions import (XvalError, check_dataset, dataset_fingerprint, dataset_paths, load_clip_ids, load_config,
-                               load_dataset)
+from utility_functions import (XvalError, check_dataset, dataset_fingerprint, dataset_paths, feature_sums,
+                               load_clip_ids, load_config, load_dataset, load_item_sums)
 
 SPEAKERS = ("spk1", "spk2", "spk3", "spk4")
 EMOTIONS = {1: "neutral", 3: "happy", 5: "angry"}  # demo corpus emotion code -> label
@@ -343,6 +343,9 @@ def test_features_are_memory_mapped_and_a_format_1_dataset_is_rewritten_with_the
     index = json.loads(paths["index"].read_text())
     assert sorted(predictors) == metadata["items"] == [item for item, _, _ in index["items"]]
     fingerprint = dataset_fingerprint(predictors, targets, clip_ids)
+    stored_sums = load_item_sums(folder, "stored", predictors)  # written while the features were copied into place
+    for item, array in predictors.items():
+        np.testing.assert_allclose(stored_sums[item], feature_sums(np.array(array)), rtol=1e-12)
 
     # the same dataset as the version before format 2 wrote it: one array per foldable item in .npz archives
     copies = [{item: np.array(array) for item, array in arrays.items()} for arrays in (predictors, targets, clip_ids)]
@@ -354,6 +357,8 @@ def test_features_are_memory_mapped_and_a_format_1_dataset_is_rewritten_with_the
     old_x, old_y = load_dataset(folder, "stored")
     assert not any(isinstance(array, np.memmap) for array in old_x.values())  # read into memory
     assert dataset_fingerprint(old_x, old_y, load_clip_ids(folder, "stored", old_x)) == fingerprint
+    computed = load_item_sums(folder, "stored", old_x)  # format 1 has no sums file: computed from the arrays
+    assert all(np.allclose(computed[item], stored_sums[item], rtol=1e-12) for item in old_x)
     capsys.readouterr()
 
     build_from_csv(corpus["root"] / "corpus.csv", config_path, "stored")  # same inputs: rewritten in format 2
