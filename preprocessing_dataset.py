@@ -49,9 +49,10 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               config_path_in_use, feature_sums, stored_format,
+                               config_path_in_use, feature_sums, load_clip_ids, load_dataset, load_item_sums,
+                               stored_format,
                                dataset_paths, exit_on_user_error, files_under, load_config, read_json,
-                               remove_stale_temp_files, temp_path_for, writing)
+                               remove_stale_temp_files, temp_path_for, unwritable, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
@@ -427,37 +428,31 @@ def input_fingerprint(stats, table, preprocessing_settings, feature_settings, ta
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def save_npy(path, array):
-    """np.save (no pickle) of array to path, atomically."""
-    temp = temp_path_for(path)
-    with writing(path, temp):
-        with open(temp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        commit_temp_file(temp, path)
+def save_npy(temp, array):
+    """np.save (no pickle) of array to the file temp."""
+    with open(temp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
-def copy_rows(path, raw, runs, shape, items):
-    """Write the .npy file path, atomically, of float32 rows (frames, bins) = shape copied from the raw file raw
-    (float32 rows of that shape, one after the other): runs [(first row, rows, item number)], in order. One piece
-    at a time, at most COPY_BYTES, so memory stays flat whatever the corpus. Returns float64 (items, 2, bins): each
-    item's feature_sums, added up on the way."""
+def copy_rows(temp, raw, runs, shape, items):
+    """Write the .npy file temp of float32 rows (frames, bins) = shape copied from the raw file raw (float32 rows
+    of that shape, one after the other): runs [(first row, rows, item number)], in order. One piece at a time, at
+    most COPY_BYTES, so memory stays flat whatever the corpus. Returns float64 (items, 2, bins): each item's
+    feature_sums, added up on the way."""
     row_bytes = int(np.prod(shape)) * 4
     total = sum(count for _, count, _ in runs)
     sums = np.zeros((items, 2, shape[-1]))
-    temp = temp_path_for(path)
-    with writing(path, temp):
-        with open(raw, "rb") as source, open(temp, "wb") as target:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                      "shape": (total, *shape)}
-            np.lib.format.write_array_header_1_0(target, header)
-            step = max(1, COPY_BYTES // row_bytes)  # rows per read
-            for first, count, item in runs:
-                for start in range(first, first + count, step):
-                    source.seek(start * row_bytes)
-                    piece = source.read(min(first + count - start, step) * row_bytes)
-                    target.write(piece)
-                    sums[item] += feature_sums(np.frombuffer(piece, np.float32).reshape(-1, *shape))
-        commit_temp_file(temp, path)
+    with open(raw, "rb") as source, open(temp, "wb") as target:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (total, *shape)}
+        np.lib.format.write_array_header_1_0(target, header)
+        step = max(1, COPY_BYTES // row_bytes)  # rows per read
+        for first, count, item in runs:
+            for start in range(first, first + count, step):
+                source.seek(start * row_bytes)
+                piece = source.read(min(first + count - start, step) * row_bytes)
+                target.write(piece)
+                sums[item] += feature_sums(np.frombuffer(piece, np.float32).reshape(-1, *shape))
     return sums
 
 
@@ -475,9 +470,11 @@ def row_runs(clips, items):
 
 def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows):
     """Write a dataset in format 2 (utility_functions): predictors (copied from the raw features file raw, whose
-    rows clip["first_piece"] ... hold a clip's (frames, bins) = shape pieces), target, (in windows mode each
-    window's clip), items in sorted order with their clips in table order, then the index, then the metadata (last:
-    without it the dataset is never reused). A format 1 dataset of the same name is replaced."""
+    rows clip["first_piece"] ... hold a clip's (frames, bins) = shape pieces), sums, target, (in windows mode each
+    window's clip), items in sorted order with their clips in table order; then the metadata, then the index
+    (last: without it the dataset is incomplete and refused). Every array is written under a temporary name first:
+    a dataset of the same name (format 1 or 2) stays whole until all of them are, and a failure (a full disk, a
+    kill) while they are written leaves it as it was."""
     items = sorted({clip["item"] for clip in clips})
     ordered = sorted(clips, key=lambda clip: clip["item"])  # stable: each item's clips stay in table order
     pieces = np.array([clip["pieces"] for clip in ordered])
@@ -486,21 +483,46 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
         count = sum(clip["pieces"] for clip in ordered if clip["item"] == item)
         spans.append([item, first, first + count])
         first += count
-    for kind in ("metadata", "index"):
-        paths[kind].unlink(missing_ok=True)
-    sums = copy_rows(paths["predictors"], raw, row_runs(ordered, items), shape, len(items))
-    save_npy(paths["sums"], sums)
-    targets = target_rows([clip["target"] for clip in ordered], target_kind, len(class_names or ()))
-    save_npy(paths["target"], np.repeat(targets, pieces, axis=0))
-    if windows:
-        numbers = np.concatenate([np.arange(sum(clip["item"] == item for clip in ordered)) for item in items])
-        save_npy(paths["clips"], np.repeat(numbers.astype(np.int32), pieces))
-    else:
-        paths["clips"].unlink(missing_ok=True)
-    atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans})
-    for kind in ("predictors_npz", "target_npz", "clips_npz"):
-        paths[kind].unlink(missing_ok=True)
-    atomic_write_json(paths["metadata"], metadata)
+    kinds = ("predictors", "sums", "target") + (("clips",) if windows else ())
+    temps = {kind: temp_path_for(paths[kind]) for kind in kinds}
+    try:
+        with writing(paths["predictors"]):
+            sums = copy_rows(temps["predictors"], raw, row_runs(ordered, items), shape, len(items))
+        with writing(paths["sums"]):
+            save_npy(temps["sums"], sums)
+        targets = target_rows([clip["target"] for clip in ordered], target_kind, len(class_names or ()))
+        with writing(paths["target"]):
+            save_npy(temps["target"], np.repeat(targets, pieces, axis=0))
+        if windows:
+            numbers = np.concatenate([np.arange(sum(clip["item"] == item for clip in ordered)) for item in items])
+            with writing(paths["clips"]):
+                save_npy(temps["clips"], np.repeat(numbers.astype(np.int32), pieces))
+        for kind in ("index", "metadata"):  # from here to the new index (a few renames) the dataset is incomplete
+            paths[kind].unlink(missing_ok=True)
+        for kind, temp in temps.items():
+            with writing(paths[kind]):
+                commit_temp_file(temp, paths[kind])
+        for kind in ("predictors_npz", "target_npz", "clips_npz") + (() if windows else ("clips",)):
+            paths[kind].unlink(missing_ok=True)
+        atomic_write_json(paths["metadata"], metadata)
+        atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans,
+                                           "windows": windows})
+    finally:
+        for temp in temps.values():
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def readable_problem(features_folder, dataset):
+    """Why an existing dataset cannot be read as a routine reads it (a damaged or missing file), or None: its
+    arrays, index, clips and sums opened (memory-mapped: their headers and sizes, not their content)."""
+    try:
+        predictors, _ = load_dataset(features_folder, dataset)
+        load_clip_ids(features_folder, dataset, predictors)
+        load_item_sums(features_folder, dataset, predictors)
+    except XvalError as error:
+        return str(error).split(": preprocess", 1)[0]
+    return None
 
 
 def existing_metadata(paths):
@@ -626,7 +648,11 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     pre = dict(config["preprocessing"])
     feature_settings = dict(config["features"], type=feature_type)
     features_folder = Path(config["paths"]["features_folder"])
-    features_folder.mkdir(parents=True, exist_ok=True)
+    if features_folder.exists() and not features_folder.is_dir():
+        raise XvalError(f"{where} [paths] features_folder {features_folder} is a file, not a folder: point it to a "
+                        "folder (it is made if missing)")
+    with writing(features_folder):
+        features_folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(features_folder)
     paths = dataset_paths(features_folder, dataset)
     fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
@@ -642,7 +668,11 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         print(f"{dataset}: stored as .npz archives (format 1), which every fold process reads into a copy of its "
               "own: writing it again as memory-mapped .npy files (format 2; the same features, the same dataset "
               "fingerprint, so its experiments resume)")
-    if metadata and not differences and not force and stored_format(paths) == 2:
+    reusable = metadata and not differences and not force and stored_format(paths) == 2
+    damage = readable_problem(features_folder, dataset) if reusable else None
+    if damage and not quiet:
+        print(f"{dataset}: inputs and settings unchanged, but {damage}: computing it again")
+    if reusable and not damage:
         summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
                    "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
                    "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint,
@@ -665,6 +695,10 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                         f"training; are the labels the '{table['fold_by']}' column (or pattern) again? Fold by "
                         "another column, or --fold-by file")
     length = feat_analysis.length_settings(pre)
+    cannot = unwritable(features_folder)
+    if cannot:
+        raise XvalError(f"cannot write the features of dataset '{dataset}' into {features_folder} ({cannot}): "
+                        "make it writable, or point [paths] features_folder elsewhere")
     raw = temp_path_for(features_folder / f"{dataset}_features.raw")  # every clip's features, until written
     try:
         with writing(raw), open(raw, "wb") as sink:
@@ -729,7 +763,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         return summary
 
     finally:
-        raw.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never made (a read-only folder)
+            raw.unlink()
 
 def cut_clips(read, length):
     """(how many clips are longer than a fixed-length dataset's clips, that length in s), or None in windows mode

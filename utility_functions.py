@@ -622,7 +622,10 @@ def dataset_file_stats(features_folder, dataset):
                         (" --force" if "incomplete" in what else ", or fix the dataset name"))
     kinds = ("predictors", "target", "clips", "sums", "index") if stored == 2 else \
         ("predictors_npz", "target_npz", "clips_npz")
-    for kind in kinds[:2]:
+    needed = list(kinds[:2])
+    if stored == 2:  # its metadata (the feature settings models are used with) and, for windows, each window's clip
+        needed += ["metadata"] + (["clips"] if read_index_file(paths, dataset).get("windows") else [])
+    for kind in needed:
         if not paths[kind].is_file():
             raise XvalError(f"dataset '{dataset}' has no {paths[kind].name} in {paths[kind].parent}: preprocess it "
                             "again with --force")
@@ -675,13 +678,26 @@ def damaged(path, dataset, error):
                      f"'{dataset}' again with --force")
 
 
-def read_index(paths, dataset):
-    """{item: (first example, end)} of a format 2 dataset, checked: the items' spans follow one another from 0."""
+def read_index_file(paths, dataset):
+    """The JSON object of a format 2 dataset's index file (XvalError naming it when it is not one)."""
     try:
         index = json.loads(paths["index"].read_text(encoding="utf-8"))
+        if not isinstance(index, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise damaged(paths["index"], dataset, error) from None
+    return index
+
+
+def read_index(paths, dataset):
+    """{item: (first example, end)} of a format 2 dataset, checked: the items' spans follow one another from 0."""
+    index = read_index_file(paths, dataset)
+    try:
         spans = {str(item): (int(first), int(end)) for item, first, end in index["items"]}
         ends = [0] + [end for _, end in spans.values()]
-        if index["format"] != STORAGE_FORMAT or [first for first, _ in spans.values()] != ends[:-1] or \
+        if index["format"] != STORAGE_FORMAT:
+            raise ValueError(f"storage format {index['format']!r}, where this version reads {STORAGE_FORMAT}")
+        if [first for first, _ in spans.values()] != ends[:-1] or \
                 ends[-1] != index["examples"] or len(spans) != len(index["items"]):
             raise ValueError("the items' spans do not follow one another")
     except (OSError, ValueError, TypeError, KeyError) as error:

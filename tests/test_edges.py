@@ -686,6 +686,45 @@ def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
         assert not list(disk.glob("*xvaltmp*")) and not list(disk.glob("full_*"))
 
 
+def test_a_forced_rewrite_that_fills_the_disk_leaves_the_dataset_as_it_was(mounts, voices, tmp_path):
+    import configparser
+    from utility_functions import dataset_fingerprint, load_clip_ids, load_dataset
+    disk = tmp_path / "features_disk"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(voices["config"], encoding="utf-8")
+    parser.set("paths", "features_folder", str(disk))
+    config = tmp_path / "config.ini"
+    with open(config, "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    command = [sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv", str(table_csv(voices, "kept",
+               voices["rows"])), "--dataset", "kept", "--config", str(config), "--jobs", "1"]
+    with small_disk(disk, "2m"):
+        assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0
+        predictors, targets = load_dataset(disk, "kept")
+        before = dataset_fingerprint(predictors, targets, load_clip_ids(disk, "kept", predictors))
+        del predictors, targets
+        fill(disk, 8 * 1024)  # the new arrays cannot all be written
+        forced = subprocess.run(command + ["--force"], capture_output=True, text=True, timeout=300)
+        one_line_refusal(forced, "no space left to write")
+        predictors, targets = load_dataset(disk, "kept")  # the old dataset, whole: index, metadata, arrays
+        assert dataset_fingerprint(predictors, targets, load_clip_ids(disk, "kept", predictors)) == before
+        assert not list(disk.glob("*xvaltmp*"))
+
+
+def test_a_format_2_dataset_missing_its_metadata_or_a_windows_dataset_its_clips_is_refused(tiny_features, tmp_path):
+    from utility_functions import dataset_file_stats
+    features = tmp_path / "features"
+    shutil.copytree(tiny_features["features_folder"], features)
+    (features / "tiny_metadata.json").unlink()  # the feature settings every model is used with
+    with pytest.raises(XvalError, match=r"dataset 'tiny' has no tiny_metadata.json in .*--force"):
+        dataset_file_stats(features, "tiny")
+    shutil.copy2(tiny_features["features_folder"] / "tiny_metadata.json", features)
+    index = json.loads((features / "tiny_index.json").read_text())
+    (features / "tiny_index.json").write_text(json.dumps(dict(index, windows=True)))  # windows, but no clips file
+    with pytest.raises(XvalError, match=r"dataset 'tiny' has no tiny_clips.npy in .*--force"):
+        dataset_file_stats(features, "tiny")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 15. --help
 

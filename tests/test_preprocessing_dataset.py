@@ -418,3 +418,17 @@ def test_a_file_named_in_the_other_unicode_form_on_disk_is_found(corpus, small_c
         writer.writerows(rows)
     summary = build_from_csv(path, small_config, "nfc_names")
     assert summary["clips"] == len(rows) and not summary["skipped"]
+
+
+def test_a_damaged_dataset_is_computed_again_by_a_rerun_not_reused(corpus, small_config, capsys):
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "truncated")
+    folder = load_config(small_config)["paths"]["features_folder"]
+    path = dataset_paths(folder, "truncated")["predictors"]
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    capsys.readouterr()
+    summary = build_from_csv(corpus["root"] / "corpus.csv", small_config, "truncated")
+    assert not summary["reused"]
+    assert f"truncated: inputs and settings unchanged, but {path} is damaged and cannot be read" in \
+        capsys.readouterr().out
+    predictors, _ = load_dataset(folder, "truncated")
+    assert sum(len(x) for x in predictors.values()) == summary["clips"]
