@@ -103,6 +103,8 @@ def damage(raw):
         shown = repr(problem[1]) if len(repr(problem[1])) <= 60 else repr(problem[1])[:57] + "..."
         return f"{problem[0] or 'its content'} is {shown}"
     for index, fold in enumerate(raw.get("folds") or []):
+        if not isinstance(fold.get("model_file"), str):
+            return f"folds[{index}].model_file is {fold.get('model_file')!r}, not the name of its model"
         best, run = fold.get("best_epoch"), fold.get("epochs_run")
         if fold.get("seconds", 0) < 0 or any(value < 0 for value in (fold.get("timings") or {}).values()):
             return f"folds[{index}] has a negative time ({fold.get('seconds')!r} s)"

@@ -72,7 +72,8 @@ def reusable_folds(layout, instance, fingerprints):
     recorded = read_json(path) if path.exists() else {}
     if not isinstance(recorded, dict):
         return done, f"{path} is damaged (not an instance's results)"
-    if path.exists() and recorded.get("parameter_hash") != fingerprints[0]["parameter_hash"]:
+    if path.exists() and recorded.get("parameter_hash") != fingerprints[0]["parameter_hash"] and \
+            (done or recorded.get("status") not in ("failed", "incomplete")):  # else no fold of it is kept: it restarts
         return done, f"{path} was computed with other parameters"
     return done, None
 
@@ -231,7 +232,14 @@ def attempt(job, launch):
     """
     layout, instance, number = job_layout(job), job["instance"], job["fold"]
     paths = layout.fold(instance, number)
-    owner = claim(paths.lock, job["claim_grace"])
+    folds = range(1, len(job["record"]["fingerprints"]) + 1)
+    owner = claim(paths.lock, job["claim_grace"], job["parameter_hash"],
+                  [layout.fold(instance, other).lock for other in folds if other != number])
+    if owner and owner.get("conflict"):
+        raise XvalError(f"instance {instance}: another fold of it ({owner['lock']}) is being trained now by "
+                        f"{owner.get('host')} ({claim_owner_text(owner)}, since {owner.get('since')}) with other "
+                        "parameters: another routine on this experiment folder uses the same instance number; let it "
+                        "finish and give this instance another number")
     if owner:
         return Attempt("busy", owner)
     try:
@@ -242,6 +250,7 @@ def attempt(job, launch):
                     result_path.stat().st_mtime < job["overwrite_before"]:
                 for path in (result_path, paths.model, weights_path(paths.model)):
                     path.unlink(missing_ok=True)
+                collect_instance(layout, instance, job["record"])  # no longer complete: a kill now leaves it so
             if result_path.exists():
                 result = read_json(result_path)
                 problem = fold_result_problem(result_path, result, job["record"]["fingerprints"][number - 1],

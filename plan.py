@@ -586,6 +586,11 @@ def accept(plan, routine_file):
     for planned in plan.instances:  # a claim left by a process killed after its fold's result landed
         for index in set(range(len(plan.folds))) - set(planned.missing):
             release_stale_claim(layout.fold(planned.instance, index + 1).lock, plan.claim_grace)
+    for planned_search in plan.searches:  # the same, for the folds of trials that finished
+        for instance in planned_search.search.instances():
+            if layout.instance(instance).result.exists():
+                for fold in range(1, len(plan.folds) + 1):
+                    release_stale_claim(layout.fold(instance, fold).lock, plan.claim_grace)
     write_folds(layout, plan.split, list(plan.folds))
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())

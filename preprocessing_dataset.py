@@ -125,6 +125,9 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     if csv_path.is_dir():
         raise XvalError(f"--csv {csv_path} is a folder, not a CSV file: pass the table's path (or use --folders for "
                         "a folder of class subfolders)")
+    if csv_path.exists() and not csv_path.is_file():
+        raise XvalError(f"--csv {csv_path} is not a regular file (a device or a pipe): save the table to a file and "
+                        "pass its path")
     if not csv_path.is_file():
         raise XvalError(f"CSV file {csv_path} does not exist: pass the path of your table with --csv")
     try:

@@ -263,6 +263,10 @@ def parse_search(key, strings, where):
         raise XvalError(f"{where}: a search needs search_trials = N (how many trials in all, N >= 1)")
     if trials < 1 or values["search_startup_trials"] < 1:
         raise XvalError(f"{where}: search_trials and search_startup_trials must be 1 or more")
+    if "search_startup_trials" in settings and values["search_startup_trials"] >= trials:
+        raise XvalError(f"{where}: search_startup_trials = {values['search_startup_trials']} is not below "
+                        f"search_trials = {trials}: every trial would be random and none pruned; lower it, or "
+                        "raise search_trials")
     if not 0 <= values["search_seed"] < 2 ** 32:
         raise XvalError(f"{where}: search_seed = {values['search_seed']} must be a whole number from 0 to 2**32 - 1")
     return Search(key, tuple(fixed), tuple(space.values()), trials, sampler, values["search_seed"], pruner,

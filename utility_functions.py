@@ -164,7 +164,7 @@ def load_config(path=None, sections=None):
         raise XvalError(f"config file {path} does not exist: restore config.ini from git or set {CONFIG_ENV_VAR}")
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     try:
-        parser.read(path, encoding="utf-8")
+        parser.read(path, encoding="utf-8-sig")  # -sig: a file saved by Windows Notepad starts with a BOM
     except (configparser.Error, UnicodeDecodeError) as error:
         first_line = str(error).splitlines()[0]
         raise XvalError(f"config file {path} cannot be parsed ({first_line}): fix its syntax") from None
@@ -482,14 +482,24 @@ def lock_owner_alive(owner, age, grace):
     return age is not None and age <= grace
 
 
-def claim(lock_path, grace):
+def claim(lock_path, grace, tag=None, siblings=()):
     """Claim lock_path for this process. Returns None on success, else the live owner's {host, pid, since}.
 
     A claim whose owner is gone (lock_owner_alive with this grace period, in seconds) is stale and taken over.
-    The owner keeps its claim alive with heartbeat() while it holds it.
+    The owner keeps its claim alive with heartbeat() while it holds it. tag (a string) is stored in the claim; a
+    live claim among siblings (other lock paths) holding another tag refuses this one: its owner is returned with
+    "conflict": True (a fold job of the same instance run with other parameters, checked under the same mutex).
     """
     lock_path = Path(lock_path)
     with file_mutex(lock_path.parent / ".claims.mutex"):
+        for sibling in map(Path, siblings):
+            try:
+                other = json.loads(sibling.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(other, dict) and other.get("tag") not in (None, tag) and \
+                    lock_owner_alive(other, heartbeat_age(sibling), grace):
+                return dict(other, conflict=True, lock=sibling.name)
         if lock_path.exists():
             try:
                 owner = json.loads(lock_path.read_text(encoding="utf-8"))
@@ -504,7 +514,7 @@ def claim(lock_path, grace):
                       f"since {owner.get('since')}; its process is gone or its heartbeat stopped)", flush=True)
         me = {"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
               "since": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": slurm_job_id(),
-              "slurm_restart": slurm_restart_count()}
+              "slurm_restart": slurm_restart_count(), "tag": tag}
         atomic_write_json(lock_path, me)
     return None
 
@@ -790,8 +800,12 @@ def check_clip_ids(ids, y, where):
 def check_target(targets, dataset, task_type):
     """XvalError unless every item's target fits task_type: one-hot (clips, classes), or one number per clip."""
     for item, y in targets.items():
-        if task_type == "classification" and (y.ndim != 2 or y.shape[1] < 2 or
-                                              not np.all(np.isin(y, (0, 1))) or np.any(y.sum(axis=1) != 1)):
+        if task_type == "classification" and y.ndim == 2 and y.shape[1] >= 2 and \
+                (not np.all(np.isin(y, (0, 1))) or np.any(y.sum(axis=1) != 1)):
+            raise XvalError(f"dataset '{dataset}', item {item}: its target has the shape of a one-hot target {y.shape} "
+                            "but rows that are not one 1 and zeros (edited or damaged?): preprocess it again with "
+                            "--force")
+        if task_type == "classification" and (y.ndim != 2 or y.shape[1] < 2):
             raise XvalError(f"dataset '{dataset}', item {item}: task_type 'classification' needs a one-hot target "
                             f"(clips, classes), this one has shape {y.shape}: use a dataset preprocessed with "
                             "--target emotion, or task_type = 'regression'")

@@ -61,7 +61,7 @@ def points(size):
 def trials_for(size):
     """search_trials from the budget (see the module's docstring)."""
     grid_folds, folds, startup = len(points(size)) * size["folds"], size["folds"], size["startup"]
-    return startup + max(0, math.floor((TARGET_SHARE * grid_folds - startup * folds) / ((1 + folds) / 2)))
+    return startup + max(1, math.floor((TARGET_SHARE * grid_folds - startup * folds) / ((1 + folds) / 2)))
 
 
 def grid_dict(size):

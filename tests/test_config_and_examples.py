@@ -40,6 +40,14 @@ def test_an_executor_section_may_be_missing_and_takes_the_shipped_values(tmp_pat
     assert load_config(lean, sections)["slurm"] == load_config(REPO / "config.ini", sections)["slurm"]
 
 
+def test_a_config_saved_by_windows_notepad_is_read(tmp_path):
+    saved = tmp_path / "config.ini"  # UTF-8 with a byte order mark, and CRLF line ends
+    saved.write_bytes(b"\xef\xbb\xbf" + (REPO / "config.ini").read_text().replace("\n", "\r\n").encode())
+    plain = tmp_path / "plain.ini"
+    plain.write_text((REPO / "config.ini").read_text())
+    assert load_config(saved) == load_config(plain)  # relative paths are taken from the same folder
+
+
 def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directory(tmp_path):
     folder = tmp_path / "elsewhere"
     folder.mkdir()

@@ -348,3 +348,12 @@ def test_features_folder_inside_the_input_is_not_scanned(corpus, config_factory,
     first = prep.preprocess(inputs, "inside", config_path, jobs=1, quiet=True)
     assert first["skipped"] == [] and first["items"] == ["01", "02", "03"]
     assert prep.preprocess(inputs, "inside", config_path, jobs=1, quiet=True)["reused"]
+
+
+def test_a_one_hot_shaped_target_whose_rows_are_not_one_hot_is_called_damaged():
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+    y[2] = [0.5, 0.5, 0]
+    with pytest.raises(XvalError, match=r"shape of a one-hot target \(4, 3\) but rows that are not one 1 and zeros"):
+        check_target({"spk1": y}, "edited", "classification")
+    with pytest.raises(XvalError, match=r"needs a one-hot target \(clips, classes\), this one has shape \(4,\)"):
+        check_target({"spk1": np.zeros(4, np.float32)}, "intensity", "classification")

@@ -178,6 +178,7 @@ def test_the_command_line_refuses_with_one_line(corpus, small_config, tmp_path):
                                                            for r in corpus["rows"]))
     for arguments, words in (
             (["--csv", tmp_path / "missing.csv", "--dataset", "x"], "does not exist"),
+            (["--csv", "/dev/null", "--dataset", "x"], "is not a regular file (a device or a pipe)"),
             (["--csv", corpus["root"] / "corpus.csv", "--dataset", "x", "--fold-by", "speakr"],
              "has no column 'speakr' for the foldable items"),
             (["--csv", empty_labels, "--dataset", "x", "--audio-root", corpus["root"]],

@@ -249,6 +249,17 @@ def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
     assert lock.exists()
 
 
+def test_a_claim_is_refused_while_another_fold_of_its_instance_runs_with_other_parameters(tmp_path):
+    from utility_functions import HOST, _process_start_time, claim
+    sibling = tmp_path / "run1_fold1.lock"  # held by a live process (this one) for parameters 'a'
+    sibling.write_text(json.dumps({"host": HOST, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()),
+                                   "since": "now", "tag": "a"}))
+    conflict = claim(tmp_path / "run1_fold2.lock", 300, "b", [sibling])
+    assert conflict["conflict"] and conflict["lock"] == "run1_fold1.lock"
+    assert not (tmp_path / "run1_fold2.lock").exists()
+    assert claim(tmp_path / "run1_fold2.lock", 300, "a", [sibling]) is None  # the same parameters: claimed
+
+
 def config_with(tiny_features, folder, section, values):
     """A copy of the tiny dataset's config with other values in one section."""
     import configparser

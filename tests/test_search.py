@@ -275,6 +275,8 @@ def test_a_point_proposed_again_reuses_the_earlier_trials_result_and_trains_noth
     (['batch_size = choice(16, 32)', 'search_trials = 2', 'search_sampler = "random"', 'search_pruner = "none"',
       'search_startup_trials = 3'], "search_startup_trials = 3 has no effect with search_sampler = 'random' and "
                                     "search_pruner = 'none'"),
+    (['batch_size = choice(16, 32)', 'search_trials = 2', 'search_sampler = "tpe"', 'search_startup_trials = 5'],
+     "search_startup_trials = 5 is not below search_trials = 2: every trial would be random and none pruned"),
     (['batch_size = choice(16, 32)', 'search_sampler = "grid"', 'search_startup_trials = 2'],
      "search_startup_trials = 2 has no effect with search_sampler = 'grid'"),
     (['batch_size = choice(16, 32)'], "a search needs search_trials = N"),
