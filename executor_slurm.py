@@ -17,6 +17,7 @@ from pathlib import Path
 
 from executors import Executor, rebuild_spreadsheet
 from foldjob import build_job, read_if_readable, stopped_text
+from parameters import changed_parameters
 from plan import search_plan_document
 from utility_functions import (EXIT_DONE, HOST, PROJECT_DIR, SLURM_LIVE_STATES, XvalError, atomic_write_json,
                                atomic_write_text, config_path_in_use, read_json)
@@ -50,7 +51,7 @@ def own_option(word, name, short):
 
 
 def slurm_job_name(dataset, experiment):
-    """The name of an experiment's SLURM jobs (what --status asks squeue for)."""
+    """The name of an experiment's SLURM jobs (as squeue lists them)."""
     return f"xval_{dataset}_exp{experiment}"
 
 
@@ -173,8 +174,8 @@ def max_array_size():
 
 
 def queued_fold_jobs(layout):
-    """{"run{R}_fold{F}": array job} of the fold jobs of this experiment's earlier submissions whose array task
-    SLURM still holds (pending, running, requeued), from their submitted.json and squeue."""
+    """{"run{R}_fold{F}": (array job, its job file)} of the fold jobs of this experiment's earlier submissions whose
+    array task SLURM still holds (pending, running, requeued), from their submitted.json and squeue."""
     squeue, queued = shutil.which("squeue"), {}
     for path in sorted(layout.slurm.glob("*/submitted.json")) if squeue else []:
         try:
@@ -182,13 +183,14 @@ def queued_fold_jobs(layout):
             if not record.get("array_job"):
                 continue  # a submission of searches only: no fold job of its own
             names = [Path(entry).name.removesuffix(".job.json") for entry in record["fold_jobs"]]
+            files = dict(zip(names, record["fold_jobs"]))
             listed = subprocess.run([squeue, "-h", "-r", "-j", str(record["array_job"]), "-o", "%K %T"],
                                     capture_output=True, text=True, timeout=60)
         except (XvalError, OSError, KeyError, TypeError, subprocess.TimeoutExpired):
             continue  # a damaged record or an unanswered squeue: that array is not counted as queued
         for index, state in (line.split()[:2] for line in listed.stdout.splitlines() if len(line.split()) >= 2):
             if index.isdigit() and int(index) < len(names) and state in SLURM_LIVE_STATES:
-                queued[names[int(index)]] = record["array_job"]
+                queued[names[int(index)]] = (record["array_job"], files[names[int(index)]])
     return queued
 
 
@@ -225,7 +227,15 @@ class SlurmExecutor(Executor):
         missing = {f"run{planned.instance}_fold{fold['fold']}": (planned, fold)
                    for planned, fold in plan.missing_jobs()}
         self.jobs = [job for name, job in missing.items() if name not in queued]
-        self.queued = {name: array for name, array in queued.items() if name in missing}
+        self.queued = {name: array for name, (array, _) in queued.items() if name in missing}
+        for name in self.queued:  # queued with the parameters of an earlier submission: they would train those
+            queued_job = read_if_readable(Path(plan.layout.root, queued[name][1]))
+            planned = missing[name][0]
+            if isinstance(queued_job, dict) and queued_job.get("parameter_hash") not in (None, planned.hash):
+                changed = changed_parameters(queued_job.get("parameters") or {}, planned.parameters)
+                raise XvalError(f"fold job {name} is queued in SLURM array {self.queued[name]} with other parameters "
+                                f"({', '.join(changed) or 'the dataset or num_folds'} differ): scancel "
+                                f"{self.queued[name]} first, then submit again")
         self.folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
         command_line = " ".join(["python3", Path(self.routine_file).name, *self.argv])
         self.scripts = {"folds.sbatch": fold_array_script(plan, slurm, self.folder / "fold_jobs.json",
@@ -306,13 +316,20 @@ class SlurmExecutor(Executor):
 
     @staticmethod
     def status_lines(layout):
-        """squeue's lines for the experiment's jobs (job name xval_{dataset}_exp{N}), where squeue is available."""
+        """squeue's lines for the jobs this experiment folder submitted (the job ids its submitted.json records:
+        another folder's experiment of the same number and dataset has jobs of the same name), where squeue is
+        available."""
         squeue = shutil.which("squeue")
         if not squeue:
             return []
-        name = slurm_job_name(layout.dataset, layout.experiment)
+        ids = set()
+        for path in layout.slurm.glob("*/submitted.json") if layout.slurm.exists() else []:
+            record = read_if_readable(path)
+            ids |= {str(value) for key, value in (record.items() if isinstance(record, dict) else ())
+                    if key.endswith("_job") and value}
         listed = subprocess.run([squeue, "--me", "-h", "-o", "%i %j %T %M %R"], capture_output=True, text=True)
-        lines = [line for line in listed.stdout.splitlines() if line.split()[1:2] in ([name], [f"{name}_spreadsheet"])]
+        lines = [line for line in listed.stdout.splitlines() if line.split()[:1] and
+                 line.split()[0].split("_")[0] in ids]
         return [f"squeue: {len(lines)} job(s) of this experiment"] + [f"  {line}" for line in lines]
 
 

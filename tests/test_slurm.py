@@ -272,6 +272,17 @@ def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm
         assert f"2 fold job(s) are queued already in SLURM array(s) {record['array_job']}" in again.stdout
         assert "nothing to submit: every selected fold job is done or queued" in again.stdout
         assert len(list((experiment_dir / "slurm").iterdir())) == 1
+        status = xval(routine, config, "--status")
+        assert "squeue: " in status.stdout and record["array_job"] in status.stdout, status.stdout
+        (tmp_path / "elsewhere" / "experiments" / "experiment_1" / "locks").mkdir(parents=True)
+        other = write_routine(tmp_path / "elsewhere", {1: instance("slow", *slow)}, num_folds=2)
+        elsewhere = xval(other, config, "--status")  # an experiment 1 on 'tiny' in another folder: not its jobs
+        assert "squeue: 0 job(s) of this experiment" in elsewhere.stdout, elsewhere.stdout
+        changed = write_routine(tmp_path, {1: instance("slow", *slow, "learning_rate = 0.01")}, num_folds=2)
+        refused = xval(changed, config, "--slurm")  # the queued tasks would train the old parameters
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+            f"error: fold job run1_fold1 is queued in SLURM array {record['array_job']} with other parameters "
+            f"(learning_rate differ): scancel {record['array_job']} first, then submit again"], refused.stderr
     finally:
         subprocess.run(["scancel", record["array_job"], record["spreadsheet_job"]], timeout=60)
 
