@@ -10,6 +10,7 @@ header, width) per column, a dict per row; write_table() formats a cell by its k
 """
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
@@ -30,7 +31,8 @@ from collect import (FOLD_DEFAULTS, OTHER_SPLIT, SIGNIFICANCE_LEVEL, STATUSES, T
 from layout import Layout
 from plots import PLOT_DPI, make_plots, search_plots
 from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, metric_names
-from utility_functions import SPLITS, XvalError, commit_temp_file, exit_on_user_error, temp_path_for, unwritable
+from utility_functions import (SPLITS, XvalError, commit_temp_file, exit_on_user_error, storage_error, temp_path_for,
+                               unwritable)
 
 STATS = ("mean", "std")
 METRICS_BY_TASK = {task_type: metric_names(task_type) for task_type in TASK_TYPES}
@@ -473,8 +475,9 @@ def build_workbook(path, instances, summaries, plots_root, output_path, said=())
     """Write every sheet into a new xlsx file at path, links relative to output_path; summaries: {task type:
     routine_summary of its instances}; said: what reading the results files warned about (a last 'warnings'
     sheet)."""
-    workbook = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
-                                               "strings_to_urls": False})
+    buffer = io.BytesIO()  # built in memory, then written as one file: a full disk fails in our write, not in a zip
+    workbook = xlsxwriter.Workbook(buffer, {"strings_to_numbers": False, "strings_to_formulas": False,
+                                            "strings_to_urls": False, "in_memory": True})
     made = {}  # one xlsxwriter format per distinct set of properties (Excel wants few, reused formats)
 
     def formats(**properties):
@@ -497,6 +500,7 @@ def build_workbook(path, instances, summaries, plots_root, output_path, said=())
     if said:
         write_warnings_sheet(workbook, formats, said)
     workbook.close()
+    Path(path).write_bytes(buffer.getvalue())
 
 
 def write_warnings_sheet(workbook, formats, said):
@@ -539,7 +543,9 @@ def write_spreadsheet(experiment_folder, output_path=None):
         if read_only:
             print(f"note: {experiment_folder} cannot be written ({read_only}): its summary JSON and plots/ were not "
                   "updated there; the workbook holds the same numbers and plots", file=sys.stderr)
-    except (OSError, xlsxwriter.exceptions.XlsxWriterException) as error:
+    except OSError as error:
+        raise storage_error(output_path, error) from None
+    except xlsxwriter.exceptions.XlsxWriterException as error:
         raise XvalError(f"cannot write {output_path} ({error}): check the folder is writable and the file "
                         "is not open in another program") from None
     finally:

@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 
 def die_with_parent():
@@ -443,6 +444,9 @@ def read_card(path):
     """The card stored in a model file (write_card), or None for a model file without one (saved before xval stored
     them); XvalError for a file that is not a readable model file (damaged, truncated, something else)."""
     import h5py
+    if not Path(path).is_file():
+        raise XvalError(f"model {path} is missing (moved or deleted?): restore it (an experiment's fold models are "
+                        "in its models/ folder), or train it again")
     try:
         with h5py.File(path, "r") as handle:
             return json.loads(bytes(handle[CARD_DATASET][()]).decode("utf-8")) if CARD_DATASET in handle else None

@@ -220,6 +220,10 @@ def model_set(target, instance_text):
         if document["status"] != "complete":
             raise XvalError(f"instance {instance} is {document['status']}: predict with a complete instance")
         models = [(target / fold["model_file"], fold.get("normalisation")) for fold in document["folds"]]
+        gone = [path for path, _ in models if not path.is_file()]
+        if gone:  # checked before anything is read or computed
+            raise XvalError(f"model {gone[0]} is missing (moved or deleted?): restore it (an experiment's fold models "
+                            "are in its models/ folder), or train the instance again")
         return models, dict(document, name=f"{target.name} instance {instance} (mean of {len(models)} folds)")
     if not target.is_file():
         raise XvalError(f"model {target} does not exist: pass a final model, a fold model or an experiment folder")

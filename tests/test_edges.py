@@ -606,6 +606,17 @@ def test_a_workbook_asked_into_a_read_only_folder_is_one_line(mounts, finished, 
     assert not list((tmp_path / "archive").iterdir())
 
 
+def test_a_workbook_on_a_full_disk_is_one_line_and_leaves_nothing(mounts, finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    with small_disk(tmp_path / "full", "256k"):
+        fill(tmp_path / "full", 4 * 1024)
+        view = subprocess.run([sys.executable, str(REPO / "results_to_excel.py"), str(experiment["dir"]),
+                               str(tmp_path / "full" / "o.xlsx")], capture_output=True, text=True,
+                              env=routine_environment(experiment["config"]))
+        one_line_refusal(view, f"no space left to write {tmp_path / 'full' / 'o.xlsx'}")
+        assert sorted(path.name for path in (tmp_path / "full").iterdir()) == ["filler.bin"]
+
+
 def test_status_and_a_rerun_say_what_a_hand_edited_fold_result_changed(finished, tmp_path):
     experiment = copied(finished, tmp_path)
     fold = experiment["dir"] / "results" / "folds" / "results_tiny_exp1_run1_fold1.json"
@@ -993,3 +1004,16 @@ def test_a_claim_left_beside_a_finished_fold_is_shown_done_and_removed_by_the_ne
     rerun = run_routine(experiment["routine"], experiment["config"])
     assert rerun.returncode == 0 and "complete already" in rerun.stdout, rerun.stdout + rerun.stderr
     assert not lock.exists()
+
+
+def test_predicting_with_an_experiment_whose_models_were_moved_says_they_are_missing(finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    (experiment["dir"] / "models").rename(experiment["dir"] / "models_moved")
+    import soundfile as sf
+    sf.write(tmp_path / "clip.wav", demo_corpus.synthesize_clip(1, 1, 1, 1, 1, seed=3, clip_seconds_range=(0.6, 0.6)),
+             48000, subtype="PCM_16")
+    completed = subprocess.run([sys.executable, str(REPO / "use_model.py"), "predict", str(experiment["dir"]),
+                                str(tmp_path / "clip.wav"), "--instance", "1"], capture_output=True, text=True,
+                               timeout=300, env=routine_environment(experiment["config"]))
+    one_line_refusal(completed, "is missing (moved or deleted?): restore it (an experiment's fold models are in its "
+                                "models/ folder)")
