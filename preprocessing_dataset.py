@@ -691,7 +691,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
     lone = one_item_classes(clips) if target_kind == "classification" and table["fold_by"] != FOLD_BY_FILE else {}
-    if lone and len(lone) == len({clip["label"] for clip in clips}):
+    if lone and len(lone) == len({clip["label"] for clip in clips}) and len({clip["item"] for clip in clips}) > 1:
         shown = ", ".join(f"{label}: {item}" for label, item in list(lone.items())[:4]) + (", ..." if len(lone) > 4
                                                                                         else "")
         raise XvalError(f"every class lies in one foldable item ({shown}): no test class would ever be seen in "

@@ -13,7 +13,6 @@ the arrays being the fold's float32 features and targets.
 import json
 import sys
 
-import numpy as np
 
 import common
 import overhead
@@ -59,10 +58,8 @@ def fresh_peaks(ws, folder, job_path):
 def array_mib(ws, job):
     """MiB of a fold's stacked arrays: float32 features and targets of its train, validation and test clips."""
     items = job["train_items"] + job["val_items"] + job["test_items"]
-    total = 0
-    for kind in ("predictors", "target"):
-        with np.load(ws["features"] / f"{common.DATASET}_{kind}.npz") as archive:
-            total += sum(archive[item].size * 4 for item in items)
+    from utility_functions import load_dataset
+    total = sum(arrays[item].size * 4 for arrays in load_dataset(ws["features"], common.DATASET) for item in items)
     return total / common.MIB
 
 

@@ -4,8 +4,8 @@
 
 Every speech file (RAVDESS name, vocal channel 01) under AUDIO_FOLDER, sorted by name, through
 librosa.load(path, sr=sample_rate), zero padding or cutting to clip_seconds (cut_mode), and
-feat_analysis.extract_features; OUT.npz holds one float32 (clips, frames, bins) array per actor, as
-preprocessing_ravdess.py writes {dataset}_predictors.npz.
+feat_analysis.extract_features; OUT.npz holds one float32 (clips, frames, bins) array per actor, the arrays
+preprocessing_ravdess.py writes into {dataset}_predictors.npy one after the other.
 """
 import sys
 from pathlib import Path

@@ -31,15 +31,13 @@ import define_models
 
 
 def load(job, items, clips=None):
-    """x float32 (clips, frames, bins) and y float32 of the items' clips, read from the .npz files (first clips
-    of the first item only, when clips is given)."""
+    """x float32 (clips, frames, bins) and y float32 of the items' clips, read from the dataset's files (first
+    clips of the first item only, when clips is given)."""
+    from utility_functions import load_dataset
     if clips:
         items = items[:1]
-    arrays = []
-    for kind in ("predictors", "target"):
-        with np.load(f"{job['features_folder']}/{job['dataset']}_{kind}.npz", allow_pickle=False) as archive:
-            arrays.append(np.concatenate([archive[item][:clips] for item in items]).astype(np.float32))
-    return arrays
+    return [np.concatenate([arrays[item][:clips] for item in items]).astype(np.float32)
+            for arrays in load_dataset(job["features_folder"], job["dataset"])]
 
 
 def fit_fold(parameters, fold, job, evaluate, one_batch):

@@ -25,13 +25,13 @@ def pipeline_command(ws, smoke, dataset, repo=common.REPO):
             "--jobs", str(JOBS), "--config", str(ws["config"])]
 
 
-def compare(left_path, right_path):
-    """(allclose for every actor, the largest difference, clips) of two {actor: features} .npz files; raises when
-    they differ in actors or shapes."""
-    with np.load(left_path) as left, np.load(right_path) as right:
-        pairs = [(left[actor], right[actor]) for actor in left.files if sorted(left.files) == sorted(right.files)]
+def compare(left, right_path):
+    """(allclose for every actor, the largest difference, clips) of the features {actor: array} left and those of
+    the .npz file right_path; raises when they differ in actors or shapes."""
+    with np.load(right_path) as right:
+        pairs = [(left[actor], right[actor]) for actor in sorted(left) if sorted(left) == sorted(right.files)]
     if not pairs or any(a.shape != b.shape for a, b in pairs):
-        raise RuntimeError(f"{left_path} and {right_path} hold other actors or shapes")
+        raise RuntimeError(f"the pipeline's features and {right_path} hold other actors or shapes")
     return (all(np.allclose(a, b, rtol=RTOL, atol=ATOL) for a, b in pairs),
             max(float(np.max(np.abs(a - b))) for a, b in pairs), sum(len(a) for a, _ in pairs))
 
@@ -49,7 +49,8 @@ def main():
         for side in ("pipeline", "naive")[::1 if rep % 2 == 0 else -1]:
             command = pipeline_command(ws, args.smoke, "bench_pipeline") if side == "pipeline" else naive
             walls[side].append(common.run(command, env, folder / f"{side}.log")["seconds"])
-    same, largest, clips = compare(ws["features"] / "bench_pipeline_predictors.npz", naive_npz)
+    from utility_functions import load_dataset
+    same, largest, clips = compare(load_dataset(ws["features"], "bench_pipeline")[0], naive_npz)
     pipeline, naive = common.spread(walls["pipeline"]), common.spread(walls["naive"])
     speedup = naive["median"] / pipeline["median"]
     each = [n / p for p, n in zip(walls["pipeline"], walls["naive"])]

@@ -62,10 +62,8 @@ def build(meta, parameters):
 
 def stacked(job):
     """x float32 (clips, frames, bins) of every item in sorted order, the class of every clip, {item: its rows}."""
-    arrays = {}
-    for kind in ("predictors", "target"):
-        with np.load(f"{job['features_folder']}/{job['dataset']}_{kind}.npz", allow_pickle=False) as archive:
-            arrays[kind] = {item: archive[item] for item in sorted(archive.files)}
+    from utility_functions import load_dataset
+    arrays = dict(zip(("predictors", "target"), load_dataset(job["features_folder"], job["dataset"])))
     items, rows, start = sorted(arrays["predictors"]), {}, 0
     for item in items:
         rows[item] = np.arange(start, start + len(arrays["predictors"][item]))
