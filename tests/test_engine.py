@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from routine_helpers import (copy_project, experiment_files, instance, run_routine, write_routine)
-from utility_functions import load_dataset
+from utility_functions import XvalError, load_dataset
 
 LEARNING_RATE, L2 = 0.0123, 0.02
 
@@ -321,3 +321,10 @@ def test_a_decorator_that_drops_arguments_fails_the_fold_instead_of_ignoring_the
     assert completed.returncode == 1
     document = instance_json(project / "experiments" / "experiment_1", 1)
     assert document["status"] == "failed" and "as imported does not take the parameters" in document["error"]
+
+
+def test_a_dataset_of_two_foldable_items_is_refused_for_what_it_is_not_for_its_num_folds():
+    from plan import check_num_folds
+    with pytest.raises(XvalError, match=r"the dataset has 2 foldable items: cross-validation needs 3 or more"):
+        check_num_folds(2, 2)
+    check_num_folds(2, 3)
