@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from layout import Layout, weights_path
 from registries import MAIN_METRIC
-from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, file_mutex, heartbeat,
+from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, dataset_file_stats, file_mutex,
+                               heartbeat,
                                heartbeat_age, heartbeat_interval, load_config, lock_owner_alive, mean_and_std,
                                read_json, release, slurm_job_id, to_jsonable)
 
@@ -354,6 +355,9 @@ def fold_state(layout, instance, fold, grace):
         if model and not (layout.root / str(model)).is_file():
             return (f"done, but its model {model} is missing: a run refuses to reuse it (restore it, or "
                     "overwrite_results = True retrains it)")
+        changed = changed_since_trained(layout, fold, result, read_if_readable(paths.job))
+        if changed:
+            return f"done, but {changed}: a run checks whether it can still reuse it"
         metrics = result.get("metrics") if isinstance(result, dict) else None
         metrics = metrics.get("test") if isinstance(metrics, dict) else None
         metrics = metrics if isinstance(metrics, dict) else {}
@@ -369,6 +373,27 @@ def fold_state(layout, instance, fold, grace):
         return f"pending ({', '.join(present)} unreadable)"
     stopped = read_if_readable(paths.stopped)
     return f"pending ({stopped_text(stopped)})" if isinstance(stopped, dict) else "pending"
+
+
+def changed_since_trained(layout, fold, result, job):
+    """What changed since a fold result was made, as words, or None: folds.json now assigns other items to the
+    fold, or the dataset's files were rewritten (the sizes and times its job file recorded). Read only, for
+    --status; a run decides from the fingerprints."""
+    split = read_if_readable(layout.folds)
+    folds = split.get("folds") if isinstance(split, dict) else None
+    entry = folds[fold - 1] if isinstance(folds, list) and len(folds) >= fold and isinstance(folds[fold - 1], dict) \
+        else None
+    if isinstance(result, dict) and entry and any(result.get(key) != entry.get(key)
+                                                  for key in ("train_items", "val_items", "test_items")):
+        return "folds.json now assigns other items to this fold (edited?)"
+    if isinstance(job, dict) and job.get("dataset_files"):
+        try:
+            if dataset_file_stats(job["features_folder"], job["dataset"]) != job["dataset_files"]:
+                return (f"the files of dataset '{job['dataset']}' were rewritten since it was trained (preprocessed "
+                        "again?)")
+        except (XvalError, KeyError, TypeError, OSError):
+            return f"the files of dataset '{job.get('dataset')}' cannot be read now"
+    return None
 
 
 def stopped_text(stopped):

@@ -1017,3 +1017,17 @@ def test_predicting_with_an_experiment_whose_models_were_moved_says_they_are_mis
                                timeout=300, env=routine_environment(experiment["config"]))
     one_line_refusal(completed, "is missing (moved or deleted?): restore it (an experiment's fold models are in its "
                                 "models/ folder)")
+
+
+def test_status_says_when_folds_json_or_the_dataset_changed_since_a_fold_was_trained(finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    folds = experiment["dir"] / "folds.json"
+    split = json.loads(folds.read_text())
+    first = split["folds"][0]
+    first["train_items"], first["val_items"] = first["val_items"], first["train_items"]
+    folds.write_text(json.dumps(split))
+    status = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert "fold 1: done, but folds.json now assigns other items to this fold (edited?): a run checks whether it " \
+           "can still reuse it" in status.stdout, status.stdout
+    refused = run_routine(experiment["routine"], experiment["config"])
+    assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
