@@ -770,10 +770,11 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
             raw.unlink()
 
 def cut_clips(read, length):
-    """(how many clips are longer than a fixed-length dataset's clips, that length in s), or None in windows mode
-    or when none is longer. read: the clips with their duration in s; length: feat_analysis.length_settings'."""
+    """(how many clips are longer than a fixed-length dataset's clips, that length in s, where they are cut: the
+    cut_mode), or None in windows mode or when none is longer. read: the clips with their duration in s; length:
+    feat_analysis.length_settings'."""
     longer = sum(feat_analysis.cut_to_clip(clip["duration"], length) for clip in read)
-    return (longer, length["clip_samples"] / length["sample_rate"]) if longer else None
+    return (longer, length["clip_samples"] / length["sample_rate"], length["cut_mode"]) if longer else None
 
 
 def one_item_classes(clips):
@@ -820,9 +821,9 @@ def summary_text(summary, feature_type, source, kinds):
         lines.append(f"  WARNING: ... and {len(identical) - LISTED_PER_KIND} more groups of identical audio (all "
                      f"listed in {summary['paths']['metadata'].name})")
     if summary.get("cut"):
-        longer, seconds = summary["cut"]
+        longer, seconds, where = summary["cut"]
         lines.append(f"  note: {longer} of the clips are longer than clip_seconds ({seconds:g} s): each was cut to one "
-                     f"{seconds:g} s piece (cut_mode); [preprocessing] clip_mode = windows keeps whole clips")
+                     f"{seconds:g} s piece (cut_mode = {where}); [preprocessing] clip_mode = windows keeps whole clips")
     for label, item in (summary.get("one_item_classes") or {}).items():
         lines.append(f"  WARNING: class {label} has clips of one foldable item only ({item}): in the fold that tests "
                      "it, training has none of it")

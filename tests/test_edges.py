@@ -369,8 +369,8 @@ def test_unicode_forms_header_spaces_and_long_clips_are_read_as_meant(voices, tm
     assert completed.returncode == 0, completed.stderr
     assert "classes: neutral 8, Ärger 8" in unicodedata.normalize("NFC", completed.stdout), completed.stdout
     assert "16 clips of 4 speakers" in completed.stdout and "differ only in case" not in completed.stdout
-    assert "note: 16 of the clips are longer than clip_seconds (0.5 s): each was cut to one 0.5 s piece" in \
-        completed.stdout
+    assert "note: 16 of the clips are longer than clip_seconds (0.5 s): each was cut to one 0.5 s piece (cut_mode " \
+           f"= {load_config(voices['config'])['preprocessing']['cut_mode']})" in completed.stdout
 
 
 def test_a_csv_of_the_wrong_kind_or_a_label_that_is_the_foldable_item_is_refused(voices):
