@@ -245,10 +245,17 @@ def load_instances(experiment_folder, said=None):
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
     dataset = experiment_dataset(experiment_folder, instances)
-    for instance in list(instances):  # one dataset per experiment: its folds.json's
-        if instance.dataset != dataset:
+    split_dataset = dataset if Layout(experiment_folder, None, None).folds.is_file() else None
+    for instance in list(instances):  # one dataset per experiment: its folds.json's (without one, rivals decide)
+        rivals = [other for other in instances if other.id == instance.id]
+        if split_dataset is not None and instance.dataset != split_dataset:
             note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', but "
                  f"this experiment's folds are on '{dataset}': skipped (move it to its own experiment folder)")
+            instances.remove(instance)
+        elif len(rivals) > 1 and instance is not next((i for i in rivals if i.dataset == dataset), rivals[0]):
+            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', and "
+                 f"{next(i for i in rivals if i is not instance).source} too: skipped (one file per instance; move "
+                 "it to its own experiment folder)")
             instances.remove(instance)
     mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:
