@@ -211,14 +211,15 @@ def experiment_dataset(experiment_folder, instances):
         return max(dict.fromkeys(names), key=names.count)
 
 
-def load_instances(experiment_folder, said=None):
+def load_instances(experiment_folder, said=None, quiet=False):
     """Every readable instance of an experiment folder, in instance order; other result files are warned about
-    (each warning line also appended to the list `said` when given, for the workbook). XvalError when the folder
-    is not an experiment folder or holds no readable result file."""
+    (each warning line also appended to the list `said` when given, for the workbook; quiet: only there). XvalError
+    when the folder is not an experiment folder or holds no readable result file."""
     check_experiment_folder(experiment_folder)
 
     def note(message):
-        warn(message)
+        if not quiet:
+            warn(message)
         if said is not None:
             said.append(message)
     results = Layout(experiment_folder, None, None).results

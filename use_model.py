@@ -36,7 +36,7 @@ from layout import FOLD_MODEL_PATTERN, Layout
 from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, exit_on_user_error, files_under, load_clip_ids,
-                               load_config, load_dataset, read_json, unwritable)
+                               load_config, load_dataset, read_json, stored_format, unwritable)
 
 FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting needs to make the same features
 
@@ -49,11 +49,12 @@ def instance_result(experiment_dir, instance):
     file, another experiment's or another dataset's is skipped, with a warning); XvalError when there is none."""
     import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
     said = []
-    found = [item for item in collect.load_instances(experiment_dir, said) if item.id == instance]
+    found = [item for item in collect.load_instances(experiment_dir, said, quiet=True) if item.id == instance]
     if not found:
         about = [line for line in said if f"_run{instance}.json" in line]
-        raise XvalError(f"{experiment_dir} has no usable results of instance {instance}" +
-                        (" (skipped: see above)" if about else "") + ": pass an instance it holds "
+        if about:  # its file is damaged, another experiment's or another dataset's: say why, in one line
+            raise XvalError(about[0].removesuffix(": skipped").split(": skipped (")[0])
+        raise XvalError(f"{experiment_dir} has no usable results of instance {instance}: pass an instance it holds "
                         "(results/results_*_run{N}.json)")
     return found[0].source, read_json(found[0].source)
 
@@ -116,7 +117,7 @@ def features_folder_of(layout, document):
     (the dataset fingerprint)."""
     folders = [recorded_features_folder(layout, document["instance"]), load_config()["paths"]["features_folder"]]
     for folder in dict.fromkeys(str(folder) for folder in folders if folder):
-        if not dataset_paths(folder, document["dataset"])["predictors"].is_file():
+        if stored_format(dataset_paths(folder, document["dataset"])) is None:
             continue
         predictors, targets = load_dataset(folder, document["dataset"])
         clip_ids = load_clip_ids(folder, document["dataset"], predictors)

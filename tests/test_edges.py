@@ -216,7 +216,8 @@ def test_a_results_file_on_another_dataset_is_skipped_by_every_view_and_by_use_m
                "are on 'tiny': skipped" in err
     assert f"{renamed} is named for dataset 'c104' but holds results on 'tiny'" in err
     assert use_model.instance_result(experiment["dir"], 1)[0] == genuine
-    with pytest.raises(XvalError, match=r"has no usable results of instance 3 \(skipped: see above\)"):
+    with pytest.raises(XvalError, match=r"results_other_exp1_run3.json holds results of instance 3 on dataset "
+                                        r"'other', but this experiment's folds are on 'tiny'$"):
         use_model.instance_result(experiment["dir"], 3)
 
 

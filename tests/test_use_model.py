@@ -174,7 +174,7 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
                     "model_fixture_exp1_run1_fold1.hdf5", tmp_path / "copied.hdf5")
         arguments, words = ["predict", tmp_path / "copied.hdf5", *some_audio], "carries no card"
     else:
-        unfinished = tmp_path / "experiment_9"
+        unfinished = tmp_path / "copy" / "experiment_1"  # its number stays: the views skip another experiment's files
         shutil.copytree(experiment["dir"], unfinished)
         result = unfinished / "results" / "results_tiny_exp1_run1.json"
         result.write_text(result.read_text().replace('"status": "complete"', '"status": "incomplete"'))
