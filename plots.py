@@ -111,7 +111,7 @@ def make_plots(experiment_folder, instance):
 def search_plots(experiment_folder, search_key):
     """[optimisation history path or None, parameter importances path or None] of a search: Optuna's own figures
     (optuna.visualization.matplotlib) of its journal, drawn when the journal is newer than the PNG. None where
-    Optuna is missing or cannot draw it (importances need two complete trials whose parameters differ)."""
+    Optuna is missing or cannot draw it (importances need two complete trials, a repeat counting as one)."""
     paths = Layout(experiment_folder, None, None).search(search_key)
     try:
         import optuna
