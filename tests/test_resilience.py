@@ -26,7 +26,7 @@ KILL_PLAN = (("epoch", 0.3), ("fold result", 0.2), ("epoch", 0.3), ("fold result
 def fold_files(experiment_dir):
     """{relative path: bytes} of every completed fold's result and model."""
     return {name: data for name, data in experiment_files(experiment_dir).items()
-            if name.startswith("results/folds/") or name.startswith("models/")}
+            if (name.startswith("results/folds/") or name.startswith("models/")) and "xvaltmp" not in name}
 
 
 def completed_folds(experiment_dir):
@@ -42,8 +42,9 @@ def completed_folds(experiment_dir):
 
 def progress(experiment_dir, event):
     """How often event has happened so far: epoch lines in the fold logs, or fold results written."""
-    if event == "fold result":
-        return len(list((experiment_dir / "results" / "folds").glob("*.json")))
+    if event == "fold result":  # committed results only, not a temporary file a kill may leave
+        return len([path for path in (experiment_dir / "results" / "folds").glob("*.json")
+                    if "xvaltmp" not in path.name])
     return sum(log.read_text(errors="replace").count("xval-epoch: ")
                for log in (experiment_dir / "logs").glob("*.log"))
 
