@@ -174,8 +174,9 @@ def max_array_size():
 
 
 def queued_fold_jobs(layout):
-    """{"run{R}_fold{F}": (array job, its job file)} of the fold jobs of this experiment's earlier submissions whose
-    array task SLURM still holds (pending, running, requeued), from their submitted.json and squeue."""
+    """{"run{R}_fold{F}": (array job, its job: the entry of the submission's fold_jobs.json)} of the fold jobs of
+    this experiment's earlier submissions whose array task SLURM still holds (pending, running, requeued), from
+    their submitted.json and squeue."""
     squeue, queued = shutil.which("squeue"), {}
     for path in sorted(layout.slurm.glob("*/submitted.json")) if squeue else []:
         try:
@@ -183,14 +184,15 @@ def queued_fold_jobs(layout):
             if not record.get("array_job"):
                 continue  # a submission of searches only: no fold job of its own
             names = [Path(entry).name.removesuffix(".job.json") for entry in record["fold_jobs"]]
-            files = dict(zip(names, record["fold_jobs"]))
+            jobs = read_if_readable(path.with_name("fold_jobs.json"))
+            jobs = dict(zip(names, jobs)) if isinstance(jobs, list) else {}
             listed = subprocess.run([squeue, "-h", "-r", "-j", str(record["array_job"]), "-o", "%K %T"],
                                     capture_output=True, text=True, timeout=60)
         except (XvalError, OSError, KeyError, TypeError, subprocess.TimeoutExpired):
             continue  # a damaged record or an unanswered squeue: that array is not counted as queued
         for index, state in (line.split()[:2] for line in listed.stdout.splitlines() if len(line.split()) >= 2):
             if index.isdigit() and int(index) < len(names) and state in SLURM_LIVE_STATES:
-                queued[names[int(index)]] = (record["array_job"], files[names[int(index)]])
+                queued[names[int(index)]] = (record["array_job"], jobs.get(names[int(index)]))
     return queued
 
 
@@ -229,8 +231,7 @@ class SlurmExecutor(Executor):
         self.jobs = [job for name, job in missing.items() if name not in queued]
         self.queued = {name: array for name, (array, _) in queued.items() if name in missing}
         for name in self.queued:  # queued with the parameters of an earlier submission: they would train those
-            queued_job = read_if_readable(Path(plan.layout.root, queued[name][1]))
-            planned = missing[name][0]
+            queued_job, planned = queued[name][1], missing[name][0]
             if isinstance(queued_job, dict) and queued_job.get("parameter_hash") not in (None, planned.hash):
                 changed = changed_parameters(queued_job.get("parameters") or {}, planned.parameters)
                 raise XvalError(f"fold job {name} is queued in SLURM array {self.queued[name]} with other parameters "

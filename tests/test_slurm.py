@@ -279,6 +279,22 @@ def test_fold_jobs_queued_by_an_earlier_submission_are_not_submitted_again(slurm
         elsewhere = xval(other, config, "--status")  # an experiment 1 on 'tiny' in another folder: not its jobs
         assert "squeue: 0 job(s) of this experiment" in elsewhere.stdout, elsewhere.stdout
         changed = write_routine(tmp_path, {1: instance("slow", *slow, "learning_rate = 0.01")}, num_folds=2)
+        refused = xval(changed, config, "--slurm")  # task 0 trains (or waits to train) the old parameters
+        assert refused.returncode == 2 and ("fold 1 is being trained now by " in refused.stderr or
+                                            "is queued in SLURM array" in refused.stderr), refused.stderr
+    finally:
+        subprocess.run(["scancel", record["array_job"], record["spreadsheet_job"]], timeout=60)
+
+
+def test_fold_jobs_queued_with_other_parameters_are_refused_with_a_scancel_hint(slurm, tiny_features, tmp_path):
+    config = slurm_config(tiny_features, tmp_path)
+    routine = write_routine(tmp_path, {1: instance("held", "num_epochs = 1")}, num_folds=2)
+    first = xval(routine, config, "--slurm", "--sbatch-line=--begin=now+1hour")  # queued, none runs
+    assert first.returncode == 0, first.stdout + first.stderr
+    record, _ = submission(tmp_path / "experiments" / "experiment_1")
+    try:
+        changed = write_routine(tmp_path, {1: instance("held", "num_epochs = 1", "learning_rate = 0.01")},
+                                num_folds=2)
         refused = xval(changed, config, "--slurm")  # the queued tasks would train the old parameters
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
             f"error: fold job run1_fold1 is queued in SLURM array {record['array_job']} with other parameters "
