@@ -108,6 +108,21 @@ class Plan:
 # ----------------------------------------------------------------------------------------------------------------
 # The dataset, checked once where it enters
 
+def check_index_against_metadata(predictors, clip_ids, metadata, metadata_path):
+    """XvalError unless every item holds the clips its metadata lists (clips_per_item; in windows mode, a clip id
+    per window), so an edited index cannot move a clip to another foldable item unseen."""
+    expected = metadata.get("clips_per_item") if isinstance(metadata, dict) else None
+    if not isinstance(expected, dict):
+        return  # a dataset of an earlier version without the counts
+    windows = (metadata.get("length") or {}).get("mode") == "windows"
+    for item, x in predictors.items():
+        clips = len(np.unique(clip_ids[item])) if windows else len(x)
+        if expected.get(item) != clips:
+            raise XvalError(f"dataset files disagree with {metadata_path}: item {item} holds {clips} clips, the "
+                            f"metadata lists {expected.get(item)} (an edited index or clips file?): preprocess it "
+                            "again with --force")
+
+
 def read_dataset(features_folder, dataset, task_types):
     """Load and check a dataset for the task types of the selected instances. Returns (identity (see Plan), items
     with data, {item: class index per example, or None for a regression target}, the (frames, bins) of an example,
@@ -123,6 +138,7 @@ def read_dataset(features_folder, dataset, task_types):
     labels = {item: targets[item].argmax(axis=1) if one_hot else None for item in items}
     metadata_path = dataset_paths(features_folder, dataset)["metadata"]
     metadata = read_json(metadata_path) if metadata_path.exists() else {}
+    check_index_against_metadata(predictors, clip_ids, metadata, metadata_path)
     identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
                 "dataset_files": dataset_files, "class_names": metadata.get("class_names"),
                 "foldable_item": metadata.get("foldable_item"),
@@ -586,10 +602,10 @@ def accept(plan, routine_file):
     for planned in plan.instances:  # a claim left by a process killed after its fold's result landed
         for index in set(range(len(plan.folds))) - set(planned.missing):
             release_stale_claim(layout.fold(planned.instance, index + 1).lock, plan.claim_grace)
-    for planned_search in plan.searches:  # the same, for the folds of trials that finished
+    for planned_search in plan.searches:  # the same, for the folds of trials whose result landed
         for instance in planned_search.search.instances():
-            if layout.instance(instance).result.exists():
-                for fold in range(1, len(plan.folds) + 1):
+            for fold in range(1, len(plan.folds) + 1):
+                if layout.fold(instance, fold).result.exists():
                     release_stale_claim(layout.fold(instance, fold).lock, plan.claim_grace)
     write_folds(layout, plan.split, list(plan.folds))
     atomic_write_text(layout.description, plan.description.strip() + "\n")

@@ -121,13 +121,14 @@ def unicode_form_on_disk(path):
 def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
     """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
     audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
-    csv_path = Path(csv_path).expanduser().resolve()
+    given = Path(csv_path).expanduser()
+    if given.exists() and not given.is_file() and not given.is_dir():  # before resolving: a pipe's name changes
+        raise XvalError(f"--csv {given} is not a regular file (a device or a pipe): save the table to a file and "
+                        "pass its path")
+    csv_path = given.resolve()
     if csv_path.is_dir():
         raise XvalError(f"--csv {csv_path} is a folder, not a CSV file: pass the table's path (or use --folders for "
                         "a folder of class subfolders)")
-    if csv_path.exists() and not csv_path.is_file():
-        raise XvalError(f"--csv {csv_path} is not a regular file (a device or a pipe): save the table to a file and "
-                        "pass its path")
     if not csv_path.is_file():
         raise XvalError(f"CSV file {csv_path} does not exist: pass the path of your table with --csv")
     try:

@@ -675,6 +675,10 @@ def load_item_sums(features_folder, dataset, predictors):
             bins = next(iter(predictors.values())).shape[2]
             if sums.shape != (len(predictors), 2, bins) or not np.all(np.isfinite(sums)):
                 raise ValueError(f"shape {sums.shape} or values that are not finite, for {len(predictors)} items")
+            counts = np.array([x.shape[0] * x.shape[1] for x in predictors.values()], float)[:, np.newaxis]
+            mean_square, mean = sums[:, 1] / np.maximum(counts, 1), sums[:, 0] / np.maximum(counts, 1)
+            if np.any(mean_square - mean ** 2 < -1e-6 * np.maximum(mean_square, 1)):
+                raise ValueError("sums of squares smaller than the squared sums allow (a negative variance)")
         except (OSError, ValueError, EOFError) as error:
             raise damaged(paths["sums"], dataset, error) from None
         return dict(zip(read_index(paths, dataset), sums))

@@ -1032,3 +1032,23 @@ def test_status_says_when_folds_json_or_the_dataset_changed_since_a_fold_was_tra
            "can still reuse it" in status.stdout, status.stdout
     refused = run_routine(experiment["routine"], experiment["config"])
     assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
+
+
+def test_edited_sums_or_an_index_that_moves_a_clip_to_another_item_are_refused(tiny_features, tmp_path):
+    import numpy as np
+    from utility_functions import load_dataset, load_item_sums
+    features = tmp_path / "features"
+    shutil.copytree(tiny_features["features_folder"], features)
+    sums = features / "tiny_sums.npy"
+    original = np.load(sums)
+    np.save(sums, original * np.array([1000.0, 1.0])[np.newaxis, :, np.newaxis])  # sums edited: variance < 0
+    with pytest.raises(XvalError, match=r"tiny_sums.npy is damaged and cannot be read .*negative variance"):
+        load_item_sums(features, "tiny", load_dataset(features, "tiny")[0])
+    np.save(sums, original)
+    index = json.loads((features / "tiny_index.json").read_text())
+    index["items"][0][2] += 1  # one clip of the second item moved into the first
+    index["items"][1][1] += 1
+    (features / "tiny_index.json").write_text(json.dumps(index))
+    config = config_with(tiny_features, tmp_path / "config", "paths", {"features_folder": str(features)})
+    routine = write_routine(tmp_path, {1: GOOD})
+    one_line_refusal(run_routine(routine, config), "dataset files disagree with ")
