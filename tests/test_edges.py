@@ -680,15 +680,21 @@ def test_a_full_disk_while_a_routine_sets_up_is_one_line_and_leaves_nothing(moun
         assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
-def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
+def features_on(voices, tmp_path, disk):
+    """A copy of the voices' config.ini whose features folder is disk; returns its path."""
     import configparser
-    disk = tmp_path / "features_disk"
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(voices["config"], encoding="utf-8")
     parser.set("paths", "features_folder", str(disk))
     config = tmp_path / "config.ini"
     with open(config, "w", encoding="utf-8") as handle:
         parser.write(handle)
+    return config
+
+
+def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
+    disk = tmp_path / "features_disk"
+    config = features_on(voices, tmp_path, disk)
     with small_disk(disk, "1m"):
         fill(disk, 8 * 1024)
         completed = subprocess.run([sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv",
@@ -699,15 +705,9 @@ def test_a_full_disk_while_preprocessing_is_one_line(mounts, voices, tmp_path):
 
 
 def test_a_forced_rewrite_that_fills_the_disk_leaves_the_dataset_as_it_was(mounts, voices, tmp_path):
-    import configparser
     from utility_functions import dataset_fingerprint, load_clip_ids, load_dataset
     disk = tmp_path / "features_disk"
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(voices["config"], encoding="utf-8")
-    parser.set("paths", "features_folder", str(disk))
-    config = tmp_path / "config.ini"
-    with open(config, "w", encoding="utf-8") as handle:
-        parser.write(handle)
+    config = features_on(voices, tmp_path, disk)
     command = [sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv", str(table_csv(voices, "kept",
                voices["rows"])), "--dataset", "kept", "--config", str(config), "--jobs", "1"]
     with small_disk(disk, "2m"):
