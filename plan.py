@@ -158,9 +158,13 @@ def check_num_folds(num_folds, item_count):
     if num_folds > item_count:
         raise XvalError(f"num_folds = {num_folds} is more than the {item_count} items (actors) with data: "
                         f"use at most {item_count}")
-    if item_count - item_count // num_folds - (1 if item_count % num_folds else 0) < 2:
+    if item_count < 3:
         raise XvalError(f"the dataset has {item_count} foldable items: cross-validation needs 3 or more (test, "
                         "validation and training items in every fold); preprocess a corpus with more")
+    if item_count - item_count // num_folds - (1 if item_count % num_folds else 0) < 2:
+        raise XvalError(f"num_folds = {num_folds} leaves fewer than 2 training and validation items in a fold of "
+                        f"these {item_count} foldable items: use num_folds = {item_count} (more folds leave more "
+                        "items for training)")
 
 
 def make_folds(items, num_folds, seed, validation_share, splitter="GroupKFold", labels=None):

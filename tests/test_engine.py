@@ -327,4 +327,8 @@ def test_a_dataset_of_two_foldable_items_is_refused_for_what_it_is_not_for_its_n
     from plan import check_num_folds
     with pytest.raises(XvalError, match=r"the dataset has 2 foldable items: cross-validation needs 3 or more"):
         check_num_folds(2, 2)
-    check_num_folds(2, 3)
+    with pytest.raises(XvalError, match=r"num_folds = 2 leaves fewer than 2 training and validation items .* use "
+                                        r"num_folds = 3"):
+        check_num_folds(2, 3)
+    check_num_folds(3, 3)
+    check_num_folds(2, 4)
