@@ -482,6 +482,16 @@ def lock_owner_alive(owner, age, grace):
     return age is not None and age <= grace
 
 
+def read_claim(lock_path):
+    """The owner a claim file records ({host, pid, since, ...}), or {} when it is missing, unreadable or not an
+    object. Called under the claims' mutex."""
+    try:
+        owner = json.loads(Path(lock_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
 def claim(lock_path, grace, tag=None, siblings=()):
     """Claim lock_path for this process. Returns None on success, else the live owner's {host, pid, since}.
 
@@ -493,18 +503,11 @@ def claim(lock_path, grace, tag=None, siblings=()):
     lock_path = Path(lock_path)
     with file_mutex(lock_path.parent / ".claims.mutex"):
         for sibling in map(Path, siblings):
-            try:
-                other = json.loads(sibling.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(other, dict) and other.get("tag") not in (None, tag) and \
-                    lock_owner_alive(other, heartbeat_age(sibling), grace):
+            other = read_claim(sibling)
+            if other.get("tag") not in (None, tag) and lock_owner_alive(other, heartbeat_age(sibling), grace):
                 return dict(other, conflict=True, lock=sibling.name)
         if lock_path.exists():
-            try:
-                owner = json.loads(lock_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                owner = {}
+            owner = read_claim(lock_path)
             if owner.get("host") == HOST and owner.get("pid") == os.getpid():
                 return None
             if owner and lock_owner_alive(owner, heartbeat_age(lock_path), grace):
@@ -526,11 +529,8 @@ def release_stale_claim(lock_path, grace):
     if not lock_path.exists():
         return
     with file_mutex(lock_path.parent / ".claims.mutex"):
-        try:
-            owner = json.loads(lock_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if isinstance(owner, dict) and owner and not lock_owner_alive(owner, heartbeat_age(lock_path), grace):
+        owner = read_claim(lock_path)
+        if owner and not lock_owner_alive(owner, heartbeat_age(lock_path), grace):
             lock_path.unlink(missing_ok=True)
 
 
@@ -558,9 +558,9 @@ def release(lock_path):
     """Remove a claim of this process (someone else's claim is left alone)."""
     lock_path = Path(lock_path)
     with file_mutex(lock_path.parent / ".claims.mutex"):
-        with contextlib.suppress(OSError, ValueError):
-            owner = json.loads(lock_path.read_text(encoding="utf-8"))
-            if owner.get("host") == HOST and owner.get("pid") == os.getpid():
+        owner = read_claim(lock_path)
+        if owner.get("host") == HOST and owner.get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
                 lock_path.unlink()
 
 
