@@ -17,8 +17,7 @@ from pathlib import Path
 
 from executors import Executor, rebuild_spreadsheet
 from foldjob import build_job, read_if_readable, stopped_text
-from parameters import changed_parameters
-from plan import search_plan_document
+from plan import differing_parameters, search_plan_document
 from utility_functions import (EXIT_DONE, HOST, PROJECT_DIR, SLURM_LIVE_STATES, XvalError, atomic_write_json,
                                atomic_write_text, config_path_in_use, read_json)
 
@@ -233,9 +232,8 @@ class SlurmExecutor(Executor):
         for name in self.queued:  # queued with the parameters of an earlier submission: they would train those
             queued_job, planned = queued[name][1], missing[name][0]
             if isinstance(queued_job, dict) and queued_job.get("parameter_hash") not in (None, planned.hash):
-                changed = changed_parameters(queued_job.get("parameters") or {}, planned.parameters)
                 raise XvalError(f"fold job {name} is queued in SLURM array {self.queued[name]} with other parameters "
-                                f"({', '.join(changed) or 'the dataset or num_folds'} differ): scancel "
+                                f"({differing_parameters(queued_job, planned)} differ): scancel "
                                 f"{self.queued[name]} first, then submit again")
         self.folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
         command_line = " ".join(["python3", Path(self.routine_file).name, *self.argv])

@@ -459,6 +459,12 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
                 created=time.time(), claim_grace=config["claims"]["grace_seconds"], searches=tuple(planned_searches))
 
 
+def differing_parameters(job, planned):
+    """The parameters a fold job file (or its entry in a submission) gives otherwise than the planned instance, as
+    words ('learning_rate, dropout'), for a refusal."""
+    return ", ".join(changed_parameters(job.get("parameters") or {}, planned.parameters)) or "the dataset or num_folds"
+
+
 def check_live_claims(layout, planned, grace):
     """Refuse an instance whose fold is being trained now by another process (a live claim) with other parameters
     (another routine with the same instance number on this experiment folder): the two would mix their folds in
@@ -470,10 +476,9 @@ def check_live_claims(layout, planned, grace):
             continue
         job = read_if_readable(paths.job)
         if isinstance(job, dict) and job.get("parameter_hash") not in (None, planned.hash):
-            changed = changed_parameters(job.get("parameters") or {}, planned.parameters)
             raise XvalError(f"instance {planned.instance}: fold {index + 1} is being trained now by "
                             f"{owner.get('host')} ({claim_owner_text(owner)}, since {owner.get('since')}) with "
-                            f"other parameters ({', '.join(changed) or 'the dataset or num_folds'} differ): another "
+                            f"other parameters ({differing_parameters(job, planned)} differ): another "
                             "routine on this experiment folder uses the same instance number; let it finish and "
                             "give this instance another number")
 
@@ -603,14 +608,11 @@ def accept(plan, routine_file):
     check_writable(layout.root)
     layout.logs.mkdir(exist_ok=True)  # fold logs, and SLURM's output files, go there
     remove_stale_temp_files(layout.root)  # left by killed xval processes; never read as results
-    for planned in plan.instances:  # a claim left by a process killed after its fold's result landed
-        for index in set(range(len(plan.folds))) - set(planned.missing):
-            release_stale_claim(layout.fold(planned.instance, index + 1).lock, plan.claim_grace)
-    for planned_search in plan.searches:  # the same, for the folds of trials whose result landed
-        for instance in planned_search.search.instances():
-            for fold in range(1, len(plan.folds) + 1):
-                if layout.fold(instance, fold).result.exists():
-                    release_stale_claim(layout.fold(instance, fold).lock, plan.claim_grace)
+    trials = [instance for planned_search in plan.searches for instance in planned_search.search.instances()]
+    for instance in [planned.instance for planned in plan.instances] + trials:
+        for fold in range(1, len(plan.folds) + 1):  # a claim left by a process killed after its result landed
+            if layout.fold(instance, fold).result.exists():
+                release_stale_claim(layout.fold(instance, fold).lock, plan.claim_grace)
     write_folds(layout, plan.split, list(plan.folds))
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())
