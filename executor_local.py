@@ -226,14 +226,14 @@ class LocalExecutor(Executor):
     def run_fold_jobs(self, plan, jobs):
         """Run the fold jobs [(planned, fold)] on the workers, a thread each taking the next job in order; the rest
         of an instance is dropped once one of its folds failed (and everything stops at the first failure in
-        debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy and failed."""
+        debug_mode). Returns {instance: {outcome: [details]}} for trained, done, busy, failed and conflict."""
         pending, outcomes, counts = deque(jobs), {}, {"active": 0}
 
         def take(state):
             with self.lock:
                 while pending and not state["stop"]:
                     planned, fold = pending.popleft()
-                    if not outcomes.get(planned.instance, {}).get("failed"):
+                    if not {"failed", "conflict"} & set(outcomes.get(planned.instance, {})):
                         counts["active"] += 1
                         return planned, fold
                 return None
@@ -283,11 +283,14 @@ class LocalExecutor(Executor):
         # ---- the launch
 
     def instance_outcome(self, plan, planned, outcomes):
-        """After the workers: complete | skipped (complete before this launch) | failed | busy (a fold left to another
-        process) | stopped (not run: debug_mode stopped first). The results JSON of an instance whose folds are all
+        """After the workers: complete | skipped (complete before this launch) | failed | conflict (another routine
+        trains it with other parameters) | busy (a fold left to another process) | stopped (not run: debug_mode
+        stopped first). The results JSON of an instance whose folds are all
         done is assembled once more (its last fold may have landed in another process that was killed meanwhile)."""
         if outcomes.get("failed"):
             return "failed"
+        if outcomes.get("conflict"):
+            return "conflict"
         if planned.missing and not outcomes:
             return "stopped"
         collected = collect_instance(plan.layout, planned.instance, instance_record(plan, planned))
@@ -351,7 +354,7 @@ class LocalExecutor(Executor):
         self.phases["total"] = time.monotonic() - self.started
         self.write_launch_record(plan, outcomes)
         counts = {status: [i for i, s in outcomes.items() if s == status]
-                  for status in ("complete", "skipped", "failed", "busy", "stopped")}
+                  for status in ("complete", "skipped", "failed", "conflict", "busy", "stopped")}
         searches = {planned_search.search.key for planned_search in plan.searches}
         print(f"xval: done in {format_seconds(time.monotonic() - self.started)}: " +
               ", ".join(f"{len(ids)} {status} (" + ", ".join(f"search {i}" if i in searches else str(i) for i in ids)
@@ -362,7 +365,11 @@ class LocalExecutor(Executor):
                   "are kept", file=sys.stderr)
             if plan.debug:
                 print(f"debug_mode: stopped at the first failure (instance {counts['failed'][0]})", file=sys.stderr)
-        if counts["failed"] or counts["stopped"]:
+        if counts["conflict"]:
+            print(f"xval: instance(s) {', '.join(map(str, counts['conflict']))} not trained: another routine on this "
+                  "experiment folder trains them with other parameters (see the lines above; exit code 1)",
+                  file=sys.stderr)
+        if counts["failed"] or counts["stopped"] or counts["conflict"]:
             return EXIT_FAILED
         if counts["busy"]:
             print(f"xval: instance(s) {', '.join(map(str, counts['busy']))} are being run by another process and are "

@@ -165,7 +165,7 @@ def run_fold_task(submission, index):
                              result, time.monotonic() - started, where)
     if changed:
         rebuild_spreadsheet(job_layout(job))
-    return EXIT_FAILED if result.outcome == "failed" else EXIT_DONE
+    return EXIT_FAILED if result.outcome in ("failed", "conflict") else EXIT_DONE
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -211,8 +212,9 @@ def collect_instance(layout, instance, record, pruned_at=None, repeat_of=None):
 
 class Attempt(NamedTuple):
     """outcome: "busy" (detail: the live owner's claim), "done" (finished meanwhile by another process; detail: its
-    result), "trained" (detail: the fold result) or "failed" (detail: its error line); collected: collect_instance's
-    return, None when busy."""
+    result), "trained" (detail: the fold result), "failed" (detail: its error line) or "conflict" (another routine
+    trains or trained this instance with other parameters since the plan: nothing was run or written; detail: the
+    line saying so); collected: collect_instance's return, None when busy or conflict."""
     outcome: str
     detail: object
     collected: Collected = None
@@ -237,15 +239,14 @@ def attempt(job, launch):
     owner = claim(paths.lock, job["claim_grace"], job["parameter_hash"],
                   [layout.fold(instance, other).lock for other in folds if other != number])
     if owner and owner.get("conflict"):
-        raise XvalError(f"instance {instance}: another fold of it ({owner['lock']}) is being trained now by "
-                        f"{owner.get('host')} ({claim_owner_text(owner)}, since {owner.get('since')}) with other "
-                        "parameters: another routine on this experiment folder uses the same instance number; let it "
-                        "finish and give this instance another number")
+        return Attempt("conflict", f"instance {instance}: another fold of it ({owner['lock']}) is being trained now "
+                                   f"by {owner.get('host')} ({claim_owner_text(owner)}, since {owner.get('since')}) "
+                                   "with other parameters: another routine on this experiment folder uses the same "
+                                   "instance number; let it finish and give this instance another number")
     if owner:
         return Attempt("busy", owner)
     try:
         with heartbeat(paths.lock, heartbeat_interval(job["claim_grace"])):
-            atomic_write_json(paths.job, job)
             result_path = paths.result
             if job["overwrite_before"] is not None and result_path.exists() and \
                     result_path.stat().st_mtime < job["overwrite_before"]:
@@ -256,10 +257,12 @@ def attempt(job, launch):
                 result = read_json(result_path)
                 problem = fold_result_problem(result_path, result, job["record"]["fingerprints"][number - 1],
                                               layout.root)
-                if problem:
-                    raise XvalError(f"instance {instance}: {problem}: set overwrite_results = True to retrain it, "
-                                    "or restore what changed")
+                if problem:  # landed since the plan, from another routine with other parameters: not ours to judge
+                    return Attempt("conflict", f"instance {instance}: {problem} (by another routine since this one "
+                                               "started): set overwrite_results = True to retrain it, or give this "
+                                               "instance another number")
                 return Attempt("done", result, collect_instance(layout, instance, job["record"]))
+            atomic_write_json(paths.job, job)  # only now: a fold job file describes the attempt that trained it
             paths.failure.unlink(missing_ok=True)
             code, error_line = launch(paths.job, paths.log)
             if code == 0 and result_path.exists():
@@ -303,6 +306,9 @@ def report_attempt(say, job, result, seconds, where, eta=None):
     if outcome == "busy":
         say(f"{label}: skipped, being run by {detail.get('host')} {claim_owner_text(detail)} since "
             f"{detail.get('since')}")
+        return False
+    if outcome == "conflict":
+        say(f"{label}: not trained: {detail}", sys.stderr)
         return False
     main_metric = MAIN_METRIC[job["parameters"]["task_type"]]
     if outcome == "done":

@@ -508,7 +508,7 @@ class SearchRunner:
             number = fold["fold"]
             if number - 1 in planned.missing:
                 result = run_fold(planned, fold)
-                if result.outcome == "failed":
+                if result.outcome in ("failed", "conflict"):
                     return "failed", result.detail
                 if result.outcome == "busy":
                     return "busy", result.detail

@@ -926,6 +926,53 @@ def test_an_instance_completed_meanwhile_by_another_process_counts_as_complete(f
         executor_local.collect_instance(plan.layout, 1, executor_local.instance_record(plan, plan.instances[0]))
 
 
+def test_a_result_landed_by_another_routine_with_other_parameters_stops_only_that_instance(finished, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """Routine b planned instance 1 before routine a's results of it landed (a plan without reuse stands for it):
+    b leaves instance 1 as a's (one line, its files untouched), trains the rest and exits 1, not 2: 2 means nothing
+    was written."""
+    import executor_local
+    from plan import make_plan
+    moved = copied(finished, tmp_path)
+    monkeypatch.setenv("XVAL_CONFIG", str(moved["config"]))
+    settings = {"description": "d", "dataset": "tiny", "num_experiment": 1, "num_folds": 2, "overwrite_results": False,
+                "debug_mode": False, "experiment_dict": {1: instance("good", "num_epochs = 1", "learning_rate = 0.01"),
+                                                         3: instance("three", "num_epochs = 1")}}
+    plan = make_plan(settings, load_config(), [1, 3], moved["dir"], reuse=False)
+    before = {name: data for name, data in experiment_files(moved["dir"]).items() if "run1" in name}
+    code = executor_local.LocalExecutor(load_config(), [-1], [], "routine.py").run(plan)
+    printed = capsys.readouterr()
+    assert code == 1, printed.out + printed.err
+    assert "instance 1 fold 1/2: not trained: instance 1: " in printed.err and "by another routine since this one " \
+        "started" in printed.err, printed.err
+    assert "fold 2/2: not trained" not in printed.err  # the rest of instance 1 is left too, said once
+    assert "xval: instance(s) 1 not trained: another routine on this experiment folder trains them with other " \
+        "parameters" in printed.err
+    assert {name: data for name, data in experiment_files(moved["dir"]).items() if "run1" in name} == before
+    assert json.loads((moved["dir"] / "results" / "results_tiny_exp1_run3.json").read_text())["status"] == "complete"
+
+
+def test_a_live_claim_with_other_parameters_on_a_sibling_fold_leaves_the_fold_untrained(finished, tmp_path, monkeypatch):
+    from foldjob import attempt, build_job
+    from plan import make_plan
+    from utility_functions import HOST, _process_start_time, atomic_write_json
+    moved = copied(finished, tmp_path)
+    monkeypatch.setenv("XVAL_CONFIG", str(moved["config"]))
+    settings = {"description": "d", "dataset": "tiny", "num_experiment": 1, "num_folds": 2, "overwrite_results": False,
+                "debug_mode": False, "experiment_dict": {5: instance("five", "num_epochs = 1")}}
+    plan = make_plan(settings, load_config(), [5], moved["dir"])
+    paths = plan.layout.fold(5, 1)
+    atomic_write_json(plan.layout.fold(5, 2).lock, {"host": HOST, "pid": os.getpid(), "since": "now", "tag": "other",
+                                                    "start_time": _process_start_time(os.getpid())})
+
+    def launch(job_path, log_path):
+        raise AssertionError("a fold in conflict must not be trained")
+    result = attempt(build_job(plan, plan.instances[0], plan.folds[0], 1), launch)
+    assert result.outcome == "conflict" and "instance 5: another fold of it (run5_fold2.lock) is being " \
+        "trained now by " in result.detail, result
+    assert not paths.job.exists() and not paths.lock.exists() and not paths.result.exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 19. Ctrl-C: a fold stopped by SIGINT says so itself
 
