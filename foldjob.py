@@ -344,8 +344,11 @@ def ended_text(code):
     return f"the fold process ended with exit code {code}"
 
 
-def fold_state(layout, instance, fold, grace):
-    """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending."""
+def fold_state(layout, instance, fold, grace, verdict=None):
+    """One fold job's state as a line: running (or a stale claim), done with its test main metric, failed, pending.
+    verdict (--status): what the plan a run would make now says of a done fold: "reused" (its fingerprint checked:
+    nothing to add) or "retrained" (overwrite_results = True); None: unknown, what changed since is guessed from
+    folds.json and the dataset's file sizes and times."""
     paths = layout.fold(instance, fold)
     owner = read_if_readable(paths.lock)
     result = read_if_readable(paths.result)
@@ -361,7 +364,9 @@ def fold_state(layout, instance, fold, grace):
         if model and not (layout.root / str(model)).is_file():
             return (f"done, but its model {model} is missing: a run refuses to reuse it (restore it, or "
                     "overwrite_results = True retrains it)")
-        changed = changed_since_trained(layout, fold, result, read_if_readable(paths.job))
+        if verdict == "retrained":
+            return "done; a run retrains it (overwrite_results = True)"
+        changed = None if verdict else changed_since_trained(layout, fold, result, read_if_readable(paths.job))
         if changed:
             return f"done, but {changed}: a run checks whether it can still reuse it"
         metrics = result.get("metrics") if isinstance(result, dict) else None

@@ -208,6 +208,9 @@ def fold_settings(dataset, items, num_folds, folds_config):
             "validation_share": folds_config["validation_share"]}
 
 
+FOLDS_FIX = "restore it from a backup, or delete it only if no fold of this experiment was trained yet"
+
+
 def check_folds_partition(folds, items, path):
     """XvalError unless folds split items as make_folds does: each item tested exactly once, and every fold's
     train, validation and test items disjoint and together all items."""
@@ -220,14 +223,17 @@ def check_folds_partition(folds, items, path):
         if sorted(sum(parts, [])) != sorted(items):
             problem = f"fold {fold['fold']}'s train, validation and test items overlap or miss some items"
     if problem:
-        raise XvalError(f"{path} is damaged ({problem}): restore it from a backup, or delete it only if no fold "
-                        "of this experiment was trained yet")
+        raise XvalError(f"{path} is damaged ({problem}): {FOLDS_FIX}")
 
 
 def check_saved_folds(path, wanted):
     """Refuse a run whose split settings differ from the experiment's folds.json; returns the saved folds."""
     try:
-        saved = read_json(path)
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # read_json's advice (delete it) would lose the split
+        raise XvalError(f"{path} is damaged (not JSON: {getattr(error, 'msg', 'not text')}, cut short?): "
+                        f"{FOLDS_FIX}") from None
+    try:
         if not isinstance(saved, dict):
             raise TypeError("'folds'")
         folds = saved["folds"]
@@ -238,8 +244,7 @@ def check_saved_folds(path, wanted):
                                 "another num_experiment (or restore the setting)")
         check_folds_partition(folds, wanted["items"], path)
     except (KeyError, TypeError) as error:
-        raise XvalError(f"{path} is damaged (no {error}): restore it from a backup, or delete it only if no "
-                        "fold of this experiment was trained yet") from None
+        raise XvalError(f"{path} is damaged (no {error}): {FOLDS_FIX}") from None
     return folds
 
 
@@ -396,11 +401,12 @@ def parse_searches(experiment_dict, training, signatures):
     return searches
 
 
-def make_plan(settings, config, selected, experiment_dir, reuse=True):
+def make_plan(settings, config, selected, experiment_dir, reuse=True, claims=True):
     """The plan of a launch (see the module docstring): settings are the routine's (checked by the facade),
     selected the instance ids (a search's key selects the search), experiment_dir its experiment_{N} folder.
-    reuse=False (a smoke run) reuses nothing. Every check of the routine's input runs here, once; an XvalError names
-    the first problem."""
+    reuse=False (a smoke run) reuses nothing; claims=False (--status) does not refuse a fold that another process
+    trains now with other parameters. Every check of the routine's input runs here, once; an XvalError names the
+    first problem. Reads only: nothing is written (accept() writes)."""
     signatures, training = architecture_signatures(), config["training"]
     experiment_dict = settings["experiment_dict"]
     all_searches = parse_searches(experiment_dict, training, signatures)
@@ -434,7 +440,7 @@ def make_plan(settings, config, selected, experiment_dir, reuse=True):
         planned, cautions = plan_instance(layout, identity, folds, instance, experiment_dict[instance],
                                           resolved[instance], data_shape, output_sizes[resolved[instance]["task_type"]],
                                           reuse, settings["overwrite_results"])
-        if reuse:
+        if reuse and claims:
             check_live_claims(layout, planned, config["claims"]["grace_seconds"])
         instances.append(planned)
         warnings += cautions

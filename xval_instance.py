@@ -205,11 +205,14 @@ def experiment_path(settings, config, routine_file):
 # ----------------------------------------------------------------------------------------------------------------
 # --status, and a launch
 
-def print_instance_status(layout, instance, num_folds, grace, changed=None, pruned_after=None):
+def print_instance_status(layout, instance, num_folds, grace, changed=None, pruned_after=None, planned=None):
     """--status lines of one instance: its fold jobs' counts by state, then one line per fold job. changed: the
     parameters the routine now gives it otherwise than its results record (a run refuses to reuse them);
-    pruned_after: the fold after which a search's pruner stopped this trial (its later folds are never trained)."""
-    states = [fold_state(layout, instance, fold, grace) for fold in range(1, num_folds + 1)]
+    pruned_after: the fold after which a search's pruner stopped this trial (its later folds are never trained);
+    planned: its PlannedInstance in the plan a run would make now (its missing folds are those a run trains)."""
+    def verdict(fold):
+        return None if planned is None else "retrained" if fold - 1 in planned.missing else "reused"
+    states = [fold_state(layout, instance, fold, grace, verdict(fold)) for fold in range(1, num_folds + 1)]
     if pruned_after:
         states = [f"not trained: the trial was pruned after fold {pruned_after}" if fold > pruned_after and
                   state == "pending" else state for fold, state in enumerate(states, 1)]
@@ -240,15 +243,28 @@ def changed_since(layout, instance, strings, config, settings):
     return changed_parameters(recorded.get("parameters") or {}, parameters) or ["the dataset or num_folds"]
 
 
+def status_plan(settings, config, selected, experiment_dir):
+    """(the plan a run of the selected instances would make now, None) or (None, the line it would refuse with):
+    every reuse check a run makes, read-only, so that --status never calls done what a run refuses or retrains."""
+    try:
+        return make_plan(settings, config, selected, experiment_dir, claims=False), None
+    except XvalError as error:
+        return None, str(error)
+
+
 def print_status(settings, config, selected, routine_file):
-    """--status: each selected instance's fold jobs, from the experiment folder alone, then each scheduler's lines
-    for the experiment's jobs. Returns 0."""
+    """--status: the line a run would refuse with, if any; each selected instance's fold jobs, from the experiment
+    folder and the plan a run would make; then each scheduler's lines for the experiment's jobs. Returns 0."""
     layout = Layout(experiment_path(settings, config, routine_file), settings["dataset"], settings["num_experiment"])
     print(f"xval: experiment {layout.experiment} on '{layout.dataset}' in {layout.root}")
     if not any(path.exists() for path in (layout.folds, layout.results, layout.locks)):
         print(f"xval: {layout.root} holds no experiment yet (no folds.json, results or claims): nothing of this "
               "routine has run there (check experiment_folder and num_experiment)")
         return EXIT_DONE
+    plan, refusal = status_plan(settings, config, selected, layout.root)
+    if refusal:
+        print(f"xval: a run of these instances would now refuse: {refusal}")
+    planned = {entry.instance: entry for entry in plan.instances} if plan else {}
     for key in selected:
         strings = settings["experiment_dict"][key]
         instances, lost = [key], []
@@ -276,7 +292,7 @@ def print_status(settings, config, selected, routine_file):
             pruned = recorded.get("pruned_after_fold") if isinstance(recorded, dict) and \
                 recorded.get("status") == "pruned" else None
             print_instance_status(layout, instance, settings["num_folds"], config["claims"]["grace_seconds"], changed,
-                                  pruned)
+                                  pruned, planned.get(instance))
     for name in EXECUTORS:
         for line in executor_class(name).status_lines(layout):
             print(line)

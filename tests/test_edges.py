@@ -1081,6 +1081,47 @@ def test_status_says_when_folds_json_or_the_dataset_changed_since_a_fold_was_tra
     assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
 
 
+def test_status_says_what_a_run_would_do_after_the_checks_a_run_makes(finished, tiny_features, tmp_path):
+    """--status makes the plan a run would make (read-only): it never calls done what a run refuses or retrains,
+    and a fold the run's checks accept is done without guesses."""
+    experiment = copied(finished, tmp_path)
+    before = experiment_files(experiment["dir"])
+    job = experiment["dir"] / "logs" / "tiny_exp1_run1_fold1.job.json"
+    recorded = job.read_text()
+    files = json.loads(recorded)["dataset_files"]
+    job.write_text(json.dumps(dict(json.loads(recorded), dataset_files=[[1, 1]] * len(files))))
+    touched = run_routine(experiment["routine"], experiment["config"], "--status")  # as after files rewritten alike
+    assert "a run of these instances would now refuse" not in touched.stdout
+    assert re.search(r"fold 1: done, test balanced_accuracy \d", touched.stdout) and "rewritten" not in touched.stdout, touched.stdout
+    job.write_text(recorded)
+
+    results = experiment["dir"] / "results" / "results_tiny_exp1_run1.json"
+    original = results.read_text()
+    results.write_text(json.dumps(dict(json.loads(original), parameter_hash="0" * 16)))
+    edited = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert "xval: a run of these instances would now refuse: instance 1: " in edited.stdout and \
+        "was computed with other parameters" in edited.stdout, edited.stdout
+    results.write_text(original)
+
+    folds = experiment["dir"] / "folds.json"
+    split = folds.read_text()
+    folds.write_text(split[:len(split) // 2])
+    truncated = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert "would now refuse: " in truncated.stdout and "folds.json is damaged" in truncated.stdout, truncated.stdout
+    folds.write_text(split)
+
+    three_folds = write_routine(experiment["folder"], {1: GOOD, 2: instance("two", "num_epochs = 1",
+                                                                            "dense_units = 4")}, num_folds=3)
+    more = run_routine(three_folds, experiment["config"], "--status")
+    assert "would now refuse: " in more.stdout and "num_folds" in more.stdout, more.stdout
+
+    again = write_routine(experiment["folder"], {1: GOOD, 2: instance("two", "num_epochs = 1", "dense_units = 4")},
+                          overwrite_results=True)
+    overwrite = run_routine(again, experiment["config"], "--status")
+    assert overwrite.stdout.count("done; a run retrains it (overwrite_results = True)") == 4, overwrite.stdout
+    assert experiment_files(experiment["dir"]) == before
+
+
 def test_edited_sums_or_an_index_that_moves_a_clip_to_another_item_are_refused(tiny_features, tmp_path):
     import numpy as np
     from utility_functions import load_dataset, load_item_sums
