@@ -8,11 +8,11 @@ import contextlib
 import difflib
 import errno
 import fcntl
-import zipfile
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,17 @@ def config_path_in_use(path=None):
     return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
 
 
+def expand_path(raw, where):
+    """A path as the user wrote it, with ~ and environment variables ($SCRATCH, ${HOME}) expanded, as a shell
+    would; XvalError naming the variable when one is not set (it would become a folder named '$SCRATCH')."""
+    expanded = os.path.expandvars(os.path.expanduser(str(raw)))
+    unset = re.search(r"\$(\w+|\{\w+\})", expanded)
+    if unset:
+        raise XvalError(f"{where} = {str(raw)!r}: the environment variable {unset.group(1).strip('{}')} is not set: "
+                        "set it, or write the path out")
+    return Path(expanded)
+
+
 def parse_config_value(raw, kind, config_dir, where):
     """One config value from its text; kind is int, float, bool, str, PATH or a tuple of allowed strings."""
     raw = raw.strip()
@@ -145,7 +157,7 @@ def parse_config_value(raw, kind, config_dir, where):
         name = {bool: "true or false", int: "a whole number", float: "a finite number"}[kind]
         raise XvalError(f"{where} = {raw!r} is not {name}: fix that line") from None
     if kind == PATH:
-        return (config_dir / os.path.expanduser(raw)).resolve()
+        return (config_dir / expand_path(raw, where)).resolve()
     if isinstance(kind, tuple) and raw not in kind:
         raise XvalError(f"{where} = {raw!r} is not one of {', '.join(kind)}: fix that line")
     return raw

@@ -22,7 +22,7 @@ from foldjob import fold_state, read_if_readable
 from layout import Layout
 from plan import accept, make_plan
 from search import is_search, lost_trials, parse_search, search_status_line
-from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, load_config,
+from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path, load_config,
                                parse_config_value)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one batch scheduler's task
@@ -195,8 +195,10 @@ def read_command(settings, argv, routine_file):
 
 
 def experiment_path(settings, config, routine_file):
-    """{experiment_folder}/experiment_{N}: a relative experiment_folder is taken from the routine file's folder."""
-    root = Path(settings["experiment_folder"] or config["paths"]["experiment_folder"]).expanduser()
+    """{experiment_folder}/experiment_{N}: ~ and $VARIABLES expanded; a relative experiment_folder is taken from the
+    routine file's folder."""
+    root = expand_path(settings["experiment_folder"], "experiment_folder") if settings["experiment_folder"] else \
+        config["paths"]["experiment_folder"]
     if not root.is_absolute():
         root = Path(routine_file).resolve().parent / root
     return root / f"experiment_{settings['num_experiment']}"

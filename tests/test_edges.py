@@ -572,6 +572,24 @@ def test_a_newline_in_the_experiment_folder(tiny_features, tmp_path):
                       .read_text())["status"] == "complete"
 
 
+def test_environment_variables_in_paths_are_expanded_and_an_unset_one_is_refused(tiny_features, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("XVAL_TEST_SCRATCH", str(tmp_path / "scratch"))
+    routine = write_routine(tmp_path, {1: GOOD}, experiment_folder="$XVAL_TEST_SCRATCH/runs")
+    status = run_routine(routine, tiny_features["config_path"], "--status")
+    assert status.returncode == 0 and f"in {tmp_path / 'scratch' / 'runs' / 'experiment_1'}\n" in status.stdout, \
+        status.stdout + status.stderr
+    config = config_with(tiny_features, tmp_path / "config", "paths",
+                         {"features_folder": "${XVAL_TEST_SCRATCH}/features"})
+    monkeypatch.delenv("XVAL_TEST_SCRATCH")
+    for config_path, words in ((tiny_features["config_path"], "experiment_folder = '$XVAL_TEST_SCRATCH/runs': the "
+                                "environment variable XVAL_TEST_SCRATCH is not set: set it, or write the path out"),
+                               (config, "[paths] features_folder = '${XVAL_TEST_SCRATCH}/features': the environment "
+                                "variable XVAL_TEST_SCRATCH is not set")):
+        one_line_refusal(run_routine(routine, config_path), words)
+    assert not (tmp_path / "$XVAL_TEST_SCRATCH").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 12. A view needs nothing but to read
 
