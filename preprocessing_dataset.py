@@ -49,10 +49,9 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               config_path_in_use, feature_sums, load_clip_ids, load_dataset, load_item_sums,
-                               stored_format,
-                               dataset_paths, exit_on_user_error, files_under, load_config, read_json,
-                               remove_stale_temp_files, temp_path_for, unwritable, writing)
+                               config_path_in_use, dataset_paths, exit_on_user_error, feature_sums, file_mutex,
+                               files_under, load_clip_ids, load_config, load_dataset, load_item_sums, read_json,
+                               remove_stale_temp_files, stored_format, temp_path_for, unwritable, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
@@ -501,16 +500,19 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
             numbers = np.concatenate([np.arange(sum(clip["item"] == item for clip in ordered)) for item in items])
             with writing(paths["clips"]):
                 save_npy(temps["clips"], np.repeat(numbers.astype(np.int32), pieces))
-        for kind in ("index", "metadata"):  # from here to the new index (a few renames) the dataset is incomplete
-            paths[kind].unlink(missing_ok=True)
-        for kind, temp in temps.items():
-            with writing(paths[kind]):
-                commit_temp_file(temp, paths[kind])
-        for kind in ("predictors_npz", "target_npz", "clips_npz") + (() if windows else ("clips",)):
-            paths[kind].unlink(missing_ok=True)
-        atomic_write_json(paths["metadata"], metadata)
-        atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans,
-                                           "windows": windows})
+        # two preprocessings of one name (--force, or two terminals) commit one after the other, each whole: without
+        # the mutex the files could end up half from one and half from the other
+        with file_mutex(paths["index"].with_name(f".{paths['index'].name}.mutex")):
+            for kind in ("index", "metadata"):  # from here to the new index (a few renames) the dataset is incomplete
+                paths[kind].unlink(missing_ok=True)
+            for kind, temp in temps.items():
+                with writing(paths[kind]):
+                    commit_temp_file(temp, paths[kind])
+            for kind in ("predictors_npz", "target_npz", "clips_npz") + (() if windows else ("clips",)):
+                paths[kind].unlink(missing_ok=True)
+            atomic_write_json(paths["metadata"], metadata)
+            atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans,
+                                               "windows": windows})
     finally:
         for temp in temps.values():
             with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import librosa
@@ -433,3 +434,31 @@ def test_a_damaged_dataset_is_computed_again_by_a_rerun_not_reused(corpus, small
         capsys.readouterr().out
     predictors, _ = load_dataset(folder, "truncated")
     assert sum(len(x) for x in predictors.values()) == summary["clips"]
+
+
+def test_a_second_preprocessing_of_the_same_name_commits_only_after_the_first(corpus, small_config):
+    """Two preprocessings of one name (--force in two terminals) commit their files one after the other under a
+    mutex, never interleaved: while another holds it, a second waits (seen as a blocked flock in /proc/locks)
+    and leaves the dataset as it is; released, it commits a whole dataset."""
+    from utility_functions import file_mutex
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "twice")
+    _, _, _, paths = read_dataset(small_config, "twice")
+    before = {kind: paths[kind].read_bytes() for kind in ("index", "metadata", "predictors")}
+    with file_mutex(paths["index"].with_name(f".{paths['index'].name}.mutex")):
+        second = subprocess.Popen([sys.executable, str(REPO / "preprocessing_dataset.py"), "--csv",
+                                   str(corpus["root"] / "corpus.csv"), "--dataset", "twice", "--force",
+                                   "--config", str(small_config), "--jobs", "1"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            while not any("-> FLOCK" in line and f" {second.pid} " in line
+                          for line in Path("/proc/locks").read_text().splitlines()):
+                assert second.poll() is None, "the second preprocessing committed while the mutex was held: " + \
+                    second.stdout.read()
+                time.sleep(0.05)  # polling for the second process to wait on the mutex
+            assert {kind: paths[kind].read_bytes() for kind in before} == before
+        except BaseException:
+            second.kill()
+            raise
+    assert second.wait(timeout=300) == 0, second.stdout.read()
+    predictors, targets, metadata, _ = read_dataset(small_config, "twice")
+    assert sum(len(item) for item in predictors.values()) == json.loads(paths["index"].read_text())["examples"]
