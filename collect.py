@@ -211,10 +211,11 @@ def experiment_dataset(experiment_folder, instances):
         return max(dict.fromkeys(names), key=names.count)
 
 
-def load_instances(experiment_folder, said=None, quiet=False):
+def load_instances(experiment_folder, said=None, quiet=False, skipped=None):
     """Every readable instance of an experiment folder, in instance order; other result files are warned about
-    (each warning line also appended to the list `said` when given, for the workbook; quiet: only there). XvalError
-    when the folder is not an experiment folder or holds no readable result file."""
+    (each warning line also appended to the list `said` when given, for the workbook; quiet: only there) and, when
+    the dict `skipped` is given, recorded there ({path: why it was skipped and the fix}). XvalError when the folder
+    is not an experiment folder or holds no readable result file."""
     check_experiment_folder(experiment_folder)
 
     def note(message):
@@ -222,16 +223,21 @@ def load_instances(experiment_folder, said=None, quiet=False):
             warn(message)
         if said is not None:
             said.append(message)
+
+    def skip(path, why, fix=None):
+        note(f"{why}: skipped" + (f" ({fix})" if fix else ""))
+        if skipped is not None:
+            skipped[Path(path)] = why + (f": {fix}" if fix else "")
     results = Layout(experiment_folder, None, None).results
     paths = [path for path in results.glob(RESULT_FILE_GLOB) if path.is_file()]
     for path in paths:
         if not RESULT_FILE_PATTERN.match(path.name):
-            note(f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json: skipped")
+            skip(path, f"{path} is not named results_{{dataset}}_exp{{N}}_run{{R}}.json")
     experiment = experiment_number(experiment_folder)
     for path in paths:
         if (match := RESULT_FILE_PATTERN.match(path.name)) and experiment not in (None, int(match["experiment"])):
-            note(f"{path} belongs to experiment {int(match['experiment'])}, not to this experiment_{experiment} "
-                 "folder: skipped (move it to its own experiment folder)")
+            skip(path, f"{path} belongs to experiment {int(match['experiment'])}, not to this "
+                       f"experiment_{experiment} folder", "move it to its own experiment folder")
     instances = []
     for *_, path in sorted((int(match["instance"]), match["dataset"], path) for path in paths
                            if (match := RESULT_FILE_PATTERN.match(path.name))
@@ -239,9 +245,9 @@ def load_instances(experiment_folder, said=None, quiet=False):
         try:
             instances.append(parse_instance(read_json(path), path, experiment_folder, note))
         except XvalError as error:
-            note(f"{error}: skipped")
+            skip(path, str(error))
         except (OSError, UnicodeDecodeError) as error:
-            note(f"{path} cannot be read ({error}): skipped")
+            skip(path, f"{path} cannot be read ({error})")
     if not instances:
         raise XvalError(f"no results in {results} (expected "
                         "results_{dataset}_exp{N}_run{R}.json): run at least one instance first")
@@ -250,13 +256,14 @@ def load_instances(experiment_folder, said=None, quiet=False):
     for instance in list(instances):  # one dataset per experiment: its folds.json's (without one, rivals decide)
         rivals = [other for other in instances if other.id == instance.id]
         if split_dataset is not None and instance.dataset != split_dataset:
-            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', but "
-                 f"this experiment's folds are on '{dataset}': skipped (move it to its own experiment folder)")
+            skip(instance.source, f"{instance.source} holds results of instance {instance.id} on dataset "
+                                  f"'{instance.dataset}', but this experiment's folds are on '{dataset}'",
+                 "move it to its own experiment folder")
             instances.remove(instance)
         elif len(rivals) > 1 and instance is not next((i for i in rivals if i.dataset == dataset), rivals[0]):
-            note(f"{instance.source} holds results of instance {instance.id} on dataset '{instance.dataset}', and "
-                 f"{next(i for i in rivals if i is not instance).source} too: skipped (one file per instance; move "
-                 "it to its own experiment folder)")
+            skip(instance.source, f"{instance.source} holds results of instance {instance.id} on dataset "
+                                  f"'{instance.dataset}', and {next(i for i in rivals if i is not instance).source} "
+                                  "too", "one file per instance; move it to its own experiment folder")
             instances.remove(instance)
     mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:

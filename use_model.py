@@ -48,12 +48,13 @@ def instance_result(experiment_dir, instance):
     """(path, JSON) of an instance's results file in experiment_dir, read as the views read it (collect: a damaged
     file, another experiment's or another dataset's is skipped, with a warning); XvalError when there is none."""
     import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
-    said = []
-    found = [item for item in collect.load_instances(experiment_dir, said, quiet=True) if item.id == instance]
+    skipped = {}
+    found = [item for item in collect.load_instances(experiment_dir, quiet=True, skipped=skipped)
+             if item.id == instance]
     if not found:
-        about = [line for line in said if f"_run{instance}.json" in line]
+        about = [why for path, why in skipped.items() if path.name.endswith(f"_run{instance}.json")]
         if about:  # its file is damaged, another experiment's or another dataset's: say why, in one line
-            raise XvalError(about[0].removesuffix(": skipped").split(": skipped (")[0])
+            raise XvalError(about[0])
         raise XvalError(f"{experiment_dir} has no usable results of instance {instance}: pass an instance it holds "
                         "(results/results_*_run{N}.json)")
     return found[0].source, read_json(found[0].source)
