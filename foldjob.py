@@ -123,6 +123,7 @@ def build_job(plan, planned, fold, threads, **extra):
             "result_path": str(paths.result), "initial_model_path": planned.initial_models.get(number),
             "threads": threads, "overwrite_before": plan.created if plan.overwrite else None,
             "claim_grace": plan.claim_grace, "card": model_card(plan, planned),
+            "tensorboard_dir": str(paths.tensorboard) if planned.parameters.get("tensorboard") else None,
             "record": instance_record(plan, planned), **extra}
 
 

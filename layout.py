@@ -11,6 +11,7 @@ failure record, model, result) are at one place whatever runs it:
     models/model_{stem}_fold{F}.hdf5            (.weights.h5 for a model wrapping a PyTorch module)
     logs/{stem}_fold{F}.log, .job.json, .failed.json; logs/launch_{time}_{host}_{pid}.json; logs/slurm_*.out
     locks/run{R}_fold{F}.lock (claims), locks/*.mutex
+    tensorboard/run{R}_fold{F}/train, /validation  TensorBoard event files (tensorboard = True; run{R}_final too)
     slurm/{time}_{pid}/                          one --slurm submission
     final/model_{stem}_final.hdf5 (and its card, job, log, result), plots/{stem}_{kind}.png, code/{time}_{host}_{pid}/
 """
@@ -38,7 +39,8 @@ class InstancePaths(NamedTuple):
 
 class FoldPaths(NamedTuple):
     """A fold job's files: its claim, job file, log, failure record, model, result, and the record of a batch task
-    stopped by its scheduler while it trained the fold (SIGTERM: cancelled, preempted or out of time)."""
+    stopped by its scheduler while it trained the fold (SIGTERM: cancelled, preempted or out of time), and its
+    TensorBoard log folder (written only with tensorboard = True)."""
     lock: Path
     job: Path
     log: Path
@@ -46,6 +48,7 @@ class FoldPaths(NamedTuple):
     model: Path
     result: Path
     stopped: Path
+    tensorboard: Path
 
 
 class SearchPaths(NamedTuple):
@@ -57,12 +60,14 @@ class SearchPaths(NamedTuple):
 
 
 class FinalPaths(NamedTuple):
-    """use_model.py final's files of an instance: the model, its card, its job, log and result."""
+    """use_model.py final's files of an instance: the model, its card, its job, log and result, and its TensorBoard
+    log folder (tensorboard = True)."""
     model: Path
     card: Path
     job: Path
     log: Path
     result: Path
+    tensorboard: Path
 
 
 def weights_path(model_path):
@@ -114,13 +119,15 @@ class Layout:
                          log=self.logs / f"{stem}.log", failure=self.logs / f"{stem}.failed.json",
                          model=self.models / f"model_{stem}.hdf5",
                          result=self.results / "folds" / f"results_{stem}.json",
-                         stopped=self.logs / f"{stem}.stopped.json")
+                         stopped=self.logs / f"{stem}.stopped.json",
+                         tensorboard=self.root / "tensorboard" / f"run{instance}_fold{fold}")
 
     def final(self, instance):
         stem = f"model_{self.stem(instance)}_final"
         return FinalPaths(model=self.final_folder / f"{stem}.hdf5", card=self.final_folder / f"{stem}_card.json",
                           job=self.final_folder / f"{stem}.job.json", log=self.final_folder / f"{stem}.log",
-                          result=self.final_folder / f"{stem}_result.json")
+                          result=self.final_folder / f"{stem}_result.json",
+                          tensorboard=self.root / "tensorboard" / f"run{instance}_final")
 
     def plot(self, instance, kind):
         """plots/{stem}_{kind}.png (kind: curves, confusion)."""

@@ -32,7 +32,7 @@ NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate
 # does what xval did before the key existed}. An instance at the neutral value hashes as if the key did not exist,
 # so finished experiments keep resuming after an upgrade. Every key added to [training] gets an entry here
 # (tests/test_upgrade.py refuses a new key without one).
-HASH_NEUTRAL = {}
+HASH_NEUTRAL = {"tensorboard": False}
 # parameters that act only with some value of others: (name, whether it acts, what idles it (a format string of the
 # parameters), what would make it act); only a parameter the instance sets is refused, never a default
 CONDITIONAL_PARAMETERS = (
@@ -326,6 +326,9 @@ def resolve_instance(parameter_strings, training_defaults, signatures, where):
     if signature["backend"] not in (None, parameters["backend"]):
         raise XvalError(f"{where}: architecture {architecture} runs on backend {signature['backend']!r} only, this "
                         f"instance has backend = {parameters['backend']!r}: add 'backend = \"{signature['backend']}\"'")
+    if parameters.get("tensorboard") and importlib.util.find_spec("tensorflow") is None:
+        raise XvalError(f"{where}: tensorboard = True writes its logs with TensorFlow's tf.summary (on any backend), "
+                        "and tensorflow is not installed: pip install tensorflow, or set tensorboard = False")
     return parameters
 
 

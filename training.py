@@ -224,12 +224,14 @@ def monitor_mode(monitor, configured_mode):
     return monitor_direction(monitor) if configured_mode == "auto" else configured_mode
 
 
-def make_callbacks(keras, monitor, mode, parameters, validation):
+def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir=None):
     """Callbacks: validation scores (first, so the others see them), NaN stop, best weights in memory, one progress
-    line per epoch with an orphan stop, early stopping, learning rate reduction on plateau.
+    line per epoch with an orphan stop, early stopping, learning rate reduction on plateau, TensorBoard logs.
 
     validation: (x, y, owner, clip) of the validation items, scored per clip with scikit-learn after each epoch
-    when monitor is one of those (registries.METRICS whose monitor is "sklearn").
+    when monitor is one of those (registries.METRICS whose monitor is "sklearn"), or when tensorboard_dir is given
+    (a folder: Keras's TensorBoard callback writes every epoch's logs there, these scores and the learning rate
+    included).
     """
 
     scored_here = monitorable(parameters["task_type"], how=("sklearn",))  # val_balanced_accuracy, val_f1_macro
@@ -281,7 +283,8 @@ def make_callbacks(keras, monitor, mode, parameters, validation):
                 os._exit(3)
 
     best = BestWeights()
-    callbacks = [ValidationScores()] if monitor in scored_here else []
+    callbacks = [ValidationScores()] if validation is not None and scored_here and \
+        (monitor in scored_here or tensorboard_dir) else []
     callbacks += [StopOnNaN(), best, ProgressAndOrphanCheck()]
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
@@ -289,6 +292,8 @@ def make_callbacks(keras, monitor, mode, parameters, validation):
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=parameters["lr_factor"],
                                                            patience=parameters["lr_patience"],
                                                            min_lr=parameters["min_lr"]))
+    if tensorboard_dir:  # last: it writes the logs the others filled in (tf.summary: any backend, TF installed)
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir, write_graph=False, profile_batch=0))
     return callbacks, best
 
 
@@ -470,6 +475,19 @@ def not_a_model_hint(path):
     return "use a complete copy of the model file"
 
 
+def fresh_log_folder(folder):
+    """folder (a fold's TensorBoard logs) made ready for this attempt, or None when not asked: the logs of an earlier
+    attempt (failed, killed, or retrained with overwrite_results) are moved aside to folder.replaced-{time}, not
+    mixed into this attempt's curves nor deleted."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    if folder.exists():
+        folder.rename(folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 def save_model(keras, model, model_path, model_file, card):
     """Save a fold's model with its card, atomically; returns (path, the name relative to the experiment) as saved.
 
@@ -599,7 +617,8 @@ def run_fold(job, loaded=None):
 
     monitor = "loss" if final else parameters["save_best_model_metric"]
     mode = "min" if final else monitor_mode(monitor, parameters["save_best_model_mode"])
-    callbacks, best = make_callbacks(keras, monitor, mode, parameters, data.get("val"))
+    callbacks, best = make_callbacks(keras, monitor, mode, parameters, data.get("val"),
+                                     fresh_log_folder(job.get("tensorboard_dir")))
     weights = balanced_sample_weights(y_train) if parameters["class_weight"] == "balanced" else None
     batches = training_batches(keras, x_train, y_train, weights, parameters, mean)
     validation = None if final else data["val"][:2]

@@ -149,6 +149,7 @@ def final_job(layout, document, epochs, paths):
             "initial_model_path": None if initial is None else str(initial),
             "model_path": str(paths.model), "model_file": layout.relative(paths.model),
             "result_path": str(paths.result),
+            "tensorboard_dir": str(paths.tensorboard) if parameters.get("tensorboard") else None,
             "card": {key: document.get(key) for key in ("dataset", "dataset_fingerprint", "experiment", "instance",
                                                           "class_names", "features", "foldable_item",
                                                           "parameter_strings")}}

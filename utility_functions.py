@@ -107,12 +107,14 @@ CONFIG_SCHEMA = {
                  "class_weight": ("none", "balanced"), "loss": ("auto", "focal"), "focal_gamma": float,
                  "time_masks": int, "time_mask_width": int, "freq_masks": int, "freq_mask_width": int,
                  "mixup_alpha": float, "lr_patience": int, "lr_factor": float, "min_lr": float,
-                 "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS)},
+                 "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS),
+                 "tensorboard": bool},
     "claims": {"grace_seconds": float},
 }
 # keys added since config.ini files were first copied (main at 167406f): {(section, key): the value that does what
 # xval did before the key existed}, taken where an older config.ini lacks the key
-ADDED_KEYS = {("folds", "splitter"): "GroupKFold", ("claims", "grace_seconds"): "300"}
+ADDED_KEYS = {("folds", "splitter"): "GroupKFold", ("claims", "grace_seconds"): "300",
+              ("training", "tensorboard"): "false"}
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),
