@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from layout import Layout, weights_path
+from parameters import as_recorded
 from registries import MAIN_METRIC
 from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, dataset_file_stats, file_mutex,
-                               heartbeat,
-                               heartbeat_age, heartbeat_interval, load_config, lock_owner_alive, mean_and_std,
-                               read_json, release, slurm_job_id, to_jsonable)
+                               heartbeat, heartbeat_age, heartbeat_interval, load_config, lock_owner_alive,
+                               mean_and_std, read_json, release, slurm_job_id, to_jsonable)
 
 JOB_FORMAT = 2  # 1: the job files of main at 167406f (paths spelt out in a "collect" section); 2: from the Layout
 
@@ -200,6 +200,8 @@ def collect_instance(layout, instance, record, pruned_at=None, repeat_of=None):
                     **({"pruned_after_fold": pruned_at} if status == "pruned" else {}),
                     **({"repeat_of": repeat_of} if status == "repeat" else {})}
         now = json.loads(json.dumps(to_jsonable(document)))
+        if previous:  # a key added since it was written, at its neutral value, is no reason to rewrite it
+            now = dict(now, parameters=as_recorded(previous.get("parameters"), now.get("parameters")))
         changed = previous != now
         if changed:
             atomic_write_json(paths.result, document)

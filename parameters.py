@@ -339,6 +339,16 @@ def check_backend_installed(backend, find_spec=importlib.util.find_spec):
         raise XvalError(f"backend {backend!r} is not installed ({entry.package} cannot be imported): {entry.install}")
 
 
+def as_recorded(recorded, parameters):
+    """parameters without the keys added since `recorded` (an earlier results JSON's parameters) was written that
+    are at their neutral value (HASH_NEUTRAL): what that record would hold of them, so that resuming does not
+    rewrite a results file only to add a key that changes nothing."""
+    if not isinstance(recorded, dict) or not isinstance(parameters, dict):
+        return parameters
+    return {name: value for name, value in parameters.items() if name in recorded or name not in HASH_NEUTRAL or
+            type(value) is not type(HASH_NEUTRAL[name]) or value != HASH_NEUTRAL[name]}
+
+
 def hashed_parameters(parameters):
     """What of the resolved parameters determines the results: all but the comments and the keys at their neutral
     value (HASH_NEUTRAL)."""

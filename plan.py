@@ -23,8 +23,8 @@ import numpy as np
 
 from foldjob import claim_owner_text, fold_fingerprint, read_if_readable, reusable_folds
 from layout import Layout
-from parameters import (architecture_parameters, architecture_signatures, changed_parameters, check_backend_installed,
-                        parameter_hash, parameters_text, resolve_instance)
+from parameters import (architecture_parameters, architecture_signatures, as_recorded, changed_parameters,
+                        check_backend_installed, parameter_hash, parameters_text, resolve_instance)
 from registries import SPLITTERS
 from search import check_optuna, check_search, is_search, lost_trials, parse_search, with_conditions
 from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
@@ -550,8 +550,12 @@ def search_plan_from_document(document):
 
 
 def write_parameters_file(layout, planned):
-    """results/parameters/parameters_{stem}.txt of a planned instance: its resolved parameters, readable."""
-    text = parameters_text(planned.instance, planned.parameters, planned.parameter_strings, planned.hash)
+    """results/parameters/parameters_{stem}.txt of a planned instance: its resolved parameters, readable (those of
+    an instance with results as its results JSON records them: a key added since, at its neutral value, is left
+    out, so resuming after an upgrade rewrites nothing)."""
+    recorded = read_if_readable(layout.instance(planned.instance).result)
+    parameters = as_recorded(recorded.get("parameters") if isinstance(recorded, dict) else None, planned.parameters)
+    text = parameters_text(planned.instance, parameters, planned.parameter_strings, planned.hash)
     atomic_write_text(layout.instance(planned.instance).parameters, text)
 
 

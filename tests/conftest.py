@@ -4,6 +4,9 @@ Every test works in its own temporary folder with its own config.ini (paths poin
 written into the repository.
 """
 import configparser
+import contextlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,3 +75,41 @@ def tiny_features(tmp_path_factory):
         preprocessing_ravdess.preprocess(audio, dataset, config_path, target=target, jobs=1, quiet=True)
     return {"config_path": config_path, "root": root, "features_folder": config["paths"]["features_folder"],
             "emotion_dataset": "tiny", "intensity_dataset": "tiny_intensity"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mounts: a read-only folder even root cannot write into (the tests run as root in CI)
+
+def mounting_problem():
+    """Why this machine cannot mount a tmpfs or bind-mount a folder read-only (one line), or None."""
+    probe = Path(f"/tmp/xval-mount-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            return f"cannot mount here ({done.stderr.strip()[:120]})"
+        subprocess.run(["umount", str(probe)], check=True)
+        return None
+    finally:
+        probe.rmdir()
+
+
+@pytest.fixture(scope="module")
+def mounts():
+    problem = mounting_problem()
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {problem}: the read-only and full-disk tests need root")
+    if problem:
+        pytest.skip(f"{problem}: the read-only and full-disk tests need root")
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """folder, bind-mounted read-only onto itself for the with block: even root cannot write into it."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

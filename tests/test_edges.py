@@ -19,47 +19,12 @@ from pathlib import Path
 import pytest
 
 import demo_corpus
-from conftest import TINY_SETTINGS, write_config
+from conftest import TINY_SETTINGS, read_only, write_config
 from routine_helpers import (REPO, copy_project, experiment_files, instance, routine_environment, run_routine,
                              start_routine, write_routine)
 from utility_functions import XvalError, load_config
 
 GOOD = instance("good", "num_epochs = 1")
-
-
-def mounting_problem():
-    """Why this machine cannot mount a tmpfs or bind-mount a folder read-only (one line), or None."""
-    probe = Path(f"/tmp/xval-mount-probe-{os.getpid()}")
-    probe.mkdir(exist_ok=True)
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            return f"cannot mount here ({done.stderr.strip()[:120]})"
-        subprocess.run(["umount", str(probe)], check=True)
-        return None
-    finally:
-        probe.rmdir()
-
-
-@pytest.fixture(scope="module")
-def mounts():
-    problem = mounting_problem()
-    if problem and os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {problem}: the read-only and full-disk tests need root")
-    if problem:
-        pytest.skip(f"{problem}: the read-only and full-disk tests need root")
-
-
-@contextlib.contextmanager
-def read_only(folder):
-    """folder, bind-mounted read-only onto itself for the with block: even root cannot write into it."""
-    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @contextlib.contextmanager
