@@ -935,7 +935,8 @@ def test_a_result_landed_by_another_routine_with_other_parameters_stops_only_tha
     assert json.loads((moved["dir"] / "results" / "results_tiny_exp1_run3.json").read_text())["status"] == "complete"
 
 
-def test_a_live_claim_with_other_parameters_on_a_sibling_fold_leaves_the_fold_untrained(finished, tmp_path, monkeypatch):
+def test_a_live_claim_with_other_parameters_on_a_sibling_fold_leaves_the_fold_untrained(finished, tmp_path,
+                                                                                         monkeypatch):
     from foldjob import attempt, build_job
     from plan import make_plan
     from utility_functions import HOST, _process_start_time, atomic_write_json
@@ -1075,7 +1076,8 @@ def test_status_says_what_a_run_would_do_after_the_checks_a_run_makes(finished, 
     job.write_text(json.dumps(dict(json.loads(recorded), dataset_files=[[1, 1]] * len(files))))
     touched = run_routine(experiment["routine"], experiment["config"], "--status")  # as after files rewritten alike
     assert "a run of these instances would now refuse" not in touched.stdout
-    assert re.search(r"fold 1: done, test balanced_accuracy \d", touched.stdout) and "rewritten" not in touched.stdout, touched.stdout
+    assert re.search(r"fold 1: done, test balanced_accuracy \d", touched.stdout), touched.stdout
+    assert "rewritten" not in touched.stdout
     job.write_text(recorded)
 
     results = experiment["dir"] / "results" / "results_tiny_exp1_run1.json"
