@@ -17,9 +17,9 @@ Like results_to_excel.py it reads only the results files (collect.load_instances
 experiment folder, so a read-only experiment exports. The store: --tracking-uri, else $MLFLOW_TRACKING_URI, else a
 SQLite store beside the experiment folder ({parent}/mlflow.db; MLflow 3 refuses new file stores); a SQLite store's
 artifacts go to mlartifacts/ beside it. Idempotent: every run carries the tag xval.key (experiment, instance, fold,
-and the split's hash, so that two experiments of one name never meet) and xval.content (a hash of what it holds); a run whose content is
-unchanged is kept, one that changed (an instance completed or retrained) is deleted with its folds and made again,
-and the routine run is updated in place. A second export of the same results changes nothing.
+and the split's hash, so that two experiments of one name never meet) and xval.content (a hash of what it holds);
+a run whose content is unchanged is kept, one that changed (an instance completed or retrained) is deleted with its
+folds and made again, and the routine run is updated in place. A second export of the same results changes nothing.
 """
 import argparse
 import hashlib
