@@ -35,13 +35,13 @@ PROGRESS_WIDTH = 150  # characters of the running epoch line shown in a terminal
 
 
 def fold_environment(backend, threads=None, device=None, base=None):
-    """The environment of a fold process: its Keras backend and that backend's variables, its thread count when
-    threads is given (OpenMP/BLAS and the backend's own), and its device when device is not None ('' hides every
-    GPU, for -1; under SLURM the allocation sets CUDA_VISIBLE_DEVICES). base: the environment it starts from
-    (default os.environ)."""
+    """The environment of a fold process: its Keras backend and that backend's variables (where the user's
+    environment does not set them), its thread count when threads is given (OpenMP/BLAS and the backend's own), and
+    its device when device is not None ('' hides every GPU, for -1; under SLURM the allocation sets
+    CUDA_VISIBLE_DEVICES). base: the environment it starts from (default os.environ)."""
     entry = BACKENDS[backend]
-    environment = dict(os.environ if base is None else base, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1",
-                       **entry.environment)
+    environment = {**entry.environment, **(os.environ if base is None else base),  # the user's own settings win
+                   "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
     if threads:
         environment.update({name: str(threads) for name in THREAD_VARIABLES})
         for name, value in entry.thread_environment(threads).items():  # flags lists are extended, never replaced

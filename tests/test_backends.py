@@ -132,3 +132,21 @@ def test_backend_refusals_name_the_fix(tmp_path):
     with pytest.raises(XvalError, match="is not one of tensorflow, torch, jax"):
         resolve_instance([*base, 'architecture = "EXAMPLE_model"', 'backend = "mxnet"'], training,
                             architecture_signatures(), "i")
+
+
+def test_jax_folds_share_a_persistent_compilation_cache_unless_the_user_set_one(tmp_path):
+    """Each fold process compiles again; JAX's persistent cache (one folder per user) lets a fold reuse what the
+    folds before it compiled. Run in a fresh process: the cache folder is read from the environment at import."""
+    probe = ("import json, launchers; e = launchers.fold_environment('jax'); print(json.dumps({k: e.get(k) for k in "
+             "('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', "
+             "'XLA_PYTHON_CLIENT_PREALLOCATE')}))")
+    base = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    base.pop("JAX_COMPILATION_CACHE_DIR", None)
+    default = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=base,
+                                        check=True).stdout)
+    assert default == {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache" / "xval" / "jax"),
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    own = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                    env=dict(base, JAX_COMPILATION_CACHE_DIR="/scratch/mine",
+                                             XLA_PYTHON_CLIENT_PREALLOCATE="true")).stdout)
+    assert own["JAX_COMPILATION_CACHE_DIR"] == "/scratch/mine" and own["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
