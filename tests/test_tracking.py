@@ -198,3 +198,15 @@ def test_a_missing_folder_or_an_unknown_store_is_one_line(tmp_path):
         lines = completed.stderr.strip().splitlines()
         assert completed.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and \
             words in lines[0], completed.stderr
+
+
+def test_a_regression_fold_logs_its_own_metrics(tiny_features, tmp_path):
+    routine = write_routine(tmp_path, {1: instance("r", "num_epochs = 2", "tensorboard = True",
+                                                   task_type="regression")}, dataset="tiny_intensity")
+    completed = run_routine(routine, tiny_features["config_path"])
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    experiment = tmp_path / "experiments" / "experiment_1"
+    result = json.loads((experiment / "results" / "folds" / "results_tiny_intensity_exp1_run1_fold1.json").read_text())
+    validation = event_scalars(experiment / "tensorboard" / "run1_fold1" / "validation")
+    assert {"epoch_loss", "epoch_mae", "epoch_rmse"} <= set(validation), validation
+    assert [validation["epoch_mae"][step] for step in (0, 1)] == pytest.approx(result["history"]["val_mae"], rel=1e-6)
