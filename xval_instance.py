@@ -13,17 +13,36 @@ processes (launchers.py), so validation is instant and this process stays small 
 It is also what a batch scheduler's task runs: python3 xval_instance.py --fold-task FOLD_JOBS INDEX (a fold job), or
 --search-task SEARCH_JSON INDEX (trials of the searches, until none is left).
 """
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from executors import DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task, run_search_task
-from foldjob import fold_state, read_if_readable
-from layout import Layout
-from plan import accept, make_plan
-from search import is_search, lost_trials, parse_search, search_status_line
-from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path, load_config,
-                               parse_config_value)
+
+def _interrupted_while_importing(signum, frame):
+    """Ctrl-C while the imports below run (a second or two after a routine starts): exit 130 as exit_on_user_error
+    does later, without a traceback through the import machinery."""
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130)  # utility_functions.EXIT_INTERRUPTED, which is being imported
+
+
+_QUIET_IMPORTS = threading.current_thread() is threading.main_thread() and \
+    signal.getsignal(signal.SIGINT) is signal.default_int_handler  # only where nobody else handles Ctrl-C
+if _QUIET_IMPORTS:
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
+
+from executors import (DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task,  # noqa: E402
+                       run_search_task)
+from foldjob import fold_state, read_if_readable  # noqa: E402
+from layout import Layout  # noqa: E402
+from plan import accept, make_plan  # noqa: E402
+from search import is_search, lost_trials, parse_search, search_status_line  # noqa: E402
+from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path,  # noqa: E402
+                               load_config, parse_config_value)
+
+if _QUIET_IMPORTS:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TASK_FLAG = "--fold-task"  # python3 xval_instance.py --fold-task FOLD_JOBS INDEX: one batch scheduler's task
 SEARCH_TASK_FLAG = "--search-task"  # python3 xval_instance.py --search-task SEARCH_JSON INDEX: a search's batch task

@@ -960,6 +960,25 @@ def test_a_live_claim_with_other_parameters_on_a_sibling_fold_leaves_the_fold_un
 # ----------------------------------------------------------------------------------------------------------------
 # 19. Ctrl-C: a fold stopped by SIGINT says so itself
 
+def test_ctrl_c_while_a_routine_imports_the_engine_exits_130_without_a_traceback(tiny_features, tmp_path):
+    """The SIGINT arrives while xval_instance imports plan.py (an audit hook sends it there: no timing)."""
+    from utility_functions import EXIT_INTERRUPTED
+    routine = write_routine(tmp_path, {1: GOOD})
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text("import os, signal, sys\n"
+                    "def hook(event, args):\n"
+                    "    if event == 'import' and args[0] == 'plan' and not hasattr(sys, 'xval_hit'):\n"
+                    "        sys.xval_hit = True\n"
+                    "        os.kill(os.getpid(), signal.SIGINT)\n"
+                    "sys.addaudithook(hook)\n")
+    environment = routine_environment(tiny_features["config_path"])
+    environment["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{environment['PYTHONPATH']}"
+    completed = subprocess.run([sys.executable, str(routine)], capture_output=True, text=True, env=environment,
+                               timeout=300)
+    assert completed.returncode == EXIT_INTERRUPTED and completed.stderr.strip() == "interrupted", completed.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
 def test_a_fold_stopped_by_ctrl_c_exits_130_through_the_fork_server(finished, tmp_path):
     from launchers import INTERRUPTED_EXIT, ForkServerLauncher, fold_environment
     job = json.loads((finished["dir"] / "logs" / "tiny_exp1_run1_fold1.job.json").read_text())
