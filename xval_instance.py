@@ -104,7 +104,10 @@ def parse_command_line(argv, instance_ids, default_devices, script_name):
     while words:
         word = words.pop(0)
         name, equals, value = word.partition("=")
-        if word in flags:
+        if word == "--":  # the end of the options, as in every Unix command: the rest are arguments
+            positional += words
+            words = []
+        elif word in flags:
             modes.append(word[2:])
         elif name in options:
             repeatable = options[name][1] == "extra_sbatch"

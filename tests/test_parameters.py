@@ -187,7 +187,7 @@ def test_the_hash_is_stable_and_ignores_comments():
 @pytest.mark.parametrize("argv, expected", [
     ([], ([1, 2, 5, 7], [0])), (["2"], ([2], [0])), (["2", "5"], ([2, 5], [0])),
     (["1", "9", "3"], ([1, 2, 5, 7], [3])), (["1", "9", "0,1,2,3"], ([1, 2, 5, 7], [0, 1, 2, 3])),
-    (["2", "2", "-1,-1"], ([2], [-1, -1])),
+    (["2", "2", "-1,-1"], ([2], [-1, -1])), (["--", "2", "5", "-1"], ([2, 5], [-1])),
 ])
 def test_command_line_selects_instances_and_devices(argv, expected):
     command = parse_command_line(argv, [1, 2, 5, 7], [0], "exp.py")
