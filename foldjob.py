@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from layout import Layout, weights_path
-from parameters import as_recorded
+from parameters import as_recorded, parameters_text
 from registries import MAIN_METRIC
-from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, claim, dataset_file_stats, file_mutex,
-                               heartbeat, heartbeat_age, heartbeat_interval, load_config, lock_owner_alive,
-                               mean_and_std, read_json, release, slurm_job_id, to_jsonable)
+from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, atomic_write_text, claim,
+                               dataset_file_stats, file_mutex, heartbeat, heartbeat_age, heartbeat_interval,
+                               load_config, lock_owner_alive, mean_and_std, read_json, release, slurm_job_id,
+                               to_jsonable)
 
 JOB_FORMAT = 2  # 1: the job files of main at 167406f (paths spelt out in a "collect" section); 2: from the Layout
 
@@ -266,6 +267,10 @@ def attempt(job, launch):
                                                "instance another number")
                 return Attempt("done", result, collect_instance(layout, instance, job["record"]))
             atomic_write_json(paths.job, job)  # only now: a fold job file describes the attempt that trained it
+            atomic_write_text(layout.instance(instance).parameters,
+                              parameters_text(instance, job["parameters"],
+                                              job["record"]["base"].get("parameter_strings", []),
+                                              job["parameter_hash"]))
             paths.failure.unlink(missing_ok=True)
             code, error_line = launch(paths.job, paths.log)
             if code == 0 and result_path.exists():

@@ -613,7 +613,8 @@ def write_snapshot(staging, routine_file, config_file):
 
 def accept(plan, routine_file):
     """Write what every run writes before training: folds.json (once), the description, a snapshot of the code and
-    each selected instance's readable parameters file (the same content for the same plan)."""
+    the readable parameters file of each selected instance that is complete (one still to train gets it when one of
+    its folds is launched, under that fold's claim: another routine may train it with other parameters)."""
     layout = plan.layout
     check_writable(layout.root)
     layout.logs.mkdir(exist_ok=True)  # fold logs, and SLURM's output files, go there
@@ -626,5 +627,6 @@ def accept(plan, routine_file):
     write_folds(layout, plan.split, list(plan.folds))
     atomic_write_text(layout.description, plan.description.strip() + "\n")
     snapshot_code(layout, routine_file, config_path_in_use())
-    for planned in plan.instances:
-        write_parameters_file(layout, planned)
+    for planned in plan.instances:  # an instance still to train gets its file from the attempt that trains it
+        if not planned.missing:
+            write_parameters_file(layout, planned)

@@ -915,7 +915,7 @@ def test_a_result_landed_by_another_routine_with_other_parameters_stops_only_tha
     b leaves instance 1 as a's (one line, its files untouched), trains the rest and exits 1, not 2: 2 means nothing
     was written."""
     import executor_local
-    from plan import make_plan
+    from plan import accept, make_plan
     moved = copied(finished, tmp_path)
     monkeypatch.setenv("XVAL_CONFIG", str(moved["config"]))
     settings = {"description": "d", "dataset": "tiny", "num_experiment": 1, "num_folds": 2, "overwrite_results": False,
@@ -923,6 +923,7 @@ def test_a_result_landed_by_another_routine_with_other_parameters_stops_only_tha
                                                          3: instance("three", "num_epochs = 1")}}
     plan = make_plan(settings, load_config(), [1, 3], moved["dir"], reuse=False)
     before = {name: data for name, data in experiment_files(moved["dir"]).items() if "run1" in name}
+    accept(plan, moved["routine"])  # its parameters file too is routine a's: b writes one only where it trains
     code = executor_local.LocalExecutor(load_config(), [-1], [], "routine.py").run(plan)
     printed = capsys.readouterr()
     assert code == 1, printed.out + printed.err
