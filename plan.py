@@ -28,7 +28,7 @@ from parameters import (architecture_parameters, architecture_signatures, as_rec
 from registries import SPLITTERS
 from search import check_optuna, check_search, is_search, lost_trials, parse_search, with_conditions
 from utility_functions import (HOST, PROJECT_DIR, SPLITS, XvalError, atomic_write_json, atomic_write_text,
-                               check_dataset, check_target, config_path_in_use, dataset_file_stats,
+                               check_dataset, check_item_sums, check_target, config_path_in_use, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, file_mutex, heartbeat_age, load_clip_ids,
                                load_dataset, lock_owner_alive, read_json, release_stale_claim, remove_stale_temp_files,
                                storage_error, unwritable)
@@ -139,6 +139,7 @@ def read_dataset(features_folder, dataset, task_types):
     metadata_path = dataset_paths(features_folder, dataset)["metadata"]
     metadata = read_json(metadata_path) if metadata_path.exists() else {}
     check_index_against_metadata(predictors, clip_ids, metadata, metadata_path)
+    check_item_sums(features_folder, dataset, predictors)  # after the index: a moved clip is named as such
     identity = {"dataset_fingerprint": dataset_fingerprint(predictors, targets, clip_ids),
                 "dataset_files": dataset_files, "class_names": metadata.get("class_names"),
                 "foldable_item": metadata.get("foldable_item"),

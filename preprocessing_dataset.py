@@ -49,8 +49,8 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               config_path_in_use, dataset_paths, exit_on_user_error, feature_sums, file_mutex,
-                               files_under, load_clip_ids, load_config, load_dataset, load_item_sums, read_json,
+                               check_item_sums, config_path_in_use, dataset_paths, exit_on_user_error, feature_sums,
+                               file_mutex, files_under, load_clip_ids, load_config, load_dataset, read_json,
                                remove_stale_temp_files, stored_format, temp_path_for, unwritable, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
@@ -521,11 +521,12 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
 
 def readable_problem(features_folder, dataset):
     """Why an existing dataset cannot be read as a routine reads it (a damaged or missing file), or None: its
-    arrays, index, clips and sums opened (memory-mapped: their headers and sizes, not their content)."""
+    arrays, index and clips opened (memory-mapped: their headers and sizes), and its sums checked against the
+    predictors (one pass over them)."""
     try:
         predictors, _ = load_dataset(features_folder, dataset)
         load_clip_ids(features_folder, dataset, predictors)
-        load_item_sums(features_folder, dataset, predictors)
+        check_item_sums(features_folder, dataset, predictors)
     except XvalError as error:
         return str(error).split(": preprocess", 1)[0]
     return None

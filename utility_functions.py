@@ -699,6 +699,22 @@ def load_item_sums(features_folder, dataset, predictors):
     return {item: feature_sums(x) for item, x in predictors.items()}
 
 
+def check_item_sums(features_folder, dataset, predictors, chunk=4096):
+    """XvalError unless a format 2 dataset's stored per-item sums are those of its predictors: every fold's
+    normalisation adds them up, so an edited or stale _sums.npy would shift every fold's inputs without a word. One
+    pass over the data, chunk examples at a time (float64 copies of a chunk, not of an item)."""
+    paths = dataset_paths(features_folder, dataset)
+    if stored_format(paths) != 2:
+        return
+    stored = load_item_sums(features_folder, dataset, predictors)
+    for item, x in predictors.items():
+        computed = sum((feature_sums(x[start:start + chunk]) for start in range(0, len(x), chunk)),
+                       np.zeros_like(stored[item]))
+        if not np.allclose(stored[item], computed, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(computed).max()))):
+            raise XvalError(f"{paths['sums']} disagrees with the predictors of item {item} (edited, or left from "
+                            f"other features?): preprocess dataset '{dataset}' again with --force")
+
+
 def damaged(path, dataset, error):
     """The XvalError of a dataset file that cannot be read."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__

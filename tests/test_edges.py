@@ -1137,11 +1137,15 @@ def test_edited_sums_or_an_index_that_moves_a_clip_to_another_item_are_refused(t
     np.save(sums, original * np.array([1000.0, 1.0])[np.newaxis, :, np.newaxis])  # sums edited: variance < 0
     with pytest.raises(XvalError, match=r"tiny_sums.npy is damaged and cannot be read .*negative variance"):
         load_item_sums(features, "tiny", load_dataset(features, "tiny")[0])
+    shifted = original.copy()
+    shifted[0, 0, 0] += 1000.0  # a sum edited within what a variance allows: a fold would normalise wrongly
+    np.save(sums, shifted)
+    config = config_with(tiny_features, tmp_path / "config", "paths", {"features_folder": str(features)})
+    routine = write_routine(tmp_path, {1: GOOD})
+    one_line_refusal(run_routine(routine, config), "tiny_sums.npy disagrees with the predictors of item 01 (edited")
     np.save(sums, original)
     index = json.loads((features / "tiny_index.json").read_text())
     index["items"][0][2] += 1  # one clip of the second item moved into the first
     index["items"][1][1] += 1
     (features / "tiny_index.json").write_text(json.dumps(index))
-    config = config_with(tiny_features, tmp_path / "config", "paths", {"features_folder": str(features)})
-    routine = write_routine(tmp_path, {1: GOOD})
     one_line_refusal(run_routine(routine, config), "dataset files disagree with ")
