@@ -674,8 +674,9 @@ def fold_main(job_path, loaded=None):
     except KeyboardInterrupt:
         print(f"{ERROR_PREFIX}interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return INTERRUPTED_EXIT
-    except XvalError as error:
-        traceback.print_exc()
+    except XvalError as error:  # a refusal says all in its line: no traceback (XVAL_DEBUG=1 shows one)
+        if os.environ.get("XVAL_DEBUG"):
+            traceback.print_exc()
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
         return 1
     except Exception as error:  # an unexpected failure: full traceback in the log, one line for the routine
@@ -762,6 +763,10 @@ def main(argv=None):
         return EXIT_DONE
     if len(argv) != 1:
         print(f"{ERROR_PREFIX}{usage}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not Path(argv[0]).is_file():
+        print(f"{ERROR_PREFIX}job file {argv[0]} does not exist: pass a fold's job file, "
+              "{experiment}/logs/{dataset}_exp{N}_run{R}_fold{F}.job.json", file=sys.stderr)
         return EXIT_REFUSED
     return fold_main(argv[0])
 

@@ -124,8 +124,10 @@ _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds")
 
 
 def config_path_in_use(path=None):
-    """The config.ini to read: the argument, else $XVAL_CONFIG, else the one next to this file."""
-    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
+    """The config.ini to read: the argument, else $XVAL_CONFIG, else the one next to this file (~ and $VARIABLES
+    expanded, as in every path xval reads)."""
+    given = path or os.environ.get(CONFIG_ENV_VAR)
+    return (expand_path(given, "config file" if path else CONFIG_ENV_VAR) if given else DEFAULT_CONFIG_PATH).resolve()
 
 
 def expand_path(raw, where):
@@ -174,6 +176,8 @@ def load_config(path=None, sections=None):
     Raises XvalError naming the file, section and key of the first problem.
     """
     path = config_path_in_use(path)
+    if path.is_dir():
+        raise XvalError(f"config file {path} is a folder: give the path of its config.ini")
     if not path.is_file():
         raise XvalError(f"config file {path} does not exist: restore config.ini from git or set {CONFIG_ENV_VAR}")
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)

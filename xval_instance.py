@@ -371,22 +371,39 @@ def launch(settings, argv, routine_file):
     return executor.run(plan)
 
 
-def run_routine(description, gpu_ID, dataset, num_experiment, num_folds, experiment_folder, overwrite_results,
-                debug_mode, experiment_dict, argv=None):
+ROUTINE_SETTINGS = ("description", "gpu_ID", "dataset", "num_experiment", "num_folds", "experiment_folder",
+                    "overwrite_results", "debug_mode", "experiment_dict")
+
+
+def check_routine_call(settings):
+    """The keywords a routine script passed to run_routine: XvalError naming an unknown one (a typo) or the missing
+    ones, instead of Python's TypeError traceback."""
+    from parameters import closest
+    unknown = [name for name in settings if name not in ROUTINE_SETTINGS]
+    if unknown:
+        raise XvalError(f"run_routine(...) got {unknown[0]} = {settings[unknown[0]]!r}, which is not a routine "
+                        f"setting: {closest(unknown[0], ROUTINE_SETTINGS)}")
+    missing = [name for name in ROUTINE_SETTINGS if name not in settings]
+    if missing:
+        raise XvalError(f"run_routine(...) lacks {', '.join(missing)}: pass every setting as "
+                        "xval_routine_example.py does")
+    return settings
+
+
+def run_routine(argv=None, **settings):
     """Run a routine script's instances; exits the process: 0 every selected instance is complete, 1 one failed,
     2 refused (one line; nothing trained), 3 some were left to another process running them, 4 an error of xval or
     the machine, 130 interrupted (README: exit codes).
 
-    The keyword arguments are the routine script's settings of the same names (gpu_ID: a device number, -1 for
-    the CPU, or a list of them: one worker each); argv defaults to sys.argv[1:] (see parse_command_line).
+    The keyword arguments are the routine script's settings of the same names, ROUTINE_SETTINGS (gpu_ID: a device
+    number, -1 for the CPU, or a list of them: one worker each); argv defaults to sys.argv[1:] (see
+    parse_command_line).
     Parameter strings come only from experiment_dict, i.e. from the user's own routine file.
     """
-    settings = {"description": description, "gpu_ID": gpu_ID, "dataset": dataset, "num_experiment": num_experiment,
-                "num_folds": num_folds, "experiment_folder": experiment_folder,
-                "overwrite_results": overwrite_results, "debug_mode": debug_mode, "experiment_dict": experiment_dict}
     argv = sys.argv[1:] if argv is None else list(argv)
     routine_file = getattr(sys.modules.get("__main__"), "__file__", None) or "routine.py"
-    code = exit_on_user_error(lambda: launch(settings, argv, routine_file), debug=debug_mode is True)
+    code = exit_on_user_error(lambda: launch(check_routine_call(settings), argv, routine_file),
+                              debug=settings.get("debug_mode") is True)
     raise SystemExit(code)
 
 

@@ -555,6 +555,29 @@ def test_environment_variables_in_paths_are_expanded_and_an_unset_one_is_refused
     assert not (tmp_path / "$XVAL_TEST_SCRATCH").exists()
 
 
+def test_a_typo_in_run_routine_a_config_path_with_a_variable_and_a_missing_job_file(tiny_features, tmp_path,
+                                                                                     monkeypatch):
+    routine = write_routine(tmp_path, {1: GOOD})
+    typo = tmp_path / "typo.py"
+    typo.write_text(routine.read_text().replace("overwrite_results=overwrite_results",
+                                                "overwrite_result=overwrite_results"))
+    one_line_refusal(run_routine(typo, tiny_features["config_path"], "--status"),
+                     "run_routine(...) got overwrite_result = False, which is not a routine setting: did you mean "
+                     "overwrite_results?")
+    monkeypatch.setenv("XVAL_TEST_CONFIGS", str(Path(tiny_features["config_path"]).parent))
+    environment = dict(routine_environment(tiny_features["config_path"]), XVAL_CONFIG="$XVAL_TEST_CONFIGS/config.ini")
+    status = subprocess.run([sys.executable, str(routine), "--status"], capture_output=True, text=True,
+                            env=environment, timeout=300)
+    assert status.returncode == 0 and "holds no experiment yet" in status.stdout, status.stderr
+    folder = subprocess.run([sys.executable, str(routine), "--status"], capture_output=True, text=True, timeout=300,
+                            env=dict(environment, XVAL_CONFIG=str(tmp_path)))
+    one_line_refusal(folder, f"config file {tmp_path} is a folder: give the path of its config.ini")
+    job = subprocess.run([sys.executable, str(REPO / "training.py"), str(tmp_path / "missing.job.json")],
+                         capture_output=True, text=True, timeout=300, env=environment)
+    assert job.returncode == 2 and job.stderr.strip() == f"xval-error: job file {tmp_path / 'missing.job.json'} " \
+        "does not exist: pass a fold's job file, {experiment}/logs/{dataset}_exp{N}_run{R}_fold{F}.job.json", job.stderr
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 12. A view needs nothing but to read
 
