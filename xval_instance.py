@@ -36,7 +36,7 @@ from executors import (DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sec
                        run_search_task)
 from foldjob import fold_state, read_if_readable  # noqa: E402
 from layout import Layout  # noqa: E402
-from plan import accept, make_plan  # noqa: E402
+from plan import accept, check_live_claims, make_plan  # noqa: E402
 from search import is_search, lost_trials, parse_search, search_status_line  # noqa: E402
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path,  # noqa: E402
                                load_config, parse_config_value)
@@ -271,9 +271,15 @@ def status_plan(settings, config, selected, experiment_dir):
     """(the plan a run of the selected instances would make now, None) or (None, the line it would refuse with):
     every reuse check a run makes, read-only, so that --status never calls done what a run refuses or retrains."""
     try:
-        return make_plan(settings, config, selected, experiment_dir, claims=False), None
+        plan = make_plan(settings, config, selected, experiment_dir, claims=False)
     except XvalError as error:
         return None, str(error)
+    try:  # a fold trained now by another routine with other parameters: a run refuses, the fold lines show it running
+        for planned in plan.instances:
+            check_live_claims(plan.layout, planned, plan.claim_grace)
+    except XvalError as error:
+        return plan, str(error)
+    return plan, None
 
 
 def print_status(settings, config, selected, routine_file):

@@ -1060,11 +1060,14 @@ def test_a_routine_giving_an_instance_other_parameters_while_another_trains_it_i
             assert running.poll() is None, "routine a ended before its first epoch"
             time.sleep(0.05)  # polling for routine a's first epoch
         refused = run_routine(other, tiny_features["config_path"], 1, 1, -1)
+        status = run_routine(other, tiny_features["config_path"], "--status", 1, 1)
     finally:
         os.killpg(running.pid, signal.SIGINT)
         running.wait(timeout=300)
     one_line_refusal(refused, "instance 1: fold 1 is being trained now by ")
     assert "with other parameters (learning_rate differ)" in refused.stderr
+    assert "xval: a run of these instances would now refuse: instance 1: fold 1 is being trained now by " in \
+        status.stdout and "  fold 1: running on " in status.stdout, status.stdout
     assert not list((tmp_path / "experiments" / "experiment_1" / "results").rglob("*fold2.json"))
 
 
