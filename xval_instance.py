@@ -264,7 +264,8 @@ def changed_since(layout, instance, strings, config, settings):
         return None
     if parameter_hash(parameters, layout.dataset, settings["num_folds"]) == recorded["parameter_hash"]:
         return None
-    return changed_parameters(recorded.get("parameters") or {}, parameters) or ["the dataset or num_folds"]
+    return changed_parameters(recorded.get("parameters") or {}, parameters) or [
+        "the dataset, num_folds or the parameter_hash its results JSON records"]
 
 
 def status_plan(settings, config, selected, experiment_dir):
@@ -310,7 +311,8 @@ def print_status(settings, config, selected, routine_file):
                 print(f"instance {instance}: trial {instance - key} finished, but its results "
                       f"{layout.instance(instance).result.name} are missing (deleted?): a run refuses until they are "
                       "restored")
-        changed = None if is_search(strings) else changed_since(layout, key, strings, config, settings)
+        changed = None if is_search(strings) or settings["overwrite_results"] else \
+            changed_since(layout, key, strings, config, settings)
         for instance in instances:
             recorded = read_if_readable(layout.instance(instance).result)
             if isinstance(recorded, dict) and recorded.get("status") == "repeat":
