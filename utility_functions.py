@@ -67,7 +67,7 @@ def exit_on_user_error(main, debug=False):
     """Run main(); turn an XvalError into one line on stderr and EXIT_REFUSED, unless debug (or $XVAL_DEBUG).
 
     Any other exception is a bug of xval or a failure of the machine: one line too, EXIT_ERROR, and the hint to
-    see its traceback. Ctrl-C exits with EXIT_INTERRUPTED.
+    see its traceback. Ctrl-C, or the output's pipe closed by its reader, exits with EXIT_INTERRUPTED.
     """
     debug = debug or bool(os.environ.get("XVAL_DEBUG"))
     try:
@@ -79,6 +79,10 @@ def exit_on_user_error(main, debug=False):
         raise SystemExit(EXIT_REFUSED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # the reader of its output went away (| head): stopped from outside, not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        print("stopped: its output was closed (a pipe's reader ended, e.g. | head)", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     except Exception as error:
         if debug:

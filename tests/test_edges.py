@@ -578,6 +578,18 @@ def test_a_typo_in_run_routine_a_config_path_with_a_variable_and_a_missing_job_f
         "does not exist: pass a fold's job file, {experiment}/logs/{dataset}_exp{N}_run{R}_fold{F}.job.json", job.stderr
 
 
+def test_output_piped_into_a_reader_that_ends_stops_with_one_line_not_a_bug(finished):
+    """`--status | head -1`: the reader's end is closed before the routine writes (as head does once it has its
+    line), so the write fails however fast the machine is."""
+    process = subprocess.Popen([sys.executable, str(finished["routine"]), "--status"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=routine_environment(finished["config"]),
+                               cwd=str(finished["folder"]))
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 130 and stderr.strip() == \
+        "stopped: its output was closed (a pipe's reader ended, e.g. | head)", stderr
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 12. A view needs nothing but to read
 
