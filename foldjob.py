@@ -25,7 +25,8 @@ from layout import Layout, weights_path
 from parameters import as_recorded, parameters_text
 from registries import MAIN_METRIC
 from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, atomic_write_text, claim,
-                               dataset_file_stats, file_mutex, heartbeat, heartbeat_age, heartbeat_interval,
+                               dataset_file_stats, file_mutex, file_sha256, heartbeat, heartbeat_age,
+                               heartbeat_interval,
                                load_config, lock_owner_alive, mean_and_std, read_json, release, slurm_job_id,
                                to_jsonable)
 
@@ -51,8 +52,12 @@ def fold_result_problem(path, result, expected, experiment_dir):
         return f"{path} was trained on other features than the dataset files hold now (preprocessed again since?)"
     if any(result.get(key) != expected[key] for key in expected if key.endswith("_items")):
         return f"{path} was trained on another split than folds.json's"
-    if not (Path(experiment_dir) / str(result.get("model_file"))).is_file():
+    model = Path(experiment_dir) / str(result.get("model_file"))
+    if not model.is_file():
         return f"{path} names the model {result.get('model_file')}, which is missing"
+    if result.get("model_sha256") and file_sha256(model) != result["model_sha256"]:  # recorded since 2026-12-04
+        return (f"{path} names the model {result.get('model_file')}, which changed since it was trained (cut short, "
+                "or replaced by another file?)")
     return None
 
 

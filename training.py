@@ -56,8 +56,8 @@ from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
 from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
-                               dataset_file_stats, feature_sums, load_clip_ids, load_dataset, load_item_sums, read_json,
-                               temp_path_for, to_jsonable, writing)
+                               dataset_file_stats, feature_sums, file_sha256, load_clip_ids, load_dataset,
+                               load_item_sums, read_json, temp_path_for, to_jsonable, writing)
 
 CARD_DATASET = "xval_card"  # the HDF5 dataset, inside every model file xval saves, that holds the model's card
 CARD_FORMAT = 1
@@ -642,6 +642,7 @@ def run_fold(job, loaded=None):
               "best_epoch": len(history.history["loss"]) if final else best.best_epoch,
               "epochs_run": len(history.history["loss"]),
               "monitor": monitor, "monitor_mode": mode, "model_file": model_file,
+              "model_sha256": file_sha256(model_path),  # a reuse checks the model is the one trained
               "normalisation": {"mean": mean.tolist(), "variance": variance.tolist()},
               "predictions": {}, "confusion_matrix": {}}
     del batches, x_train, y_train

@@ -723,6 +723,15 @@ def check_item_sums(features_folder, dataset, predictors, chunk=4096):
                             f"other features?): preprocess dataset '{dataset}' again with --force")
 
 
+def file_sha256(path, piece=1 << 24):
+    """SHA-256 (hex) of a file's bytes, read 16 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(piece):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def damaged(path, dataset, error):
     """The XvalError of a dataset file that cannot be read."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -1123,6 +1123,20 @@ def test_status_says_when_folds_json_or_the_dataset_changed_since_a_fold_was_tra
     assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
 
 
+def test_a_fold_model_cut_short_is_not_reused(finished, tmp_path):
+    experiment = copied(finished, tmp_path)
+    model = experiment["dir"] / "models" / "model_tiny_exp1_run2_fold2.hdf5"
+    model.write_bytes(model.read_bytes()[:2000])
+    before = experiment_files(experiment["dir"])
+    status = run_routine(experiment["routine"], experiment["config"], "--status")
+    assert "would now refuse: instance 2: " in status.stdout and "which changed since it was trained" in \
+        status.stdout, status.stdout
+    refused = run_routine(experiment["routine"], experiment["config"])
+    one_line_refusal(refused, "names the model models/model_tiny_exp1_run2_fold2.hdf5, which changed since it was "
+                              "trained (cut short, or replaced by another file?)")
+    assert experiment_files(experiment["dir"]) == before
+
+
 def test_status_says_what_a_run_would_do_after_the_checks_a_run_makes(finished, tiny_features, tmp_path):
     """--status makes the plan a run would make (read-only): it never calls done what a run refuses or retrains,
     and a fold the run's checks accept is done without guesses."""
