@@ -195,6 +195,18 @@ def queued_fold_jobs(layout):
     return queued
 
 
+def check_queued_parameters(plan, queued):
+    """XvalError when a missing fold job of the plan is queued (queued_fold_jobs) with other parameters: that array
+    task would train those."""
+    for planned, fold in plan.missing_jobs():
+        name = f"run{planned.instance}_fold{fold['fold']}"
+        array, queued_job = queued.get(name, (None, None))
+        if isinstance(queued_job, dict) and queued_job.get("parameter_hash") not in (None, planned.hash):
+            raise XvalError(f"fold job {name} is queued in SLURM array {array} with other parameters "
+                            f"({differing_parameters(queued_job, planned)} differ): scancel {array} first, then "
+                            "submit again")
+
+
 class SlurmExecutor(Executor):
     """The fold jobs as the tasks of a SLURM job array (see the module docstring)."""
     name = "slurm"
@@ -221,6 +233,15 @@ class SlurmExecutor(Executor):
                                 f"config.ini or with --{key}; sbatch would silently use the cluster's default")
         sbatch_command()
 
+    @classmethod
+    def plan_refusal(cls, plan):
+        """--status: the line validate() would refuse plan with because of the arrays SLURM holds, or None."""
+        try:
+            check_queued_parameters(plan, queued_fold_jobs(plan.layout))
+        except XvalError as error:
+            return str(error)
+        return None
+
     def validate(self, plan):
         """What will be submitted, checked by sbatch --test-only before anything is written: the fold jobs still
         missing and not queued in an earlier submission's array, and the scripts' resources."""
@@ -229,12 +250,7 @@ class SlurmExecutor(Executor):
                    for planned, fold in plan.missing_jobs()}
         self.jobs = [job for name, job in missing.items() if name not in queued]
         self.queued = {name: array for name, (array, _) in queued.items() if name in missing}
-        for name in self.queued:  # queued with the parameters of an earlier submission: they would train those
-            queued_job, planned = queued[name][1], missing[name][0]
-            if isinstance(queued_job, dict) and queued_job.get("parameter_hash") not in (None, planned.hash):
-                raise XvalError(f"fold job {name} is queued in SLURM array {self.queued[name]} with other parameters "
-                                f"({differing_parameters(queued_job, planned)} differ): scancel "
-                                f"{self.queued[name]} first, then submit again")
+        check_queued_parameters(plan, queued)
         self.folder = plan.layout.submission(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
         command_line = " ".join(["python3", Path(self.routine_file).name, *self.argv])
         self.scripts = {"folds.sbatch": fold_array_script(plan, slurm, self.folder / "fold_jobs.json",

@@ -40,7 +40,8 @@ class Executor:
     The facade calls, in order: check() (refuse before anything is written, e.g. a scheduler that is not there),
     warm_up(backend) (start what takes long while the plan is made), then run(plan) -> exit code, or abort() when
     the plan was refused.
-    status_lines(layout) adds the scheduler's own lines to --status.
+    status_lines(layout) adds the scheduler's own lines to --status, plan_refusal(plan) what its validate() would
+    refuse from its queue.
     """
     name = None
     section = None
@@ -72,6 +73,12 @@ class Executor:
     @staticmethod
     def status_lines(layout):
         return []
+
+    @classmethod
+    def plan_refusal(cls, plan):
+        """--status: the line this executor's validate() would refuse plan with, from what it can read without
+        submitting anything (its queue), or None."""
+        return None
 
 
 def executor_class(name):

@@ -362,6 +362,26 @@ def make_pruner(search):
     return optuna.pruners.NopPruner()
 
 
+def changed_search_problem(layout, search):
+    """--status, read-only: open_study's refusal when the search's journal holds trials of another search (its
+    space, sampler, pruner or trials changed), or None (no journal yet, or the same search)."""
+    import optuna
+    paths = layout.search(search.key)
+    if not paths.journal.is_file():
+        return None
+    storage = journal_storage(paths)
+    name = f"run{search.key}"
+    if name not in {study.study_name for study in storage.get_all_studies()}:
+        return None
+    study = optuna.load_study(study_name=name, storage=storage)
+    recorded, wanted = study.user_attrs.get("xval_search"), json.loads(json.dumps(search.spec()))
+    if recorded is None or recorded == wanted or not study.get_trials(deepcopy=False):
+        return None
+    changed = [key for key in wanted if recorded.get(key) != wanted[key]]
+    return (f"search {search.key}: {paths.journal} holds the trials of another search ({', '.join(changed)} "
+            "changed): restore the search's strings, or give the new search another key or num_experiment")
+
+
 def open_study(layout, search, task_type):
     """The search's Optuna study, made on first use; XvalError when its journal was made with another search."""
     import optuna
@@ -378,10 +398,7 @@ def open_study(layout, search, task_type):
     if recorded is None or (recorded != wanted and not study.get_trials(deepcopy=False)):
         study.set_user_attr("xval_search", search.spec())  # new, or changed before any trial ran: nothing is lost
     elif recorded != wanted:
-        changed = [key for key in wanted if recorded.get(key) != wanted[key]]
-        raise XvalError(f"search {search.key}: {paths.journal} holds the trials of another search "
-                        f"({', '.join(changed)} changed): restore the search's strings, or give the new search another "
-                        "key or num_experiment")
+        raise XvalError(changed_search_problem(layout, search))
     return study
 
 

@@ -37,7 +37,7 @@ from executors import (DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sec
 from foldjob import fold_state, read_if_readable  # noqa: E402
 from layout import Layout  # noqa: E402
 from plan import accept, check_live_claims, make_plan  # noqa: E402
-from search import is_search, lost_trials, parse_search, search_status_line  # noqa: E402
+from search import changed_search_problem, is_search, lost_trials, parse_search, search_status_line  # noqa: E402
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path,  # noqa: E402
                                load_config, parse_config_value)
 
@@ -280,7 +280,9 @@ def status_plan(settings, config, selected, experiment_dir):
             check_live_claims(plan.layout, planned, plan.claim_grace)
     except XvalError as error:
         return plan, str(error)
-    return plan, None
+    problems = [changed_search_problem(plan.layout, planned.search) for planned in plan.searches] + \
+        [executor_class(name).plan_refusal(plan) for name in EXECUTORS]  # a search's journal, a scheduler's queue
+    return plan, next((problem for problem in problems if problem), None)
 
 
 def print_status(settings, config, selected, routine_file):

@@ -146,9 +146,12 @@ def test_a_changed_search_is_refused_on_a_journal_made_by_another(killed_and_rer
     text = routine.read_text().replace("choice(0.003, 0.001)", "choice(0.003, 0.002)")
     changed = routine.with_name("changed.py")
     changed.write_text(text)
+    status = run_routine(changed, killed_and_rerun["config"], "--status")
     refused = run_routine(changed, killed_and_rerun["config"])
     assert refused.returncode == 2
     assert "holds the trials of another search (space changed)" in refused.stderr, refused.stderr
+    assert "xval: a run of these instances would now refuse: search " in status.stdout and \
+        "holds the trials of another search (space changed)" in status.stdout, status.stdout
 
 
 def test_two_routines_sharing_a_journal_never_run_the_same_trial(tiny_features, tmp_path):

@@ -295,6 +295,9 @@ def test_fold_jobs_queued_with_other_parameters_are_refused_with_a_scancel_hint(
     try:
         changed = write_routine(tmp_path, {1: instance("held", "num_epochs = 1", "learning_rate = 0.01")},
                                 num_folds=2)
+        status = xval(changed, config, "--status")
+        assert f"would now refuse: fold job run1_fold1 is queued in SLURM array {record['array_job']} with other " \
+            "parameters" in status.stdout, status.stdout
         refused = xval(changed, config, "--slurm")  # the queued tasks would train the old parameters
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
             f"error: fold job run1_fold1 is queued in SLURM array {record['array_job']} with other parameters "
