@@ -551,7 +551,7 @@ def changed_files(was, now):
     found = []
     for name in sorted(set(was) | set(now)):
         if name not in now:
-            found.append(f"input file {name} is gone")
+            found.append(f"input file {name} is no longer among the inputs")
         elif name not in was:
             found.append(f"new input file {name}")
         elif was[name][0] != now[name][0]:
@@ -578,7 +578,7 @@ def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, ta
         differences.append(f"target {metadata['target_kind']} -> {target_kind}")
     if class_names not in (None, metadata.get("class_names")):
         differences.append(f"classes {metadata.get('class_names')} -> {class_names}")
-    if isinstance(metadata.get("input_files"), list):
+    if isinstance(metadata.get("input_files"), list) and metadata.get("source") == source:  # else other roots
         differences += changed_files(metadata["input_files"], stats)
     return differences or ["the table (files, labels, foldable items) or the input files (names, sizes, "
                            "modification times)"]

@@ -176,7 +176,7 @@ def test_rerun_reuses_unless_inputs_settings_or_force_change(corpus, small_confi
     with pytest.raises(XvalError, match=rf"input file {re.escape(name)} has a new modification time \(the same size"):
         prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
     touched.unlink()
-    with pytest.raises(XvalError, match=rf"input file {re.escape(name)} is gone"):
+    with pytest.raises(XvalError, match=rf"input file {re.escape(name)} is no longer among the inputs"):
         prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, quiet=True)
     changed = prep.preprocess(inputs, "again", small_config, feature_type="stft", jobs=1, force=True, quiet=True)
     assert not changed["reused"] and changed["bins"] == 257
