@@ -49,8 +49,9 @@ from tqdm import tqdm
 
 import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
-                               check_item_sums, config_path_in_use, dataset_paths, exit_on_user_error, feature_sums,
-                               file_mutex, files_under, load_clip_ids, load_config, load_dataset, read_json,
+                               check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
+                               exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
+                               load_dataset, read_index_file, read_json,
                                remove_stale_temp_files, stored_format, temp_path_for, unwritable, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
@@ -511,12 +512,24 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
             for kind in ("predictors_npz", "target_npz", "clips_npz") + (() if windows else ("clips",)):
                 paths[kind].unlink(missing_ok=True)
             atomic_write_json(paths["metadata"], metadata)
-            atomic_write_json(paths["index"], {"format": STORAGE_FORMAT, "examples": first, "items": spans,
-                                               "windows": windows})
+            index = {"format": STORAGE_FORMAT, "examples": first, "items": spans, "windows": windows}
+            atomic_write_json(paths["index"], dict(index, dataset_fingerprint=written_fingerprint(paths, index)))
     finally:
         for temp in temps.values():
             with contextlib.suppress(OSError):
                 temp.unlink()
+
+
+def written_fingerprint(paths, index):
+    """utility_functions.dataset_fingerprint of the arrays just put in place under paths (index: the index about
+    to be written, whose spans name the items): recorded in the index, so that a rerun notices arrays edited since.
+    One pass over the memory-mapped arrays."""
+    arrays = {kind: np.load(paths[kind], mmap_mode="r") for kind in ("predictors", "target")}
+    clips = np.load(paths["clips"], mmap_mode="r") if index["windows"] else None
+    views = [{item: array[first:end] for item, first, end in index["items"]} for array in arrays.values()]
+    ids = {item: clips[first:end] for item, first, end in index["items"]} if index["windows"] else \
+        {item: np.arange(end - first, dtype=np.int32) for item, first, end in index["items"]}
+    return dataset_fingerprint(*views, ids)
 
 
 def readable_problem(features_folder, dataset):
@@ -524,11 +537,14 @@ def readable_problem(features_folder, dataset):
     arrays, index and clips opened (memory-mapped: their headers and sizes), and its sums checked against the
     predictors (one pass over them)."""
     try:
-        predictors, _ = load_dataset(features_folder, dataset)
-        load_clip_ids(features_folder, dataset, predictors)
+        predictors, targets = load_dataset(features_folder, dataset)
+        clip_ids = load_clip_ids(features_folder, dataset, predictors)
         check_item_sums(features_folder, dataset, predictors)
+        recorded = read_index_file(dataset_paths(features_folder, dataset), dataset).get("dataset_fingerprint")
     except XvalError as error:
         return str(error).split(": preprocess", 1)[0]
+    if recorded and dataset_fingerprint(predictors, targets, clip_ids) != recorded:
+        return "its arrays were edited since it was preprocessed (their content is not what it wrote)"
     return None
 
 

@@ -256,6 +256,9 @@ def test_windows_cover_every_clip_and_a_routine_scores_clips_not_windows(corpus,
         np.testing.assert_array_equal(clip_ids[item], np.repeat(np.arange(len(records)), expected))
         assert len(predictors[item]) == len(targets[item]) == sum(expected)
     assert predictors["spk1"].shape[1] == 1 + window // 256
+    from utility_functions import dataset_fingerprint  # what the index records is what a routine computes
+    assert json.loads(paths["index"].read_text())["dataset_fingerprint"] == dataset_fingerprint(predictors, targets,
+                                                                                                clip_ids)
 
     routine = write_routine(tmp_path, {1: instance("windows", "num_epochs = 1")}, dataset="windows", num_folds=2)
     completed = run_routine(routine, config_path)
@@ -434,6 +437,29 @@ def test_a_damaged_dataset_is_computed_again_by_a_rerun_not_reused(corpus, small
         capsys.readouterr().out
     predictors, _ = load_dataset(folder, "truncated")
     assert sum(len(x) for x in predictors.values()) == summary["clips"]
+
+
+def test_arrays_edited_after_preprocessing_are_computed_again_by_a_rerun(corpus, small_config, capsys):
+    """The index records the fingerprint of what preprocessing wrote (the one a routine computes); a rerun whose
+    inputs are unchanged but whose arrays are not what it wrote (a label edited by hand) computes them again."""
+    from utility_functions import dataset_fingerprint, load_clip_ids
+    build_from_csv(corpus["root"] / "corpus.csv", small_config, "edited")
+    folder = load_config(small_config)["paths"]["features_folder"]
+    paths = dataset_paths(folder, "edited")
+    predictors, targets = load_dataset(folder, "edited")
+    written = dataset_fingerprint(predictors, targets, load_clip_ids(folder, "edited", predictors))
+    assert json.loads(paths["index"].read_text())["dataset_fingerprint"] == written
+    capsys.readouterr()
+    assert build_from_csv(corpus["root"] / "corpus.csv", small_config, "edited")["reused"]
+    target = np.load(paths["target"])
+    target[0] = np.roll(target[0], 1)  # clip 0 relabelled: still a one-hot row
+    np.save(paths["target"], target)
+    capsys.readouterr()
+    summary = build_from_csv(corpus["root"] / "corpus.csv", small_config, "edited")
+    assert not summary["reused"] and "edited: inputs and settings unchanged, but its arrays were edited since it " \
+        "was preprocessed" in capsys.readouterr().out
+    predictors, targets = load_dataset(folder, "edited")
+    assert dataset_fingerprint(predictors, targets, load_clip_ids(folder, "edited", predictors)) == written
 
 
 def test_a_second_preprocessing_of_the_same_name_commits_only_after_the_first(corpus, small_config):
