@@ -834,8 +834,9 @@ def summary_text(summary, feature_type, source, kinds):
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
                  f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
     identical = summary.get("identical_audio") or []
-    for names in identical[:LISTED_PER_KIND]:
-        lines.append(f"  WARNING: identical audio in {'; '.join(names)}: if they are one recording under two "
+    for names in identical[:LISTED_PER_KIND]:  # a group can be large (a corpus copied 200 times): three rows of it
+        shown = "; ".join(names[:3]) + (f"; and {len(names) - 3} more rows" if len(names) > 3 else "")
+        lines.append(f"  WARNING: identical audio in {shown}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
     if len(identical) > LISTED_PER_KIND:
         lines.append(f"  WARNING: ... and {len(identical) - LISTED_PER_KIND} more groups of identical audio (all "
