@@ -128,7 +128,7 @@ def build_job(plan, planned, fold, threads, **extra):
             "model_path": str(paths.model), "model_file": layout.relative(paths.model),
             "result_path": str(paths.result), "initial_model_path": planned.initial_models.get(number),
             "threads": threads, "overwrite_before": plan.created if plan.overwrite else None,
-            "claim_grace": plan.claim_grace, "card": model_card(plan, planned),
+            "claim_grace": plan.claim_grace, "card": model_card(plan, planned), "debug": plan.debug,
             "tensorboard_dir": str(paths.tensorboard) if planned.parameters.get("tensorboard") else None,
             "record": instance_record(plan, planned), **extra}
 
@@ -272,10 +272,11 @@ def attempt(job, launch):
                                                "instance another number")
                 return Attempt("done", result, collect_instance(layout, instance, job["record"]))
             atomic_write_json(paths.job, job)  # only now: a fold job file describes the attempt that trained it
-            atomic_write_text(layout.instance(instance).parameters,
-                              parameters_text(instance, job["parameters"],
-                                              job["record"]["base"].get("parameter_strings", []),
-                                              job["parameter_hash"]))
+            with file_mutex(layout.instance(instance).mutex):  # its other folds may start now, on other workers
+                atomic_write_text(layout.instance(instance).parameters,
+                                  parameters_text(instance, job["parameters"],
+                                                  job["record"]["base"].get("parameter_strings", []),
+                                                  job["parameter_hash"]))
             paths.failure.unlink(missing_ok=True)
             code, error_line = launch(paths.job, paths.log)
             if code == 0 and result_path.exists():

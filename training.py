@@ -670,13 +670,15 @@ def run_fold(job, loaded=None):
 def fold_main(job_path, loaded=None):
     """Run the fold of job_path; returns the exit code: 0 done, 1 failed (after an `xval-error:` line),
     INTERRUPTED_EXIT stopped by Ctrl-C (SIGINT): not a failure of the fold."""
+    job = {}
     try:
-        result = run_fold(read_json(job_path), loaded)
+        job = read_json(job_path)
+        result = run_fold(job, loaded)
     except KeyboardInterrupt:
         print(f"{ERROR_PREFIX}interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return INTERRUPTED_EXIT
-    except XvalError as error:  # a refusal says all in its line: no traceback (XVAL_DEBUG=1 shows one)
-        if os.environ.get("XVAL_DEBUG"):
+    except XvalError as error:  # a refusal says all in its line: its traceback only with debug_mode or XVAL_DEBUG=1
+        if (isinstance(job, dict) and job.get("debug")) or os.environ.get("XVAL_DEBUG"):
             traceback.print_exc()
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr, flush=True)
         return 1

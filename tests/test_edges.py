@@ -182,7 +182,8 @@ def test_a_results_file_on_another_dataset_is_skipped_by_every_view_and_by_use_m
     assert f"{renamed} is named for dataset 'c104' but holds results on 'tiny'" in err
     assert use_model.instance_result(experiment["dir"], 1)[0] == genuine
     with pytest.raises(XvalError, match=r"results_other_exp1_run3.json holds results of instance 3 on dataset "
-                                        r"'other', but this experiment's folds are on 'tiny'$"):
+                                        r"'other', but this experiment's folds are on 'tiny': move it to its own "
+                                        r"experiment folder$"):
         use_model.instance_result(experiment["dir"], 3)
 
 
@@ -1010,7 +1011,8 @@ def test_ctrl_c_while_a_routine_imports_the_engine_exits_130_without_a_traceback
     environment = routine_environment(tiny_features["config_path"])
     environment["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{environment['PYTHONPATH']}"
     completed = subprocess.run([sys.executable, str(routine)], capture_output=True, text=True, env=environment,
-                               timeout=300)
+                               timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (SIG_DFL: a pytest-xdist worker ignores SIGINT, and a child would inherit that; a user's shell does not)
     assert completed.returncode == EXIT_INTERRUPTED and completed.stderr.strip() == "interrupted", completed.stderr
     assert not (tmp_path / "experiments").exists()
 

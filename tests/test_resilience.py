@@ -163,8 +163,9 @@ def test_a_fold_trained_on_other_features_is_not_reused(tiny_features, tmp_path)
     for name in ("results/folds/results_tiny_exp1_run1_fold3.json", "models/model_tiny_exp1_run1_fold3.hdf5",
                  "results/results_tiny_exp1_run1.json"):
         (experiment_dir / name).unlink()  # as if killed before fold 3
-    path = tmp_path / "features" / "tiny_predictors.npy"
-    np.save(path, np.load(path)[:, :, :20])  # preprocessed again: 20 bands
+    path, sums = tmp_path / "features" / "tiny_predictors.npy", tmp_path / "features" / "tiny_sums.npy"
+    np.save(path, np.load(path)[:, :, :20])  # preprocessed again: 20 bands (and their sums, as preprocessing writes)
+    np.save(sums, np.load(sums)[:, :, :20])
     before = experiment_files(experiment_dir)
     refused = run_routine(routine, config)
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -284,8 +285,6 @@ def test_a_claim_of_another_host_whose_heartbeat_stopped_is_taken_over(tiny_feat
         lock.write_text(json.dumps({"host": host, "pid": 4242, "since": "2026-12-01 09:00:00", "slurm_job": None}))
     an_hour_ago = crashed.stat().st_mtime - 3600
     os.utime(crashed, (an_hour_ago, an_hour_ago))
-    status = run_routine(routine, config, "--status")
-    assert "fold 1: stale claim of crashed-host" in status.stdout and "fold 2: running on live-host" in status.stdout
     beating = threading.Event()
 
     def heartbeat():
@@ -293,8 +292,11 @@ def test_a_claim_of_another_host_whose_heartbeat_stopped_is_taken_over(tiny_feat
             os.utime(live)
 
     thread = threading.Thread(target=heartbeat, daemon=True)
-    thread.start()
+    thread.start()  # the live host beats from now on, however long --status takes to make its plan
     try:
+        status = run_routine(routine, config, "--status")
+        assert "fold 1: stale claim of crashed-host" in status.stdout and "fold 2: running on live-host" in \
+            status.stdout, status.stdout
         first = run_routine(routine, config)
     finally:
         beating.set()
