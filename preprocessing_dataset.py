@@ -51,7 +51,7 @@ import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
-                               load_dataset, read_index_file, read_json,
+                               load_dataset, map_array, read_index_file, read_json,
                                remove_stale_temp_files, stored_format, temp_path_for, unwritable, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
@@ -524,12 +524,12 @@ def written_fingerprint(paths, index):
     """utility_functions.dataset_fingerprint of the arrays just put in place under paths (index: the index about
     to be written, whose spans name the items): recorded in the index, so that a rerun notices arrays edited since.
     One pass over the memory-mapped arrays."""
-    arrays = {kind: np.load(paths[kind], mmap_mode="r") for kind in ("predictors", "target")}
-    clips = np.load(paths["clips"], mmap_mode="r") if index["windows"] else None
-    views = [{item: array[first:end] for item, first, end in index["items"]} for array in arrays.values()]
-    ids = {item: clips[first:end] for item, first, end in index["items"]} if index["windows"] else \
-        {item: np.arange(end - first, dtype=np.int32) for item, first, end in index["items"]}
-    return dataset_fingerprint(*views, ids)
+    spans = {item: (first, end) for item, first, end in index["items"]}
+    dataset = paths["index"].name.removesuffix("_index.json")
+    predictors, targets = (map_array(paths[kind], dataset, spans) for kind in ("predictors", "target"))
+    ids = map_array(paths["clips"], dataset, spans) if index["windows"] else \
+        {item: np.arange(end - first, dtype=np.int32) for item, (first, end) in spans.items()}
+    return dataset_fingerprint(predictors, targets, ids)
 
 
 def readable_problem(features_folder, dataset):

@@ -210,11 +210,10 @@ class Exporter:
 
     def ensure(self, record, parent_id=None, artifacts=()):
         """The id of the run holding record under parent_id: kept when it already does, else made (again)."""
-        content = content_of(record)
+        content, held = content_of(record), files_hash(artifacts) if artifacts else None
         found = self.find(record["key"])
         same = [run for run in found if run.data.tags.get(CONTENT_TAG) == content and
-                run.data.tags.get(PARENT_TAG) == parent_id and
-                run.data.tags.get(ARTIFACTS_TAG) == (files_hash(artifacts) if artifacts else None)]
+                run.data.tags.get(PARENT_TAG) == parent_id and run.data.tags.get(ARTIFACTS_TAG) == held]
         for run in found:
             if not same or run is not same[0]:
                 self.delete_tree(run.info.run_id)
@@ -226,7 +225,7 @@ class Exporter:
         for path in artifacts:
             self.client.log_artifact(run_id, str(path), "models" if FOLD_MODEL_PATTERN.match(path.name) else None)
         if artifacts:
-            self.client.set_tag(run_id, ARTIFACTS_TAG, files_hash(artifacts))
+            self.client.set_tag(run_id, ARTIFACTS_TAG, held)
         self.client.set_terminated(run_id, status=record.get("status", "FINISHED"))
         return run_id
 
@@ -248,10 +247,11 @@ class Exporter:
         for name, value in changed.items():
             if value is not None:
                 self.client.set_tag(run.info.run_id, name, value)
-        if artifacts and run.data.tags.get(ARTIFACTS_TAG) != files_hash(artifacts):
+        held = files_hash(artifacts) if artifacts else None
+        if held and run.data.tags.get(ARTIFACTS_TAG) != held:
             for path in artifacts:
                 self.client.log_artifact(run.info.run_id, str(path))
-            self.client.set_tag(run.info.run_id, ARTIFACTS_TAG, files_hash(artifacts))
+            self.client.set_tag(run.info.run_id, ARTIFACTS_TAG, held)
             changed[ARTIFACTS_TAG] = True
         self.counts["updated" if changed else "kept"] += 1
         return run.info.run_id

@@ -95,13 +95,18 @@ def mounting_problem():
         probe.rmdir()
 
 
+def require(problem, need):
+    """A test's outside requirement: nothing when problem is None; else a failure under CI (which provides every
+    one, so a skip there would hide a broken setup) and a skip elsewhere, both saying need."""
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {problem}: {need}")
+    if problem:
+        pytest.skip(f"{problem}: {need}")
+
+
 @pytest.fixture(scope="module")
 def mounts():
-    problem = mounting_problem()
-    if problem and os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {problem}: the read-only and full-disk tests need root")
-    if problem:
-        pytest.skip(f"{problem}: the read-only and full-disk tests need root")
+    require(mounting_problem(), "the read-only and full-disk tests need root")
 
 
 @contextlib.contextmanager
