@@ -27,6 +27,9 @@ SUMMARY_ABOUT = ("Per task type, from the complete instances' fold results: chos
                  "the best mean validation main_metric (marked best on the spreadsheet); selection_aware_test is "
                  "the mean and std over folds of the test value of the instance best on each fold's validation "
                  "items (report this for the routine); highest_test_mean is optimistic, being chosen on test.")
+BASELINE_ABOUT = (" baseline: the experiment's baseline on the same folds (a yardstick, never chosen; its file is "
+                  "results/baseline_*.json), with chosen_vs_baseline, a paired t-test of the chosen instance against "
+                  "it on the same test folds.")
 SEARCHES_ABOUT = (" searches: the same over each search's trials alone (summary), with how many trials ended in each "
                   "status (trials).")
 # pruned: a search's trial its pruner stopped; repeat: a search's trial on the point of an earlier one (repeat_of)
@@ -351,22 +354,120 @@ def routine_summary(instances, task_type):
             "instances": [{"instance": number, **means[number]} for number in complete]}
 
 
+def paired_test(first, second):
+    """(p-value or None, label) of a paired t-test of two lists of per-fold values (same folds, same order):
+    'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no (identical)' (equal on every fold: no test), 'n/a' (fewer than two
+    folds, or no p-value), 'n/a (constant difference)' (the same difference on every fold: a t-test has no variance
+    to weigh it against, and scipy's p of 0 would claim certainty)."""
+    if len(first) < 2:
+        return None, "n/a"
+    if list(first) == list(second):
+        return None, "no (identical)"
+    if np.ptp(np.subtract(first, second)) == 0:  # scipy's p would be 0: certainty from a constant difference
+        return None, "n/a (constant difference)"
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        p_value = float(scipy.stats.ttest_rel(first, second).pvalue)
+    return (None, "n/a") if math.isnan(p_value) else (p_value, "yes" if p_value < SIGNIFICANCE_LEVEL else "no")
+
+
 def significance(instances, task_type, chosen):
     """{instance id: (p-value or None, label)}: a paired t-test of each complete instance's per-fold test main metric
-    against the chosen one's. Labels: 'best' (the chosen one), 'yes' or 'no' (p < SIGNIFICANCE_LEVEL), 'no
-    (identical)' (equal on every fold: no test), 'n/a' (fewer than two paired folds); '' if not complete."""
+    against the chosen one's (paired_test's labels, 'best' for the chosen one; '' if not complete)."""
     labels, test = {i.id: (None, "") for i in instances}, fold_frame(instances, "test", MAIN_METRIC[task_type])
     for other in (test if chosen in test else ()):
         best, values = test[[chosen, other]].dropna().T.values.tolist()
-        if other == chosen or len(best) < 2 or best == values:
-            labels[other] = (None, "best" if other == chosen else "n/a" if len(best) < 2 else "no (identical)")
-            continue
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            p_value = float(scipy.stats.ttest_rel(best, values).pvalue)
-        labels[other] = (None, "n/a") if math.isnan(p_value) else (p_value, "yes" if p_value < SIGNIFICANCE_LEVEL
-                                                                   else "no")
+        labels[other] = (None, "best") if other == chosen else paired_test(best, values)
     return labels
+
+
+# ---- The baseline (baseline.py): a yardstick beside the instances, never one of them
+
+BASELINE_SCHEMA = {"task_type": TASK_TYPES.__contains__, "about": str, "dataset_fingerprint": (str, None),
+                   "folds": [{"fold": int, "train_items": list, "val_items": list, "test_items": list}],
+                   "per_fold": [{"fold": int, "chosen": dict, "metrics": {str: {str: NUMBER}}}]}
+
+
+def load_baselines(experiment_folder, instances, said=None, quiet=False):
+    """{task type: the baseline document baseline.py wrote beside the instances (Layout.baseline)}, for each task
+    type whose complete instances share a split; a document that is damaged, or was computed on another split or
+    dataset than those instances, is left out with one warning (printed unless quiet; appended to said)."""
+    baselines = {}
+    for task_type, group in by_task(instances).items():
+        complete = [instance for instance in group if instance.complete]
+        if not complete:
+            continue
+        path = Layout(experiment_folder, complete[0].dataset, complete[0].experiment).baseline(task_type)
+        problem = None
+        try:
+            document = read_json(path) if path.is_file() else None
+        except (OSError, XvalError) as error:
+            document, problem = None, f"cannot be read ({error})"
+        found = document is not None and mismatch(document, BASELINE_SCHEMA)
+        fingerprints = {fold.get("dataset_fingerprint") for fold in complete[0].folds} - {None}
+        if found:
+            problem = f"is damaged ({found[0] or 'its content'} is {str(found[1])[:60]!r})"
+        elif document is not None and split_of(document["folds"]) != split_of(complete[0].folds):
+            problem = "was computed on another split than the instances'"
+        elif document is not None and fingerprints and fingerprints != {document.get("dataset_fingerprint")}:
+            problem = "was computed on other features than the instances' (the dataset was preprocessed again)"
+        if problem:
+            message = f"{path} {problem}: the baseline is not shown; the next run of the routine computes it again"
+            if not quiet:
+                warn(message)
+            if said is not None:
+                said.append(message)
+        elif document is not None:
+            baselines[task_type] = document
+    return baselines
+
+
+def baseline_summary(document, instances, summary):
+    """What a routine summary says of its baseline document: about, mean and std over folds of every metric per
+    split (summary), per fold its hyperparameter and main-metric validation and test values, and chosen_vs_baseline:
+    the chosen instance against the baseline on the same test folds (paired_test; difference: the mean of the
+    chosen one's values minus the baseline's, positive = higher; better: whether the chosen one is better)."""
+    metric = summary["main_metric"]
+    folds = sorted(document["per_fold"], key=lambda fold: fold["fold"])
+    per_fold = [{"fold": fold["fold"], **fold["chosen"], "val": fold["metrics"].get("val", {}).get(metric),
+                 "test": fold["metrics"].get("test", {}).get(metric)} for fold in folds]
+    entry = {"model": document.get("model"), "about": document["about"], "summary": summarise_folds(folds),
+             "per_fold": per_fold,
+             "chosen_vs_baseline": None}
+    chosen = (summary.get("chosen_on_validation") or {}).get("instance")
+    if chosen is not None:
+        test = fold_frame(instances, "test", metric)[chosen]
+        pairs = [(test[fold["fold"]], fold["test"]) for fold in per_fold if fold["fold"] in test.index
+                 and fold["test"] is not None and not math.isnan(test[fold["fold"]])]
+        ours, theirs = [float(pair[0]) for pair in pairs], [float(pair[1]) for pair in pairs]
+        p_value, label = paired_test(ours, theirs)
+        difference = float(np.mean(ours) - np.mean(theirs)) if pairs else None
+        entry["chosen_vs_baseline"] = {
+            "instance": chosen, "folds": len(pairs), "p_value": p_value, "differs": label, "difference": difference,
+            "better": None if not difference else (difference > 0) == summary["higher_is_better"]}
+    return entry
+
+
+def baseline_lines(summary):
+    """The sentences on a routine summary's baseline (none without one)."""
+    entry = (summary or {}).get("baseline")
+    if not entry:
+        return []
+    main = metric_label(summary["main_metric"])
+    test = entry["summary"]["test"].get(summary["main_metric"]) or {}
+    if test.get("mean") is None:
+        return []
+    shown = f"{test['mean']:.3f}" + ("" if test.get("std") is None else f" ± {test['std']:.3f}")
+    lines = [f"Baseline ({entry['model']} on each clip's mean and std of every feature bin; a yardstick, never "
+             f"chosen): test {main} {shown} over {sum(f['test'] is not None for f in entry['per_fold'])} folds."]
+    versus = entry["chosen_vs_baseline"]
+    if versus and versus["difference"] is not None:
+        word = "better than" if versus["better"] else "worse than" if versus["better"] is False else "level with"
+        p_text = "no test" if versus["p_value"] is None else f"p = {versus['p_value']:.3g}"
+        lines.append(f"Instance {versus['instance']} (chosen) is {word} the baseline by "
+                     f"{abs(versus['difference']):.3f} {main} on the same {versus['folds']} test folds "
+                     f"(paired t-test: {p_text}; significant: {versus['differs']}).")
+    return lines
 
 
 def honest_lines(summary):
@@ -454,19 +555,28 @@ def read_routine_summary(experiment_folder, part="task_types"):
     return read_json(found[-1]).get(part, {}) if found else {}
 
 
-def routine_summaries(instances):
-    """{task type: routine_summary of its instances}."""
-    return {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
+def routine_summaries(instances, baselines=None):
+    """{task type: routine_summary of its instances}, with a "baseline" entry (baseline_summary) where baselines
+    ({task type: document}, load_baselines) holds one for it."""
+    summaries = {task_type: routine_summary(group, task_type) for task_type, group in by_task(instances).items()}
+    for task_type, document in (baselines or {}).items():
+        if summaries.get(task_type) is not None:
+            summaries[task_type]["baseline"] = baseline_summary(document, by_task(instances)[task_type],
+                                                                summaries[task_type])
+    return summaries
 
 
-def write_routine_summary(experiment_folder, instances, said=()):
-    """routine_summaries(instances), written atomically as the summary JSON of experiment_folder (named after the
-    lowest-numbered instance), with `warnings` (said: what reading the results files warned about) when any."""
-    summaries, searches = routine_summaries(instances), search_summaries(instances)
+def write_routine_summary(experiment_folder, instances, said=(), baselines=None):
+    """routine_summaries(instances, baselines), written atomically as the summary JSON of experiment_folder (named
+    after the lowest-numbered instance), with `warnings` (said: what reading the results files warned about) when
+    any."""
+    summaries, searches = routine_summaries(instances, baselines), search_summaries(instances)
     document = {"experiment": instances[0].experiment, "datasets": list(dict.fromkeys(i.dataset for i in instances)),
                 "about": SUMMARY_ABOUT, "task_types": summaries}
+    if any(summary and "baseline" in summary for summary in summaries.values()):  # only then, as searches below
+        document["about"] += BASELINE_ABOUT
     if searches:  # only then: a summary without searches reads as an earlier version wrote it, unchanged on resume
-        document.update(about=SUMMARY_ABOUT + SEARCHES_ABOUT, searches=searches)
+        document.update(about=document["about"] + SEARCHES_ABOUT, searches=searches)
     if said:  # only then, as searches
         document["warnings"] = list(said)
     atomic_write_json(Layout(experiment_folder, instances[0].dataset, instances[0].experiment).summary, document)

@@ -426,7 +426,7 @@ def print_choice(layout):
         print(f"warning: the routine's summary cannot be shown ({error})", file=sys.stderr)
         return
     for summary in summaries.values():
-        for line in collect.honest_lines(summary)[:2]:
+        for line in collect.honest_lines(summary)[:2] + collect.baseline_lines(summary):
             print(f"xval: {line}")
     for entry in searches.values():
         for line in collect.search_lines(entry):

@@ -7,6 +7,7 @@ failure record, model, result) are at one place whatever runs it:
     experiment_{N}_description.txt, folds.json, {dataset}_exp{N}_summary.json, {dataset}_exp{N}_results_spreadsheet.xlsx
     results/results_{stem}.json                 stem = {dataset}_exp{N}_run{R}: one per instance
     results/parameters/parameters_{stem}.txt
+    results/baseline_{dataset}_exp{N}_{task_type}.json   the baseline on the experiment's folds (baseline.py)
     results/folds/results_{stem}_fold{F}.json   one per fold, written as it lands
     models/model_{stem}_fold{F}.hdf5            (.weights.h5 for a model wrapping a PyTorch module)
     logs/{stem}_fold{F}.log, .job.json, .failed.json; logs/launch_{time}_{host}_{pid}.json; logs/slurm_*.out
@@ -128,6 +129,10 @@ class Layout:
                           job=self.final_folder / f"{stem}.job.json", log=self.final_folder / f"{stem}.log",
                           result=self.final_folder / f"{stem}_result.json",
                           tensorboard=self.root / "tensorboard" / f"run{instance}_final")
+
+    def baseline(self, task_type):
+        """results/baseline_{dataset}_exp{N}_{task_type}.json: the experiment's baseline (baseline.py)."""
+        return self.results / f"baseline_{self.dataset}_exp{self.experiment}_{task_type}.json"
 
     def plot(self, instance, kind):
         """plots/{stem}_{kind}.png (kind: curves, confusion)."""

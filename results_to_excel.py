@@ -25,9 +25,9 @@ import pandas as pd
 import xlsxwriter
 import xlsxwriter.exceptions
 
-from collect import (FOLD_DEFAULTS, OTHER_SPLIT, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, by_task, finite_number,
-                     honest_lines, load_instances, metric_label, routine_summaries, search_lines, search_summaries,
-                     significance, summed_confusion, write_routine_summary)
+from collect import (FOLD_DEFAULTS, OTHER_SPLIT, SIGNIFICANCE_LEVEL, STATUSES, TEST_NAME, baseline_lines, by_task,
+                     finite_number, honest_lines, load_baselines, load_instances, metric_label, routine_summaries,
+                     search_lines, search_summaries, significance, summed_confusion, write_routine_summary)
 from layout import Layout
 from plots import PLOT_DPI, make_plots, search_plots
 from registries import HIGHER_IS_BETTER, MAIN_METRIC, TASK_TYPES, metric_names
@@ -263,7 +263,23 @@ def summary_table(instances, task_type, output_path, summary):
              "label": tested[i.id][1], **{f"{split} {metric} {stat}": i.summary.get(split, {}).get(metric, {}).get(stat)
                                           for metric in metrics for split in SPLITS for stat in STATS},
              "_status": i.status} for i in instances]
+    if summary and summary.get("baseline"):
+        rows.append(baseline_row(instances, task_type, output_path, summary["baseline"], metrics))
     return columns, rows
+
+
+def baseline_row(instances, task_type, output_path, entry, metrics):
+    """The summary table's row of the baseline (collect.baseline_summary's entry): a link to its file, what it is,
+    its p-value against the chosen instance and its metrics, in grey italics and never marked best (its _status is
+    not complete)."""
+    path = Layout(instances[0].source.parent.parent, instances[0].dataset, instances[0].experiment).baseline(task_type)
+    versus = entry["chosen_vs_baseline"] or {}
+    return {"id": None, "link": Link("baseline", os.path.relpath(path, Path(output_path).parent)),
+            "comment_1": "baseline (a yardstick, never chosen)", "comment_2": entry["about"], "status": "baseline",
+            "error": None, "p_value": versus.get("p_value"), "label": versus.get("differs"),
+            **{f"{split} {metric} {stat}": entry["summary"].get(split, {}).get(metric, {}).get(stat)
+               for metric in metrics for split in SPLITS for stat in STATS},
+            "_status": "baseline", "_italic": True}
 
 
 def write_summary_sheet(workbook, formats, name, instances, task_type, output_path, summary):
@@ -277,7 +293,7 @@ def write_summary_sheet(workbook, formats, name, instances, task_type, output_pa
                           f"{', '.join(dict.fromkeys(i.dataset for i in instances))}, {task_type}{warning}",
                           f"{len(instances)} instances ({counts}), {fold_count(instances)} folds; mean and std over "
                           f"folds. Updated {time.strftime('%Y-%m-%d %H:%M')}")
-    lines = honest_lines(summary)
+    lines = honest_lines(summary) + baseline_lines(summary)
     for offset, line in enumerate(lines):
         worksheet.write_string(2 + offset, 0, line, formats(bold=offset < 2, font_color="#1F3864"))
     header_row = 3 + len(lines)
@@ -536,8 +552,9 @@ def write_spreadsheet(experiment_folder, output_path=None):
     try:
         with contextlib.ExitStack() as scratch:
             plots_root = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if read_only else experiment_folder
-            summaries = routine_summaries(instances) if read_only else write_routine_summary(experiment_folder,
-                                                                                               instances, said)
+            baselines = load_baselines(experiment_folder, instances, said, quiet=False)
+            summaries = routine_summaries(instances, baselines) if read_only else \
+                write_routine_summary(experiment_folder, instances, said, baselines)
             build_workbook(temp, instances, summaries, plots_root, output_path, said)
         commit_temp_file(temp, output_path)
         if read_only:

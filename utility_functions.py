@@ -114,11 +114,12 @@ CONFIG_SCHEMA = {
                  "initial_model": str, "trainable": ("all", "last_layer"), "backend": tuple(BACKENDS),
                  "tensorboard": bool},
     "claims": {"grace_seconds": float},
+    "baseline": {"enabled": bool},
 }
 # keys added since config.ini files were first copied (main at 167406f): {(section, key): the value that does what
 # xval did before the key existed}, taken where an older config.ini lacks the key
 ADDED_KEYS = {("folds", "splitter"): "GroupKFold", ("claims", "grace_seconds"): "300",
-              ("training", "tensorboard"): "false"}
+              ("training", "tensorboard"): "false", ("baseline", "enabled"): "true"}
 _POSITIVE = {("preprocessing", "sample_rate"), ("preprocessing", "clip_seconds"), ("preprocessing", "window_seconds"),
              ("preprocessing", "window_hop_seconds"), ("features", "cqt_fmin"), ("features", "cqt_bins"),
              ("features", "cqt_bins_per_octave"), ("features", "n_fft"),

@@ -53,9 +53,15 @@ def test_an_experiment_of_167406f_resumes_and_trains_nothing(old):
     assert completed.stdout.count("complete already, skipped (overwrite_results = False)\n") == 2, completed.stdout
     assert "fold 1/2 on" not in completed.stdout and "edited comments" not in completed.stdout
     after = experiment_files(experiment_dir)
+    summary = "fixture_exp1_summary.json"  # a view: it gains the baseline the run computed, and nothing else
+    gained, was = json.loads(after.pop(summary)), json.loads(before.pop(summary))
+    assert "baseline" in gained["task_types"]["classification"]
+    del gained["task_types"]["classification"]["baseline"]
+    assert gained == {**was, "about": gained["about"]} and gained["about"].startswith(was["about"])
     assert {name: data for name, data in after.items() if name in before} == before, "a result file was rewritten"
-    assert sorted(set(after) - set(before)) == ["fixture_exp1_results_spreadsheet.xlsx"] + sorted(
-        name for name in after if name.startswith("plots/"))
+    assert sorted(set(after) - set(before)) == sorted(
+        ["fixture_exp1_results_spreadsheet.xlsx", "results/baseline_fixture_exp1_classification.json"] +
+        [name for name in after if name.startswith("plots/")])
     for log in (experiment_dir / "logs").glob("fixture_exp1_run*_fold*.log"):
         assert log.read_text().count("\n===== ") == 1, f"{log.name}: the fold was trained again"
 
