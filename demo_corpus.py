@@ -192,12 +192,11 @@ def clip_prosody(seed, actor, emotion, intensity, traits):
 # ----------------------------------------------------------------------------------------------------------------
 # Signal pieces (all float64 at SYNTH_RATE)
 
-def phone_timeline(statement, tempo, speech_seconds_max, rng):
-    """Phones of a statement with start and length in samples: list of (kind, symbol, start, length, stressed).
+def phone_timeline(phones, tempo, speech_seconds_max, rng):
+    """Phones (STATEMENTS' tuples) with start and length in samples: list of (kind, symbol, start, length, stressed).
 
     Durations are the neutral ones / tempo with +-8 % random variation, shrunk to fit speech_seconds_max.
     """
-    phones = STATEMENTS[statement]
     seconds = np.array([ms / 1000.0 for _, _, ms, _ in phones]) / tempo * rng.uniform(0.92, 1.08, len(phones))
     if seconds.sum() > speech_seconds_max:
         seconds *= speech_seconds_max / seconds.sum()
@@ -373,10 +372,12 @@ def soft_limit(signal):
 # ----------------------------------------------------------------------------------------------------------------
 # One clip
 
-def synthesize_clip(actor, emotion, intensity, statement, repetition, seed=0, clip_seconds_range=CLIP_SECONDS_RANGE):
+def synthesize_clip(actor, emotion, intensity, statement, repetition, seed=0, clip_seconds_range=CLIP_SECONDS_RANGE,
+                    phones=None):
     """One demo clip: float32 (samples,) at SAMPLE_RATE, amplitude within [-LIMIT_AT, LIMIT_AT].
 
-    Length is drawn in clip_seconds_range (s); speech starts after 0.3-0.6 s of room noise."""
+    Length is drawn in clip_seconds_range (s); speech starts after 0.3-0.6 s of room noise. phones: what is said,
+    as STATEMENTS' tuples (default STATEMENTS[statement]; other words, e.g. the benchmarks' spoken digits)."""
     traits = actor_traits(seed, actor)
     prosody = clip_prosody(seed, actor, emotion, intensity, traits)
     rng = np.random.default_rng([seed, actor, emotion, intensity, statement, repetition, 3])
@@ -385,7 +386,7 @@ def synthesize_clip(actor, emotion, intensity, statement, repetition, seed=0, cl
     lead_seconds = min(rng.uniform(0.3, 0.6), 0.2 * clip_seconds)
     speech_seconds_max = clip_seconds - lead_seconds - min(0.25, 0.1 * clip_seconds)
     tempo = prosody["tempo"] * traits["tempo"] * rng.uniform(0.96, 1.04)
-    timeline = phone_timeline(statement, tempo, speech_seconds_max, rng)
+    timeline = phone_timeline(phones or STATEMENTS[statement], tempo, speech_seconds_max, rng)
     n_samples = int(round(clip_seconds * SYNTH_RATE))
     lead = int(round(lead_seconds * SYNTH_RATE))
     timeline = [(kind, symbol, start + lead, length, stressed) for kind, symbol, start, length, stressed in timeline]

@@ -251,3 +251,13 @@ def test_a_fold_whose_training_clips_hold_one_class_gets_no_baseline_in_one_line
     fold = {"fold": 2, "train_items": ["a", "b"], "val_items": ["c"], "test_items": ["d"]}
     with pytest.raises(ValueError, match=r"^fold 2: its training clips hold one class only$"):
         baseline.baseline_fold(table, fold, "classification", 3)
+
+
+def test_a_constant_difference_over_folds_is_no_test_rather_than_p_0():
+    from collect import paired_test
+    first, second = [0.5, 0.75, 0.625], [0.25, 0.5, 0.375]  # exact in binary: every difference is 0.25
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        assert scipy.stats.ttest_rel(first, second).pvalue == 0.0  # what scipy says of it: certainty
+    assert paired_test(first, second) == (None, "n/a (constant difference)")
+    assert paired_test([0.5, 0.8, 0.6], [0.4, 0.5, 0.55])[0] == pytest.approx(
+        scipy.stats.ttest_rel([0.5, 0.8, 0.6], [0.4, 0.5, 0.55]).pvalue)
