@@ -358,14 +358,21 @@ def check_initial_models(parameters, experiment_dir, data_shape, output_size, da
 # ----------------------------------------------------------------------------------------------------------------
 # The plan
 
-def reuse_problem(layout, instance, parameters, fingerprints):
+def reuse_problem(layout, instance, parameters, fingerprints, strings=()):
     """The fold indices still to train of an instance, and why its finished results cannot be reused (one line,
-    naming the parameters that changed where its results JSON records them), or None."""
+    naming the parameters that changed where its results JSON records them, and for one that no string of the
+    instance sets, a default that changed since, the string that gives the value they were made with), or None."""
     done, problem = reusable_folds(layout, instance, fingerprints)
     if problem and "other parameters" in problem and layout.instance(instance).result.exists():
         recorded = read_json(layout.instance(instance).result).get("parameters") or {}
         changed = changed_parameters(recorded, parameters) if recorded else []
         problem += f" ({', '.join(changed)} changed)" if changed else ""
+        given = {text.split("=")[0].strip() for text in strings}
+        defaults = [name for name in changed if name not in given and name in recorded and name in parameters]
+        if defaults:
+            problem += (f"; {', '.join(defaults)} {'is' if len(defaults) == 1 else 'are'} not set by the instance: "
+                        "a default changed (config.ini or the architecture); to reuse the results, add "
+                        + ", ".join(f"'{name} = {recorded[name]!r}'" for name in defaults))
     return tuple(index for index in range(len(fingerprints)) if index not in done), problem
 
 
@@ -379,7 +386,7 @@ def plan_instance(layout, identity, folds, instance, strings, parameters, data_s
     fingerprints = tuple(fold_fingerprint(current_hash, identity["dataset_fingerprint"], fold) for fold in folds)
     missing = tuple(range(len(folds)))
     if reuse and not overwrite and layout.root.exists():
-        missing, conflict = reuse_problem(layout, instance, parameters, fingerprints)
+        missing, conflict = reuse_problem(layout, instance, parameters, fingerprints, strings)
         if conflict:
             raise XvalError(f"instance {instance}: {conflict}: set overwrite_results = True to retrain it, "
                             "or restore what changed")

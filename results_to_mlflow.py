@@ -56,11 +56,12 @@ def content_of(record):
     return hashlib.sha256(json.dumps(held, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def routine_record(instances, root_key):
-    """The routine run: tags of each task type's routine_summary (chosen instance, selection-aware estimate)."""
+def routine_record(instances, root_key, baselines=None):
+    """The routine run: tags of each task type's routine_summary (chosen instance, selection-aware estimate, and the
+    baseline with the chosen instance's paired test against it, where baselines holds one)."""
     tags = {"xval.experiment": str(instances[0].experiment), "xval.dataset": instances[0].dataset,
             "xval.instances": ", ".join(str(instance.id) for instance in instances)}
-    summaries = collect.routine_summaries(instances)
+    summaries = collect.routine_summaries(instances, baselines)
     for task_type, summary in summaries.items():
         prefix = "xval." if len(summaries) == 1 else f"xval.{task_type}."
         if summary is None or summary["chosen_on_validation"] is None:
@@ -77,6 +78,14 @@ def routine_record(instances, root_key):
                                                                     for entry in estimate["per_fold"]),
                      f"{prefix}chosen_test_mean": repr(summary["chosen_test"]["mean"]),
                      f"{prefix}chosen_test_std": repr(summary["chosen_test"]["std"])})
+        if summary.get("baseline"):
+            test, versus = summary["baseline"]["summary"]["test"].get(summary["main_metric"], {}), \
+                summary["baseline"]["chosen_vs_baseline"] or {}
+            tags.update({f"{prefix}baseline": summary["baseline"]["about"],
+                         f"{prefix}baseline_test_mean": repr(test.get("mean")),
+                         f"{prefix}baseline_test_std": repr(test.get("std")),
+                         f"{prefix}chosen_vs_baseline_p": repr(versus.get("p_value")),
+                         f"{prefix}chosen_vs_baseline_difference": repr(versus.get("difference"))})
     return {"key": root_key, "name": f"{instances[0].dataset}_exp{instances[0].experiment}", "params": {},
             "metrics": [], "tags": tags}
 
@@ -273,7 +282,7 @@ def export(experiment_folder, tracking_uri=None, experiment_name=None, models=Fa
         client = MlflowClient(uri)
         exporter = Exporter(client, mlflow_experiment(client, name, artifact_root(uri)))
         root_key = f"{instances[0].dataset}_exp{instances[0].experiment}@{split_hash(instances)}"
-        routine_id = exporter.update_in_place(routine_record(instances, root_key),
+        routine_id = exporter.update_in_place(routine_record(instances, root_key, collect.load_baselines(experiment_folder, instances)),
                                               routine_artifacts(experiment_folder, instances))
         for instance in instances:
             record = instance_record(instance, root_key)

@@ -128,6 +128,10 @@ def test_an_export_holds_the_results_files_and_a_second_changes_nothing(tracked,
     summary = json.loads((tracked["dir"] / "tiny_exp1_summary.json").read_text())["task_types"]["classification"]
     assert routine.data.tags["xval.chosen_instance"] == str(summary["chosen_on_validation"]["instance"])
     assert float(routine.data.tags["xval.selection_aware_test_mean"]) == summary["selection_aware_test"]["mean"]
+    baseline = summary["baseline"]  # the routine computed one: the run says it and the chosen one's test against it
+    assert float(routine.data.tags["xval.baseline_test_mean"]) == \
+        baseline["summary"]["test"]["balanced_accuracy"]["mean"]
+    assert routine.data.tags["xval.chosen_vs_baseline_p"] == repr(baseline["chosen_vs_baseline"]["p_value"])
     client = MlflowClient(uri)
     assert {entry.path for entry in client.list_artifacts(routine.info.run_id)} >= {
         "tiny_exp1_results_spreadsheet.xlsx", "tiny_exp1_summary.json"}

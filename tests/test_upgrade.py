@@ -156,3 +156,22 @@ def test_a_fold_job_written_by_167406f_still_runs(old):
                            str(submission / "fold_jobs.txt"), "0"], capture_output=True, text=True,
                           env=routine_environment(old["config"]), cwd=str(REPO), timeout=600)
     assert done.returncode == 0 and "finished meanwhile by another process, kept" in done.stdout, done.stdout
+
+
+def test_a_changed_default_is_named_with_the_string_that_reuses_the_results(old):
+    """A default that changes after an experiment was made (here config.ini's learning_rate): the refusal names
+    the string that gives the old value back, and with it the experiment resumes, training nothing."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    parser.read(old["config"], encoding="utf-8")
+    parser.set("training", "learning_rate", "0.003")
+    with open(old["config"], "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    routine = old["root"] / "xval_routine_fixture1.py"
+    refused = run_routine(routine, old["config"], "1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "(learning_rate changed); learning_rate is not set by the instance: a default changed" in refused.stderr
+    assert "add 'learning_rate = 0.001'" in refused.stderr, refused.stderr
+    routine.write_text(routine.read_text().replace("'batch_size = 4']", "'batch_size = 4', 'learning_rate = 0.001']"))
+    resumed = run_routine(routine, old["config"], "1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "fold 1/2 on" not in resumed.stdout and "complete already" in resumed.stdout, resumed.stdout
