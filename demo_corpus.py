@@ -464,3 +464,24 @@ def make_demo_corpus(folder, n_actors=N_ACTORS, emotions=ALL_EMOTIONS, statement
                 list(pool.map(_write_clips, [folder] * jobs, batches, [seed] * jobs, [clip_seconds_range] * jobs))
     return {"folder": folder, "clips": [clip_path(folder, clip) for clip in plan], "written": len(missing),
             "existing": len(plan) - len(missing)}
+
+
+def main(argv=None):
+    """Command line: python3 demo_corpus.py FOLDER [--actors N] [--seed S] (preprocessing_ravdess.py --demo makes
+    the corpus and its features in one go; this writes the audio alone)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Write the synthetic demo corpus (RAVDESS layout: Actor_XX/*.wav) "
+                                     "into FOLDER; clips already there are kept. preprocessing_ravdess.py --demo "
+                                     "does this and extracts its features.")
+    parser.add_argument("folder", type=Path, help="where Actor_01/ ... go")
+    parser.add_argument("--actors", type=int, default=N_ACTORS, help=f"number of actors (default {N_ACTORS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the voices and clips (default 0)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.actors <= 99:
+        parser.error(f"--actors {args.actors} must be between 1 and 99")
+    made = make_demo_corpus(args.folder, n_actors=args.actors, seed=args.seed)
+    print(f"{made['written']} clips written, {made['existing']} already there: {args.folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -207,6 +207,18 @@ def check_queued_parameters(plan, queued):
                             "submit again")
 
 
+def standing_stop(paths):
+    """The stopped record of a fold job (FoldPaths) unless its fold landed after the stop (a requeued task that
+    finished it), or None."""
+    record = read_if_readable(paths.stopped)
+    try:
+        if paths.result.stat().st_mtime >= paths.stopped.stat().st_mtime:
+            return None
+    except OSError:  # no result (or no record): the stop stands, if recorded
+        pass
+    return record
+
+
 class SlurmExecutor(Executor):
     """The fold jobs as the tasks of a SLURM job array (see the module docstring)."""
     name = "slurm"
@@ -287,8 +299,8 @@ class SlurmExecutor(Executor):
         trial_folds = [plan.layout.fold(instance, fold["fold"]) for planned_search in plan.searches
                        for instance in planned_search.search.instances() for fold in plan.folds] \
             if self.search_tasks else []
-        stopped = [read_if_readable(plan.layout.fold(planned.instance, fold["fold"]).stopped) for planned, fold in jobs]
-        stopped += [read_if_readable(paths.stopped) for paths in trial_folds if not paths.result.exists()]
+        stopped = [standing_stop(plan.layout.fold(planned.instance, fold["fold"])) for planned, fold in jobs]
+        stopped += [standing_stop(paths) for paths in trial_folds]
         stopped = [record for record in stopped if isinstance(record, dict)]
         if stopped:
             print(f"warning: {len(stopped)} of the fold jobs to run were stopped by SLURM in an earlier submission "

@@ -280,6 +280,7 @@ def attempt(job, launch):
             paths.failure.unlink(missing_ok=True)
             code, error_line = launch(paths.job, paths.log)
             if code == 0 and result_path.exists():
+                paths.stopped.unlink(missing_ok=True)  # a stop of an earlier attempt no longer stands
                 return Attempt("trained", read_json(result_path), collect_instance(layout, instance, job["record"]))
             error = f"fold {number}: {error_line or ended_text(code)}"
             record_failure(paths.failure, f"{error} (log: {layout.relative(paths.log)})")

@@ -67,6 +67,12 @@ def parse_ravdess_name(file_name):
     return codes, None
 
 
+def folder_actor(relative):
+    """The actor number of the innermost Actor_NN folder of a relative path ('Actor_02/x.wav' -> 2), or None."""
+    found = [int(part[6:]) for part in Path(relative).parts[:-1] if re.fullmatch(r"Actor_\d+", part)]
+    return found[-1] if found else None
+
+
 def scan_input(folder, vocal_channel, exclude=()):
     """Every file under folder, links followed (but not under the folders in exclude, e.g. the features folder):
     (clips, skipped, stats), all empty when folder is not a folder.
@@ -99,6 +105,10 @@ def scan_input(folder, vocal_channel, exclude=()):
             skipped.append({"file": relative, "kind": "other_vocal_channel",
                             "reason": f"{VOCAL_CHANNEL_NAMES[codes['vocal_channel'] - 1]} "
                                       f"([preprocessing] vocal_channel = {vocal_channel})"})
+        elif folder_actor(relative) not in (None, codes["actor"]):  # which one is right cannot be told
+            skipped.append({"file": relative, "kind": "actor_mismatch",
+                            "reason": f"its folder says actor {folder_actor(relative):02d}, its name actor "
+                                      f"{codes['actor']:02d}: rename one (the actor decides the folds)"})
         elif path.name.lower() in first_seen:
             skipped.append({"file": relative, "kind": "duplicate",
                             "reason": f"same name as {first_seen[path.name.lower()]}"})

@@ -63,10 +63,15 @@ def instance_result(experiment_dir, instance):
 def chosen_instance(experiment_dir):
     """The instance chosen on validation (the spreadsheet's 'best'), from the experiment's fold results."""
     import collect  # here, not at the top: pandas and scipy, which predicting with a model file never needs
+    instances = collect.load_instances(experiment_dir)
     chosen = [summary["chosen_on_validation"]["instance"] for summary in
-              collect.routine_summaries(collect.load_instances(experiment_dir)).values()
-              if summary and summary.get("chosen_on_validation")]
+              collect.routine_summaries(instances).values() if summary and summary.get("chosen_on_validation")]
     if len(chosen) != 1:
+        other_split = [instance.id for instance in instances if instance.status == collect.OTHER_SPLIT]
+        if not chosen and other_split:
+            raise XvalError(f"{experiment_dir}: its complete instances ({', '.join(map(str, other_split))}) were "
+                            "trained on another split than its folds.json (edited or replaced since?), so none is "
+                            "chosen: restore folds.json, or pass --instance N")
         if not chosen:
             raise XvalError(f"{experiment_dir} has no complete instance (see its spreadsheet or --status): fix what "
                             "made them fail and rerun the routine, then use a complete instance")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import zipfile
 from pathlib import Path
 
@@ -67,15 +68,17 @@ def exit_on_user_error(main, debug=False):
     """Run main(); turn an XvalError into one line on stderr and EXIT_REFUSED, unless debug (or $XVAL_DEBUG).
 
     Any other exception is a bug of xval or a failure of the machine: one line too, EXIT_ERROR, and the hint to
-    see its traceback. Ctrl-C, or the output's pipe closed by its reader, exits with EXIT_INTERRUPTED.
+    see its traceback. Ctrl-C, or the output's pipe closed by its reader, exits with EXIT_INTERRUPTED. With debug
+    the traceback is printed instead of the line, and the exit code stays the same (2 or 4, never Python's 1).
     """
     debug = debug or bool(os.environ.get("XVAL_DEBUG"))
     try:
         return main()
     except XvalError as error:
         if debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
+            traceback.print_exc()
+        else:
+            print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_REFUSED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -86,7 +89,8 @@ def exit_on_user_error(main, debug=False):
         raise SystemExit(EXIT_INTERRUPTED)
     except Exception as error:
         if debug:
-            raise
+            traceback.print_exc()
+            raise SystemExit(EXIT_ERROR)
         print(f"error: unexpected {type(error).__name__}: {error} (a bug of xval or a failure of the machine; set "
               "debug_mode = True or XVAL_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(EXIT_ERROR)

@@ -763,7 +763,8 @@ def test_a_format_2_dataset_missing_its_metadata_or_a_windows_dataset_its_clips_
                                     "xval_routine_search_example.py",
                                     "xval_instance.py", "training.py", "use_model.py", "results_to_excel.py",
                                     "preprocessing_dataset.py", "preprocessing_ravdess.py", "benchmarks/run.py",
-                                    "benchmarks/plain_keras.py", "benchmarks/naive_preprocessing.py"])
+                                    "benchmarks/plain_keras.py", "benchmarks/naive_preprocessing.py",
+                                    "benchmarks/small_corpora.py", "demo_corpus.py"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_every_script_answers_help(script, flag):
     completed = subprocess.run([sys.executable, str(REPO / script), flag], capture_output=True, text=True,

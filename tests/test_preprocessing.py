@@ -357,3 +357,19 @@ def test_a_one_hot_shaped_target_whose_rows_are_not_one_hot_is_called_damaged():
         check_target({"spk1": y}, "edited", "classification")
     with pytest.raises(XvalError, match=r"needs a one-hot target \(clips, classes\), this one has shape \(4,\)"):
         check_target({"spk1": np.zeros(4, np.float32)}, "intensity", "classification")
+
+
+def test_a_file_whose_actor_folder_and_name_disagree_is_skipped_naming_both(tmp_path):
+    """Actor_02/…-01.wav: the folder says actor 2, the name actor 1; which one is right decides the folds and
+    cannot be told, so the clip is left out with the reason (never counted silently under the name's actor)."""
+    from preprocessing_ravdess import scan_input
+    for relative in ("Actor_01/03-01-05-02-02-01-01.wav", "Actor_02/03-01-05-02-01-01-01.wav",
+                     "Actor_02/03-01-05-02-01-01-02.wav"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    clips, skipped, _ = scan_input(tmp_path, "speech")
+    assert [(clip["file"], clip["actor"]) for clip in clips] == [("Actor_01/03-01-05-02-02-01-01.wav", "01"),
+                                                                  ("Actor_02/03-01-05-02-01-01-02.wav", "02")]
+    assert skipped == [{"file": "Actor_02/03-01-05-02-01-01-01.wav", "kind": "actor_mismatch",
+                        "reason": "its folder says actor 02, its name actor 01: rename one (the actor decides "
+                                  "the folds)"}]

@@ -179,6 +179,8 @@ def test_requeued_and_cancelled_tasks_train_their_fold_again(slurm, tiny_feature
     results = fold_results(experiment_dir)
     assert list(results) == ["results_tiny_exp1_run1_fold1.json"]
     assert logs[0].read_text().count("\n===== ") == 2, "the requeued task did not train its fold again"
+    # the requeue's stop no longer stands once its fold landed: no later submission warns of it
+    assert not (experiment_dir / "logs" / "tiny_exp1_run1_fold1.stopped.json").exists()
     status = xval(routine, config, "--status")
     assert "fold 1: done" in status.stdout, status.stdout
     assert "fold 2: pending (SLURM job " in status.stdout or "fold 2: stale claim" in status.stdout, status.stdout

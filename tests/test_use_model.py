@@ -184,3 +184,16 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1 and words in completed.stderr
     assert {path: path.read_bytes() for path in some_audio} == before
+
+
+def test_best_on_an_experiment_whose_folds_json_changed_names_the_split(experiment, tmp_path):
+    edited = tmp_path / "copy" / "experiment_1"
+    shutil.copytree(experiment["dir"], edited)
+    split = json.loads((edited / "folds.json").read_text())
+    fold = split["folds"][0]
+    fold["train_items"][0], fold["val_items"][0] = fold["val_items"][0], fold["train_items"][0]
+    (edited / "folds.json").write_text(json.dumps(split))
+    completed = use_model("final", edited, config_path=experiment["config"])
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "trained on another split than its folds.json" in last, completed.stderr
