@@ -282,7 +282,8 @@ def export(experiment_folder, tracking_uri=None, experiment_name=None, models=Fa
         client = MlflowClient(uri)
         exporter = Exporter(client, mlflow_experiment(client, name, artifact_root(uri)))
         root_key = f"{instances[0].dataset}_exp{instances[0].experiment}@{split_hash(instances)}"
-        routine_id = exporter.update_in_place(routine_record(instances, root_key, collect.load_baselines(experiment_folder, instances)),
+        baselines = collect.load_baselines(experiment_folder, instances)
+        routine_id = exporter.update_in_place(routine_record(instances, root_key, baselines),
                                               routine_artifacts(experiment_folder, instances))
         for instance in instances:
             record = instance_record(instance, root_key)

@@ -29,9 +29,14 @@ TINY_SETTINGS = {"features": {"type": "mel", "n_fft": "512", "win_length": "512"
                  "preprocessing": {"clip_seconds": "1.0"}}
 
 
+# The tests' routines fit no baseline (about 2 s each): tests/test_baseline.py and the tests that read one turn it on
+# (baseline_config)
+TEST_DEFAULTS = {"baseline": {"enabled": "false"}}
+
+
 def write_config(folder, overrides=None):
-    """Write folder/config.ini: the repository's config.ini with [paths] inside folder and the given overrides
-    ({section: {key: value}}); returns its path."""
+    """Write folder/config.ini: the repository's config.ini with [paths] inside folder, TEST_DEFAULTS and the given
+    overrides ({section: {key: value}}); returns its path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
@@ -40,7 +45,7 @@ def write_config(folder, overrides=None):
              "experiment_folder": "experiments"}
     for key, value in paths.items():
         parser.set("paths", key, str(folder / value))
-    for section, values in (overrides or {}).items():
+    for section, values in [*TEST_DEFAULTS.items(), *(overrides or {}).items()]:
         for key, value in values.items():
             parser.set(section, key, str(value))
     path = folder / "config.ini"
@@ -75,6 +80,12 @@ def tiny_features(tmp_path_factory):
         preprocessing_ravdess.preprocess(audio, dataset, config_path, target=target, jobs=1, quiet=True)
     return {"config_path": config_path, "root": root, "features_folder": config["paths"]["features_folder"],
             "emotion_dataset": "tiny", "intensity_dataset": "tiny_intensity"}
+
+
+def baseline_config(tiny_features, folder):
+    """A config like tiny_features' (its features folder) with the baseline on, written into folder."""
+    return write_config(folder, {**TINY_SETTINGS, "baseline": {"enabled": "true"},
+                                 "paths": {"features_folder": tiny_features["features_folder"]}})
 
 
 # ----------------------------------------------------------------------------------------------------------------

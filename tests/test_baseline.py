@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 import baseline
 import results_to_excel
 from routine_helpers import instance, run_routine, write_routine
-from conftest import write_config, TINY_SETTINGS
+from conftest import TINY_SETTINGS, baseline_config, write_config
 
 GRIDS = {"classification": (0.001, 0.01, 0.1, 1.0, 10.0, 100.0), "regression": (0.1, 1.0, 10.0, 100.0, 1000.0, 1e4)}
 
@@ -96,16 +96,17 @@ def summary_rows(workbook_path):
 def classification(tiny_features, tmp_path_factory):
     """A routine of two instances x three folds on the tiny emotion dataset, run once, then again."""
     folder = tmp_path_factory.mktemp("baseline")
+    config = baseline_config(tiny_features, folder)
     routine = write_routine(folder, {1: instance("a", "num_epochs = 1"),
                                      2: instance("b", "num_epochs = 1", "learning_rate = 0.01")}, num_folds=3)
-    first = run_routine(routine, tiny_features["config_path"])
+    first = run_routine(routine, config)
     assert first.returncode == 0, first.stdout + first.stderr
     experiment = folder / "experiments" / "experiment_1"
     path = experiment / "results" / "baseline_tiny_exp1_classification.json"
     kept = (path.read_bytes(), path.stat().st_mtime_ns)
-    second = run_routine(routine, tiny_features["config_path"])
+    second = run_routine(routine, config)
     return {"routine": routine, "experiment": experiment, "path": path, "first": first, "second": second,
-            "kept": kept, "features": tiny_features["features_folder"], "config": tiny_features["config_path"]}
+            "kept": kept, "features": tiny_features["features_folder"], "config": config}
 
 
 def test_the_baseline_equals_scikit_learns_on_the_experiments_folds(classification):
@@ -221,7 +222,7 @@ def test_a_regression_baseline_is_ridge_and_switched_off_none_is_written(tiny_fe
     dataset = tiny_features["intensity_dataset"]
     routine = write_routine(tmp_path, {1: instance("reg", "num_epochs = 1", task_type="regression")},
                             dataset=dataset, num_folds=2)
-    completed = run_routine(routine, tiny_features["config_path"])
+    completed = run_routine(routine, baseline_config(tiny_features, tmp_path))
     assert completed.returncode == 0, completed.stderr
     experiment = tmp_path / "experiments" / "experiment_1"
     document = read(experiment / "results" / f"baseline_{dataset}_exp1_regression.json")
@@ -240,7 +241,7 @@ def test_a_regression_baseline_is_ridge_and_switched_off_none_is_written(tiny_fe
                                           dataset=dataset, num_folds=2), off)
     assert completed.returncode == 0, completed.stderr
     experiment = tmp_path / "off" / "experiments" / "experiment_1"
-    assert not list((experiment / "results").glob("baseline_*")) and "aseline" not in completed.stdout
+    assert not list((experiment / "results").glob("baseline_*")) and "aseline (" not in completed.stdout
     assert "baseline" not in read(experiment / f"{dataset}_exp1_summary.json")["task_types"]["regression"]
     assert os.path.exists(experiment / f"{dataset}_exp1_results_spreadsheet.xlsx")
 

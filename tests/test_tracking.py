@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import baseline_config
 from routine_helpers import REPO, instance, run_routine, write_routine
 from conftest import read_only
 
@@ -34,10 +35,10 @@ def tracked(tiny_features, tmp_path_factory):
     routine = write_routine(folder, {1: instance("tf", *logged), 2: instance("torch", *logged, 'backend = "torch"'),
                                      3: instance("plain", "num_epochs = 2"),
                                      4: instance("jax", *logged, 'backend = "jax"')})
-    completed = run_routine(routine, tiny_features["config_path"])
+    config = baseline_config(tiny_features, folder)  # the routine run carries the baseline too
+    completed = run_routine(routine, config)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    return {"folder": folder, "routine": routine, "dir": folder / "experiments" / "experiment_1",
-            "config": tiny_features["config_path"]}
+    return {"folder": folder, "routine": routine, "dir": folder / "experiments" / "experiment_1", "config": config}
 
 
 def event_scalars(folder):
