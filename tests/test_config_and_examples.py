@@ -70,7 +70,7 @@ def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directo
     (lambda text: text.replace("fmin = 0.0", "fmin = -inf"), "[features] fmin = '-inf' is not a finite number"),
     (lambda text: text.replace("type = mel", "type = chroma"), "is not one of stft, mfcc, mel"),
     (lambda text: text + "\n[paths]\nx = 1\n", "cannot be parsed"),
-    (lambda text: text.replace("patience = 5", "patience = 5\npatients = 3"),
+    (lambda text: text.replace("patience = 15", "patience = 15\npatients = 3"),
      "[training] patients is not a setting xval reads: did you mean patience?"),
     (lambda text: text.replace("[folds]", "[folds]\nfold_seed = 3"), "[folds] fold_seed is not a setting xval reads"),
 ])
