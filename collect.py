@@ -268,11 +268,36 @@ def load_instances(experiment_folder, said=None, quiet=False, skipped=None):
                                   f"'{instance.dataset}', and {next(i for i in rivals if i is not instance).source} "
                                   "too", "one file per instance; move it to its own experiment folder")
             instances.remove(instance)
+    for instance in instances:
+        take_fold_results(instance, experiment_folder, note)
     mark_other_splits(instances, Path(experiment_folder), note)
     if not instances:
         raise XvalError(f"no readable results in {results}: restore the damaged files named above or rerun the "
                         "instances")
     return instances
+
+
+def take_fold_results(instance, experiment_folder, warn=warn):
+    """Every view shows what the fold results say (results/folds/: each written as its fold lands; the results JSON
+    is assembled from them): a fold whose result file holds other metrics than the results JSON records (one of
+    them edited by hand, or restored) is taken from the file, and said once. A missing or damaged fold file changes
+    nothing here (the routine's next run names it)."""
+    layout, taken = Layout(experiment_folder, instance.dataset, instance.experiment), []
+    for index, fold in enumerate(instance.folds):
+        path = layout.fold(instance.id, fold["fold"]).result
+        try:
+            stored = read_json(path) if path.is_file() else None
+        except (OSError, XvalError):
+            continue
+        if isinstance(stored, dict) and not mismatch(stored, FOLD_SCHEMA) and stored.get("fold") == fold["fold"] \
+                and stored.get("metrics") != fold.get("metrics"):
+            instance.folds[index] = {**FOLD_DEFAULTS, **present(stored)}
+            taken.append(str(fold["fold"]))
+    if taken:
+        instance.summary = summarise_folds(instance.folds)
+        warn(f"{instance.source} records other metrics for fold {', '.join(taken)} than its fold results in "
+             f"{layout.relative(layout.results / 'folds')}/ (one of them edited by hand, or restored?): every view "
+             "shows the fold results'; the routine's next run rewrites the results JSON from them")
 
 
 def split_of(folds):

@@ -50,16 +50,13 @@ CORPORA = {
     "emotions": {"settings": {"preprocessing": {"clip_seconds": "3.0"}, "features": {"type": "mel"}}},
     "demo": {"settings": {}},
 }
-# recipes: parameter strings of one instance each (what an experiment_dict holds)
+# recipes: parameter strings of one instance each (what an experiment_dict holds): the two architectures with the
+# defaults as they are, and as they were before 2026-12-04 (num_epochs 20, patience 5)
 RECIPES = {
     "cnn": ['architecture = "EXAMPLE_model"'],
     "pooled": ['architecture = "POOLED_STATS_model"'],
-    "cnn_e60": ['architecture = "EXAMPLE_model"', "num_epochs = 60"],
-    "pooled_e60": ['architecture = "POOLED_STATS_model"', "num_epochs = 60"],
-    "cnn_e60_p10": ['architecture = "EXAMPLE_model"', "num_epochs = 60", "patience = 10"],
-    "pooled_e60_p10": ['architecture = "POOLED_STATS_model"', "num_epochs = 60", "patience = 10"],
-    "cnn_lr3": ['architecture = "EXAMPLE_model"', "learning_rate = 0.003"],
-    "pooled_lr3": ['architecture = "POOLED_STATS_model"', "learning_rate = 0.003"],
+    "cnn_before": ['architecture = "EXAMPLE_model"', "num_epochs = 20", "patience = 5"],
+    "pooled_before": ['architecture = "POOLED_STATS_model"', "num_epochs = 20", "patience = 5"],
 }
 
 
@@ -167,7 +164,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--corpora", default="digits,emotions")
+    parser.add_argument("--corpora", default="digits,emotions,demo")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--folds", type=int, default=3)
     args = parser.parse_args()

@@ -639,3 +639,22 @@ def test_factory_covers_what_the_brief_asks_for():
     assert statuses.count(("classification", "complete")) >= 3
     assert ("classification", "failed") in statuses and ("classification", "incomplete") in statuses
     assert ("regression", "complete") in statuses
+
+
+def test_a_fold_result_edited_after_its_instance_was_assembled_is_what_the_views_show(tiny_features, tmp_path):
+    from routine_helpers import instance, run_routine, write_routine
+    routine = write_routine(tmp_path, {1: instance("a", "num_epochs = 1"), 2: instance("b", "num_epochs = 1")})
+    assert run_routine(routine, tiny_features["config_path"]).returncode == 0
+    folder = tmp_path / "experiments" / "experiment_1"
+    fold_file = folder / "results" / "folds" / "results_tiny_exp1_run2_fold1.json"
+    edited = json.loads(fold_file.read_text())
+    edited["metrics"]["val"]["balanced_accuracy"], edited["metrics"]["test"]["balanced_accuracy"] = 0.9, 0.95
+    fold_file.write_text(json.dumps(edited))
+    completed = run_cli(folder)
+    assert completed.returncode == 0, completed.stderr
+    assert "records other metrics for fold 1 than its fold results" in completed.stderr, completed.stderr
+    summary = json.loads((folder / "tiny_exp1_summary.json").read_text())["task_types"]["classification"]
+    other = json.loads((folder / "results" / "folds" / "results_tiny_exp1_run2_fold2.json").read_text())
+    run2 = next(entry for entry in summary["instances"] if entry["instance"] == 2)
+    assert run2["test"]["mean"] == pytest.approx((0.95 + other["metrics"]["test"]["balanced_accuracy"]) / 2)
+    assert run2["val"]["mean"] == pytest.approx((0.9 + other["metrics"]["val"]["balanced_accuracy"]) / 2)
