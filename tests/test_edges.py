@@ -860,6 +860,11 @@ def test_the_views_show_the_means_of_the_folds_not_a_stored_summary_that_disagre
     document = json.loads(path.read_text())
     document["folds"][0]["metrics"]["test"]["balanced_accuracy"] = 1.0  # edited by hand, summary left as it was
     path.write_text(json.dumps(document))
+    fold_path = experiment["dir"] / "results" / "folds" / \
+        f"results_tiny_exp1_run2_fold{document['folds'][0]['fold']}.json"
+    fold = json.loads(fold_path.read_text())  # and in its fold result, which the views take a fold from
+    fold["metrics"]["test"]["balanced_accuracy"] = 1.0
+    fold_path.write_text(json.dumps(fold))
     values = [fold["metrics"]["test"]["balanced_accuracy"] for fold in document["folds"]]
     from test_results_to_excel import summary_layout
     sheet = openpyxl.load_workbook(results_to_excel.write_spreadsheet(experiment["dir"]))["summary"]
