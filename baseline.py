@@ -21,7 +21,8 @@ import warnings
 import numpy as np
 
 from registries import HIGHER_IS_BETTER, MAIN_METRIC
-from utility_functions import SPLITS, XvalError, atomic_write_json, load_clip_ids, load_dataset, read_json, to_jsonable
+from foldjob import read_if_readable
+from utility_functions import SPLITS, atomic_write_json, load_clip_ids, load_dataset, to_jsonable
 
 BASELINE_FORMAT = 1
 # the hyperparameter grids, searched on each fold's validation clips (ties: the first, i.e. the most regularised)
@@ -173,10 +174,7 @@ def ensure_baselines(plan, say=print):
     for task_type in task_types_of(plan):
         path = plan.layout.baseline(task_type)
         key = baseline_key(plan.identity["dataset_fingerprint"], plan.folds, task_type)
-        try:
-            kept = read_json(path)
-        except (OSError, XvalError):  # none yet, or damaged: computed (again) below
-            kept = None
+        kept = read_if_readable(path)  # none yet, or damaged: computed (again) below
         if isinstance(kept, dict) and {name: kept.get(name) for name in key} == to_jsonable(key):
             continue
         try:
