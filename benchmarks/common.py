@@ -29,14 +29,19 @@ SMOKE_SETTINGS = {"features": {"n_fft": "512", "win_length": "512", "hop_length"
                   "preprocessing": {"clip_seconds": "1.0"}}
 
 
-def start(name, description):
-    """A measurement script's start: its command line (WORKDIR OUT.json [--smoke]), the workspace's paths and the
-    script's own folder in it, emptied. Returns (args, ws, folder)."""
+def start(name, description, options=()):
+    """A measurement script's start: its command line (WORKDIR OUT.json [--smoke], and options: (flags, keywords)
+    of argparse's add_argument each), the workspace's paths and the script's own folder in it (named name, or
+    name_BACKEND with a --backend other than tensorflow), emptied. Returns (args, ws, folder)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("workdir", type=Path, help="workspace made by benchmarks/run.py")
     parser.add_argument("out", type=Path, help="result JSON: {'rows': [...], 'figures': {...}}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs (seconds)")
+    for flags, keywords in options:
+        parser.add_argument(*flags, **keywords)
     args = parser.parse_args()
+    if getattr(args, "backend", "tensorflow") != "tensorflow":
+        name = f"{name}_{args.backend}"
     ws = workspace(args.workdir)
     shutil.rmtree(ws["workdir"] / name, ignore_errors=True)
     (ws["workdir"] / name).mkdir(parents=True)

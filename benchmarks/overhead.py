@@ -1,6 +1,6 @@
 """Overhead: a routine run through xval against the same fits in plain Keras.
 
-    python3 benchmarks/overhead.py WORKDIR OUT.json [--smoke]
+    python3 benchmarks/overhead.py WORKDIR OUT.json [--smoke] [--backend tensorflow|jax|torch]
 
 The example routine's instances 1 and 2 (EXAMPLE_model, two L2 strengths) x 4 actor folds x 5 epochs (early
 stopping off) on the demo corpus; per repetition, in alternating order, three whole processes timed from outside:
@@ -8,7 +8,8 @@ a generated routine script into a fresh experiment, benchmarks/plain_keras.py (t
 seed in one process), and plain_keras.py --evaluate (which also predicts and scores every split). The sum of the
 fits and where the rest of the routine's time goes come from xval's own records: the launch record
 (logs/launch_*.json: phases, and each fold's wall time seen by the routine) and each fold result ("seconds",
-"timings").
+"timings"). --backend jax (or torch): the instances get `backend = "jax"` and plain Keras runs with
+KERAS_BACKEND=jax, so the fixed cost per fold is that of a fold on that backend (issue 24: JAX's).
 """
 import ast
 import json
@@ -28,14 +29,15 @@ xval_instance.run_routine(description="benchmark", gpu_ID=-1, dataset={dataset!r
 """
 
 
-def example_instances(ids, epochs):
-    """The example routine's instances `ids` (read from its source), with early stopping off and `epochs` epochs."""
+def example_instances(ids, epochs, backend="tensorflow"):
+    """The example routine's instances `ids` (read from its source), with early stopping off and `epochs` epochs, on
+    the Keras backend given."""
     tree = ast.parse((common.REPO / "xval_routine_example.py").read_text(encoding="utf-8"))
     found = {ast.literal_eval(node.targets[0].slice): ast.literal_eval(node.value) for node in tree.body
              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)}
     return {i: [text for text in found[i] if text.split("=")[0].strip() not in ("early_stopping", "num_epochs",
                                                                                  "patience")]
-            + ["early_stopping = False", f"num_epochs = {epochs}"] for i in ids}
+            + ["early_stopping = False", f"num_epochs = {epochs}", f'backend = "{backend}"'] for i in ids}
 
 
 def run_routine(ws, folder, instances, number, folds, repo=common.REPO, sample=None):
@@ -66,11 +68,12 @@ def plain_job(ws, run, ids):
     return folder.parent / "plain_job.json"
 
 
-def run_plain(ws, job, flags=()):
-    """plain_keras.py as a process (its output next to the job): its wall time and its summed fit."""
+def run_plain(ws, job, flags=(), backend="tensorflow"):
+    """plain_keras.py as a process on the Keras backend given (its output next to the job): its wall time and its
+    summed fit."""
     out = job.with_name("plain_out.json")
     measured = common.run([sys.executable, str(common.BENCHMARKS / "plain_keras.py"), str(job), str(out), *flags],
-                          common.environment(ws), job.with_name("plain.log"))
+                          dict(common.environment(ws), KERAS_BACKEND=backend), job.with_name("plain.log"))
     return {"wall": measured["seconds"], "fit": json.loads(out.read_text(encoding="utf-8"))["fit"]}
 
 
@@ -90,9 +93,9 @@ def breakdown(run):
     return parts
 
 
-def measure(ws, folder, size):
+def measure(ws, folder, size, backend):
     """Interleaved repetitions (the order reversed every other one): {'xval', 'plain', 'eval': [runs]}."""
-    instances, job = example_instances(size["instances"], size["epochs"]), None
+    instances, job = example_instances(size["instances"], size["epochs"], backend), None
     runs = {"xval": [], "plain": [], "eval": []}
     for rep in range(size["reps"]):
         for kind in ("xval", "plain", "eval")[::1 if rep % 2 == 0 else -1]:
@@ -100,15 +103,22 @@ def measure(ws, folder, size):
                 runs[kind].append(run_routine(ws, folder, instances, rep + 1, size["folds"]))
                 job = job or plain_job(ws, runs[kind][0], size["instances"])
             else:
-                runs[kind].append(run_plain(ws, job, ["--evaluate"] if kind == "eval" else []))
+                runs[kind].append(run_plain(ws, job, ["--evaluate"] if kind == "eval" else [], backend))
     return runs
+
+
+def backends_run(runs):
+    """The Keras backends the routines' instances ran on, sorted: read from their results files' parameters."""
+    return sorted({json.loads(path.read_text(encoding="utf-8"))["parameters"]["backend"] for run in runs
+                   for path in (run["folder"] / "results").glob("results_*_run*.json")})
 
 
 def main():
     """Measure, then the table rows: walls, ratios, the fixed cost per fold and its parts."""
-    args, ws, folder = common.start("overhead", __doc__.splitlines()[0])
+    args, ws, folder = common.start("overhead", __doc__.splitlines()[0], [(("--backend",), {
+        "choices": ("tensorflow", "jax", "torch"), "default": "tensorflow", "help": "the instances' Keras backend"})])
     size = SMOKE if args.smoke else FULL
-    folds, runs = len(size["instances"]) * size["folds"], measure(ws, folder, size)
+    folds, runs = len(size["instances"]) * size["folds"], measure(ws, folder, size, args.backend)
     wall = {kind: common.spread([run["wall"] for run in kind_runs]) for kind, kind_runs in runs.items()}
     ratios = [x["wall"] / p["wall"] for x, p in zip(runs["xval"], runs["plain"])]
     ratio = wall["xval"]["median"] / wall["plain"]["median"]
@@ -119,7 +129,7 @@ def main():
     first_wait = statistics.median([r["launch"]["fold_runs"][0]["seconds"] - r["folds"][0]["seconds"]
                                     for r in runs["xval"]])
     rows = [common.row(f"{len(size['instances'])} instances x {size['folds']} folds x {size['epochs']} epochs, demo "
-                       f"corpus; {size['reps']} interleaved repetitions: median (min to max, n)", ""),
+                       f"corpus, {args.backend}; {size['reps']} interleaved repetitions: median (min to max, n)", ""),
             common.row("xval routine, whole process", common.show(wall["xval"])),
             common.row("plain Keras fits, one process", common.show(wall["plain"])),
             common.row("ratio xval / plain", f"{ratio:.3f} (repetitions {min(ratios):.3f} to {max(ratios):.3f})",
@@ -137,7 +147,8 @@ def main():
     common.write_json(args.out, {"rows": rows, "figures": {
         "wall": {kind: stats["median"] for kind, stats in wall.items()}, "ratio": ratio, "fixed_per_fold": fixed,
         "walls": {kind: [run["wall"] for run in kind_runs] for kind, kind_runs in runs.items()},
-        "plain_fit": plain_fit, "folds": folds, "per_fold": per_fold, "first_fold_wait": first_wait}})
+        "plain_fit": plain_fit, "folds": folds, "per_fold": per_fold, "first_fold_wait": first_wait,
+        "backends": backends_run(runs["xval"])}})
 
 
 if __name__ == "__main__":

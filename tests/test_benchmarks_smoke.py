@@ -99,8 +99,26 @@ def test_overhead(reports):
     assert figures["wall"]["xval"] > 0 and figures["wall"]["plain"] > 0 and figures["wall"]["eval"] > 0
     assert figures["ratio"] == pytest.approx(figures["wall"]["xval"] / figures["wall"]["plain"])
     assert figures["per_fold"]["fold: fit"] > 0 and figures["plain_fit"] > 0
+    assert figures["backends"] == ["tensorflow"]
     # one repetition: the parts read from the launch record and the fold results add up to the routine's wall time
     assert sum(figures["per_fold"].values()) * figures["folds"] == pytest.approx(figures["wall"]["xval"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                    reason="jax is not installed: python3 -m pip install -r requirements-backends.txt")
+def test_overhead_on_jax_measures_folds_that_ran_on_jax(tmp_path):
+    """overhead.py --backend jax: the JAX fixed cost per fold of issue 24, from folds that really ran on JAX."""
+    subprocess.run([sys.executable, "-c", f"import common; common.make_workspace({str(tmp_path / 'ws')!r}, True)"],
+                   cwd=str(REPO / "benchmarks"), check=True, capture_output=True, timeout=TIMEOUT_SECONDS)
+    completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), str(tmp_path / "ws"),
+                                str(tmp_path / "jax.json"), "--smoke", "--backend", "jax"], capture_output=True,
+                               text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    result = json.loads((tmp_path / "jax.json").read_text(encoding="utf-8"))
+    assert result["figures"]["backends"] == ["jax"]
+    assert result["figures"]["fixed_per_fold"] > 0 and math.isfinite(result["figures"]["fixed_per_fold"])
+    assert "jax" in result["rows"][0]["figure"]
+    assert (tmp_path / "ws" / "overhead_jax").is_dir()
 
 
 def test_preprocessing(reports):
