@@ -101,6 +101,11 @@ BACKENDS = {backend.name: backend for backend in (
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
             thread_environment=_jax_thread_environment, devices=_jax_devices),
 )}
+# Keras imports TensorFlow in every fold on any backend where it is installed (keras.utils.set_random_seed seeds it;
+# the .hdf5 save checks its config against TensorFlow's types), so the fold server imports it once, before forking
+# (no operation runs, as on the tensorflow backend): a JAX fold's own import and seeding 3.9-8.4 s -> 0.05 s,
+# its fixed cost 13.5 -> 11.4 s (median of 3, busy machine; /tmp/fixedab.py in the 2026-12-04 note)
+IMPORTED_BY_KERAS_WHEN_INSTALLED = ("tensorflow",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
