@@ -53,8 +53,8 @@ from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
                        SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
-from registries import (BACKENDS, IMPORTED_BY_KERAS_WHEN_INSTALLED, METRICS, monitor_direction, monitorable,  # noqa: E402
-                        score_all, scored)
+from registries import (BACKENDS, IMPORTED_BY_KERAS_WHEN_INSTALLED, METRICS, monitor_direction,  # noqa: E402
+                        monitorable, score_all, scored)
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
                                dataset_file_stats, feature_sums, file_sha256, load_clip_ids, load_dataset,
