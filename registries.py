@@ -67,14 +67,22 @@ def _wraps_a_torch_module(keras, layers):
     return any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in layers)
 
 
+# Keras imports TensorFlow in every fold on any backend where it is installed (keras.utils.set_random_seed seeds it;
+# the .hdf5 save checks its config against TensorFlow's types), so every backend's fold server imports it once,
+# before forking (no operation runs): a JAX fold's own import and seeding 3.9-8.4 s -> 0.05 s, its fixed cost
+# 13.5 -> 11.4 s (median of 3, busy machine; /tmp/fixedab.py in the 2026-12-04 note)
+IMPORTED_BY_KERAS_WHEN_INSTALLED = ("tensorflow",)
+
+
 @dataclass(frozen=True)
 class Backend:
     """One Keras 3 backend. package: the module that must be importable; install: the command that installs it;
     environment: variables of every fold process on it; thread_environment(threads): variables that limit its
     threads, read at process start; limit_threads(threads): the same, called before the fold's first operation;
     devices(): the GPUs it sees, as text, or "cpu"; prepare(): once per fold process before its first operation;
-    server_imports: modules the fold server imports besides keras (paid once, before forking); weights_only(keras,
-    leaf layers): whether a model must be saved as weights (a model file of it would need pickle)."""
+    server_imports: modules the fold server imports besides keras, those installed (paid once, before forking);
+    weights_only(keras, leaf layers): whether a model must be saved as weights (a model file of it would need
+    pickle)."""
     name: str
     package: str
     install: str
@@ -83,14 +91,14 @@ class Backend:
     limit_threads: Callable = lambda threads: None
     devices: Callable = lambda: "cpu"
     prepare: Callable = lambda: None
-    server_imports: tuple = ()
+    server_imports: tuple = IMPORTED_BY_KERAS_WHEN_INSTALLED
     weights_only: Callable = lambda keras, layers: False
 
 
 BACKENDS = {backend.name: backend for backend in (
     Backend("tensorflow", "tensorflow", "python3 -m pip install -r requirements.txt",
             {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}, limit_threads=_tensorflow_threads, devices=_tensorflow_devices,
-            prepare=_tensorflow_memory_growth, server_imports=("tensorflow",)),
+            prepare=_tensorflow_memory_growth),
     Backend("torch", "torch", "python3 -m pip install -r requirements-backends.txt", {},
             limit_threads=_torch_threads, devices=_torch_devices, weights_only=_wraps_a_torch_module),
     # JAX compiles every function again in each fold process; its persistent cache (one folder per user, shared by
@@ -101,11 +109,6 @@ BACKENDS = {backend.name: backend for backend in (
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
             thread_environment=_jax_thread_environment, devices=_jax_devices),
 )}
-# Keras imports TensorFlow in every fold on any backend where it is installed (keras.utils.set_random_seed seeds it;
-# the .hdf5 save checks its config against TensorFlow's types), so the fold server imports it once, before forking
-# (no operation runs, as on the tensorflow backend): a JAX fold's own import and seeding 3.9-8.4 s -> 0.05 s,
-# its fixed cost 13.5 -> 11.4 s (median of 3, busy machine; /tmp/fixedab.py in the 2026-12-04 note)
-IMPORTED_BY_KERAS_WHEN_INSTALLED = ("tensorflow",)
 
 
 # ----------------------------------------------------------------------------------------------------------------

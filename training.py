@@ -53,8 +53,7 @@ from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
                        SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
-from registries import (BACKENDS, IMPORTED_BY_KERAS_WHEN_INSTALLED, METRICS, monitor_direction,  # noqa: E402
-                        monitorable, score_all, scored)
+from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
                                dataset_file_stats, feature_sums, file_sha256, load_clip_ids, load_dataset,
@@ -726,8 +725,6 @@ def serve(job_paths, report):
     import keras  # the imports every fold needs, paid once (KERAS_BACKEND chose the backend)
     import define_models  # noqa: F401
     for module in BACKENDS[keras.backend.backend()].server_imports:
-        importlib.import_module(module)
-    for module in IMPORTED_BY_KERAS_WHEN_INSTALLED:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
     print("xval-ready", file=report, flush=True)
