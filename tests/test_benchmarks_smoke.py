@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
+
 REPO = Path(__file__).resolve().parents[1]
 # parallel.py's peer needs scikeras (requirements-benchmarks.txt, which .ci/run installs); without it that
 # benchmark is left out and its test skipped, saying why; under CI=true a missing scikeras fails instead
@@ -104,10 +106,10 @@ def test_overhead(reports):
     assert sum(figures["per_fold"].values()) * figures["folds"] == pytest.approx(figures["wall"]["xval"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                    reason="jax is not installed: python3 -m pip install -r requirements-backends.txt")
 def test_overhead_on_jax_measures_folds_that_ran_on_jax(tmp_path):
     """overhead.py --backend jax: the JAX fixed cost per fold of issue 24, from folds that really ran on JAX."""
+    require("jax is not installed" if importlib.util.find_spec("jax") is None else None,
+            "python3 -m pip install -r requirements-backends.txt")
     subprocess.run([sys.executable, "-c", f"import common; common.make_workspace({str(tmp_path / 'ws')!r}, True)"],
                    cwd=str(REPO / "benchmarks"), check=True, capture_output=True, timeout=TIMEOUT_SECONDS)
     completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), str(tmp_path / "ws"),
