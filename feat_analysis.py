@@ -19,6 +19,7 @@ The work is librosa 0.11's (stft, filters.mel, power_to_db, feature.mfcc; keywor
   speed: on or off, 0.40 ms a clip;
 - the dB floor (top_db) is per clip, as if each clip went through librosa.power_to_db on its own.
 """
+import warnings
 from pathlib import Path
 
 import librosa
@@ -93,6 +94,16 @@ def constant_q(signals, sample_rate, feature_settings):
     return clip_decibels(np.swapaxes(np.abs(spectrum) ** 2, -1, -2).astype(np.float32))
 
 
+def empty_mel_bands(sample_rate, feature_settings):
+    """How many of the mel filters of these settings hold no FFT bin (librosa warns and leaves them zero)."""
+    s = feature_settings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        basis = librosa.filters.mel(sr=sample_rate, n_fft=s["n_fft"], n_mels=s["n_mels"], fmin=s["fmin"],
+                                    fmax=mel_fmax(s["fmax"], sample_rate))
+    return int(np.sum(basis.max(axis=1) == 0))
+
+
 def cqt_problem(sample_rate, feature_settings):
     """Why librosa cannot compute the constant-Q transform with these settings (one line), or None."""
     s = feature_settings
@@ -127,13 +138,24 @@ def settings_problem(pre, feat, feature_type):
                 f"{pre['window_seconds']}: the audio between two windows would never be used; make the hop at most "
                 "the window")
     nyquist = pre["sample_rate"] / 2
+    if feature_type != "cqt" and feat["hop_length"] > feat["win_length"]:
+        return (f"[features] hop_length = {feat['hop_length']} is longer than win_length = {feat['win_length']}: the "
+                "samples between two frames would never be analysed; make hop_length at most win_length")
     if feature_type in ("mel", "mfcc"):
+        if feat["fmax"] < 0:
+            return (f"[features] fmax = {feat['fmax']} is negative: give the upper band edge in Hz, or 0 for half the "
+                    "sample rate")
         fmax = mel_fmax(feat["fmax"], pre["sample_rate"])
         if fmax > nyquist:
             return (f"[features] fmax = {feat['fmax']} is above half the sample rate ({nyquist:g} Hz): lower it, or 0 "
                     "for half the sample rate")
         if not 0 <= feat["fmin"] < fmax:
             return f"[features] fmin = {feat['fmin']} must be at least 0 and below fmax ({fmax:g} Hz): fix it"
+        empty = empty_mel_bands(pre["sample_rate"], feat)
+        if empty:
+            return (f"[features] n_mels = {feat['n_mels']} is too many for n_fft = {feat['n_fft']} at "
+                    f"{pre['sample_rate']} Hz between {feat['fmin']:g} and {fmax:g} Hz: {empty} band(s) would hold no "
+                    "frequency bin and stay empty; lower n_mels or raise n_fft")
     if feature_type == "mfcc" and feat["n_mfcc"] > feat["n_mels"]:
         return (f"[features] n_mfcc = {feat['n_mfcc']} is more than n_mels = {feat['n_mels']}: lower n_mfcc or raise "
                 "n_mels")
@@ -270,6 +292,25 @@ def length_settings(preprocessing):
     return {"mode": "windows", "sample_rate": rate,
             "window_samples": int(round(preprocessing["window_seconds"] * rate)),
             "hop_samples": int(round(preprocessing["window_hop_seconds"] * rate))}
+
+
+# the [features] keys each feature type reads (type itself always); the other keys idle
+FEATURE_KEYS = {"stft": ("n_fft", "win_length", "hop_length", "window", "power_law_compression"),
+                "mel": ("n_fft", "win_length", "hop_length", "window", "n_mels", "fmin", "fmax"),
+                "mfcc": ("n_fft", "win_length", "hop_length", "window", "n_mels", "n_mfcc", "fmin", "fmax"),
+                "cqt": ("hop_length", "cqt_fmin", "cqt_bins", "cqt_bins_per_octave")}
+# the [preprocessing] keys each clip mode reads (sample_rate, clip_mode and the front ends' own keys always)
+CLIP_MODE_KEYS = {"fixed": ("clip_seconds", "cut_mode"), "windows": ("window_seconds", "window_hop_seconds")}
+
+
+def idle_settings(preprocessing, features):
+    """({[preprocessing] keys}, {[features] keys}) that give the same features whatever their value with these
+    settings: the other clip mode's lengths, the other feature types' keys."""
+    pre_idle = {key for mode, keys in CLIP_MODE_KEYS.items() if mode != preprocessing.get("clip_mode")
+                for key in keys} - set(CLIP_MODE_KEYS.get(preprocessing.get("clip_mode"), ()))
+    acting = set(FEATURE_KEYS.get(features.get("type"), features))
+    feat_idle = {key for keys in FEATURE_KEYS.values() for key in keys} - acting
+    return pre_idle & set(preprocessing), feat_idle & set(features)
 
 
 def cut_to_clip(duration, length):

@@ -577,6 +577,31 @@ def changed_files(was, now):
     return [found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")] if found else []
 
 
+def idle_changes(metadata, pre, feature_settings):
+    """["[section] key", ...] of the settings that differ from the dataset's (its metadata) but idle with these."""
+    pre_idle, feat_idle = feat_analysis.idle_settings(pre, feature_settings)
+    changes = []
+    for section, was, now, idle in (("preprocessing", metadata.get("preprocessing_settings"), pre, pre_idle),
+                                    ("features", metadata.get("feature_settings"), feature_settings, feat_idle)):
+        was = was if isinstance(was, dict) else {}
+        changes += [f"[{section}] {key}" for key in sorted(idle) if key in was and was[key] != now[key]]
+    return changes
+
+
+def fingerprint_as_made(metadata, table, pre, feature_settings, target_kind):
+    """The dataset's own fingerprint when this run differs from it (its metadata) only in settings that idle with
+    these (feat_analysis.idle_settings: another feature type's keys, another clip mode's lengths), else None."""
+    was_pre, was_feat = metadata.get("preprocessing_settings"), metadata.get("feature_settings")
+    if not isinstance(was_pre, dict) or not isinstance(was_feat, dict):
+        return None
+    pre_idle, feat_idle = feat_analysis.idle_settings(pre, feature_settings)
+    fingerprint = input_fingerprint(table["stats"], table["clips"],
+                                    {**pre, **{key: was_pre[key] for key in pre_idle if key in was_pre}},
+                                    {**feature_settings, **{key: was_feat[key] for key in feat_idle if key in was_feat}},
+                                    target_kind)
+    return fingerprint if fingerprint == metadata.get("fingerprint") else None
+
+
 def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source, stats):
     """What differs between an existing dataset (its metadata) and this run ([] when it can be reused): the
     fingerprint covers settings, table and input files; the class order asked for by --classes is compared too."""
@@ -681,12 +706,19 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
     kinds = {**SKIP_KINDS, **(kinds or {})}
     metadata = existing_metadata(paths)
+    as_made = fingerprint_as_made(metadata, table, pre, feature_settings, target_kind) if metadata else None
+    if as_made and as_made != fingerprint:
+        if not quiet:
+            print(f"{dataset}: {', '.join(idle_changes(metadata, pre, feature_settings))} changed, which "
+                  f"{feature_type} features of {pre['clip_mode']} clips do not read: the dataset as made is reused")
+        fingerprint = as_made
     differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind,
                                  table["source"], table["stats"]) if metadata else None
     if differences and not force:
         raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
-                        f"({'; '.join(differences)}): experiments built on it would no longer resume (their dataset "
-                        "fingerprint changes); preprocess under another --dataset name, or pass --force to replace it")
+                        f"({'; '.join(differences)}): replacing it may change the features experiments built on it "
+                        "were trained on (those no longer resume); preprocess under another --dataset name, or pass "
+                        "--force to replace it")
     if metadata and not differences and not force and stored_format(paths) == 1 and not quiet:
         print(f"{dataset}: stored as .npz archives (format 1), which every fold process reads into a copy of its "
               "own: writing it again as memory-mapped .npy files (format 2; the same features, the same dataset "

@@ -17,6 +17,7 @@ import demo_corpus
 import feat_analysis
 import preprocessing_dataset as pipeline
 import preprocessing_ravdess as prep
+from conftest import write_config
 from utility_functions import XvalError, check_dataset, check_target, dataset_paths, load_config, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,17 @@ def test_rerun_reuses_unless_inputs_settings_or_force_change(corpus, small_confi
     assert predictors_path.stat().st_mtime_ns == stamp and second["fingerprint"] == first["fingerprint"]
     assert not prep.preprocess(inputs, "again", small_config, jobs=1, force=True, quiet=True)["reused"]
     stamp = predictors_path.stat().st_mtime_ns
+    # settings mel features of fixed clips never read change nothing: reused as made, saying which
+    idle = write_config(tmp_path / "idle", {"features": {**SMALL["features"], "cqt_bins": "48",
+                                                         "power_law_compression": "0.3"},
+                                            "preprocessing": {**SMALL["preprocessing"], "window_seconds": "0.5"},
+                                            "paths": {"features_folder": str(predictors_path.parent)}})
+    capsys.readouterr()
+    reused = prep.preprocess(inputs, "again", idle, jobs=1)
+    said = capsys.readouterr().out
+    assert reused["reused"] and reused["fingerprint"] == first["fingerprint"]
+    assert "[preprocessing] window_seconds, [features] cqt_bins, [features] power_law_compression changed" in said
+    assert predictors_path.stat().st_mtime_ns == stamp
     # other settings under the same name would replace the features experiments were built on: only with --force
     with pytest.raises(XvalError, match=r"made from other inputs or settings \(\[features\] type 'mel' -> 'stft'.*"
                                         "pass --force to replace it"):
@@ -303,6 +315,15 @@ def test_settings_mistakes_are_one_line_errors(corpus, config_factory, tmp_path)
     assert_one_line_error(run_cli("--input", str(corpus), "--config", str(bad_window)), "window")
     too_long = config_factory({"features": {"win_length": "2048"}}, folder=tmp_path / "b")
     assert_one_line_error(run_cli("--input", str(corpus), "--config", str(too_long)), "win_length")
+    # each of these used to be written without a word (a negative fmax read as "half the sample rate", a hop
+    # skipping audio, mel bands with no FFT bin in them)
+    for folder, settings, words in (("e", {"fmax": "-100"}, "fmax = -100.0 is negative"),
+                                    ("f", {"win_length": "512", "hop_length": "1024"}, "hop_length = 1024 is longer than win_length = 512"),
+                                    ("g", {"n_fft": "256", "win_length": "256", "hop_length": "128", "n_mels": "128"},
+                                     "n_mels = 128 is too many for n_fft = 256")):
+        config = config_factory({"features": settings}, folder=tmp_path / folder)
+        assert_one_line_error(run_cli("--input", str(corpus), "--config", str(config)), words)
+        assert not list(Path(load_config(config)["paths"]["features_folder"]).glob("*.npy"))
     with pytest.raises(prep.XvalError, match="n_mfcc"):
         prep.preprocess(corpus, "x", config_factory({"features": {"n_mfcc": "80"}}, folder=tmp_path / "c"),
                         feature_type="mfcc")
