@@ -679,6 +679,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     """Make (or reuse) the dataset `dataset` from a table of clips; returns a summary dict.
 
     table: {"clips": [clip_entry], "skipped": [skip_entry], "stats": file_stats, "source": what was read,
+    "regroup": how to give the front end more foldable items (the end of a refusal's line),
     "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
     class_names: the classes in order (default: the sorted distinct labels). metadata_extra: more metadata keys
     from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake.
@@ -747,8 +748,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         shown = ", ".join(f"{label}: {item}" for label, item in list(lone.items())[:4]) + (", ..." if len(lone) > 4
                                                                                         else "")
         raise XvalError(f"every class lies in one foldable item ({shown}): no test class would ever be seen in "
-                        f"training; are the labels the '{table['fold_by']}' column (or pattern) again? Fold by "
-                        "another column, or --fold-by file")
+                        f"training; are the labels the '{table['fold_by']}' column (or pattern) again? "
+                        f"{table['regroup']}")
     length = feat_analysis.length_settings(pre)
     cannot = unwritable(features_folder)
     if cannot:
@@ -780,8 +781,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                             "numbers")
         if len({clip["item"] for clip in read}) < 2:
             raise XvalError(f"only one foldable item ({read[0]['item']}, by '{table['fold_by']}') has usable clips in "
-                            f"{table['source']}: cross-validation by foldable item needs two or more; check --fold-by "
-                            "or --group-pattern")
+                            f"{table['source']}: cross-validation by foldable item needs two or more; "
+                            f"{table['regroup']}")
         skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
         frames, bins = shape
         items = sorted({clip["item"] for clip in read})
@@ -970,7 +971,10 @@ def run(args):
             raise XvalError(f"--folders takes --fold-by file or --group-pattern, not --fold-by {args.fold_by}")
         clips, skipped, stats = folders_table(args.folders, args.group_pattern, fold_by, args.label_pattern)
         source = str(Path(args.folders).expanduser().resolve())
-    table = {"clips": clips, "skipped": skipped, "stats": stats, "source": source, "fold_by": fold_by}
+    regroup = ("give --fold-by the column of the foldable items (speakers), or --fold-by file" if args.csv else
+               "give --group-pattern a group that finds the foldable items (speakers) in the names, or --fold-by file")
+    table = {"clips": clips, "skipped": skipped, "stats": stats, "source": source, "fold_by": fold_by,
+             "regroup": regroup}
     return build_dataset(table, args.dataset, config, args.target, parse_class_order(args.classes),
                          feature_type=args.features, jobs=args.jobs, force=args.force, where=str(config_path))
 

@@ -158,7 +158,8 @@ def ravdess_table(folder, clips, skipped, stats, target):
                                    else str(clip["intensity"] - 1), clip["actor"], clip_record(clip))
                for clip in clips]
     return {"clips": entries, "skipped": [dict(entry, row=None) for entry in skipped], "stats": stats,
-            "source": str(folder), "fold_by": "actor", "noun": "RAVDESS files"}
+            "source": str(folder), "fold_by": "actor", "noun": "RAVDESS files",
+            "regroup": "the actors are the foldable items: give an input holding two or more Actor_NN folders"}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -295,7 +295,9 @@ def test_labels_or_speakers_that_differ_only_in_case_are_warned_and_one_speaker_
         completed.stdout
     one = [row for row in voices["rows"] if row["speaker"] == "spk0"]
     one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "one_speaker", one), "--dataset", "one_speaker"),
-                     "only one foldable item (spk0, by 'speaker') has usable clips")
+                     "only one foldable item (spk0, by 'speaker') has usable clips in")
+    one_line_refusal(preprocess(voices, "--csv", table_csv(voices, "one_speaker", one), "--dataset", "one_speaker"),
+                     "needs two or more; give --fold-by the column of the foldable items (speakers)")
 
 
 @pytest.mark.parametrize("name", [".hidden", "émotion", "a" * 101])

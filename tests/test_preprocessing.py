@@ -310,6 +310,13 @@ def test_cli_errors_are_one_line_with_exit_code_2(small_config, tmp_path):
     assert not list(Path(features_folder).glob("*.npz"))
 
 
+def test_one_actor_is_refused_with_what_the_ravdess_front_end_needs(corpus, small_config, tmp_path):
+    actor = next(corpus.glob("Actor_*"))
+    shutil.copytree(actor, tmp_path / "one" / actor.name)
+    assert_one_line_error(run_cli("--input", str(tmp_path / "one"), "--config", str(small_config)),
+                          "only one foldable item", "give an input holding two or more Actor_NN folders")
+
+
 def test_settings_mistakes_are_one_line_errors(corpus, config_factory, tmp_path):
     bad_window = config_factory({"features": {"window": "hanning-ish"}}, folder=tmp_path / "a")
     assert_one_line_error(run_cli("--input", str(corpus), "--config", str(bad_window)), "window")

@@ -79,7 +79,7 @@ def build_from_csv(csv_path, config_path, dataset, **options):
     clips, skipped, stats = pipeline.csv_table(csv_path, "file", options.pop("label_column", "label"),
                                                options.pop("fold_by", "speaker"))
     table = {"clips": clips, "skipped": skipped, "stats": stats, "source": str(csv_path),
-             "fold_by": "speaker"}
+             "fold_by": "speaker", "regroup": "give --fold-by the column of the speakers"}
     return pipeline.build_dataset(table, dataset, config, options.pop("target", "classification"), jobs=1,
                                   **options)
 
