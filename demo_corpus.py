@@ -25,7 +25,7 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from utility_functions import RAVDESS_EMOTIONS, commit_temp_file, remove_stale_temp_files, temp_path_for
+from utility_functions import RAVDESS_EMOTIONS, commit_temp_file, whole_number, remove_stale_temp_files, temp_path_for
 
 SAMPLE_RATE = 48000  # Hz, as RAVDESS
 SYNTH_RATE = 24000  # Hz, the voice is made at this rate (it has nothing above 12 kHz), then upsampled
@@ -474,8 +474,8 @@ def main(argv=None):
                                      "into FOLDER; clips already there are kept. preprocessing_ravdess.py --demo "
                                      "does this and extracts its features.")
     parser.add_argument("folder", type=Path, help="where Actor_01/ ... go")
-    parser.add_argument("--actors", type=int, default=N_ACTORS, help=f"number of actors (default {N_ACTORS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the voices and clips (default 0)")
+    parser.add_argument("--actors", type=whole_number, default=N_ACTORS, help=f"number of actors (default {N_ACTORS})")
+    parser.add_argument("--seed", type=whole_number, default=0, help="seed of the voices and clips (default 0)")
     args = parser.parse_args(argv)
     if not 1 <= args.actors <= 99:
         parser.error(f"--actors {args.actors} must be between 1 and 99")

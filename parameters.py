@@ -214,39 +214,45 @@ def closest(name, known):
 def check_training_values(parameters, overridden, where):
     """Value checks beyond the type: choices, ranges, what a task type allows, and that every parameter the
     instance sets (overridden: their names) acts with the others' values."""
-    def fail(message):
-        raise XvalError(f"{where}: {message}")
+    def fail(message, name=None):
+        """Refuse; a value the instance does not set comes from config.ini [training], which the line says."""
+        origin = "" if name is None or name in overridden else \
+            f" (config.ini [training] gives it: fix {name} there, or set it in the instance)"
+        raise XvalError(f"{where}: {message}{origin}")
     if parameters["optimizer"] not in OPTIMIZERS:
-        fail(f"optimizer {parameters['optimizer']!r} is unknown: use one of {', '.join(OPTIMIZERS)}")
+        fail(f"optimizer {parameters['optimizer']!r} is unknown: use one of {', '.join(OPTIMIZERS)}", "optimizer")
     allowed = monitorable(parameters["task_type"])
     if parameters["save_best_model_metric"] not in allowed:
         fail(f"save_best_model_metric {parameters['save_best_model_metric']!r} is not available for "
-             f"{parameters['task_type']}: use one of {', '.join(allowed)}")
+             f"{parameters['task_type']}: use one of {', '.join(allowed)}", "save_best_model_metric")
     if parameters["save_best_model_mode"] not in ("min", "max", "auto"):
-        fail(f"save_best_model_mode {parameters['save_best_model_mode']!r} must be min, max or auto")
+        fail(f"save_best_model_mode {parameters['save_best_model_mode']!r} must be min, max or auto",
+             "save_best_model_mode")
     direction = monitor_direction(parameters["save_best_model_metric"])
     if parameters["save_best_model_mode"] not in ("auto", direction):
         fail(f"save_best_model_mode = {parameters['save_best_model_mode']!r} would keep the worst epoch of "
-             f"{parameters['save_best_model_metric']} (best is {direction}): use \"auto\" (or \"{direction}\")")
+             f"{parameters['save_best_model_metric']} (best is {direction}): use \"auto\" (or \"{direction}\")",
+             "save_best_model_mode")
     for name, kind in CONFIG_SCHEMA["training"].items():
         if isinstance(kind, tuple) and parameters[name] not in kind:
-            fail(f"{name} {parameters[name]!r} is not one of {', '.join(kind)}")
+            fail(f"{name} {parameters[name]!r} is not one of {', '.join(kind)}", name)
     for name in ("batch_size", "num_epochs", "learning_rate", "time_mask_width", "freq_mask_width"):
         if parameters[name] <= 0:
-            fail(f"{name} = {parameters[name]} must be greater than 0")
+            fail(f"{name} = {parameters[name]} must be greater than 0", name)
     for name in ("patience", "regularization_lambda", "focal_gamma", "time_masks", "freq_masks", "mixup_alpha",
                  "lr_patience", "min_lr"):
         if name in parameters and parameters[name] < 0:
-            fail(f"{name} = {parameters[name]} must not be negative")
+            fail(f"{name} = {parameters[name]} must not be negative", name)
     if not 0 < parameters["lr_factor"] < 1:
-        fail(f"lr_factor = {parameters['lr_factor']} must be between 0 and 1 (the learning rate is multiplied by it)")
+        fail(f"lr_factor = {parameters['lr_factor']} must be between 0 and 1 (the learning rate is multiplied by it)",
+             "lr_factor")
     if not 0 <= parameters["seed"] < 2 ** 32:
-        fail(f"seed = {parameters['seed']} must be between 0 and 2**32 - 1")
+        fail(f"seed = {parameters['seed']} must be between 0 and 2**32 - 1", "seed")
     if parameters["task_type"] == "regression":
         for name, default in (("class_weight", "none"), ("loss", "auto")):
             if parameters[name] != default:
                 fail(f"{name} = {parameters[name]!r} is for classification only: remove it from regression "
-                     "instances")
+                     "instances", name)
     for name, acts, idle, fix in CONDITIONAL_PARAMETERS:
         if name in overridden and not acts(parameters):
             fail(f"{name} = {parameters[name]!r} has no effect with {idle.format(**parameters)}: remove it, or set "

@@ -51,8 +51,8 @@ import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
-                               load_dataset, map_array, read_index_file, read_json,
-                               remove_stale_temp_files, stored_format, temp_path_for, unwritable, writing)
+                               load_dataset, map_array, read_index_file, read_json, remove_stale_temp_files,
+                               stored_format, temp_path_for, unwritable, writing, whole_number)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
@@ -595,10 +595,9 @@ def fingerprint_as_made(metadata, table, pre, feature_settings, target_kind):
     if not isinstance(was_pre, dict) or not isinstance(was_feat, dict):
         return None
     pre_idle, feat_idle = feat_analysis.idle_settings(pre, feature_settings)
-    fingerprint = input_fingerprint(table["stats"], table["clips"],
-                                    {**pre, **{key: was_pre[key] for key in pre_idle if key in was_pre}},
-                                    {**feature_settings, **{key: was_feat[key] for key in feat_idle if key in was_feat}},
-                                    target_kind)
+    pre_as_made = {**pre, **{key: was_pre[key] for key in pre_idle if key in was_pre}}
+    features_as_made = {**feature_settings, **{key: was_feat[key] for key in feat_idle if key in was_feat}}
+    fingerprint = input_fingerprint(table["stats"], table["clips"], pre_as_made, features_as_made, target_kind)
     return fingerprint if fingerprint == metadata.get("fingerprint") else None
 
 
@@ -933,7 +932,7 @@ def parse_args(argv):
     parser.add_argument("--classes", help="classification: the classes in order, comma-separated (default: the "
                                           "sorted distinct labels)")
     parser.add_argument("--features", choices=feat_analysis.FEATURE_TYPES, help="override [features] type")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: number of CPUs)")
+    parser.add_argument("--jobs", type=whole_number, default=None, help="worker processes (default: number of CPUs)")
     parser.add_argument("--force", action="store_true", help="recompute even if inputs and settings are unchanged")
     parser.add_argument("--config", help="config.ini to use (default: $XVAL_CONFIG, else the repository's)")
     return parser.parse_args(argv)

@@ -29,7 +29,7 @@ from pathlib import Path
 import feat_analysis
 import preprocessing_dataset as pipeline
 from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, config_path_in_use, exit_on_user_error,
-                               files_under, load_config)
+                               files_under, load_config, whole_number)
 
 DEFAULT_DATASET = "ravdess"
 DEMO_DATASET = "ravdess_demo"
@@ -212,7 +212,7 @@ def parse_args(argv):
                                           "--target intensity)")
     parser.add_argument("--features", choices=feat_analysis.FEATURE_TYPES, help="override [features] type")
     parser.add_argument("--target", choices=TARGETS, default="emotion", help="what to predict (default emotion)")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: number of CPUs)")
+    parser.add_argument("--jobs", type=whole_number, default=None, help="worker processes (default: number of CPUs)")
     parser.add_argument("--force", action="store_true", help="recompute even if inputs and settings are unchanged")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo corpus (synthesised first if "
                                                             "missing)")

@@ -36,7 +36,7 @@ from layout import FOLD_MODEL_PATTERN, Layout
 from plan import initial_model_paths
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, exit_on_user_error, files_under, load_clip_ids,
-                               load_config, load_dataset, read_json, stored_format, unwritable)
+                               load_config, load_dataset, read_json, stored_format, unwritable, whole_number)
 
 FEATURE_KEYS = ("feature_settings", "length", "sample_rate")  # what predicting needs to make the same features
 
@@ -83,9 +83,13 @@ def which_instance(experiment_dir, text):
     """The instance number asked for: a number, or 'best' (chosen on validation)."""
     if text in (None, "best"):
         return chosen_instance(experiment_dir)
-    if not text.isdigit():
+    try:
+        number = whole_number(text)
+    except ValueError:
+        number = -1
+    if number < 0:
         raise XvalError(f"--instance {text!r} must be an instance number or best")
-    return int(text)
+    return number
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,7 +261,8 @@ def model_set(target, instance_text):
 
 
 def audio_files(paths):
-    """The audio files named or found (recursively) under the folders named, in order; XvalError if none."""
+    """The audio files named or found (recursively) under the folders named, in order, each once (a file named
+    twice, under two spellings or through two folders, is one file: one row); XvalError if none."""
     from feat_analysis import AUDIO_SUFFIXES
     files = []
     for path in map(Path, paths):
@@ -269,7 +274,10 @@ def audio_files(paths):
             raise XvalError(f"{path} does not exist: pass audio files or folders")
     if not files:
         raise XvalError(f"no audio files in {', '.join(map(str, paths))} ({', '.join(AUDIO_SUFFIXES)})")
-    return files
+    once = {}
+    for path in files:
+        once.setdefault(path.resolve(), path)
+    return list(once.values())
 
 
 def file_features(path, features):
@@ -369,7 +377,8 @@ def parse_args(argv):
     final_parser.add_argument("experiment", help="an experiment_{N} folder")
     final_parser.add_argument("--instance", help="instance number, or best (default: chosen on validation)")
     final_parser.add_argument("--overwrite", action="store_true", help="replace an existing final model")
-    final_parser.add_argument("--gpu", type=int, help="GPU for training (-1: CPU; default: as the environment)")
+    final_parser.add_argument("--gpu", type=whole_number,
+                              help="GPU for training (-1: CPU; default: as the environment)")
     predict_parser = commands.add_parser("predict", help="predict audio files")
     predict_parser.add_argument("model", help="a final model, a fold model, or an experiment folder")
     predict_parser.add_argument("audio", nargs="+", help="audio files or folders")

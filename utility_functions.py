@@ -150,6 +150,17 @@ def expand_path(raw, where):
     return Path(expanded)
 
 
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+def whole_number(text):
+    """int of a whole number written in ASCII digits ('12', '-1'); ValueError for anything else, which int() would
+    take ('1_0' as 10, ' 3', other scripts' digits). Also an argparse type."""
+    if not isinstance(text, str) or not WHOLE_NUMBER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
 def parse_config_value(raw, kind, config_dir, where):
     """One config value from its text; kind is int, float, bool, str, PATH or a tuple of allowed strings."""
     raw = raw.strip()
@@ -160,7 +171,7 @@ def parse_config_value(raw, kind, config_dir, where):
                 raise ValueError
             return lowered in ("true", "yes", "1", "on")
         if kind is int:
-            return int(raw)
+            return whole_number(raw)
         if kind is float:
             value = float(raw)
             if not math.isfinite(value):
@@ -226,6 +237,9 @@ def load_config(path=None, sections=None):
     share = config["folds"]["validation_share"]
     if not 0 < share < 1:
         raise XvalError(f"{path} [folds] validation_share = {share} must be between 0 and 1: fix that line")
+    if not 0 <= config["folds"]["folds_seed"] < 2 ** 32:  # numpy's seeds; the splitters' shuffle refuses others
+        raise XvalError(f"{path} [folds] folds_seed = {config['folds']['folds_seed']} must be between 0 and "
+                        "2**32 - 1: fix that line")
     return config
 
 

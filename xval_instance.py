@@ -39,7 +39,7 @@ from layout import Layout  # noqa: E402
 from plan import accept, check_live_claims, make_plan  # noqa: E402
 from search import changed_search_problem, is_search, lost_trials, parse_search, search_status_line  # noqa: E402
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path,  # noqa: E402
-                               load_config, parse_config_value)
+                               load_config, parse_config_value, whole_number)
 
 if _QUIET_IMPORTS:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -63,7 +63,7 @@ def parse_devices(text, where):
     for value in values:
         if isinstance(value, str):
             try:
-                value = int(value)
+                value = whole_number(value)
             except ValueError:
                 pass  # refused below
         if not isinstance(value, int) or isinstance(value, bool) or value < -1:
@@ -132,7 +132,7 @@ def parse_command_line(argv, instance_ids, default_devices, script_name):
     if len(positional) > 3:
         raise XvalError(f"too many arguments ({len(positional)}, at most 3) — {usage}")
     try:
-        numbers = [int(text) for text in positional[:2]]
+        numbers = [whole_number(text) for text in positional[:2]]
     except ValueError:
         raise XvalError(f"instance numbers must be whole numbers, got {' '.join(positional[:2])!r} — {usage}") \
             from None

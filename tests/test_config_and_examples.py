@@ -65,6 +65,7 @@ def test_relative_paths_are_taken_from_the_config_folder_not_the_current_directo
     (lambda text: text.replace("early_stopping = true", "early_stopping = sometimes"), "is not true or false"),
     (lambda text: text.replace("validation_share = 0.2", "validation_share = 1.5"), "must be between 0 and 1"),
     (lambda text: text.replace("batch_size = 32", "batch_size = 0"), "must be greater than 0"),
+    (lambda text: text.replace("folds_seed = 1", "folds_seed = -1"), "[folds] folds_seed = -1 must be between 0 and"),
     (lambda text: text.replace("learning_rate = 0.001", "learning_rate = nan"),
      "[training] learning_rate = 'nan' is not a finite number"),
     (lambda text: text.replace("fmin = 0.0", "fmin = -inf"), "[features] fmin = '-inf' is not a finite number"),

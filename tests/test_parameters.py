@@ -82,6 +82,16 @@ def test_bad_parameter_strings_are_refused_with_one_clear_line(strings, expected
     assert expected in message and "\n" not in message and message.startswith("experiment_dict[1]")
 
 
+def test_a_bad_config_value_the_instance_does_not_set_is_blamed_on_config_ini():
+    for key, value in (("patience", -1), ("optimizer", "adamm"), ("seed", -3)):
+        with pytest.raises(XvalError) as refusal:
+            resolve_instance(BASE, dict(TRAINING, **{key: value}), SIGNATURES, "experiment_dict[1]")
+        assert f"(config.ini [training] gives it: fix {key} there, or set it in the instance)" in str(refusal.value)
+    with pytest.raises(XvalError) as refusal:  # set by the instance: the instance's line, as before
+        resolve("patience = -1")
+    assert str(refusal.value) == "experiment_dict[1]: patience = -1 must not be negative"
+
+
 @pytest.mark.parametrize("missing", MANDATORY_PARAMETERS)
 def test_mandatory_parameters(missing):
     strings = [text for text in BASE if not text.startswith(missing)]
@@ -211,6 +221,7 @@ def test_command_line_modes_and_slurm_options():
     (["--slurm", "--status"], "cannot be combined"), (["--slurm", "1", "2", "0"], "--slurm takes no DEVICES"),
     (["--fast"], "unknown option --fast"), (["--slurm", "--mem"], "--mem needs a value"),
     (["--slurm", "--time", "--max-parallel", "3"], "--time needs a value"), (["1", "2", "0,--1"], "devices must be"),
+    (["1_0"], "must be whole numbers"), (["\u0661"], "must be whole numbers"), (["1", "2", "0_1"], "devices must be"),
 ])
 def test_command_line_errors_show_the_usage(argv, expected):
     with pytest.raises(XvalError) as refusal:

@@ -325,7 +325,8 @@ def test_settings_mistakes_are_one_line_errors(corpus, config_factory, tmp_path)
     # each of these used to be written without a word (a negative fmax read as "half the sample rate", a hop
     # skipping audio, mel bands with no FFT bin in them)
     for folder, settings, words in (("e", {"fmax": "-100"}, "fmax = -100.0 is negative"),
-                                    ("f", {"win_length": "512", "hop_length": "1024"}, "hop_length = 1024 is longer than win_length = 512"),
+                                    ("f", {"win_length": "512", "hop_length": "1024"},
+                                     "hop_length = 1024 is longer than win_length = 512"),
                                     ("g", {"n_fft": "256", "win_length": "256", "hop_length": "128", "n_mels": "128"},
                                      "n_mels = 128 is too many for n_fft = 256")):
         config = config_factory({"features": settings}, folder=tmp_path / folder)

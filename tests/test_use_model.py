@@ -151,8 +151,21 @@ def test_an_instance_predicts_with_the_mean_of_its_fold_models(experiment, tmp_p
     assert [row["prediction"] for row in rows] == [document["class_names"][i] for i in expected.argmax(axis=1)]
 
 
+def test_a_file_named_twice_is_predicted_once(experiment, tmp_path):
+    files = clip_files_of(experiment["metadata"], ["03"])[:2]
+    link = tmp_path / "same.wav"
+    link.symlink_to(files[0])
+    out = tmp_path / "once.csv"
+    fold_model = experiment["dir"] / "models" / "model_tiny_exp1_run1_fold1.hdf5"
+    completed = use_model("predict", fold_model, files[0], files[1], files[0], link, "--out", out,
+                          config_path=experiment["config"])
+    assert completed.returncode == 0, completed.stderr
+    assert f"predicted 2 files with {fold_model.name}" in completed.stdout
+    assert [list(row.values())[0] for row in read_csv(out)] == [str(files[0]), str(files[1])]
+
+
 @pytest.mark.parametrize("case", ["no-audio", "missing-model", "no-card", "incomplete", "instance-with-a-file",
-                                  "out-is-an-input"])
+                                  "out-is-an-input", "instance-not-a-number"])
 def test_bad_inputs_are_one_line(experiment, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -165,6 +178,8 @@ def test_bad_inputs_are_one_line(experiment, tmp_path, case):
         arguments, words = ["predict", fold_model, *some_audio, "--instance", "2"], "--instance only acts with an"
     elif case == "missing-model":
         arguments, words = ["predict", tmp_path / "nothing.hdf5", *some_audio], "does not exist"
+    elif case == "instance-not-a-number":  # int() would read 1_0 as instance 10
+        arguments, words = ["final", experiment["dir"], "--instance", "1_0"], "--instance '1_0' must be an instance"
     elif case == "out-is-an-input":  # a slip that would have written the CSV over the user's recording
         some_audio = [tmp_path / "recording.wav"]
         shutil.copy(clip_files_of(experiment["metadata"], ["01"])[0], some_audio[0])
