@@ -59,7 +59,7 @@ def EXAMPLE_model(input_shape, output_size, task_type, regularization_lambda,
 
 
 def POOLED_STATS_model(input_shape, output_size, task_type, regularization_lambda,
-                       hidden_units=(128, 64), dropout=0.3):
+                       hidden_units=(128, 64), dropout=0.3, standardize=False):
     """An MLP over the mean, variance and maximum of every bin over time: suits MFCC input.
 
     Built from stock layers only, so the saved .hdf5 reloads without custom objects or unsafe deserialisation.
@@ -70,6 +70,8 @@ def POOLED_STATS_model(input_shape, output_size, task_type, regularization_lambd
         regularization_lambda: L2 weight on every kernel.
         hidden_units: width of each hidden layer.
         dropout: dropout rate after each hidden layer.
+        standardize: batch-normalise the statistics (3 * bins) before the first layer, as the baseline
+            standardises its own.
     Returns: an uncompiled keras.Model, (batch, frames, bins) -> (batch, output_size).
     """
     l2 = regularizers.L2(regularization_lambda)
@@ -79,6 +81,8 @@ def POOLED_STATS_model(input_shape, output_size, task_type, regularization_lambd
     variance = layers.Subtract()([squared_mean, layers.Multiply()([mean, mean])])
     maximum = layers.GlobalMaxPooling1D()(inputs)
     x = layers.Concatenate()([mean, variance, maximum])
+    if standardize:
+        x = layers.BatchNormalization()(x)
     for units in hidden_units:
         x = layers.Dense(units, activation="relu", kernel_regularizer=l2)(x)
         x = layers.Dropout(dropout)(x)

@@ -28,11 +28,11 @@ MODELS_FILE = PROJECT_DIR / "define_models.py"
 MANDATORY_PARAMETERS = ("comment_1", "comment_2", "task_type", "architecture")
 BACKENDS_NAME = "ARCHITECTURE_BACKENDS"  # define_models.py's {architecture: the only backend it runs on}
 NOT_HASHED = ("comment_1", "comment_2")  # editing a comment does not invalidate finished folds
-# [training] keys added since results were first written (main at 167406f): {key: its neutral value, the one that
-# does what xval did before the key existed}. An instance at the neutral value hashes as if the key did not exist,
-# so finished experiments keep resuming after an upgrade. Every key added to [training] gets an entry here
-# (tests/test_upgrade.py refuses a new key without one).
-HASH_NEUTRAL = {"tensorboard": False}
+# [training] keys and architecture arguments added since results were first written (main at 167406f): {key: its
+# neutral value, the one that does what xval did before the key existed}. An instance at the neutral value hashes
+# as if the key did not exist, so finished experiments keep resuming after an upgrade. Every key added to
+# [training] gets an entry here (tests/test_upgrade.py refuses a new key without one).
+HASH_NEUTRAL = {"tensorboard": False, "standardize": False}  # standardize: POOLED_STATS_model's, since 2026-12-04
 # parameters that act only with some value of others: (name, whether it acts, what idles it (a format string of the
 # parameters), what would make it act); only a parameter the instance sets is refused, never a default
 CONDITIONAL_PARAMETERS = (
@@ -221,7 +221,7 @@ def check_training_values(parameters, overridden, where):
         raise XvalError(f"{where}: {message}{origin}")
     if parameters["optimizer"] not in OPTIMIZERS:
         fail(f"optimizer {parameters['optimizer']!r} is unknown: use one of {', '.join(OPTIMIZERS)}", "optimizer")
-    allowed = monitorable(parameters["task_type"])
+    allowed = ("loss",) + monitorable(parameters["task_type"])  # loss: the training loss, to convergence
     if parameters["save_best_model_metric"] not in allowed:
         fail(f"save_best_model_metric {parameters['save_best_model_metric']!r} is not available for "
              f"{parameters['task_type']}: use one of {', '.join(allowed)}", "save_best_model_metric")

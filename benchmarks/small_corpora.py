@@ -51,12 +51,17 @@ CORPORA = {
     "demo": {"settings": {}},
 }
 # recipes: parameter strings of one instance each (what an experiment_dict holds): the two architectures with the
-# defaults as they are, and as they were before 2026-12-04 (num_epochs 20, patience 5)
+# defaults as they are, and as they were before 2026-12-04 (num_epochs 20, patience 5); the pooled model's recipe
+# (pooled_std_loss: statistics batch-normalised, trained to convergence on the training loss) and two ablations of it
 RECIPES = {
     "cnn": ['architecture = "EXAMPLE_model"'],
     "pooled": ['architecture = "POOLED_STATS_model"'],
     "cnn_before": ['architecture = "EXAMPLE_model"', "num_epochs = 20", "patience = 5"],
     "pooled_before": ['architecture = "POOLED_STATS_model"', "num_epochs = 20", "patience = 5"],
+    "pooled_loss": ['architecture = "POOLED_STATS_model"', 'save_best_model_metric = "loss"'],
+    "pooled_std_loss": ['architecture = "POOLED_STATS_model"', "standardize = True", 'save_best_model_metric = "loss"'],
+    "pooled_std_loss_64": ['architecture = "POOLED_STATS_model"', "standardize = True", "hidden_units = (64,)",
+                           "dropout = 0.5", 'save_best_model_metric = "loss"'],
 }
 
 

@@ -123,6 +123,9 @@ def recipes(tiny_features, tmp_path_factory):
         5: instance("uar", "num_epochs = 4", "early_stopping = False",
                     'save_best_model_metric = "val_balanced_accuracy"'),
         6: instance("augmented", *short, "time_masks = 2", "freq_masks = 2", "mixup_alpha = 0.3"),
+        7: instance("converge", "num_epochs = 4", "early_stopping = False", 'save_best_model_metric = "loss"',
+                    model=['architecture = "POOLED_STATS_model"', "hidden_units = (8,)", "standardize = True",
+                           "batch_size = 16"]),
     }
     routine = write_routine(folder, experiment_dict, num_folds=2)
     completed = run_routine(routine, tiny_features["config_path"])
@@ -168,6 +171,18 @@ def test_the_epoch_chosen_on_validation_uar_has_the_best_validation_uar(recipes)
         y = np.concatenate([targets[item] for item in fold["val_items"]]).argmax(axis=1)
         assert skm.balanced_accuracy_score(y, model.predict(x, verbose=0).argmax(axis=1)) == \
             pytest.approx(max(uar))
+
+
+def test_the_epoch_chosen_on_the_training_loss_has_the_lowest_training_loss(recipes):
+    """save_best_model_metric = "loss": validation chooses nothing inside the fold (the pooled model's recipe); the
+    model kept is the epoch of lowest training loss, and standardize = True puts a batch normalisation first."""
+    import keras
+    for fold in results(recipes["dir"], 7)["folds"]:
+        loss = fold["history"]["loss"]
+        assert fold["monitor"] == "loss" and fold["best_epoch"] == int(np.argmin(loss)) + 1
+        model = keras.models.load_model(recipes["dir"] / fold["model_file"])
+        kinds = [type(layer).__name__ for layer in training.leaf_layers(model)]
+        assert kinds.index("BatchNormalization") == kinds.index("Concatenate") + 1
 
 
 def test_augmented_training_completes_and_is_recorded(recipes):

@@ -102,6 +102,19 @@ def test_a_training_key_added_with_its_neutral_value_changes_no_hash(monkeypatch
     assert parameter_hash(moved, "d", 4) != before
 
 
+def test_an_architecture_argument_added_at_its_neutral_value_changes_no_hash():
+    """POOLED_STATS_model's standardize (2026-12-04): a pooled instance of before, whose resolved parameters have no
+    standardize, hashes as the same instance now (standardize = False); standardize = True is another instance."""
+    training = load_config(REPO / "config.ini")["training"]
+    strings = ['task_type = "classification"', 'comment_1 = ""', 'comment_2 = ""',
+               'architecture = "POOLED_STATS_model"']
+    now = resolve_instance(strings, training, architecture_signatures(), "i")
+    before = {name: value for name, value in now.items() if name != "standardize"}
+    assert now["standardize"] is False and parameter_hash(now, "d", 4) == parameter_hash(before, "d", 4)
+    standardized = resolve_instance([*strings, "standardize = True"], training, architecture_signatures(), "i")
+    assert parameter_hash(standardized, "d", 4) != parameter_hash(before, "d", 4)
+
+
 def test_the_default_splitter_makes_the_split_of_167406f():
     for experiment in ("experiment_1", "experiment_2"):
         saved = json.loads((FIXTURE / experiment / "folds.json").read_text())
