@@ -108,8 +108,10 @@ def cqt_problem(sample_rate, feature_settings):
     """Why librosa cannot compute the constant-Q transform with these settings (one line), or None."""
     s = feature_settings
     try:
-        librosa.cqt(y=np.zeros(sample_rate, np.float32), sr=sample_rate, hop_length=s["hop_length"],
-                    fmin=s["cqt_fmin"], n_bins=s["cqt_bins"], bins_per_octave=s["cqt_bins_per_octave"])
+        with warnings.catch_warnings():  # librosa's warnings about this 1 s test signal would read as the user's audio
+            warnings.simplefilter("ignore", UserWarning)
+            librosa.cqt(y=np.zeros(sample_rate, np.float32), sr=sample_rate, hop_length=s["hop_length"],
+                        fmin=s["cqt_fmin"], n_bins=s["cqt_bins"], bins_per_octave=s["cqt_bins_per_octave"])
     except librosa.util.exceptions.ParameterError as error:
         return (f"cqt_fmin = {s['cqt_fmin']}, cqt_bins = {s['cqt_bins']}, cqt_bins_per_octave = "
                 f"{s['cqt_bins_per_octave']}, hop_length = {s['hop_length']} at {sample_rate} Hz: {error}")

@@ -85,7 +85,10 @@ def exit_on_user_error(main, debug=False):
         raise SystemExit(EXIT_INTERRUPTED)
     except BrokenPipeError:  # the reader of its output went away (| head): stopped from outside, not a bug
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
-        print("stopped: its output was closed (a pipe's reader ended, e.g. | head)", file=sys.stderr)
+        try:
+            print("stopped: its output was closed (a pipe's reader ended, e.g. | head)", file=sys.stderr, flush=True)
+        except OSError:  # stderr went into the same pipe (2>&1 | head): nobody is left to read the line
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         raise SystemExit(EXIT_INTERRUPTED)
     except Exception as error:
         if debug:

@@ -591,6 +591,11 @@ def test_output_piped_into_a_reader_that_ends_stops_with_one_line_not_a_bug(fini
     stderr = process.stderr.read()
     assert process.wait(timeout=300) == 130 and stderr.strip() == \
         "stopped: its output was closed (a pipe's reader ended, e.g. | head)", stderr
+    merged = subprocess.Popen([sys.executable, str(finished["routine"]), "--status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=routine_environment(finished["config"]),
+                              cwd=str(finished["folder"]))  # `2>&1 | head`: the line about it has nowhere to go
+    merged.stdout.close()
+    assert merged.wait(timeout=300) == 130
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1131,6 +1136,25 @@ def test_status_says_when_folds_json_or_the_dataset_changed_since_a_fold_was_tra
            "can still reuse it" in status.stdout, status.stdout
     refused = run_routine(experiment["routine"], experiment["config"])
     assert refused.returncode == 2 and "was trained on another split than folds.json's" in refused.stderr
+
+
+def test_status_tells_a_dataset_rewritten_with_the_same_content_from_one_with_other_content(tiny_features,
+                                                                                             tmp_path):
+    """Where the plan refuses (so no fingerprint was checked), --status reads the content fingerprint the dataset's
+    index records: a --force that wrote the same arrays again is no change."""
+    import types
+    import foldjob
+    from utility_functions import dataset_file_stats
+    copy = tmp_path / "features"
+    shutil.copytree(tiny_features["features_folder"], copy)
+    job = {"features_folder": str(copy), "dataset": "tiny", "dataset_files": dataset_file_stats(copy, "tiny")}
+    predictors = copy / "tiny_predictors.npy"
+    os.utime(predictors, ns=(predictors.stat().st_atime_ns, predictors.stat().st_mtime_ns + 10 ** 9))  # rewritten
+    layout = types.SimpleNamespace(folds=tmp_path / "no_folds.json")
+    same = {"dataset_fingerprint": foldjob.recorded_fingerprint(copy, "tiny")}
+    assert same["dataset_fingerprint"] and foldjob.changed_since_trained(layout, 1, same, job) is None
+    assert foldjob.changed_since_trained(layout, 1, {"dataset_fingerprint": "other"}, job) == \
+        "the files of dataset 'tiny' were rewritten since it was trained with other content (preprocessed again?)"
 
 
 def test_a_fold_model_cut_short_is_not_reused(finished, tmp_path):
