@@ -346,6 +346,10 @@ def prepare(settings, command, config, routine_file):
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
         plan = make_plan(settings, config, command["selected"], experiment_path(settings, config, routine_file),
                          reuse=command["mode"] != "smoke")
+        journals = [] if command["mode"] == "smoke" else \
+            [changed_search_problem(plan.layout, planned.search) for planned in plan.searches]
+        if any(journals):  # a journal of another search: refused before the description and snapshot are written
+            raise XvalError(next(problem for problem in journals if problem))
         executor.validate(plan)
     except BaseException:
         executor.abort()

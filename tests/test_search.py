@@ -147,8 +147,11 @@ def test_a_changed_search_is_refused_on_a_journal_made_by_another(killed_and_rer
     changed = routine.with_name("changed.py")
     changed.write_text(text)
     status = run_routine(changed, killed_and_rerun["config"], "--status")
+    before = {path: path.stat().st_mtime_ns for path in killed_and_rerun["dir"].rglob("*")}
     refused = run_routine(changed, killed_and_rerun["config"])
     assert refused.returncode == 2
+    # refused while planning: no code snapshot, description or log written first
+    assert {path: path.stat().st_mtime_ns for path in killed_and_rerun["dir"].rglob("*")} == before
     assert "holds the trials of another search (space changed)" in refused.stderr, refused.stderr
     assert "xval: a run of these instances would now refuse: search " in status.stdout and \
         "holds the trials of another search (space changed)" in status.stdout, status.stdout
