@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from foldjob import claim_owner_text, fold_fingerprint, read_if_readable, reusable_folds
-from layout import Layout
+from layout import FOLD_MODEL_PATTERN, Layout
 from parameters import (architecture_parameters, architecture_signatures, as_recorded, changed_parameters,
                         check_backend_installed, parameter_hash, parameters_text, resolve_instance)
 from registries import SPLITTERS
@@ -330,7 +330,6 @@ def check_initial_models(parameters, experiment_dir, data_shape, output_size, da
     not fit the data (input shape, output size); warns of starting models of this dataset from an experiment
     with other folds, or of one model for every fold (their weights saw test items of the fold they start)."""
     paths, warnings = initial_model_paths(parameters, experiment_dir, folds), []
-    per_fold = "{fold}" in parameters["initial_model"]
     for fold in folds if paths else []:
         path = paths[fold["fold"]]
         if not path.is_file():
@@ -343,16 +342,31 @@ def check_initial_models(parameters, experiment_dir, data_shape, output_size, da
         if units is not None and units != output_size:
             raise XvalError(f"{where}: initial_model {path} has {units} outputs, the dataset needs {output_size}: "
                             "start from a model of the same classes")
-        origin = path.parent.parent / "folds.json"
-        if origin.is_file():
-            saved = read_json(origin)
-            same = next((f for f in saved.get("folds", []) if f["fold"] == fold["fold"]), None)
-            if saved.get("dataset") == dataset and (not per_fold or same is None
-                                                    or same["test_items"] != fold["test_items"]):
-                warnings.append(f"{where}: initial_model {path} was trained on dataset '{dataset}' with other folds: "
-                                f"its weights saw some of fold {fold['fold']}'s test items, so that fold's test "
-                                "score is optimistic")
+        seen = items_seen(path, dataset)
+        leaked = sorted(set(fold["test_items"]) & seen) if seen else []
+        if leaked:
+            shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")
+            warnings.append(f"{where}: initial_model {path} was trained on dataset '{dataset}': its weights saw "
+                            f"{len(leaked)} of fold {fold['fold']}'s test items ({shown}), so that fold's test score "
+                            "is optimistic")
     return paths, warnings
+
+
+def items_seen(model_path, dataset):
+    """The foldable items of `dataset` a model of an xval experiment was trained or validated on: a fold model's
+    fold's training and validation items, a final model's every item (from its experiment's folds.json); an empty
+    set for a model of another dataset or from elsewhere (no folds.json two folders up: nothing to compare)."""
+    path = Path(model_path)
+    origin = path.parent.parent / "folds.json"
+    saved = read_json(origin) if origin.is_file() else {}
+    if saved.get("dataset") != dataset:
+        return set()
+    if path.parent.name == "final":
+        return set(saved.get("items", []))
+    match = FOLD_MODEL_PATTERN.match(path.name)
+    fold = next((f for f in saved.get("folds", []) if match and f["fold"] == int(match["fold"])), None)
+    # a model file named otherwise in an experiment of this dataset: it may have seen any of its items
+    return set(saved.get("items", [])) if fold is None else set(fold["train_items"]) | set(fold["val_items"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

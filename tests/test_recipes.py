@@ -214,7 +214,10 @@ def test_fine_tuning_starts_from_the_given_weights_and_trains_only_the_last_laye
                                                    'model_tiny_exp1_run1_fold1.hdf5"')},
                               name="one_model.py", num_experiment=3, num_folds=2)
     warned = run_routine(one_model, tiny_features["config_path"])
-    assert warned.returncode == 0 and "saw some of fold 2's test items" in warned.stdout
+    # fold 1's model saw the items of fold 2's test, never those of fold 1's own test: one warning, naming them
+    test_items = json.loads((recipes["dir"] / "folds.json").read_text())["folds"][1]["test_items"]
+    assert warned.returncode == 0 and f"its weights saw {len(test_items)} of fold 2's test items" in warned.stdout
+    assert "fold 1's test items" not in warned.stdout
 
 
 def test_an_initial_model_that_does_not_fit_is_refused_before_training(recipes, tiny_features):
