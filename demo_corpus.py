@@ -25,7 +25,8 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from utility_functions import RAVDESS_EMOTIONS, commit_temp_file, whole_number, remove_stale_temp_files, temp_path_for
+from utility_functions import (RAVDESS_EMOTIONS, commit_temp_file, remove_stale_temp_files, temp_path_for,
+                               whole_number)
 
 SAMPLE_RATE = 48000  # Hz, as RAVDESS
 SYNTH_RATE = 24000  # Hz, the voice is made at this rate (it has nothing above 12 kHz), then upsampled

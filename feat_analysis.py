@@ -69,12 +69,16 @@ def analysis_plan(sample_rate, feature_settings):
 
     The basis is librosa.filters.mel (Slaney scale, area norm), its zeros left out.
     """
-    s = feature_settings
-    if s["type"] not in ("mel", "mfcc"):
+    if feature_settings["type"] not in ("mel", "mfcc"):
         return {"mel_basis": None}
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=s["n_fft"], n_mels=s["n_mels"], fmin=s["fmin"],
-                                fmax=mel_fmax(s["fmax"], sample_rate))
-    return {"mel_basis": scipy.sparse.csr_array(basis.astype(np.float64))}
+    return {"mel_basis": scipy.sparse.csr_array(mel_filters(sample_rate, feature_settings).astype(np.float64))}
+
+
+def mel_filters(sample_rate, feature_settings):
+    """librosa.filters.mel of the settings (n_fft, n_mels, fmin, fmax): float32 (n_mels, n_fft // 2 + 1)."""
+    s = feature_settings
+    return librosa.filters.mel(sr=sample_rate, n_fft=s["n_fft"], n_mels=s["n_mels"], fmin=s["fmin"],
+                               fmax=mel_fmax(s["fmax"], sample_rate))
 
 
 def mel_power(power, mel_basis):
@@ -96,11 +100,9 @@ def constant_q(signals, sample_rate, feature_settings):
 
 def empty_mel_bands(sample_rate, feature_settings):
     """How many of the mel filters of these settings hold no FFT bin (librosa warns and leaves them zero)."""
-    s = feature_settings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        basis = librosa.filters.mel(sr=sample_rate, n_fft=s["n_fft"], n_mels=s["n_mels"], fmin=s["fmin"],
-                                    fmax=mel_fmax(s["fmax"], sample_rate))
+        basis = mel_filters(sample_rate, feature_settings)
     return int(np.sum(basis.max(axis=1) == 0))
 
 

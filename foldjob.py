@@ -25,9 +25,9 @@ from layout import Layout, weights_path
 from parameters import as_recorded, parameters_text
 from registries import MAIN_METRIC
 from utility_functions import (HOST, SPLITS, XvalError, atomic_write_json, atomic_write_text, claim,
-                               dataset_file_stats, dataset_paths, file_mutex, file_sha256, heartbeat, heartbeat_age,
-                               heartbeat_interval, load_config, lock_owner_alive, mean_and_std, read_index_file,
-                               read_json, release, slurm_job_id, to_jsonable)
+                               dataset_file_stats, file_mutex, file_sha256, heartbeat, heartbeat_age,
+                               heartbeat_interval, load_config, lock_owner_alive, mean_and_std, read_json,
+                               recorded_fingerprint, release, slurm_job_id, to_jsonable)
 
 JOB_FORMAT = 2  # 1: the job files of main at 167406f (paths spelt out in a "collect" section); 2: from the Layout
 
@@ -420,13 +420,6 @@ def changed_since_trained(layout, fold, result, job):
         except (XvalError, KeyError, TypeError, OSError, AttributeError):
             return f"the files of dataset '{job.get('dataset')}' cannot be read now"
     return None
-
-
-def recorded_fingerprint(features_folder, dataset):
-    """The content fingerprint a dataset's index file records (written with the arrays), or None (format 1, none
-    recorded): files rewritten with the same content keep it, so --status tells a rewrite from a change."""
-    paths = dataset_paths(features_folder, dataset)
-    return read_index_file(paths, dataset).get("dataset_fingerprint") if paths["index"].is_file() else None
 
 
 def stopped_text(stopped):

@@ -51,8 +51,9 @@ import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
-                               load_dataset, map_array, read_index_file, read_json, remove_stale_temp_files,
-                               stored_format, temp_path_for, unwritable, writing, whole_number)
+                               load_dataset, map_array, read_json, recorded_fingerprint,
+                               remove_stale_temp_files, stored_format, temp_path_for, unwritable, whole_number,
+                               writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
@@ -540,7 +541,7 @@ def readable_problem(features_folder, dataset):
         predictors, targets = load_dataset(features_folder, dataset)
         clip_ids = load_clip_ids(features_folder, dataset, predictors)
         check_item_sums(features_folder, dataset, predictors)
-        recorded = read_index_file(dataset_paths(features_folder, dataset), dataset).get("dataset_fingerprint")
+        recorded = recorded_fingerprint(features_folder, dataset)
     except XvalError as error:
         return str(error).split(": preprocess", 1)[0]
     if recorded and dataset_fingerprint(predictors, targets, clip_ids) != recorded:
@@ -577,28 +578,21 @@ def changed_files(was, now):
     return [found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")] if found else []
 
 
-def idle_changes(metadata, pre, feature_settings):
-    """["[section] key", ...] of the settings that differ from the dataset's (its metadata) but idle with these."""
-    pre_idle, feat_idle = feat_analysis.idle_settings(pre, feature_settings)
-    changes = []
-    for section, was, now, idle in (("preprocessing", metadata.get("preprocessing_settings"), pre, pre_idle),
-                                    ("features", metadata.get("feature_settings"), feature_settings, feat_idle)):
-        was = was if isinstance(was, dict) else {}
+def as_made_despite_idle_settings(metadata, table, pre, feature_settings, target_kind):
+    """(the dataset's own fingerprint, ["[section] key", ...] that changed) when this run differs from the dataset
+    (its metadata) only in settings that idle with these (feat_analysis.idle_settings: another feature type's keys,
+    another clip mode's lengths), else (None, [])."""
+    as_made, changes = {}, []
+    sections = (("preprocessing", "preprocessing_settings", pre), ("features", "feature_settings", feature_settings))
+    for (section, recorded, now), idle in zip(sections, feat_analysis.idle_settings(pre, feature_settings)):
+        was = metadata.get(recorded)
+        if not isinstance(was, dict):
+            return None, []
+        as_made[section] = {**now, **{key: was[key] for key in idle if key in was}}
         changes += [f"[{section}] {key}" for key in sorted(idle) if key in was and was[key] != now[key]]
-    return changes
-
-
-def fingerprint_as_made(metadata, table, pre, feature_settings, target_kind):
-    """The dataset's own fingerprint when this run differs from it (its metadata) only in settings that idle with
-    these (feat_analysis.idle_settings: another feature type's keys, another clip mode's lengths), else None."""
-    was_pre, was_feat = metadata.get("preprocessing_settings"), metadata.get("feature_settings")
-    if not isinstance(was_pre, dict) or not isinstance(was_feat, dict):
-        return None
-    pre_idle, feat_idle = feat_analysis.idle_settings(pre, feature_settings)
-    pre_as_made = {**pre, **{key: was_pre[key] for key in pre_idle if key in was_pre}}
-    features_as_made = {**feature_settings, **{key: was_feat[key] for key in feat_idle if key in was_feat}}
-    fingerprint = input_fingerprint(table["stats"], table["clips"], pre_as_made, features_as_made, target_kind)
-    return fingerprint if fingerprint == metadata.get("fingerprint") else None
+    fingerprint = input_fingerprint(table["stats"], table["clips"], as_made["preprocessing"], as_made["features"],
+                                    target_kind)
+    return (fingerprint, changes) if fingerprint == metadata.get("fingerprint") else (None, [])
 
 
 def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source, stats):
@@ -706,11 +700,12 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
     kinds = {**SKIP_KINDS, **(kinds or {})}
     metadata = existing_metadata(paths)
-    as_made = fingerprint_as_made(metadata, table, pre, feature_settings, target_kind) if metadata else None
+    as_made, idle_changes = as_made_despite_idle_settings(metadata, table, pre, feature_settings, target_kind) \
+        if metadata else (None, [])
     if as_made and as_made != fingerprint:
         if not quiet:
-            print(f"{dataset}: {', '.join(idle_changes(metadata, pre, feature_settings))} changed, which "
-                  f"{feature_type} features of {pre['clip_mode']} clips do not read: the dataset as made is reused")
+            print(f"{dataset}: {', '.join(idle_changes)} changed, which {feature_type} features of "
+                  f"{pre['clip_mode']} clips do not read: the dataset as made is reused")
         fingerprint = as_made
     differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind,
                                  table["source"], table["stats"]) if metadata else None

@@ -772,6 +772,13 @@ def read_index_file(paths, dataset):
     return index
 
 
+def recorded_fingerprint(features_folder, dataset):
+    """The content fingerprint (dataset_fingerprint) a dataset's index file records, written with its arrays, or
+    None (format 1: no index): files rewritten with the same content keep it."""
+    paths = dataset_paths(features_folder, dataset)
+    return read_index_file(paths, dataset).get("dataset_fingerprint") if paths["index"].is_file() else None
+
+
 def read_index(paths, dataset):
     """{item: (first example, end)} of a format 2 dataset, checked: the items' spans follow one another from 0."""
     index = read_index_file(paths, dataset)

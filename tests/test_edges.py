@@ -1144,14 +1144,14 @@ def test_status_tells_a_dataset_rewritten_with_the_same_content_from_one_with_ot
     index records: a --force that wrote the same arrays again is no change."""
     import types
     import foldjob
-    from utility_functions import dataset_file_stats
+    from utility_functions import dataset_file_stats, recorded_fingerprint
     copy = tmp_path / "features"
     shutil.copytree(tiny_features["features_folder"], copy)
     job = {"features_folder": str(copy), "dataset": "tiny", "dataset_files": dataset_file_stats(copy, "tiny")}
     predictors = copy / "tiny_predictors.npy"
     os.utime(predictors, ns=(predictors.stat().st_atime_ns, predictors.stat().st_mtime_ns + 10 ** 9))  # rewritten
     layout = types.SimpleNamespace(folds=tmp_path / "no_folds.json")
-    same = {"dataset_fingerprint": foldjob.recorded_fingerprint(copy, "tiny")}
+    same = {"dataset_fingerprint": recorded_fingerprint(copy, "tiny")}
     assert same["dataset_fingerprint"] and foldjob.changed_since_trained(layout, 1, same, job) is None
     assert foldjob.changed_since_trained(layout, 1, {"dataset_fingerprint": "other"}, job) == \
         "the files of dataset 'tiny' were rewritten since it was trained with other content (preprocessed again?)"
