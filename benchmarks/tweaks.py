@@ -30,7 +30,7 @@ PATCHES = {  # tweak: [(regular expression in the product's .py files, replaceme
     "a_mallopt": [(r"libc\.mallopt\(", "(lambda *_: 0)(")],
     "c_os_exit": [(r"(?m)^    os\._exit\(0\)", "    sys.exit(0)"),  # preprocessing_ravdess.py's last line
                   (r"(?m)^        os\._exit\(code\)", "        sys.exit(code)")],  # training.py --serve's end
-    "d_sparse_mel": [(r"scipy\.sparse\.csr_array\(basis\.astype\(np\.float64\)\)", "basis"),
+    "d_sparse_mel": [(r"scipy\.sparse\.csr_array\((mel_filters\([^()]*\))\.astype\(np\.float64\)\)", r"\1"),
                      (r"\.T\.astype\(np\.float64\)", ".T")],
     "e_early_server": [(r"executor\.warm_up\(config\[\"training\"\]\[\"backend\"\]\)", "pass"),  # servers early
                        (r"import results_to_excel  # noqa: F401", "pass  # noqa: F401")],
