@@ -271,3 +271,30 @@ def test_rows_read_the_examples_asked_for_in_the_order_asked_from_every_part():
         np.testing.assert_array_equal(rows[np.array(wanted, dtype=int)], stacked[np.array(wanted, dtype=int)])
     np.testing.assert_array_equal(rows[3:7], stacked[3:7])
     np.testing.assert_array_equal(rows[:], stacked)
+
+
+@pytest.mark.parametrize("task_type", ["classification", "regression"])
+def test_the_validation_scores_are_what_keras_evaluate_reports(task_type):
+    """fit gets no validation_data: the epoch's val_loss (with the L2 penalty) and Keras's metrics come from one
+    forward pass of ours, and must be what Keras's own evaluation of the same examples reports."""
+    import keras
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(70, 6, 4)).astype(np.float32)
+    classification = task_type == "classification"
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 70)] if classification else rng.normal(size=70).astype(np.float32)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.Flatten(),
+                              keras.layers.Dense(5, activation="relu", kernel_regularizer=keras.regularizers.L2(0.1)),
+                              keras.layers.Dense(3 if classification else 1,
+                                                 activation="softmax" if classification else None)])
+    metrics = ["accuracy"] if classification else [keras.metrics.MeanAbsoluteError(name="mae"),
+                                                    keras.metrics.RootMeanSquaredError(name="rmse")]
+    model.compile(optimizer="adam", loss="categorical_crossentropy" if classification else "mean_squared_error",
+                  metrics=metrics)
+    model.fit(x[:50], y[:50], epochs=2, batch_size=16, verbose=0)
+    ours = training.validation_logs(model, task_type, y[50:], training.predict_in_batches(model, x[50:], 16))
+    theirs = model.evaluate(x[50:], y[50:], batch_size=16, verbose=0, return_dict=True)
+    assert set(ours) == {f"val_{name}" for name in theirs}
+    assert sum(model.losses) > 0.01  # the penalty is in both
+    for name, value in theirs.items():
+        assert ours[f"val_{name}"] == pytest.approx(value, rel=1e-5)
