@@ -111,11 +111,39 @@ class LocalExecutor(Executor):
         self.lock = threading.Lock()  # the workers' threads share fold_runs, phases and the console
         self.interrupted = False  # set on Ctrl-C: a fold ending now was stopped, not failed
         self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
+        self.background = None  # beside()'s thread: (thread, {"error": what it raised}), or None
 
     def warm_up(self, backend):
         """Start every worker's fold server of the default backend: its import runs while the plan is made."""
         for worker in self.workers:
             worker.launcher(backend)
+
+    def beside(self, work):
+        """work(self.say) in a thread of its own, while the first folds run (the baseline: a demo routine of 8 folds
+        -2 s); every spreadsheet rebuild and the end of run() wait for it (wait_beside), its seconds recorded as
+        the launch's "baseline" phase."""
+        outcome = {}
+
+        def run():
+            started = time.monotonic()
+            try:
+                work(self.say)
+            except BaseException as error:  # raised again in the thread that waits for it
+                outcome["error"] = error
+            outcome["seconds"] = time.monotonic() - started
+
+        self.background = (threading.Thread(target=run, daemon=True), outcome)
+        self.background[0].start()
+
+    def wait_beside(self):
+        """Wait for beside()'s work, and raise what it raised."""
+        if self.background is None:
+            return
+        (thread, outcome), self.background = self.background, None
+        thread.join()
+        self.phases["baseline"] = outcome["seconds"]
+        if "error" in outcome:
+            raise outcome["error"]
 
     def abort(self):
         for worker in self.workers:
@@ -136,7 +164,8 @@ class LocalExecutor(Executor):
         return float(np.mean(seconds)) * math.ceil(left / len(self.workers))
 
     def timed_rebuild(self, plan):
-        """rebuild_spreadsheet, its time added to the launch's "spreadsheet" phase."""
+        """rebuild_spreadsheet (after beside()'s work), its time added to the launch's "spreadsheet" phase."""
+        self.wait_beside()
         started = time.monotonic()
         rebuild_spreadsheet(plan.layout, plan.debug)
         with self.lock:
@@ -349,6 +378,7 @@ class LocalExecutor(Executor):
             for worker in self.workers:
                 worker.close()
             self.phases["close_server"] = time.monotonic() - close_started
+        self.wait_beside()
         if not {"complete", "failed"} & set(outcomes.values()):
             self.timed_rebuild(plan)  # nothing changed: one rebuild makes sure the spreadsheet is there
         self.phases["total"] = time.monotonic() - self.started

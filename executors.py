@@ -38,8 +38,8 @@ class Executor:
     {}) and options ({command-line option: key of that section}, which override config.ini for one launch).
 
     The facade calls, in order: check() (refuse before anything is written, e.g. a scheduler that is not there),
-    warm_up(backend) (start what takes long while the plan is made), then run(plan) -> exit code, or abort() when
-    the plan was refused.
+    warm_up(backend) (start what takes long while the plan is made), beside(work) (the baseline: work the views
+    need but no fold does), then run(plan) -> exit code, or abort() when the plan was refused.
     status_lines(layout) adds the scheduler's own lines to --status, plan_refusal(plan) what its validate() would
     refuse from its queue.
     """
@@ -63,6 +63,11 @@ class Executor:
 
     def validate(self, plan):
         """Refuse, before anything is written, what this executor cannot do with the plan."""
+
+    def beside(self, work):
+        """Do work(say) (say: prints one line) before the folds: an executor that can do it while its folds run
+        overrides this, and makes every view it builds wait for it (LocalExecutor)."""
+        work(lambda line: print(line, flush=True))
 
     def abort(self):
         pass

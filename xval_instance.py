@@ -383,9 +383,10 @@ def launch(settings, argv, routine_file):
         print(f"xval: WARNING: dataset '{plan.layout.dataset}' folds by {plan.identity['foldable_item']}: one "
               "speaker's clips can be in training and test, so the results are speaker-dependent", flush=True)
     if config["baseline"]["enabled"]:
-        from baseline import ensure_baselines  # scikit-learn only; written before any fold, read by the summary
-        ensure_baselines(plan, say=lambda line: print(line, flush=True))
-    executor.phases["baseline"] = time.monotonic() - started - executor.phases["validate"] - executor.phases["setup"]
+        from baseline import ensure_baselines  # scikit-learn only; read by the summary, so the views wait for it
+        baseline_started = time.monotonic()
+        executor.beside(lambda say: ensure_baselines(plan, say=say))
+        executor.phases["baseline"] = time.monotonic() - baseline_started
     return executor.run(plan)
 
 
