@@ -1,6 +1,6 @@
 """Scale: corpora past memory. Preprocessing and a routine on the demo corpus repeated 1x, 10x, 40x (200x).
 
-    python3 benchmarks/scale.py WORKDIR OUT.json [--smoke] [--factors 1 10 40 200] [--png GROWTH.png]
+    python3 benchmarks/scale.py WORKDIR OUT.json [--smoke] [--factors 1 10 40 200] [--workers 1 2] [--png GROWTH.png]
 
 The demo audio is listed F times in a CSV, each copy under new speaker ids (actor 01, copy 7: speaker 01x007), so
 a corpus of F x 1,440 clips (mel 94 x 64) goes through preprocessing_dataset.py --csv like any user's corpus. For
@@ -8,8 +8,8 @@ each F: preprocessing's wall time, its peak RSS (wait4: the process and its work
 use at its peak, and the peak of its process tree's summed PSS (/proc/PID/smaps_rollup, sampled every 0.2 s: a
 page shared by n processes counts 1/n in each, so the memory-mapped features count once, not once per process
 as RSS would; unlike the machine's memory in use, MemTotal - MemAvailable, it does not count other processes);
-then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers: its
-wall, the same two memory figures, and each fold's time per phase (the fold results' timings). The features' size is
+then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers (--workers:
+only those): its wall, the same two memory figures, and each fold's time per phase (the fold results' timings). The features' size is
 that of the dataset's .npy files.
 """
 import argparse
@@ -113,8 +113,11 @@ def routine(ws, folder, dataset, workers, number):
             "fold_seconds": sum(fold["seconds"] for fold in folds) / len(folds)}
 
 
-def one_factor(ws, folder, factor):
-    """Preprocess the corpus repeated factor times, then run the routine with 1 and 2 workers."""
+WORKERS = {1: ("1 worker", -1), 2: ("2 workers", "-1,-1")}  # --workers: the routine's name and gpu_ID
+
+
+def one_factor(ws, folder, factor, workers=(1, 2)):
+    """Preprocess the corpus repeated factor times, then run the routine with each number of CPU workers."""
     folder = folder / f"x{factor}"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh experiment folder: nothing reused from an earlier run
     folder.mkdir(parents=True)
@@ -123,8 +126,8 @@ def one_factor(ws, folder, factor):
     prep = measured([sys.executable, str(common.REPO / "preprocessing_dataset.py"), "--csv", str(path),
                      "--dataset", dataset, "--force"], common.environment(ws), folder / f"{dataset}_prep.log")
     features = sum(path.stat().st_size for path in ws["features"].glob(f"{dataset}_*.npy")) / 2**30
-    runs = {name: routine(ws, folder, dataset, workers, number)
-            for number, (name, workers) in enumerate((("1 worker", -1), ("2 workers", "-1,-1")), start=1)}
+    runs = {WORKERS[count][0]: routine(ws, folder, dataset, WORKERS[count][1], number)
+            for number, count in enumerate(workers, start=1)}
     return {"factor": factor, "clips": clips, "features_gib": features, "preprocessing_seconds": prep["seconds"],
             "preprocessing_peak_rss_gib": prep["peak_mib"] / 1024, "preprocessing_memory_gib": prep["memory_gib"],
             "preprocessing_pss_gib": prep["pss_gib"],
@@ -146,7 +149,7 @@ def rows(results):
                                     f"{run['wall']:.0f} s / {run['pss_gib']:.2f} GiB / {run['memory_gib']:.2f} GiB / "
                                     f"{phases}"))
     at = {r["factor"]: r for r in results}
-    if 40 in at:
+    if 40 in at and "2 workers" in at[40]["routine"]:
         r = at[40]
         memory = r["preprocessing_pss_gib"]
         table.append(common.row("40x: preprocessing peak memory (GiB, PSS of its processes)",
@@ -173,13 +176,15 @@ def plot(results, path):
     size = [r["features_gib"] for r in results]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(size, [r["preprocessing_pss_gib"] for r in results], "o-", label="preprocessing")
-    for name in ("1 worker", "2 workers"):
-        axes[0].plot(size, [r["routine"][name]["pss_gib"] for r in results], "^-", label=f"routine, {name}")
+    for name, _ in WORKERS.values():
+        axes[0].plot(*zip(*[(s, r["routine"][name]["pss_gib"]) for s, r in zip(size, results) if name in r["routine"]]),
+                     "^-", label=f"routine, {name}")
     axes[0].plot(size, [1.5 * s + 2 for s in size], ":", color="grey", label="target: 1.5 x features + 2 GiB")
     axes[0].set(xlabel="features (GiB)", ylabel="GiB", title="peak PSS of the process tree")
     axes[1].plot(size, [r["preprocessing_seconds"] for r in results], "o-", label="preprocessing")
-    for name in ("1 worker", "2 workers"):
-        axes[1].plot(size, [r["routine"][name]["wall"] for r in results], "^-", label=f"routine, {name}")
+    for name, _ in WORKERS.values():
+        axes[1].plot(*zip(*[(s, r["routine"][name]["wall"]) for s, r in zip(size, results) if name in r["routine"]]),
+                     "^-", label=f"routine, {name}")
     axes[1].set(xlabel="features (GiB)", ylabel="s", title="wall time")
     for axis in axes:
         axis.grid(alpha=0.3)
@@ -195,6 +200,8 @@ def main():
     parser.add_argument("out", type=Path, help="result JSON: {'rows': [...], 'figures': {...}}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--factors", type=int, nargs="+", help="how many times the corpus is repeated")
+    parser.add_argument("--workers", type=int, nargs="+", choices=sorted(WORKERS), default=[1, 2],
+                        help="the routine with these numbers of CPU workers (default both)")
     parser.add_argument("--png", type=Path, help="write the growth curves there")
     args = parser.parse_args()
     ws = common.workspace(args.workdir)
@@ -203,7 +210,7 @@ def main():
     results = []
     for factor in args.factors or FACTORS[args.smoke]:
         started = time.monotonic()
-        results.append(one_factor(ws, folder, factor))
+        results.append(one_factor(ws, folder, factor, args.workers))
         print(f"{factor}x done in {time.monotonic() - started:.0f} s", flush=True)
         common.write_json(args.out, {"rows": rows(results), "figures": {"factors": results}})
     if args.png:
