@@ -114,7 +114,7 @@ class LocalExecutor(Executor):
         self.background = None  # beside()'s thread: (thread, {"error": what it raised}), or None
 
     def warm_up(self, backend):
-        """Start every worker's fold server of the default backend: its import runs while the plan is made."""
+        """Start every worker's fold server of backend (if not yet): its import runs while the plan is made."""
         for worker in self.workers:
             worker.launcher(backend)
 

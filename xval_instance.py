@@ -335,8 +335,9 @@ def print_status(settings, config, selected, routine_file):
 
 def prepare(settings, command, config, routine_file):
     """(the executor the command line chose, the plan): everything that can be refused, refused before anything is
-    written. A local run starts its workers' fold servers first, so that TensorFlow's import (~3 s) runs while this
-    process makes the plan; a refusal stops them at once."""
+    written. A local run starts its workers' fold servers of config.ini's backend first, so that TensorFlow's import
+    (~3 s) runs while this process makes the plan, and those of the other backends the plan's folds use once it is
+    made; a refusal stops them at once."""
     name = DEFAULT_EXECUTOR if command["mode"] in ("run", "smoke") else command["mode"]
     executor = executor_class(name)(config, command["devices"], command["argv"], routine_file, command["started"])
     executor.check()
@@ -351,6 +352,9 @@ def prepare(settings, command, config, routine_file):
         if any(journals):  # a journal of another search: refused before the description and snapshot are written
             raise XvalError(next(problem for problem in journals if problem))
         executor.validate(plan)
+        if command["mode"] == "run":  # the servers of the other backends the folds use: a JAX routine's first
+            for backend in dict.fromkeys(planned.parameters["backend"] for planned, _ in plan.missing_jobs()):
+                executor.warm_up(backend)  # fold waited 2.7 s less for its server (one run each, loaded machine)
     except BaseException:
         executor.abort()
         raise
