@@ -254,6 +254,32 @@ def test_a_fold_whose_training_clips_hold_one_class_gets_no_baseline_in_one_line
         baseline.baseline_fold(table, fold, "classification", 3)
 
 
+def test_a_fold_with_more_training_clips_than_the_cap_fits_a_random_draw_of_them(monkeypatch):
+    """Past MAX_TRAINING_CLIPS training clips the baseline fits on a seeded random draw of that many: the same
+    choice and test predictions as scikit-learn's on the same draw, and not those of every clip."""
+    rng = np.random.default_rng(5)
+    table = {}
+    for index, item in enumerate("abcdef"):
+        labels = rng.integers(0, 3, 40)
+        table[item] = (rng.normal(size=(40, 6)) + labels[:, np.newaxis] * 0.4, np.eye(3)[labels], np.arange(40))
+    fold = {"fold": 1, "train_items": ["a", "b", "c", "d"], "val_items": ["e"], "test_items": ["f"]}
+    monkeypatch.setattr(baseline, "MAX_TRAINING_CLIPS", 50)
+    entry = baseline.baseline_fold(table, fold, "classification", 3)
+    x = np.concatenate([table[item][0] for item in fold["train_items"]])
+    y = np.concatenate([table[item][1] for item in fold["train_items"]]).argmax(axis=1)
+    keep = np.sort(np.random.default_rng(0).choice(len(x), 50, replace=False))
+    x_val, y_val = table["e"][0], table["e"][1].argmax(axis=1)
+    fitted = {value: make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000)).fit(x[keep], y[keep])
+              for value in GRIDS["classification"]}
+    scores = {value: skm.balanced_accuracy_score(y_val, model.predict(x_val)) for value, model in fitted.items()}
+    chosen = next(value for value in GRIDS["classification"] if scores[value] == max(scores.values()))
+    assert entry["chosen"] == {"C": chosen}
+    assert entry["validation"] == {repr(value): pytest.approx(score) for value, score in scores.items()}
+    assert entry["predictions"]["test"]["y_pred"] == fitted[chosen].predict(table["f"][0]).tolist()
+    every = make_pipeline(StandardScaler(), LogisticRegression(C=100.0, max_iter=2000)).fit(x, y)
+    assert not np.allclose(every[-1].coef_, fitted[100.0][-1].coef_)  # the draw, not every clip, was fitted
+
+
 def test_a_constant_difference_over_folds_is_no_test_rather_than_p_0():
     from collect import paired_test
     first, second = [0.5, 0.75, 0.625], [0.25, 0.5, 0.375]  # exact in binary: every difference is 0.25
