@@ -9,8 +9,8 @@ use at its peak, and the peak of its process tree's summed PSS (/proc/PID/smaps_
 page shared by n processes counts 1/n in each, so the memory-mapped features count once, not once per process
 as RSS would; unlike the machine's memory in use, MemTotal - MemAvailable, it does not count other processes);
 then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers (--workers:
-only those): its wall, the same two memory figures, and each fold's time per phase (the fold results' timings). The features' size is
-that of the dataset's .npy files.
+only those): its wall, the same two memory figures, and each fold's time per phase (the fold results' timings).
+The features' size is that of the dataset's .npy files.
 """
 import argparse
 import csv

@@ -281,7 +281,8 @@ def test_the_validation_scores_are_what_keras_evaluate_reports(task_type):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(70, 6, 4)).astype(np.float32)
     classification = task_type == "classification"
-    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 70)] if classification else rng.normal(size=70).astype(np.float32)
+    labels, values = rng.integers(0, 3, 70), rng.normal(size=70).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[labels] if classification else values
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6, 4)), keras.layers.Flatten(),
                               keras.layers.Dense(5, activation="relu", kernel_regularizer=keras.regularizers.L2(0.1)),
