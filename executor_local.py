@@ -111,7 +111,7 @@ class LocalExecutor(Executor):
         self.lock = threading.Lock()  # the workers' threads share fold_runs, phases and the console
         self.interrupted = False  # set on Ctrl-C: a fold ending now was stopped, not failed
         self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
-        self.background = None  # beside()'s thread: (thread, {"error": what it raised}), or None
+        self.background = None  # beside()'s thread and its outcome ({"seconds", "error"}), or None
 
     def warm_up(self, backend):
         """Start every worker's fold server of backend (if not yet): its import runs while the plan is made."""
@@ -120,7 +120,7 @@ class LocalExecutor(Executor):
 
     def beside(self, work):
         """work(self.say) in a thread of its own, while the first folds run (the baseline: a demo routine of 8 folds
-        -2 s); every spreadsheet rebuild and the end of run() wait for it (wait_beside), its seconds recorded as
+        -0.7 s); every spreadsheet rebuild and the end of run() wait for it (wait_beside), its seconds recorded as
         the launch's "baseline" phase."""
         outcome = {}
 
@@ -136,12 +136,14 @@ class LocalExecutor(Executor):
         self.background[0].start()
 
     def wait_beside(self):
-        """Wait for beside()'s work, and raise what it raised."""
+        """Wait for beside()'s work, and raise what it raised. Every caller waits (two workers' threads may rebuild
+        the spreadsheet at once: neither may go on before the work is done)."""
         if self.background is None:
             return
-        (thread, outcome), self.background = self.background, None
+        thread, outcome = self.background
         thread.join()
-        self.phases["baseline"] = outcome["seconds"]
+        with self.lock:
+            self.phases["baseline"] = outcome["seconds"]
         if "error" in outcome:
             raise outcome["error"]
 

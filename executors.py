@@ -65,9 +65,12 @@ class Executor:
         """Refuse, before anything is written, what this executor cannot do with the plan."""
 
     def beside(self, work):
-        """Do work(say) (say: prints one line) before the folds: an executor that can do it while its folds run
-        overrides this, and makes every view it builds wait for it (LocalExecutor)."""
+        """Do work(say) (say: prints one line) before the folds, its seconds the launch's "baseline" phase: an
+        executor that can do it while its folds run overrides this, and makes every view it builds wait for it
+        (LocalExecutor)."""
+        started = time.monotonic()
         work(lambda line: print(line, flush=True))
+        self.phases["baseline"] = time.monotonic() - started
 
     def abort(self):
         pass

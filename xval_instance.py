@@ -388,9 +388,7 @@ def launch(settings, argv, routine_file):
               "speaker's clips can be in training and test, so the results are speaker-dependent", flush=True)
     if config["baseline"]["enabled"]:
         from baseline import ensure_baselines  # scikit-learn only; read by the summary, so the views wait for it
-        baseline_started = time.monotonic()
         executor.beside(lambda say: ensure_baselines(plan, say=say))
-        executor.phases["baseline"] = time.monotonic() - baseline_started
     return executor.run(plan)
 
 
