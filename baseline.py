@@ -68,7 +68,7 @@ def pooled_statistics(x, clip):
 def clip_table(features_folder, dataset, items):
     """The pooled statistics of every clip of items: {item: (features (clips, 2 * bins), target of each clip
     ((clips, classes) one-hot or (clips,)), clip number of each clip (clips,))}."""
-    predictors, targets = load_dataset(features_folder, dataset)
+    predictors, targets = load_dataset(features_folder, dataset, scan=True)  # one pass: none of it kept
     clip_ids = load_clip_ids(features_folder, dataset, predictors)
     table = {}
     for item in items:

@@ -128,7 +128,7 @@ def read_dataset(features_folder, dataset, task_types):
     with data, {item: class index per example, or None for a regression target}, the (frames, bins) of an example,
     {task type: output size})."""
     dataset_files = dataset_file_stats(features_folder, dataset)  # before reading: a later rewrite shows
-    predictors, targets = load_dataset(features_folder, dataset)
+    predictors, targets = load_dataset(features_folder, dataset, scan=True)  # passes over it keep none of it
     clip_ids = load_clip_ids(features_folder, dataset, predictors)
     items = check_dataset(predictors, targets, dataset, clip_ids)
     for task_type in sorted(task_types):

@@ -51,7 +51,7 @@ import feat_analysis
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
-                               load_dataset, map_array, read_json, recorded_fingerprint,
+                               load_dataset, map_array, read_json, read_rows, recorded_fingerprint,
                                remove_stale_temp_files, stored_format, temp_path_for, unwritable, whole_number,
                                writing)
 
@@ -524,10 +524,10 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
 def written_fingerprint(paths, index):
     """utility_functions.dataset_fingerprint of the arrays just put in place under paths (index: the index about
     to be written, whose spans name the items): recorded in the index, so that a rerun notices arrays edited since.
-    One pass over the memory-mapped arrays."""
+    One pass over the arrays, the predictors read (FileRows), not mapped."""
     spans = {item: (first, end) for item, first, end in index["items"]}
     dataset = paths["index"].name.removesuffix("_index.json")
-    predictors, targets = (map_array(paths[kind], dataset, spans) for kind in ("predictors", "target"))
+    predictors, targets = read_rows(paths["predictors"], dataset, spans), map_array(paths["target"], dataset, spans)
     ids = map_array(paths["clips"], dataset, spans) if index["windows"] else \
         {item: np.arange(end - first, dtype=np.int32) for item, (first, end) in spans.items()}
     return dataset_fingerprint(predictors, targets, ids)
@@ -538,7 +538,7 @@ def readable_problem(features_folder, dataset):
     arrays, index and clips opened (memory-mapped: their headers and sizes), and its sums checked against the
     predictors (one pass over them)."""
     try:
-        predictors, targets = load_dataset(features_folder, dataset)
+        predictors, targets = load_dataset(features_folder, dataset, scan=True)
         clip_ids = load_clip_ids(features_folder, dataset, predictors)
         check_item_sums(features_folder, dataset, predictors)
         recorded = recorded_fingerprint(features_folder, dataset)
