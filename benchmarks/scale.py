@@ -1,6 +1,7 @@
 """Scale: corpora past memory. Preprocessing and a routine on the demo corpus repeated 1x, 10x, 40x (200x).
 
     python3 benchmarks/scale.py WORKDIR OUT.json [--smoke] [--factors 1 10 40 200] [--workers 1 2] [--png GROWTH.png]
+                                [--also EARLIER.json ...]
 
 The demo audio is listed F times in a CSV, each copy under new speaker ids (actor 01, copy 7: speaker 01x007), so
 a corpus of F x 1,440 clips (mel 94 x 64) goes through preprocessing_dataset.py --csv like any user's corpus. For
@@ -10,7 +11,9 @@ page shared by n processes counts 1/n in each, so the memory-mapped features cou
 as RSS would; unlike the machine's memory in use, MemTotal - MemAvailable, it does not count other processes);
 then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers (--workers:
 only those): its wall, the same two memory figures, and each fold's time per phase (the fold results' timings).
-The features' size is that of the dataset's .npy files.
+The features' size is that of the dataset's .npy files. --also: the figures of earlier runs (their OUT.json) join
+this run's in the table and the growth curves (a factor measured now replaces its earlier figures), so that 200x,
+measured alone, is drawn beside 1x to 40x; `--factors` with no factor then only redraws.
 """
 import argparse
 import csv
@@ -199,20 +202,26 @@ def main():
     parser.add_argument("workdir", type=Path, help="workspace made by benchmarks/run.py")
     parser.add_argument("out", type=Path, help="result JSON: {'rows': [...], 'figures': {...}}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs")
-    parser.add_argument("--factors", type=int, nargs="+", help="how many times the corpus is repeated")
+    parser.add_argument("--factors", type=int, nargs="*", help="how many times the corpus is repeated (none: "
+                        "only the --also figures)")
     parser.add_argument("--workers", type=int, nargs="+", choices=sorted(WORKERS), default=[1, 2],
                         help="the routine with these numbers of CPU workers (default both)")
     parser.add_argument("--png", type=Path, help="write the growth curves there")
+    parser.add_argument("--also", type=Path, nargs="+", default=[], help="earlier runs' OUT.json to include")
     args = parser.parse_args()
+    earlier = {r["factor"]: r for path in args.also
+               for r in json.loads(path.read_text(encoding="utf-8"))["figures"]["factors"]}
     ws = common.workspace(args.workdir)
     folder = ws["workdir"] / "scale"
     folder.mkdir(parents=True, exist_ok=True)
-    results = []
-    for factor in args.factors or FACTORS[args.smoke]:
+    results = [r for factor, r in sorted(earlier.items())]
+    for factor in FACTORS[args.smoke] if args.factors is None else args.factors:
         started = time.monotonic()
-        results.append(one_factor(ws, folder, factor, args.workers))
+        measured_now = one_factor(ws, folder, factor, args.workers)
+        results = sorted([r for r in results if r["factor"] != factor] + [measured_now], key=lambda r: r["factor"])
         print(f"{factor}x done in {time.monotonic() - started:.0f} s", flush=True)
         common.write_json(args.out, {"rows": rows(results), "figures": {"factors": results}})
+    common.write_json(args.out, {"rows": rows(results), "figures": {"factors": results}})
     if args.png:
         plot(results, args.png)
 
