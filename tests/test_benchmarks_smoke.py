@@ -71,7 +71,7 @@ def labels(results, benchmark):
 
 
 @pytest.mark.parametrize("script", ["run.py", "preprocessing.py", "overhead.py", "memory.py", "parallel.py",
-                                    "tweaks.py"])
+                                    "tweaks.py", "scale.py"])
 def test_every_script_has_a_command_line(script):
     completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
                                text=True, cwd=str(REPO), timeout=60)
@@ -194,3 +194,31 @@ def test_search(tmp_path):
     compared = figures["search"]
     assert compared["folds_equal_to_grid"] == compared["folds_compared_with_grid"] == counted["search"]
     assert figures["reached"] == (figures["best_val"]["search"] >= figures["best_val"]["grid"])
+
+
+def test_scale(tmp_path):
+    """benchmarks/scale.py (named only) in its own smoke run: the demo corpus repeated 1x and 2x under new speakers,
+    preprocessed and cross-validated with 1 and 2 workers, every figure written; then --also redraws the growth
+    curves from that result without running anything."""
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
+               "--output", str(tmp_path / "scale_run.json"), "--markdown", str(tmp_path / "scale.md"),
+               "--only", "scale"]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, f"run.py --smoke --only scale failed:\n{completed.stdout[-4000:]}"
+    results = json.loads((tmp_path / "scale_run.json").read_text(encoding="utf-8"))["results"]
+    factors = figures_of(results, "scale")["factors"]
+    assert [r["factor"] for r in factors] == [1, 2] and factors[1]["clips"] == 2 * factors[0]["clips"]
+    for r in factors:
+        assert r["features_gib"] > 0 and r["preprocessing_pss_gib"] > 0 and set(r["routine"]) == {"1 worker",
+                                                                                                 "2 workers"}
+        assert all(run["wall"] > 0 and run["pss_gib"] > 0 and run["phases"]["fit"] > 0 for run in
+                   r["routine"].values())
+    assert any(label.startswith("2x (") for label in labels(results, "scale"))
+    redraw = [sys.executable, str(REPO / "benchmarks" / "scale.py"), str(tmp_path / "work"),
+              str(tmp_path / "again.json"), "--factors", "--also", str(tmp_path / "work" / "scale.json"), "--png",
+              str(tmp_path / "g.png")]
+    completed = subprocess.run(redraw, capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    again = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
+    assert again["figures"]["factors"] == factors
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
