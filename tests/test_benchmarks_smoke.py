@@ -164,6 +164,16 @@ def test_tweaks(reports):
         assert any(tweak in label for label in labels(results, "tweaks"))
 
 
+def own_smoke_run(tmp_path, name):
+    """{benchmark: result} of run.py --smoke --only name in its own workspace, tmp_path / "work"."""
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
+               "--output", str(tmp_path / f"{name}_run.json"), "--markdown", str(tmp_path / f"{name}.md"),
+               "--only", name]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
+    assert completed.returncode == 0, f"run.py --smoke --only {name} failed:\n{completed.stdout[-4000:]}"
+    return json.loads((tmp_path / f"{name}_run.json").read_text(encoding="utf-8"))["results"]
+
+
 @pytest.mark.skipif(PEER_MISSING, reason=PEER_REASON)
 def test_search(tmp_path):
     """benchmarks/search_budget.py (named only, like tweaks.py; its peer needs scikeras) in its own smoke run: the
@@ -172,12 +182,7 @@ def test_search(tmp_path):
     helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=str(REPO),
                             timeout=60)
     assert helped.returncode == 0 and "--smoke" in helped.stdout, helped.stderr
-    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
-               "--output", str(tmp_path / "search.json"), "--markdown", str(tmp_path / "search.md"),
-               "--only", "search_budget"]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
-    assert completed.returncode == 0, f"run.py --smoke --only search_budget failed:\n{completed.stdout[-4000:]}"
-    results = json.loads((tmp_path / "search.json").read_text(encoding="utf-8"))["results"]
+    results = own_smoke_run(tmp_path, "search_budget")
     figures = figures_of(results, "search_budget")
     assert {"search fold trainings / grid's", "search's best validation UAR - grid's best",
             "wall: grid / xval search / peer (s)"} <= set(labels(results, "search_budget"))
@@ -200,12 +205,7 @@ def test_scale(tmp_path):
     """benchmarks/scale.py (named only) in its own smoke run: the demo corpus repeated 1x and 2x under new speakers,
     preprocessed and cross-validated with 1 and 2 workers, every figure written; then --also redraws the growth
     curves from that result without running anything."""
-    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--workdir", str(tmp_path / "work"),
-               "--output", str(tmp_path / "scale_run.json"), "--markdown", str(tmp_path / "scale.md"),
-               "--only", "scale"]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO), timeout=TIMEOUT_SECONDS)
-    assert completed.returncode == 0, f"run.py --smoke --only scale failed:\n{completed.stdout[-4000:]}"
-    results = json.loads((tmp_path / "scale_run.json").read_text(encoding="utf-8"))["results"]
+    results = own_smoke_run(tmp_path, "scale")
     factors = figures_of(results, "scale")["factors"]
     assert [r["factor"] for r in factors] == [1, 2] and factors[1]["clips"] == 2 * factors[0]["clips"]
     for r in factors:
