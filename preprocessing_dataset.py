@@ -41,6 +41,7 @@ import re
 import sys
 import time
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -483,11 +484,13 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
     items = sorted({clip["item"] for clip in clips})
     ordered = sorted(clips, key=lambda clip: clip["item"])  # stable: each item's clips stay in table order
     pieces = np.array([clip["pieces"] for clip in ordered])
+    clips_of, pieces_of = Counter(clip["item"] for clip in ordered), Counter()
+    for clip in ordered:  # one pass: counting per item with a pass per item took 9 min at 200x (4,800 items)
+        pieces_of[clip["item"]] += clip["pieces"]
     spans, first = [], 0
     for item in items:
-        count = sum(clip["pieces"] for clip in ordered if clip["item"] == item)
-        spans.append([item, first, first + count])
-        first += count
+        spans.append([item, first, first + pieces_of[item]])
+        first += pieces_of[item]
     kinds = ("predictors", "sums", "target") + (("clips",) if windows else ())
     temps = {kind: temp_path_for(paths[kind]) for kind in kinds}
     try:
@@ -499,7 +502,7 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
         with writing(paths["target"]):
             save_npy(temps["target"], np.repeat(targets, pieces, axis=0))
         if windows:
-            numbers = np.concatenate([np.arange(sum(clip["item"] == item for clip in ordered)) for item in items])
+            numbers = np.concatenate([np.arange(clips_of[item]) for item in items])
             with writing(paths["clips"]):
                 save_npy(temps["clips"], np.repeat(numbers.astype(np.int32), pieces))
         # two preprocessings of one name (--force, or two terminals) commit one after the other, each whole: without
@@ -779,7 +782,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                             f"{table['regroup']}")
         skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
         frames, bins = shape
-        items = sorted({clip["item"] for clip in read})
+        clips_of = Counter(clip["item"] for clip in read)  # one pass (a pass per item: minutes at 4,800 items)
+        items = sorted(clips_of)
         windows = length["mode"] == "windows"
         records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
                         sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
@@ -787,7 +791,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
             "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
             "source": table["source"],
             "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
-            "items": items, "clips_per_item": {item: sum(clip["item"] == item for clip in read) for item in items},
+            "items": items, "clips_per_item": {item: clips_of[item] for item in items},
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
             "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
             "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
