@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -62,6 +63,7 @@ FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only wh
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
+HASHED_PER_UPDATE = 4096  # list elements joined into one update of input_fingerprint's hash
 COPY_BYTES = 16 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,18 +80,38 @@ SKIP_KINDS = {  # kind of skipped row -> how the summary names it
 # ----------------------------------------------------------------------------------------------------------------
 # The table of clips: what every front end builds
 
-def clip_entry(row, file, path, label, item, record):
+@dataclasses.dataclass(slots=True)
+class Clip:
     """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
-    label, foldable item, and the record the metadata keeps for it (every column of its row). Label and item are
-    in Unicode NFC: 'Ä' typed as one character or as 'A' + a combining mark (as macOS writes names) is one name."""
-    return {"row": row, "file": file, "path": str(path), "label": unicodedata.normalize("NFC", label),
-            "item": unicodedata.normalize("NFC", item), "record": record}
+    label, foldable item, the record the metadata keeps for it (every column of its row); then what the pipeline
+    finds: its target (class index or number), pieces (1, or its windows), the audio's native sample rate (Hz)
+    and duration (s), the SHA-256 of its bytes (hex) and its first row in the raw features. Slots, not a dict:
+    about 150 bytes a clip against 650 (0.13 GiB at 200x, 288,000 clips)."""
+    row: int | None
+    file: str
+    path: str
+    label: str
+    item: str
+    record: dict
+    target: int | float | None = None
+    pieces: int = 0
+    native_rate: int | None = None
+    duration: float | None = None
+    digest: str | None = None
+    first_piece: int = 0
+
+
+def clip_entry(row, file, path, label, item, record):
+    """The Clip of a table's row (see Clip). Label and item are in Unicode NFC: 'Ä' typed as one character or as
+    'A' + a combining mark (as macOS writes names) is one name."""
+    return Clip(row, file, str(path), unicodedata.normalize("NFC", label), unicodedata.normalize("NFC", item),
+                record)
 
 
 def skip_entry(clip_or_row, kind, reason, file=None):
     """One skipped row: {row, file, kind, reason}."""
-    if isinstance(clip_or_row, dict):
-        return {"row": clip_or_row["row"], "file": clip_or_row["file"], "kind": kind, "reason": reason}
+    if isinstance(clip_or_row, Clip):
+        return {"row": clip_or_row.row, "file": clip_or_row.file, "kind": kind, "reason": reason}
     return {"row": clip_or_row, "file": file, "kind": kind, "reason": reason}
 
 
@@ -179,8 +201,8 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         file = (row.get(file_column) or "").strip()
         path = unicode_form_on_disk((root / file).resolve())
         item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()
-        clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item,
-                          {key: value for key, value in row.items() if key is not None})
+        row.pop(None, None)  # empty trailing cells (others were refused above)
+        clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item, row)
         if not file or not path.is_file():
             reason = f"{path} {'is a folder' if path.is_dir() else 'does not exist'}" if file else "no file name"
             skipped.append(skip_entry(clip, "missing_file", reason))
@@ -188,7 +210,7 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
             skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
         else:
             clips.append(clip)
-    return clips, skipped, file_stats([clip["path"] for clip in clips] + [csv_path], root)
+    return clips, skipped, file_stats([clip.path for clip in clips] + [csv_path], root)
 
 
 def name_pattern(text, group, option, example):
@@ -281,49 +303,53 @@ def repeated_clips(clips):
     test at once)."""
     first, kept, skipped = {}, [], []
     for clip in clips:
-        key = os.path.realpath(clip["path"])
+        key = os.path.realpath(clip.path)
         if key not in first:
             first[key] = clip
             kept.append(clip)
             continue
         earlier = first[key]
-        if (earlier["label"], earlier["item"]) != (clip["label"], clip["item"]):
+        if (earlier.label, earlier.item) != (clip.label, clip.item):
             raise XvalError(f"{clip_name(earlier)} and {clip_name(clip)} list the same audio file with label "
-                            f"{earlier['label']!r} / {clip['label']!r} and foldable item {earlier['item']!r} / "
-                            f"{clip['item']!r}: a clip has one label and belongs to one foldable item; fix the table")
+                            f"{earlier.label!r} / {clip.label!r} and foldable item {earlier.item!r} / "
+                            f"{clip.item!r}: a clip has one label and belongs to one foldable item; fix the table")
         skipped.append(skip_entry(clip, "duplicate_row", f"repeats {clip_name(earlier)}"))
     return kept, skipped
 
 
 def clip_name(clip):
     """How a message names a clip: 'row 12 (a.wav)' where the table has rows, else its file."""
-    return f"row {clip['row']} ({clip['file']})" if clip["row"] is not None else clip["file"]
+    return f"row {clip.row} ({clip.file})" if clip.row is not None else clip.file
 
 
 def label_targets(clips, target_kind, class_names=None):
-    """(kept clips each with "target", class names or None, skipped). Classification: the class index of the
-    label among class_names (default: the sorted distinct labels); regression: the label as a finite number."""
+    """(kept clips, class names or None, skipped); each kept clip gets its "target" (the clip itself: a copy of
+    every clip cost a dict a clip). Classification: the class index of the label among class_names (default: the
+    sorted distinct labels); regression: the label as a finite number."""
     kept, skipped = [], []
     for clip in clips:
-        if clip["label"] == "":
+        if clip.label == "":
             skipped.append(skip_entry(clip, "empty_label", "the label cell is empty"))
         elif target_kind == "regression":
             try:
-                value = float(clip["label"])
+                value = float(clip.label)
             except (TypeError, ValueError):
                 value = float("nan")
             if np.isfinite(value):
-                kept.append(dict(clip, target=value))
+                clip.target = value
+                kept.append(clip)
             else:
-                skipped.append(skip_entry(clip, "bad_label", f"{clip['label']!r} is not a finite number"))
-        elif class_names is not None and clip["label"] not in class_names:
-            skipped.append(skip_entry(clip, "bad_label", f"{clip['label']!r} is not one of the classes "
+                skipped.append(skip_entry(clip, "bad_label", f"{clip.label!r} is not a finite number"))
+        elif class_names is not None and clip.label not in class_names:
+            skipped.append(skip_entry(clip, "bad_label", f"{clip.label!r} is not one of the classes "
                                                          f"{', '.join(class_names)}"))
         else:
             kept.append(clip)
     if target_kind == "classification":
-        class_names = list(class_names) if class_names else sorted({clip["label"] for clip in kept})
-        kept = [dict(clip, target=class_names.index(clip["label"])) for clip in kept]
+        class_names = list(class_names) if class_names else sorted({clip.label for clip in kept})
+        number = {name: index for index, name in enumerate(class_names)}
+        for clip in kept:
+            clip.target = number[clip.label]
         return kept, class_names, skipped
     return kept, None, skipped
 
@@ -393,7 +419,7 @@ def compute_features(clips, length, feature_settings, jobs, label, sink):
     Returns ((frames, bins), [per clip: (pieces, reason, rate, duration, digest)])."""
     plan = feat_analysis.analysis_plan(length["sample_rate"], feature_settings)
     chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
-    tasks = [{"paths": [clip["path"] for clip in chunk], "length": length, "feature_settings": feature_settings,
+    tasks = [{"paths": [clip.path for clip in chunk], "length": length, "feature_settings": feature_settings,
               "plan": plan} for chunk in chunks]
     jobs = max(1, min(jobs, len(tasks)))
     outcomes, shape = [], None
@@ -427,11 +453,25 @@ def check_settings(config, feature_type, jobs, where):
 
 def input_fingerprint(stats, table, preprocessing_settings, feature_settings, target):
     """sha256 (hex) of the settings, the table (every clip's file, label and foldable item) and every input file's
-    relative name, size and modification time."""
+    relative name, size and modification time: of json.dumps(content, sort_keys=True, default=str), hashed a list
+    element at a time (the same bytes; a corpus's table as one string was tens of MB more at its peak)."""
+    lists = {"files": stats, "table": ([clip.file, clip.label, clip.item] for clip in table)}
     content = {"format": FORMAT_VERSION, "target": target, "preprocessing": preprocessing_settings,
-               "features": feature_settings, "files": stats,
-               "table": [[clip["file"], clip["label"], clip["item"]] for clip in table]}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+               "features": feature_settings, **{key: f"\0{key}\0" for key in lists}}
+    rest, digest = json.dumps(content, sort_keys=True, default=str), hashlib.sha256()
+    for key in sorted(lists):  # the order sort_keys writes them in
+        before, rest = rest.split(json.dumps(content[key]), 1)
+        digest.update(before.encode("utf-8"))
+        texts, separator = ["["], ""
+        for element in lists[key]:
+            texts.append(separator + json.dumps(element, default=str))
+            separator = ", "
+            if len(texts) == HASHED_PER_UPDATE:
+                digest.update("".join(texts).encode("utf-8"))
+                texts = []
+        digest.update("".join(texts + ["]"]).encode("utf-8"))
+    digest.update(rest.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def save_npy(temp, array):
@@ -463,30 +503,31 @@ def copy_rows(temp, raw, runs, shape, items):
 
 
 def row_runs(clips, items):
-    """[(first row, rows, item number)] of the clips' rows (clip["first_piece"], clip["pieces"]) in their order,
+    """[(first row, rows, item number)] of the clips' rows (clip.first_piece, clip.pieces) in their order,
     consecutive clips of one item merged into one run; items: the item names in order (numbered from 0)."""
     number, runs = {item: index for index, item in enumerate(items)}, []
     for clip in clips:
-        if runs and runs[-1][0] + runs[-1][1] == clip["first_piece"] and runs[-1][2] == number[clip["item"]]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + clip["pieces"], runs[-1][2])
+        if runs and runs[-1][0] + runs[-1][1] == clip.first_piece and runs[-1][2] == number[clip.item]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + clip.pieces, runs[-1][2])
         else:
-            runs.append((clip["first_piece"], clip["pieces"], number[clip["item"]]))
+            runs.append((clip.first_piece, clip.pieces, number[clip.item]))
     return runs
 
 
-def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows):
+def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows, rows):
     """Write a dataset in format 2 (utility_functions): predictors (copied from the raw features file raw, whose
-    rows clip["first_piece"] ... hold a clip's (frames, bins) = shape pieces), sums, target, (in windows mode each
-    window's clip), items in sorted order with their clips in table order; then the metadata, then the index
-    (last: without it the dataset is incomplete and refused). Every array is written under a temporary name first:
+    rows clip.first_piece ... hold a clip's (frames, bins) = shape pieces), sums, target, (in windows mode each
+    window's clip), items in sorted order with their clips in table order; then the metadata (its rows: {key:
+    an iterable of records}, lists written a record at a time), then the index (last: without it the dataset is
+    incomplete and refused). Every array is written under a temporary name first:
     a dataset of the same name (format 1 or 2) stays whole until all of them are, and a failure (a full disk, a
     kill) while they are written leaves it as it was."""
-    items = sorted({clip["item"] for clip in clips})
-    ordered = sorted(clips, key=lambda clip: clip["item"])  # stable: each item's clips stay in table order
-    pieces = np.array([clip["pieces"] for clip in ordered])
-    clips_of, pieces_of = Counter(clip["item"] for clip in ordered), Counter()
+    items = sorted({clip.item for clip in clips})
+    ordered = sorted(clips, key=lambda clip: clip.item)  # stable: each item's clips stay in table order
+    pieces = np.array([clip.pieces for clip in ordered])
+    clips_of, pieces_of = Counter(clip.item for clip in ordered), Counter()
     for clip in ordered:  # one pass: counting per item with a pass per item took 9 min at 200x (4,800 items)
-        pieces_of[clip["item"]] += clip["pieces"]
+        pieces_of[clip.item] += clip.pieces
     spans, first = [], 0
     for item in items:
         spans.append([item, first, first + pieces_of[item]])
@@ -498,7 +539,7 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
             sums = copy_rows(temps["predictors"], raw, row_runs(ordered, items), shape, len(items))
         with writing(paths["sums"]):
             save_npy(temps["sums"], sums)
-        targets = target_rows([clip["target"] for clip in ordered], target_kind, len(class_names or ()))
+        targets = target_rows([clip.target for clip in ordered], target_kind, len(class_names or ()))
         with writing(paths["target"]):
             save_npy(temps["target"], np.repeat(targets, pieces, axis=0))
         if windows:
@@ -515,7 +556,7 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
                     commit_temp_file(temp, paths[kind])
             for kind in ("predictors_npz", "target_npz", "clips_npz") + (() if windows else ("clips",)):
                 paths[kind].unlink(missing_ok=True)
-            atomic_write_json(paths["metadata"], metadata)
+            atomic_write_json(paths["metadata"], metadata, rows=rows)
             index = {"format": STORAGE_FORMAT, "examples": first, "items": spans, "windows": windows}
             atomic_write_json(paths["index"], dict(index, dataset_fingerprint=written_fingerprint(paths, index)))
     finally:
@@ -554,11 +595,12 @@ def readable_problem(features_folder, dataset):
 
 def existing_metadata(paths):
     """The metadata of the dataset at paths when all its files are there (a complete dataset, format 1 or 2), else
-    None."""
+    None. Its clip records are read as None (their count is what a rerun uses): at 200x they were 0.19 GiB of
+    dicts, held through a --force run."""
     if stored_format(paths) is None or not paths["metadata"].is_file():
         return None
     try:
-        metadata = read_json(paths["metadata"])
+        metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
     except (XvalError, OSError):
         return None
     return metadata if isinstance(metadata, dict) else None
@@ -639,10 +681,10 @@ def single_clip_items(clips):
     """(clips of foldable items with two or more clips, skipped entries of the others)."""
     counts = {}
     for clip in clips:
-        counts[clip["item"]] = counts.get(clip["item"], 0) + 1
-    kept = [clip for clip in clips if counts[clip["item"]] > 1]
-    skipped = [skip_entry(clip, "single_clip_item", f"foldable item {clip['item']!r} has no other clip (a typo in "
-                                                    "its cell?)") for clip in clips if counts[clip["item"]] == 1]
+        counts[clip.item] = counts.get(clip.item, 0) + 1
+    kept = [clip for clip in clips if counts[clip.item] > 1]
+    skipped = [skip_entry(clip, "single_clip_item", f"foldable item {clip.item!r} has no other clip (a typo in "
+                                                    "its cell?)") for clip in clips if counts[clip.item] == 1]
     return kept, skipped
 
 
@@ -650,18 +692,20 @@ def identical_audio(clips):
     """[[name of each clip: 'row 3 (a.wav), foldable item spk0', ...]] of the clips whose files hold the same bytes
     (copies of one recording under two names): under two foldable items one recording can sit in training and
     test at once."""
+    repeated = {digest for digest, count in Counter(clip.digest for clip in clips).items() if count > 1}
     groups = {}
     for clip in clips:
-        groups.setdefault(clip["digest"], []).append(f"{clip_name(clip)}, foldable item {clip['item']!r}")
-    return [names for names in groups.values() if len(names) > 1]
+        if clip.digest in repeated:
+            groups.setdefault(clip.digest, []).append(f"{clip_name(clip)}, foldable item {clip.item!r}")
+    return list(groups.values())
 
 
 def audio_found(clips):
     """{"sample_rates": {rate in Hz: clips}, "seconds": {"min", "median", "max"}} of the clips read."""
     rates = {}
     for clip in clips:
-        rates[str(clip["native_rate"])] = rates.get(str(clip["native_rate"]), 0) + 1
-    durations = [clip["duration"] for clip in clips]
+        rates[str(clip.native_rate)] = rates.get(str(clip.native_rate), 0) + 1
+    durations = [clip.duration for clip in clips]
     return {"sample_rates": dict(sorted(rates.items(), key=lambda entry: int(entry[0]))),
             "seconds": {"min": float(np.min(durations)), "median": float(np.median(durations)),
                         "max": float(np.max(durations))}}
@@ -678,7 +722,9 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     "regroup": how to give the front end more foldable items (the end of a refusal's line),
     "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
     class_names: the classes in order (default: the sorted distinct labels). metadata_extra: more metadata keys
-    from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake.
+    from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake. The table's
+    clip entries get what was found for them (target, pieces, ...) added in place: one dict a clip, not a copy at
+    each step.
     Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio.
     """
     started = time.perf_counter()
@@ -741,7 +787,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     if not clips:
         raise XvalError(nothing_usable(table, clips, skipped))
     lone = one_item_classes(clips) if target_kind == "classification" and table["fold_by"] != FOLD_BY_FILE else {}
-    if lone and len(lone) == len({clip["label"] for clip in clips}) and len({clip["item"] for clip in clips}) > 1:
+    if lone and len(lone) == len({clip.label for clip in clips}) and len({clip.item for clip in clips}) > 1:
         shown = ", ".join(f"{label}: {item}" for label, item in list(lone.items())[:4]) + (", ..." if len(lone) > 4
                                                                                         else "")
         raise XvalError(f"every class lies in one foldable item ({shown}): no test class would ever be seen in "
@@ -757,57 +803,57 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         with writing(raw), open(raw, "wb") as sink:
             shape, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset,
                                                sink)
-        read = []
+        read, first_piece = [], 0
         for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):
             if reason is None:
-                read.append(dict(clip, pieces=pieces, native_rate=native_rate, duration=duration, digest=digest))
+                clip.pieces, clip.native_rate, clip.duration = pieces, native_rate, duration
+                clip.digest, clip.first_piece = digest, first_piece
+                read.append(clip)
+                first_piece += pieces
             else:
                 skipped.append(skip_entry(clip, "unreadable", reason))
-        starts = np.concatenate([[0], np.cumsum([clip["pieces"] for clip in read])]).astype(int)
-        for index, clip in enumerate(read):
-            clip["first_piece"] = starts[index]
         if table["fold_by"] != FOLD_BY_FILE:
             read, single = single_clip_items(read)
             skipped += single
         if not read:
             raise XvalError(nothing_usable(table, clips, skipped))
-        present = sorted({clip["label"] for clip in read})
+        present = sorted({clip.label for clip in read})
         if target_kind == "classification" and len(present) < 2:
             raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification "
                             "needs two or more; check the labels (and --classes), or use --target regression for "
                             "numbers")
-        if len({clip["item"] for clip in read}) < 2:
-            raise XvalError(f"only one foldable item ({read[0]['item']}, by '{table['fold_by']}') has usable clips in "
+        if len({clip.item for clip in read}) < 2:
+            raise XvalError(f"only one foldable item ({read[0].item}, by '{table['fold_by']}') has usable clips in "
                             f"{table['source']}: cross-validation by foldable item needs two or more; "
                             f"{table['regroup']}")
         skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
         frames, bins = shape
-        clips_of = Counter(clip["item"] for clip in read)  # one pass (a pass per item: minutes at 4,800 items)
+        clips_of = Counter(clip.item for clip in read)  # one pass (a pass per item: minutes at 4,800 items)
         items = sorted(clips_of)
         windows = length["mode"] == "windows"
-        records = [dict(clip["record"], **({"windows": clip["pieces"]} if windows else {}),
-                        sample_rate_found=clip["native_rate"], seconds=round(clip["duration"], 4)) for clip in read]
         metadata = {
             "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
             "source": table["source"],
             "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
             "items": items, "clips_per_item": {item: clips_of[item] for item in items},
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
-            "length": length, "frames": frames, "bins": bins, "clips": records, "skipped": skipped,
+            "length": length, "frames": frames, "bins": bins, "skipped": skipped,
             "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
-            "input_files": table["stats"],
             "identical_audio": identical_audio(read), **(metadata_extra or {}),
         }
         if "clip_samples" in length:
             metadata["clip_samples"] = length["clip_samples"]
-        write_dataset(paths, read, raw, shape, target_kind, class_names, metadata, windows)
+        records = (dict(clip.record, **({"windows": clip.pieces} if windows else {}),
+                        sample_rate_found=clip.native_rate, seconds=round(clip.duration, 4)) for clip in read)
+        write_dataset(paths, read, raw, shape, target_kind, class_names, metadata, windows,
+                      {"clips": records, "input_files": table["stats"]})
         summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
                    "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                    "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
-                   "windows": sum(clip["pieces"] for clip in read) if windows else None,
+                   "windows": sum(clip.pieces for clip in read) if windows else None,
                    "identical_audio": metadata["identical_audio"],
                    "classes_without_clips": [name for name in class_names or () if name not in present],
-                   "class_counts": {name: sum(clip["label"] == name for clip in read) for name in class_names or ()},
+                   "class_counts": {name: sum(clip.label == name for clip in read) for name in class_names or ()},
                    "cut": cut_clips(read, length),
                    "one_item_classes": one_item_classes(read) if lone else {},
                    "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
@@ -824,7 +870,7 @@ def cut_clips(read, length):
     """(how many clips are longer than a fixed-length dataset's clips, that length in s, where they are cut: the
     cut_mode), or None in windows mode or when none is longer. read: the clips with their duration in s; length:
     feat_analysis.length_settings'."""
-    longer = sum(feat_analysis.cut_to_clip(clip["duration"], length) for clip in read)
+    longer = sum(feat_analysis.cut_to_clip(clip.duration, length) for clip in read)
     return (longer, length["clip_samples"] / length["sample_rate"], length["cut_mode"]) if longer else None
 
 
@@ -833,7 +879,7 @@ def one_item_classes(clips):
     none of that class), in label order."""
     items = {}
     for clip in clips:
-        items.setdefault(clip["label"], set()).add(clip["item"])
+        items.setdefault(clip.label, set()).add(clip.item)
     return {label: next(iter(found)) for label, found in sorted(items.items()) if len(found) == 1}
 
 

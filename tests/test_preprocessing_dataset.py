@@ -527,3 +527,26 @@ def test_a_second_preprocessing_of_the_same_name_commits_only_after_the_first(co
     assert second.wait(timeout=300) == 0, second.stdout.read()
     predictors, targets, metadata, _ = read_dataset(small_config, "twice")
     assert sum(len(item) for item in predictors.values()) == json.loads(paths["index"].read_text())["examples"]
+
+
+def test_metadata_rows_are_written_one_at_a_time_and_a_failure_leaves_the_old_file(tmp_path):
+    """Preprocessing writes a corpus's clip records and input files as they are made (atomic_write_json rows):
+    the file reads back as the same JSON as a whole write, NaN is null, and a failure half-way through the rows
+    leaves the earlier file whole and no temporary file behind."""
+    from utility_functions import atomic_write_json
+    head = {"dataset": "d", "class_names": ["a", "ä"], "score": float("nan")}
+    clips = [{"file": f"{n}.wav", "seconds": n / 3, "speaker": "spk1"} for n in range(5)]
+    streamed, whole = tmp_path / "streamed.json", tmp_path / "whole.json"
+    atomic_write_json(streamed, head, rows={"clips": (dict(clip) for clip in clips), "input_files": iter([])})
+    atomic_write_json(whole, dict(head, clips=clips, input_files=[]))
+    assert json.loads(streamed.read_text(encoding="utf-8")) == json.loads(whole.read_text(encoding="utf-8"))
+    assert json.loads(streamed.read_text(encoding="utf-8"))["score"] is None
+
+    def failing():
+        yield clips[0]
+        raise OSError(28, "No space left on device")
+    before = streamed.read_bytes()
+    with pytest.raises(XvalError, match="no space left to write .*streamed.json"):
+        atomic_write_json(streamed, head, rows={"clips": failing()})
+    assert streamed.read_bytes() == before and sorted(path.name for path in tmp_path.iterdir()) == \
+        ["streamed.json", "whole.json"]
