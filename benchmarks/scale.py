@@ -12,8 +12,9 @@ as RSS would; unlike the machine's memory in use, MemTotal - MemAvailable, it do
 then a routine of 1 instance x 4 folds x 1 epoch (the example model) with 1 worker and with 2 CPU workers (--workers:
 only those): its wall, the same two memory figures, and each fold's time per phase (the fold results' timings).
 The features' size is that of the dataset's .npy files. --also: the figures of earlier runs (their OUT.json) join
-this run's in the table and the growth curves (a factor measured now replaces its earlier figures), so that 200x,
-measured alone, is drawn beside 1x to 40x; `--factors` with no factor then only redraws.
+this run's in the table and the growth curves (a factor measured now replaces its earlier figures, but for the
+routines it did not run: `--workers` with no number measures preprocessing alone), so that 200x, measured alone, is
+drawn beside 1x to 40x; `--factors` with no factor then only redraws.
 """
 import argparse
 import csv
@@ -137,6 +138,11 @@ def one_factor(ws, folder, factor, workers=(1, 2)):
             "routine": runs}
 
 
+def gib(value):
+    """'1.23 GiB', or 'not kept' for a figure an earlier run's JSON (--also) does not hold."""
+    return "not kept" if value is None else f"{value:.2f} GiB"
+
+
 def rows(results):
     """Table rows: per factor, preprocessing and the two routines; then the targets."""
     table = []
@@ -144,12 +150,12 @@ def rows(results):
         table.append(common.row(f"{r['factor']}x ({r['clips']:,} clips, features {r['features_gib']:.2f} GiB): "
                                 "preprocessing wall / peak RSS / peak PSS of its processes / machine memory in use",
                                 f"{r['preprocessing_seconds']:.0f} s / {r['preprocessing_peak_rss_gib']:.2f} GiB / "
-                                f"{r['preprocessing_pss_gib']:.2f} GiB / {r['preprocessing_memory_gib']:.2f} GiB"))
+                                f"{r['preprocessing_pss_gib']:.2f} GiB / {gib(r.get('preprocessing_memory_gib'))}"))
         for name, run in r["routine"].items():
             phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in run["phases"].items())
             table.append(common.row(f"{r['factor']}x routine 1 x 4 folds x 1 epoch, {name}: wall / peak PSS of its "
                                     "processes / machine memory in use / mean fold phases (s)",
-                                    f"{run['wall']:.0f} s / {run['pss_gib']:.2f} GiB / {run['memory_gib']:.2f} GiB / "
+                                    f"{run['wall']:.0f} s / {run['pss_gib']:.2f} GiB / {gib(run.get('memory_gib'))} / "
                                     f"{phases}"))
     at = {r["factor"]: r for r in results}
     if 40 in at and "2 workers" in at[40]["routine"]:
@@ -204,8 +210,9 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--factors", type=int, nargs="*", help="how many times the corpus is repeated (none: "
                         "only the --also figures)")
-    parser.add_argument("--workers", type=int, nargs="+", choices=sorted(WORKERS), default=[1, 2],
-                        help="the routine with these numbers of CPU workers (default both)")
+    parser.add_argument("--workers", type=int, nargs="*", choices=sorted(WORKERS), default=[1, 2],
+                        help="the routine with these numbers of CPU workers (default both; none: preprocessing "
+                             "only, the routine's figures of that factor then kept from --also)")
     parser.add_argument("--png", type=Path, help="write the growth curves there")
     parser.add_argument("--also", type=Path, nargs="+", default=[], help="earlier runs' OUT.json to include")
     args = parser.parse_args()
@@ -218,6 +225,7 @@ def main():
     for factor in FACTORS[args.smoke] if args.factors is None else args.factors:
         started = time.monotonic()
         measured_now = one_factor(ws, folder, factor, args.workers)
+        measured_now["routine"] = {**earlier.get(factor, {}).get("routine", {}), **measured_now["routine"]}
         results = sorted([r for r in results if r["factor"] != factor] + [measured_now], key=lambda r: r["factor"])
         print(f"{factor}x done in {time.monotonic() - started:.0f} s", flush=True)
         common.write_json(args.out, {"rows": rows(results), "figures": {"factors": results}})
