@@ -323,7 +323,7 @@ def clip_name(clip):
 
 
 def label_targets(clips, target_kind, class_names=None):
-    """(kept clips, class names or None, skipped); each kept clip gets its "target" (the clip itself: a copy of
+    """(kept clips, class names or None, skipped); each kept Clip gets its target set in place (a copy of
     every clip cost a dict a clip). Classification: the class index of the label among class_names (default: the
     sorted distinct labels); regression: the label as a finite number."""
     kept, skipped = [], []
@@ -723,7 +723,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
     class_names: the classes in order (default: the sorted distinct labels). metadata_extra: more metadata keys
     from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake. The table's
-    clip entries get what was found for them (target, pieces, ...) added in place: one dict a clip, not a copy at
+    clip entries get what was found for them (target, pieces, ...) added in place: one Clip a clip, not a copy at
     each step.
     Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio.
     """
