@@ -85,7 +85,8 @@ class Clip:
     """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
     label, foldable item, the record the metadata keeps for it (every column of its row); then what the pipeline
     finds: its target (class index or number), pieces (1, or its windows), the audio's native sample rate (Hz)
-    and duration (s), the SHA-256 of its bytes (hex) and its first row in the raw features. Slots, not a dict:
+    and duration (s), the SHA-256 of its bytes (32 bytes: 65 a clip against 113 as hex) and its first row in the
+    raw features. Slots, not a dict:
     about 150 bytes a clip against 650 (0.13 GiB at 200x, 288,000 clips)."""
     row: int | None
     file: str
@@ -97,7 +98,7 @@ class Clip:
     pieces: int = 0
     native_rate: int | None = None
     duration: float | None = None
-    digest: str | None = None
+    digest: bytes | None = None
     first_piece: int = 0
 
 
@@ -116,11 +117,14 @@ def skip_entry(clip_or_row, kind, reason, file=None):
 
 
 def file_stats(paths, root):
-    """[[path relative to root, size in bytes, mtime in ns]] of the files that exist: what the fingerprint sees."""
+    """[[path relative to root, size in bytes, mtime in ns]] of the files that exist, in the order of their Path
+    objects: what the fingerprint sees. Sorted as strings whose separators are NUL (below every character of a
+    name: the order of the paths' parts), not as a set of Path objects (0.6 KB a file at its peak)."""
     stats = []
-    for path in sorted({Path(path) for path in paths}):
-        if path.is_file():
-            status = path.stat()
+    for key in sorted({str(Path(path)).replace(os.sep, "\0") for path in paths}):
+        path = key.replace("\0", os.sep)
+        if os.path.isfile(path):
+            status = os.stat(path)
             stats.append([os.path.relpath(path, root), status.st_size, status.st_mtime_ns])
     return stats
 
@@ -368,13 +372,13 @@ def features_of_chunk(task):
     """Features of a chunk of files. task: {paths, length, feature_settings, plan} (plan: feat_analysis's).
 
     Returns (float32 (pieces of the readable files, frames, bins), [per file: pieces (0 if unreadable), None or
-    why it was skipped, native rate or None, duration in s or None, SHA-256 of its bytes or None])."""
+    why it was skipped, native rate or None, duration in s or None, SHA-256 of its bytes (32 bytes) or None])."""
     settings, pieces, outcomes = task["feature_settings"], [], []
     for path in task["paths"]:
         try:
             signals, native_rate, duration = feat_analysis.clip_signals(path, task["length"])
             pieces.append(signals)
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # tells copies of one recording apart
+            digest = hashlib.sha256(Path(path).read_bytes()).digest()  # tells copies of one recording apart
             outcomes.append((len(signals), None, native_rate, duration, digest))
         except (RuntimeError, OSError, ValueError, EOFError) as error:
             outcomes.append((0, f"cannot be read: {error_text(error)}", None, None, None))
@@ -689,15 +693,20 @@ def single_clip_items(clips):
 
 
 def identical_audio(clips):
-    """[[name of each clip: 'row 3 (a.wav), foldable item spk0', ...]] of the clips whose files hold the same bytes
-    (copies of one recording under two names): under two foldable items one recording can sit in training and
-    test at once."""
+    """[[Clip, ...]] of the clips whose files hold the same bytes (copies of one recording under two names), each
+    group in table order: under two foldable items one recording can sit in training and test at once. Clips, not
+    their names: a corpus copied 200 times is one group a file, 288,000 names (see identical_names)."""
     repeated = {digest for digest, count in Counter(clip.digest for clip in clips).items() if count > 1}
     groups = {}
     for clip in clips:
         if clip.digest in repeated:
-            groups.setdefault(clip.digest, []).append(f"{clip_name(clip)}, foldable item {clip.item!r}")
+            groups.setdefault(clip.digest, []).append(clip)
     return list(groups.values())
+
+
+def identical_names(group):
+    """The metadata's names of a group of identical_audio: ['row 3 (a.wav), foldable item spk0', ...]."""
+    return [f"{clip_name(clip)}, foldable item {clip.item!r}" for clip in group]
 
 
 def audio_found(clips):
@@ -725,7 +734,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake. The table's
     clip entries get what was found for them (target, pieces, ...) added in place: one Clip a clip, not a copy at
     each step.
-    Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio.
+    Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio (and,
+    when computed: identical_audio as [[Clip]], see identical_audio; the metadata holds their names).
     """
     started = time.perf_counter()
     if not DATASET_NAME.match(dataset or "") or len(dataset) > DATASET_NAME_LENGTH:
@@ -812,6 +822,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                 first_piece += pieces
             else:
                 skipped.append(skip_entry(clip, "unreadable", reason))
+        del outcomes  # in the clips now: a tuple a clip less through the rest of the run
         if table["fold_by"] != FOLD_BY_FILE:
             read, single = single_clip_items(read)
             skipped += single
@@ -839,19 +850,21 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
             "length": length, "frames": frames, "bins": bins, "skipped": skipped,
             "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
-            "identical_audio": identical_audio(read), **(metadata_extra or {}),
+            **(metadata_extra or {}),
         }
         if "clip_samples" in length:
             metadata["clip_samples"] = length["clip_samples"]
         records = (dict(clip.record, **({"windows": clip.pieces} if windows else {}),
                         sample_rate_found=clip.native_rate, seconds=round(clip.duration, 4)) for clip in read)
+        identical = identical_audio(read)
         write_dataset(paths, read, raw, shape, target_kind, class_names, metadata, windows,
-                      {"clips": records, "input_files": table["stats"]})
+                      {"clips": records, "input_files": table["stats"],
+                       "identical_audio": (identical_names(group) for group in identical)})
         summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
                    "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                    "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
                    "windows": sum(clip.pieces for clip in read) if windows else None,
-                   "identical_audio": metadata["identical_audio"],
+                   "identical_audio": identical,
                    "classes_without_clips": [name for name in class_names or () if name not in present],
                    "class_counts": {name: sum(clip.label == name for clip in read) for name in class_names or ()},
                    "cut": cut_clips(read, length),
@@ -911,8 +924,9 @@ def summary_text(summary, feature_type, source, kinds):
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
                  f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
     identical = summary.get("identical_audio") or []
-    for names in identical[:LISTED_PER_KIND]:  # a group can be large (a corpus copied 200 times): three rows of it
-        shown = "; ".join(names[:3]) + (f"; and {len(names) - 3} more rows" if len(names) > 3 else "")
+    for group in identical[:LISTED_PER_KIND]:  # a group can be large (a corpus copied 200 times): three rows of it
+        shown = "; ".join(identical_names(group[:3])) + (f"; and {len(group) - 3} more rows" if len(group) > 3
+                                                         else "")
         lines.append(f"  WARNING: identical audio in {shown}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
     if len(identical) > LISTED_PER_KIND:
