@@ -550,3 +550,19 @@ def test_metadata_rows_are_written_one_at_a_time_and_a_failure_leaves_the_old_fi
         atomic_write_json(streamed, head, rows={"clips": failing()})
     assert streamed.read_bytes() == before and sorted(path.name for path in tmp_path.iterdir()) == \
         ["streamed.json", "whole.json"]
+
+
+def test_input_files_are_listed_in_the_order_earlier_versions_fingerprinted(tmp_path):
+    """A rerun recognises a dataset made by an earlier version only if its input files are listed in the same
+    order: by path parts, as sorted Path objects ('a/b/c' before 'a/b.wav', 'a b/c', 'a-b' and 'ab'), not as
+    strings (where ' ', '-' and '.' come before '/'). Each file once, however it is named."""
+    names = ["ab.wav", "a-b.wav", "a b/c.wav", "a/b.wav", "a/b/c.wav", "a.wav", "a0/z.wav"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    listed = [str(tmp_path / name) for name in names] + [str(tmp_path / "ab.wav"), str(tmp_path) + "//a.wav",
+                                                         str(tmp_path / "a") + "/", str(tmp_path / "gone.wav")]
+    stats = pipeline.file_stats(listed[::-1], tmp_path)
+    assert [name for name, _, _ in stats] == ["a/b/c.wav", "a/b.wav", "a b/c.wav", "a-b.wav", "a.wav", "a0/z.wav",
+                                              "ab.wav"]
+    assert [size for _, size, _ in stats] == [len(name) for name, _, _ in stats]
