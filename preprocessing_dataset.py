@@ -86,8 +86,7 @@ class Clip:
     label, foldable item, the record the metadata keeps for it (every column of its row); then what the pipeline
     finds: its target (class index or number), pieces (1, or its windows), the audio's native sample rate (Hz)
     and duration (s), the SHA-256 of its bytes (32 bytes: 65 a clip against 113 as hex) and its first row in the
-    raw features. Slots, not a dict:
-    about 150 bytes a clip against 650 (0.13 GiB at 200x, 288,000 clips)."""
+    raw features. Slots, not a dict: about 150 bytes a clip against 650 (0.13 GiB at 200x, 288,000 clips)."""
     row: int | None
     file: str
     path: str

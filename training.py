@@ -601,15 +601,15 @@ def run_fold(job, loaded=None):
 
     def split_data(split):
         """x, y, owner, clip of one split: x read where it lies (Rows, a batch copied at a time), the validation
-        items too, which every epoch evaluates: so a fold holds no copy of any split's examples (stacking the
-        validation items cost 207 MB and most of the data phase a fold at 40x, 1 GB at 200x)."""
+        items' too, which every epoch evaluates, so a fold holds no copy of any split's examples (stacked, the
+        validation items cost 207 MB a fold at 40x and most of its data phase)."""
         x, y, owner, clip = item_rows(dataset, job[f"{split}_items"])
         if job.get("smoke_batches"):  # a smoke run: a few batches of every split
             size = job["smoke_batches"] * parameters["batch_size"]
             x, y, owner, clip = x[:size], y[:size], owner[:size], clip[:size]
         return x, (y.reshape(-1) if task_type == "regression" else y), owner, clip
 
-    data = {split: split_data(split) for split in splits if split != "test"}
+    data = {split: split_data(split) for split in splits}
     x_train, y_train, _, _ = data["train"]
     output_size = y_train.shape[1] if task_type == "classification" else 1
 
@@ -663,7 +663,7 @@ def run_fold(job, loaded=None):
               "predictions": {}, "confusion_matrix": {}}
     del batches, x_train, y_train
     for split in splits:
-        x, y, owner, clip = data.pop(split) if split in data else split_data(split)
+        x, y, owner, clip = data[split]
         scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, clip,
                                                            parameters["batch_size"])
         result["metrics"][split] = scores
