@@ -30,11 +30,12 @@ test) is possible only when asked by name, and is then said in the metadata, on 
 A rerun with the same table, input files (names, sizes, modification times) and settings reuses the dataset.
 """
 import argparse
+import collections
 import contextlib
 import csv
 import ctypes
-import dataclasses
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ import threadpoolctl
 from tqdm import tqdm
 
 import feat_analysis
+from clip_table import Clip, ClipTable, FileStats, as_blob, as_text
 from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_write_json, commit_temp_file,
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
@@ -63,6 +65,7 @@ FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only wh
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
+IN_FLIGHT_PER_JOB = 4  # tasks submitted ahead per worker: none waits for the next while results are stored
 HASHED_PER_UPDATE = 4096  # list elements joined into one update of input_fingerprint's hash
 COPY_BYTES = 16 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
@@ -80,30 +83,9 @@ SKIP_KINDS = {  # kind of skipped row -> how the summary names it
 # ----------------------------------------------------------------------------------------------------------------
 # The table of clips: what every front end builds
 
-@dataclasses.dataclass(slots=True)
-class Clip:
-    """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
-    label, foldable item, the record the metadata keeps for it (every column of its row); then what the pipeline
-    finds: its target (class index or number), pieces (1, or its windows), the audio's native sample rate (Hz)
-    and duration (s), the SHA-256 of its bytes (32 bytes: 65 a clip against 113 as hex) and its first row in the
-    raw features. Slots, not a dict: about 150 bytes a clip against 650 (0.13 GiB at 200x, 288,000 clips)."""
-    row: int | None
-    file: str
-    path: str
-    label: str
-    item: str
-    record: dict
-    target: int | float | None = None
-    pieces: int = 0
-    native_rate: int | None = None
-    duration: float | None = None
-    digest: bytes | None = None
-    first_piece: int = 0
-
-
 def clip_entry(row, file, path, label, item, record):
-    """The Clip of a table's row (see Clip). Label and item are in Unicode NFC: 'Ä' typed as one character or as
-    'A' + a combining mark (as macOS writes names) is one name."""
+    """The Clip of a table's row (see clip_table.Clip). Label and item are in Unicode NFC: 'Ä' typed as one
+    character or as 'A' + a combining mark (as macOS writes names) is one name."""
     return Clip(row, file, str(path), unicodedata.normalize("NFC", label), unicodedata.normalize("NFC", item),
                 record)
 
@@ -116,15 +98,10 @@ def skip_entry(clip_or_row, kind, reason, file=None):
 
 
 def file_stats(paths, root):
-    """[[path relative to root, size in bytes, mtime in ns]] of the files that exist, in the order of their Path
-    objects: what the fingerprint sees. Sorted as strings whose separators are NUL (below every character of a
-    name: the order of the paths' parts), not as a set of Path objects (0.6 KB a file at its peak)."""
-    stats = []
-    for key in sorted({str(Path(path)).replace(os.sep, "\0") for path in paths}):
-        path = key.replace("\0", os.sep)
-        if os.path.isfile(path):
-            status = os.stat(path)
-            stats.append([os.path.relpath(path, root), status.st_size, status.st_mtime_ns])
+    """clip_table.FileStats of the files at paths (root: what their names are relative to)."""
+    stats = FileStats(root)
+    for path in paths:
+        stats.add(path)
     return stats
 
 
@@ -146,8 +123,9 @@ def unicode_form_on_disk(path):
 
 
 def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
-    """Clips of a CSV with a header row: (clips, skipped, stats). Paths are relative to the CSV's folder (or
-    audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record."""
+    """Clips of a CSV with a header row: (ClipTable, skipped, FileStats). Paths are relative to the CSV's folder
+    (or audio_root); rows are numbered as in the file (the header is row 1). Every column goes into the record.
+    The rows are read one at a time into the table: memory does not grow with the CSV."""
     given = Path(csv_path).expanduser()
     if given.exists() and not given.is_file() and not given.is_dir():  # before resolving: a pipe's name changes
         raise XvalError(f"--csv {given} is not a regular file (a device or a pipe): save the table to a file and "
@@ -165,18 +143,35 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
             reader = csv.DictReader(handle, delimiter=delimiter)
             if reader.fieldnames:  # 'file, label' as typed by hand: the names without their spaces
                 reader.fieldnames = [name.strip() for name in reader.fieldnames]
-            rows, lines = [], []  # lines: each row's first line in the file (blank lines and quoted line breaks)
-            for row in reader:
-                cells = [cell for key, cell in row.items() if key is not None and isinstance(cell, str)]
-                rows.append(row)
-                lines.append(reader.line_num - sum(cell.count("\n") for cell in cells + (row.get(None) or [])))
             header = [name for name in reader.fieldnames or [] if name is not None]
+            rows = numbered_rows(reader)
+            first = next(rows, None)
+            check_csv_header(csv_path, header, first is not None, delimiter, file_column, label_column, fold_by)
+            root = Path(audio_root).expanduser().resolve() if audio_root else csv_path.parent
+            clips, skipped, stats = ClipTable(), [], FileStats(root)
+            for number, row in itertools.chain([first], rows):
+                add_csv_row(clips, skipped, stats, csv_path, header, delimiter, number, row,
+                            (root, file_column, label_column, fold_by))
     except (UnicodeDecodeError, csv.Error) as error:
         raise XvalError(f"{csv_path} cannot be read as a CSV ({error}): save it as UTF-8 CSV") from None
+    return clips, skipped, stats.add(csv_path)
+
+
+def numbered_rows(reader):
+    """(number of the row's first line in the file, row) of a csv.DictReader's rows (blank lines and line breaks
+    inside quotes counted)."""
+    for row in reader:
+        cells = [cell for key, cell in row.items() if key is not None and isinstance(cell, str)]
+        yield reader.line_num - sum(cell.count("\n") for cell in cells + (row.get(None) or [])), row
+
+
+def check_csv_header(csv_path, header, has_rows, delimiter, file_column, label_column, fold_by):
+    """XvalError for a CSV whose header row cannot give a table: empty, no rows, a column named twice, a role's
+    column missing, labels that are the foldable items."""
     if not header:
         raise XvalError(f"{csv_path} is empty: it needs a header row naming its columns (e.g. file,label,speaker) "
                         "and one row per clip")
-    if not rows:
+    if not has_rows:
         raise XvalError(f"{csv_path} has a header row ({', '.join(header)}) but no rows: add one row per clip")
     twice = sorted({name for name in header if name.strip() and header.count(name) > 1})
     if twice:
@@ -193,27 +188,29 @@ def csv_table(csv_path, file_column, label_column, fold_by, audio_root=None):
         raise XvalError(f"--label-column and --fold-by both name '{fold_by}': every class would be one foldable item, "
                         "so no test class is ever seen in training; fold by another column (a session), or "
                         "--fold-by file")
-    extra = next((index for index, row in enumerate(rows)
-                  if any(cell.strip() for cell in row.get(None) or [])), None)  # empty trailing cells are harmless
-    if extra is not None:
-        raise XvalError(f"{csv_path}, row {lines[extra]}: {len(header) + len(rows[extra][None])} cells for the "
-                        f"{len(header)} columns of the header: a cell holding {delimiter!r} must be in double quotes")
-    root = Path(audio_root).expanduser().resolve() if audio_root else csv_path.parent
-    clips, skipped = [], []
-    for number, row in zip(lines, rows):
-        file = (row.get(file_column) or "").strip()
-        path = unicode_form_on_disk((root / file).resolve())
-        item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()
-        row.pop(None, None)  # empty trailing cells (others were refused above)
-        clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item, row)
-        if not file or not path.is_file():
-            reason = f"{path} {'is a folder' if path.is_dir() else 'does not exist'}" if file else "no file name"
-            skipped.append(skip_entry(clip, "missing_file", reason))
-        elif not item:
-            skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
-        else:
-            clips.append(clip)
-    return clips, skipped, file_stats([clip.path for clip in clips] + [csv_path], root)
+
+
+def add_csv_row(clips, skipped, stats, csv_path, header, delimiter, number, row, columns):
+    """Add one CSV row to the ClipTable clips (and its file to stats), or to skipped when its file is missing or
+    it has no foldable item; XvalError for a row with more cells than the header has columns. columns: (audio root,
+    file column, label column, foldable item column)."""
+    root, file_column, label_column, fold_by = columns
+    extra = row.pop(None, None) or []
+    if any(cell.strip() for cell in extra):  # empty trailing cells are harmless
+        raise XvalError(f"{csv_path}, row {number}: {len(header) + len(extra)} cells for the {len(header)} columns "
+                        f"of the header: a cell holding {delimiter!r} must be in double quotes")
+    file = (row.get(file_column) or "").strip()
+    path = unicode_form_on_disk((root / file).resolve())
+    item = file if fold_by == FOLD_BY_FILE else (row.get(fold_by) or "").strip()
+    clip = clip_entry(number, file, path, (row.get(label_column) or "").strip(), item, row)
+    if not file or not path.is_file():
+        reason = f"{path} {'is a folder' if path.is_dir() else 'does not exist'}" if file else "no file name"
+        skipped.append(skip_entry(clip, "missing_file", reason))
+    elif not item:
+        skipped.append(skip_entry(clip, "no_item", f"empty '{fold_by}' cell"))
+    else:
+        clips.add(clip)
+        stats.add(clip.path)
 
 
 def name_pattern(text, group, option, example):
@@ -230,7 +227,7 @@ def name_pattern(text, group, option, example):
 
 
 def folders_table(folder, group_pattern, fold_by, label_pattern=None):
-    """Clips of the audio files under folder: (clips, skipped, stats). Rows are numbered in sorted file order.
+    """Clips of the audio files under folder: (ClipTable, skipped, FileStats). Rows are numbered in sorted file order.
 
     The label is the file's first subfolder (folder/CLASS/**/file.wav, gaia2's layout), or, with label_pattern (a
     regular expression with a group named 'label', searched in the file name), taken from the name, the files
@@ -255,7 +252,7 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
         raise XvalError(f"folder {folder} holds no audio files{'' if labels else ' in class subfolders'} "
                         f"({', '.join(suffixes)}): lay it out as FOLDER/CLASS/file.wav, or name the label "
                         "in the file names with --label-pattern")
-    clips = []
+    clips = ClipTable()
     skipped = [skip_entry(None, "no_class_folder", "lies directly in the input folder: move it into its class's "
                           "folder (FOLDER/CLASS/file.wav)", path.name) for path in loose]
     if labels is None:
@@ -276,7 +273,7 @@ def folders_table(folder, group_pattern, fold_by, label_pattern=None):
             skipped.append(skip_entry(clip, "no_label", f"--label-pattern {label_pattern!r} finds no label in the "
                                                         "name"))
         else:
-            clips.append(clip)
+            clips.add(clip)
     return clips, skipped, file_stats(paths, folder)
 
 
@@ -300,61 +297,76 @@ def parse_class_order(text):
 
 
 def repeated_clips(clips):
-    """(clips without repeats, skipped repeats): a row that lists the same audio file (links resolved) with the
-    same label and foldable item as an earlier one is skipped; the same file with another label or foldable item
-    is refused, since a clip has one label and belongs to one foldable item (else it could sit in training and
-    test at once)."""
-    first, kept, skipped = {}, [], []
-    for clip in clips:
-        key = os.path.realpath(clip.path)
-        if key not in first:
-            first[key] = clip
-            kept.append(clip)
-            continue
-        earlier = first[key]
-        if (earlier.label, earlier.item) != (clip.label, clip.item):
-            raise XvalError(f"{clip_name(earlier)} and {clip_name(clip)} list the same audio file with label "
-                            f"{earlier.label!r} / {clip.label!r} and foldable item {earlier.item!r} / "
-                            f"{clip.item!r}: a clip has one label and belongs to one foldable item; fix the table")
-        skipped.append(skip_entry(clip, "duplicate_row", f"repeats {clip_name(earlier)}"))
-    return kept, skipped
+    """Skip ('duplicate_row') each clip of the ClipTable clips that lists the same audio file (links resolved) with
+    the same label and foldable item as an earlier one; the same file with another label or foldable item is
+    refused, since a clip has one label and belongs to one foldable item (else it could sit in training and test at
+    once)."""
+    found = clips.query("SELECT real, seq, row, file, label, item FROM clips WHERE status IS NULL AND real IN "
+                        "(SELECT real FROM clips WHERE status IS NULL GROUP BY real HAVING COUNT(*) > 1) "
+                        "ORDER BY real, seq")
+    repeats = []
+    for _, group in itertools.groupby(found, key=lambda entry: entry[0]):
+        _, _, row, file, label, item = next(group)
+        for _, seq, again_row, again_file, again_label, again_item in group:
+            if (again_label, again_item) != (label, item):
+                first, again = clip_name(row, as_text(file)), clip_name(again_row, as_text(again_file))
+                raise XvalError(f"{first} and {again} list the same audio file with label {as_text(label)!r} / "
+                                f"{as_text(again_label)!r} and foldable item {as_text(item)!r} / "
+                                f"{as_text(again_item)!r}: a clip has one label and belongs to one foldable item; "
+                                "fix the table")
+            repeats.append((f"repeats {clip_name(row, as_text(file))}", seq))
+    clips.update("UPDATE clips SET status = 'duplicate_row', reason = ? WHERE seq = ?", repeats)
 
 
-def clip_name(clip):
+def clip_name(row, file):
     """How a message names a clip: 'row 12 (a.wav)' where the table has rows, else its file."""
-    return f"row {clip.row} ({clip.file})" if clip.row is not None else clip.file
+    return f"row {row} ({file})" if row is not None else file
+
+
+def finite_number(label):
+    """A label (as_blob's bytes) as a finite float, or None."""
+    try:
+        value = float(as_text(label))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def label_targets(clips, target_kind, class_names=None):
-    """(kept clips, class names or None, skipped); each kept Clip gets its target set in place (a copy of
-    every clip cost a dict a clip). Classification: the class index of the label among class_names (default: the
-    sorted distinct labels); regression: the label as a finite number."""
-    kept, skipped = [], []
-    for clip in clips:
-        if clip.label == "":
-            skipped.append(skip_entry(clip, "empty_label", "the label cell is empty"))
-        elif target_kind == "regression":
-            try:
-                value = float(clip.label)
-            except (TypeError, ValueError):
-                value = float("nan")
-            if np.isfinite(value):
-                clip.target = value
-                kept.append(clip)
-            else:
-                skipped.append(skip_entry(clip, "bad_label", f"{clip.label!r} is not a finite number"))
-        elif class_names is not None and clip.label not in class_names:
-            skipped.append(skip_entry(clip, "bad_label", f"{clip.label!r} is not one of the classes "
-                                                         f"{', '.join(class_names)}"))
-        else:
-            kept.append(clip)
-    if target_kind == "classification":
-        class_names = list(class_names) if class_names else sorted({clip.label for clip in kept})
-        number = {name: index for index, name in enumerate(class_names)}
-        for clip in kept:
-            clip.target = number[clip.label]
-        return kept, class_names, skipped
-    return kept, None, skipped
+    """Set the target of each kept clip of the ClipTable clips, or skip it; returns the class names (None for
+    regression). Classification: the class index of the label among class_names (default: the sorted distinct
+    labels); regression: the label as a finite number."""
+    clips.query("UPDATE clips SET status = 'empty_label', reason = 'the label cell is empty' "
+                "WHERE status IS NULL AND label = x''")
+    if target_kind == "regression":
+        clips.database.create_function("finite_number", 1, finite_number, deterministic=True)
+        clips.query("UPDATE clips SET target = finite_number(label) WHERE status IS NULL")
+        clips.query("UPDATE clips SET status = 'bad_label', reason = quoted(label) || ' is not a finite number' "
+                    "WHERE status IS NULL AND target IS NULL")
+        return None
+    if class_names is not None:
+        names = set(map(as_blob, class_names))
+        clips.database.create_function("is_class", 1, lambda blob: blob in names, deterministic=True)
+        clips.query("UPDATE clips SET status = 'bad_label', reason = quoted(label) || ? "
+                    "WHERE status IS NULL AND NOT is_class(label)",
+                    (f" is not one of the classes {', '.join(class_names)}",))
+    class_names = list(class_names) if class_names else kept_labels(clips)
+    number = {as_blob(name): index for index, name in enumerate(class_names)}
+    clips.database.create_function("class_number", 1, number.get, deterministic=True)
+    clips.query("UPDATE clips SET target = class_number(label) WHERE status IS NULL")
+    return class_names
+
+
+def kept_labels(clips):
+    """The distinct labels of the kept clips of the ClipTable clips, sorted."""
+    return [as_text(label) for (label,) in clips.query("SELECT DISTINCT label FROM clips WHERE status IS NULL "
+                                                       "ORDER BY label")]
+
+
+def kept_items(clips):
+    """{foldable item: (clips, pieces)} of the kept clips of the ClipTable clips, in sorted order."""
+    return {as_text(item): (count, pieces) for item, count, pieces in clips.query(
+        "SELECT item, COUNT(*), SUM(pieces) FROM clips WHERE status IS NULL GROUP BY item ORDER BY item")}
 
 
 def target_rows(values, target_kind, class_count):
@@ -415,31 +427,64 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
-def compute_features(clips, length, feature_settings, jobs, label, sink):
-    """Features of all clips in order, over jobs processes with a progress bar, appended to the binary file sink
-    as they come (float32, C order), so that memory does not grow with the corpus.
+def feature_tasks(clips, length, feature_settings, plan):
+    """(seqs, features_of_chunk's task) of the kept clips of the ClipTable clips, CHUNK_FILES files a task, in
+    table order (the chunks are the same whatever --jobs: PAGE_CLIPS is a multiple of CHUNK_FILES)."""
+    for page in clips.pages("path"):
+        for start in range(0, len(page), CHUNK_FILES):
+            chunk = page[start:start + CHUNK_FILES]
+            yield [seq for seq, _ in chunk], {"paths": [as_text(path) for _, path in chunk], "length": length,
+                                              "feature_settings": feature_settings, "plan": plan}
 
-    Returns ((frames, bins), [per clip: (pieces, reason, rate, duration, digest)])."""
+
+def compute_features(clips, length, feature_settings, jobs, label, sink):
+    """Features of the kept clips of the ClipTable clips in order, over jobs processes with a progress bar,
+    appended to the binary file sink as they come (float32, C order), so that memory does not grow with the
+    corpus. Each clip gets what was found (pieces, native_rate, duration, digest, first_piece: its first row in
+    sink), or is skipped as unreadable. Returns (frames, bins) and how many clips were read or tried."""
     plan = feat_analysis.analysis_plan(length["sample_rate"], feature_settings)
-    chunks = [clips[start:start + CHUNK_FILES] for start in range(0, len(clips), CHUNK_FILES)]
-    tasks = [{"paths": [clip.path for clip in chunk], "length": length, "feature_settings": feature_settings,
-              "plan": plan} for chunk in chunks]
-    jobs = max(1, min(jobs, len(tasks)))
-    outcomes, shape = [], None
-    with tqdm(total=len(clips), unit="file", desc=label, disable=None, file=sys.stderr) as progress:
+    total = clips.kept()
+    tasks = feature_tasks(clips, length, feature_settings, plan)
+    jobs = max(1, min(jobs, -(-total // CHUNK_FILES)))
+    shape, first_piece = None, 0
+    with tqdm(total=total, unit="file", desc=label, disable=None, file=sys.stderr) as progress:
         with contextlib.ExitStack() as stack:
             if jobs == 1:
                 stack.enter_context(threadpoolctl.threadpool_limits(limits=1))
-                results = map(features_of_chunk, tasks)
+                results = ((seqs, features_of_chunk(task)) for seqs, task in tasks)
             else:
-                results = stack.enter_context(_pool_context().Pool(jobs, initializer=_prepare_worker)).imap(
-                    features_of_chunk, tasks)
-            for features, chunk_outcomes in results:
+                pool = stack.enter_context(_pool_context().Pool(jobs, initializer=_prepare_worker))
+                results = in_order(pool, tasks, IN_FLIGHT_PER_JOB * jobs)
+            for seqs, (features, outcomes) in results:
                 np.ascontiguousarray(features, dtype=np.float32).tofile(sink)
                 shape = features.shape[1:]
-                outcomes += chunk_outcomes
-                progress.update(len(chunk_outcomes))
-    return shape, outcomes
+                found, unreadable = [], []
+                for seq, (pieces, reason, native_rate, duration, digest) in zip(seqs, outcomes):
+                    if reason is None:
+                        found.append((pieces, native_rate, duration, digest, first_piece, seq))
+                        first_piece += pieces
+                    else:
+                        unreadable.append((reason, seq))
+                clips.update("UPDATE clips SET pieces = ?, native_rate = ?, duration = ?, digest = ?, first_piece = ? "
+                             "WHERE seq = ?", found)
+                clips.update("UPDATE clips SET status = 'unreadable', reason = ? WHERE seq = ?", unreadable)
+                progress.update(len(outcomes))
+    return shape, total
+
+
+def in_order(pool, tasks, in_flight):
+    """(seqs, features_of_chunk(task)) of tasks' (seqs, task) computed by pool, in order, at most in_flight
+    submitted ahead: the tasks are read from the table as the results come (the table is not thread-safe, so not
+    by the pool's feeder thread)."""
+    pending = collections.deque()
+    for seqs, task in tasks:
+        pending.append((seqs, pool.apply_async(features_of_chunk, (task,))))
+        if len(pending) >= in_flight:
+            seqs, result = pending.popleft()
+            yield seqs, result.get()
+    while pending:
+        seqs, result = pending.popleft()
+        yield seqs, result.get()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,11 +499,12 @@ def check_settings(config, feature_type, jobs, where):
         raise XvalError(f"{where} {problem}")
 
 
-def input_fingerprint(stats, table, preprocessing_settings, feature_settings, target):
-    """sha256 (hex) of the settings, the table (every clip's file, label and foldable item) and every input file's
-    relative name, size and modification time: of json.dumps(content, sort_keys=True, default=str), hashed a list
-    element at a time (the same bytes; a corpus's table as one string was tens of MB more at its peak)."""
-    lists = {"files": stats, "table": ([clip.file, clip.label, clip.item] for clip in table)}
+def input_fingerprint(stats, entries, preprocessing_settings, feature_settings, target):
+    """sha256 (hex) of the settings, the table (entries: every clip's [file, label, foldable item], as
+    ClipTable.entries gives them) and every input file's relative name, size and modification time (stats: an
+    iterable of [name, size, mtime]): of json.dumps(content, sort_keys=True, default=str), hashed a list element at
+    a time (the same bytes; a corpus's table as one string was tens of MB more at its peak)."""
+    lists = {"files": stats, "table": entries}
     content = {"format": FORMAT_VERSION, "target": target, "preprocessing": preprocessing_settings,
                "features": feature_settings, **{key: f"\0{key}\0" for key in lists}}
     rest, digest = json.dumps(content, sort_keys=True, default=str), hashlib.sha256()
@@ -505,48 +551,57 @@ def copy_rows(temp, raw, runs, shape, items):
     return sums
 
 
-def row_runs(clips, items):
-    """[(first row, rows, item number)] of the clips' rows (clip.first_piece, clip.pieces) in their order,
-    consecutive clips of one item merged into one run; items: the item names in order (numbered from 0)."""
-    number, runs = {item: index for index, item in enumerate(items)}, []
-    for clip in clips:
-        if runs and runs[-1][0] + runs[-1][1] == clip.first_piece and runs[-1][2] == number[clip.item]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + clip.pieces, runs[-1][2])
-        else:
-            runs.append((clip.first_piece, clip.pieces, number[clip.item]))
-    return runs
+def row_runs(first, pieces, numbers):
+    """[(first row, rows, item number)] of clips' rows in the raw features: int arrays (clips,) of their first row,
+    rows and item numbers, in dataset order; consecutive clips of one item whose rows follow each other are one
+    run."""
+    if not len(first):
+        return []
+    starts = np.flatnonzero(np.r_[True, (first[1:] != first[:-1] + pieces[:-1]) | (numbers[1:] != numbers[:-1])])
+    ends = np.r_[starts[1:], len(first)]
+    rows = np.r_[0, np.cumsum(pieces)]
+    return [(int(first[start]), int(rows[end] - rows[start]), int(numbers[start])) for start, end in zip(starts, ends)]
+
+
+def dataset_order(clips, items):
+    """int64 arrays (clips,) first_piece, pieces, item number and float64 target of the kept clips of the ClipTable
+    clips in dataset order: items in sorted order (numbered from 0 as in items), each item's clips in table order.
+    Arrays, not a list of clips: 28 bytes a clip."""
+    number = {as_blob(item): index for index, item in enumerate(items)}
+    rows = clips.query("SELECT first_piece, pieces, item, target FROM clips WHERE status IS NULL ORDER BY item, seq")
+    columns = [np.empty(clips.kept(), dtype) for dtype in (np.int64, np.int64, np.int32, np.float64)]
+    for index, (first, count, item, target) in enumerate(rows):
+        columns[0][index], columns[1][index], columns[2][index], columns[3][index] = first, count, number[item], target
+    return columns
 
 
 def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows, rows):
     """Write a dataset in format 2 (utility_functions): predictors (copied from the raw features file raw, whose
     rows clip.first_piece ... hold a clip's (frames, bins) = shape pieces), sums, target, (in windows mode each
-    window's clip), items in sorted order with their clips in table order; then the metadata (its rows: {key:
-    an iterable of records}, lists written a record at a time), then the index (last: without it the dataset is
-    incomplete and refused). Every array is written under a temporary name first:
+    window's clip), items in sorted order with their clips in table order (clips: the ClipTable, its kept clips);
+    then the metadata (its rows: {key: an iterable of records}, lists written a record at a time), then the index
+    (last: without it the dataset is incomplete and refused). Every array is written under a temporary name first:
     a dataset of the same name (format 1 or 2) stays whole until all of them are, and a failure (a full disk, a
     kill) while they are written leaves it as it was."""
-    items = sorted({clip.item for clip in clips})
-    ordered = sorted(clips, key=lambda clip: clip.item)  # stable: each item's clips stay in table order
-    pieces = np.array([clip.pieces for clip in ordered])
-    clips_of, pieces_of = Counter(clip.item for clip in ordered), Counter()
-    for clip in ordered:  # one pass: counting per item with a pass per item took 9 min at 200x (4,800 items)
-        pieces_of[clip.item] += clip.pieces
+    counts = kept_items(clips)
+    items = list(counts)
+    first_pieces, pieces, numbers, targets = dataset_order(clips, items)
     spans, first = [], 0
     for item in items:
-        spans.append([item, first, first + pieces_of[item]])
-        first += pieces_of[item]
+        spans.append([item, first, first + counts[item][1]])
+        first += counts[item][1]
     kinds = ("predictors", "sums", "target") + (("clips",) if windows else ())
     temps = {kind: temp_path_for(paths[kind]) for kind in kinds}
     try:
         with writing(paths["predictors"]):
-            sums = copy_rows(temps["predictors"], raw, row_runs(ordered, items), shape, len(items))
+            sums = copy_rows(temps["predictors"], raw, row_runs(first_pieces, pieces, numbers), shape, len(items))
         with writing(paths["sums"]):
             save_npy(temps["sums"], sums)
-        targets = target_rows([clip.target for clip in ordered], target_kind, len(class_names or ()))
+        targets = target_rows(targets, target_kind, len(class_names or ()))
         with writing(paths["target"]):
             save_npy(temps["target"], np.repeat(targets, pieces, axis=0))
         if windows:
-            numbers = np.concatenate([np.arange(clips_of[item]) for item in items])
+            numbers = np.concatenate([np.arange(counts[item][0]) for item in items])
             with writing(paths["clips"]):
                 save_npy(temps["clips"], np.repeat(numbers.astype(np.int32), pieces))
         # two preprocessings of one name (--force, or two terminals) commit one after the other, each whole: without
@@ -638,8 +693,8 @@ def as_made_despite_idle_settings(metadata, table, pre, feature_settings, target
             return None, []
         as_made[section] = {**now, **{key: was[key] for key in idle if key in was}}
         changes += [f"[{section}] {key}" for key in sorted(idle) if key in was and was[key] != now[key]]
-    fingerprint = input_fingerprint(table["stats"], table["clips"], as_made["preprocessing"], as_made["features"],
-                                    target_kind)
+    fingerprint = input_fingerprint(table["stats"], table["clips"].entries(), as_made["preprocessing"],
+                                    as_made["features"], target_kind)
     return (fingerprint, changes) if fingerprint == metadata.get("fingerprint") else (None, [])
 
 
@@ -666,10 +721,11 @@ def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, ta
                            "modification times)"]
 
 
-def nothing_usable(table, clips, skipped):
-    """The one line that says why a table gave no usable clip, with an example."""
+def nothing_usable(table, tried, skipped):
+    """The one line that says why a table gave no usable clip, with an example. tried: how many clips features
+    were computed for (0 before)."""
     unreadable = [entry for entry in skipped if entry["kind"] == "unreadable"]
-    if clips and len(unreadable) == len(clips):
+    if tried and len(unreadable) == tried:
         example = unreadable[0]
         return (f"none of the {len(unreadable)} {table.get('noun', 'audio files')} in {table['source']} can be read "
                 f"(e.g. {example['file']}: {example['reason']}): replace them with intact copies")
@@ -681,42 +737,59 @@ def nothing_usable(table, clips, skipped):
 
 
 def single_clip_items(clips):
-    """(clips of foldable items with two or more clips, skipped entries of the others)."""
-    counts = {}
-    for clip in clips:
-        counts[clip.item] = counts.get(clip.item, 0) + 1
-    kept = [clip for clip in clips if counts[clip.item] > 1]
-    skipped = [skip_entry(clip, "single_clip_item", f"foldable item {clip.item!r} has no other clip (a typo in "
-                                                    "its cell?)") for clip in clips if counts[clip.item] == 1]
-    return kept, skipped
+    """Skip ('single_clip_item') the kept clips of the ClipTable clips whose foldable item has no other."""
+    clips.query("UPDATE clips SET status = 'single_clip_item', reason = 'foldable item ' || quoted(item) || "
+                "' has no other clip (a typo in its cell?)' WHERE status IS NULL AND item IN "
+                "(SELECT item FROM clips WHERE status IS NULL GROUP BY item HAVING COUNT(*) = 1)")
+
+
+def skipped_clips(clips):
+    """skip_entry of each clip of the ClipTable clips that the pipeline skipped, in table order."""
+    return [skip_entry(row, kind, reason, as_text(file)) for row, file, kind, reason in
+            clips.query("SELECT row, file, status, reason FROM clips WHERE status IS NOT NULL ORDER BY seq")]
 
 
 def identical_audio(clips):
-    """[[Clip, ...]] of the clips whose files hold the same bytes (copies of one recording under two names), each
-    group in table order: under two foldable items one recording can sit in training and test at once. Clips, not
-    their names: a corpus copied 200 times is one group a file, 288,000 names (see identical_names)."""
-    repeated = {digest for digest, count in Counter(clip.digest for clip in clips).items() if count > 1}
-    groups = {}
-    for clip in clips:
-        if clip.digest in repeated:
-            groups.setdefault(clip.digest, []).append(clip)
-    return list(groups.values())
+    """The metadata's names (identical_names) of each group of kept clips of the ClipTable clips whose files hold the
+    same bytes (copies of one recording under two names), each group in table order, the groups in the order of
+    their first clip: under two foldable items one recording can sit in training and test at once. A generator:
+    a corpus copied 200 times is one group a file, 288,000 names."""
+    found = clips.query("WITH groups AS (SELECT digest, MIN(seq) AS first FROM clips WHERE status IS NULL "
+                        "GROUP BY digest HAVING COUNT(*) > 1) SELECT groups.first, row, file, item FROM groups "
+                        "JOIN clips ON clips.digest = groups.digest WHERE status IS NULL ORDER BY groups.first, seq")
+    for _, group in itertools.groupby(found, key=lambda entry: entry[0]):
+        yield identical_names((row, as_text(file), as_text(item)) for _, row, file, item in group)
 
 
 def identical_names(group):
-    """The metadata's names of a group of identical_audio: ['row 3 (a.wav), foldable item spk0', ...]."""
-    return [f"{clip_name(clip)}, foldable item {clip.item!r}" for clip in group]
+    """['row 3 (a.wav), foldable item spk0', ...] of (row, file, foldable item) triples."""
+    return [f"{clip_name(row, file)}, foldable item {item!r}" for row, file, item in group]
 
 
 def audio_found(clips):
-    """{"sample_rates": {rate in Hz: clips}, "seconds": {"min", "median", "max"}} of the clips read."""
-    rates = {}
-    for clip in clips:
-        rates[str(clip.native_rate)] = rates.get(str(clip.native_rate), 0) + 1
-    durations = [clip.duration for clip in clips]
-    return {"sample_rates": dict(sorted(rates.items(), key=lambda entry: int(entry[0]))),
+    """{"sample_rates": {rate in Hz: clips}, "seconds": {"min", "median", "max"}} of the kept clips of the
+    ClipTable clips."""
+    rates = {str(rate): count for rate, count in clips.query(
+        "SELECT native_rate, COUNT(*) FROM clips WHERE status IS NULL GROUP BY native_rate ORDER BY native_rate")}
+    durations = kept_durations(clips)
+    return {"sample_rates": rates,
             "seconds": {"min": float(np.min(durations)), "median": float(np.median(durations)),
                         "max": float(np.max(durations))}}
+
+
+def kept_durations(clips):
+    """float64 (kept clips,): each kept clip's duration in s, in table order."""
+    return np.fromiter((duration for (duration,) in clips.query(
+        "SELECT duration FROM clips WHERE status IS NULL ORDER BY seq")), np.float64)
+
+
+def clip_records(clips, windows):
+    """The metadata's record of each kept clip of the ClipTable clips, in table order: its row's columns, its
+    windows (in windows mode), the sample rate found and its duration in s."""
+    for record, pieces, native_rate, duration in clips.query(
+            "SELECT record, pieces, native_rate, duration FROM clips WHERE status IS NULL ORDER BY seq"):
+        yield dict(json.loads(record), **({"windows": pieces} if windows else {}), sample_rate_found=native_rate,
+                   seconds=round(duration, 4))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -726,15 +799,16 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                   quiet=False, where="config.ini", metadata_extra=None, kinds=None):
     """Make (or reuse) the dataset `dataset` from a table of clips; returns a summary dict.
 
-    table: {"clips": [clip_entry], "skipped": [skip_entry], "stats": file_stats, "source": what was read,
-    "regroup": how to give the front end more foldable items (the end of a refusal's line),
-    "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
+    table: {"clips": a ClipTable, "skipped": [skip_entry], "stats": an iterable of [name, size, mtime] (FileStats),
+    "source": what was read, "regroup": how to give the front end more foldable items (the end of a refusal's
+    line), "fold_by": the column of the foldable items ('file': speaker-dependent)}. config: load_config's dict.
     class_names: the classes in order (default: the sorted distinct labels). metadata_extra: more metadata keys
     from the front end; kinds: its own skip kinds' labels. Raises XvalError for a user's mistake. The table's
-    clip entries get what was found for them (target, pieces, ...) added in place: one Clip a clip, not a copy at
-    each step.
+    clips get what was found for them (target, pieces, ..., or why they were skipped) in the table: a table goes
+    through the pipeline once.
     Summary keys: dataset, reused, clips, items, frames, bins, skipped, paths, seconds, fingerprint, audio (and,
-    when computed: identical_audio as [[Clip]], see identical_audio; the metadata holds their names).
+    when computed: identical_audio as [(the names of a group's first three clips, its clips)], see
+    identical_audio; the metadata holds all their names).
     """
     started = time.perf_counter()
     if not DATASET_NAME.match(dataset or "") or len(dataset) > DATASET_NAME_LENGTH:
@@ -755,7 +829,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         features_folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(features_folder)
     paths = dataset_paths(features_folder, dataset)
-    fingerprint = input_fingerprint(table["stats"], table["clips"], pre, feature_settings, target_kind)
+    fingerprint = input_fingerprint(table["stats"], table["clips"].entries(), pre, feature_settings, target_kind)
     kinds = {**SKIP_KINDS, **(kinds or {})}
     metadata = existing_metadata(paths)
     as_made, idle_changes = as_made_despite_idle_settings(metadata, table, pre, feature_settings, target_kind) \
@@ -790,13 +864,13 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                   f"{paths['target'].name} (--force recomputes)")
         return summary
 
-    clips, repeats = repeated_clips(table["clips"])
-    clips, class_names, skipped = label_targets(clips, target_kind, class_names)
-    skipped = table["skipped"] + repeats + skipped
-    if not clips:
-        raise XvalError(nothing_usable(table, clips, skipped))
+    clips = table["clips"]
+    repeated_clips(clips)
+    class_names = label_targets(clips, target_kind, class_names)
+    if not clips.kept():
+        raise XvalError(nothing_usable(table, 0, table["skipped"] + skipped_clips(clips)))
     lone = one_item_classes(clips) if target_kind == "classification" and table["fold_by"] != FOLD_BY_FILE else {}
-    if lone and len(lone) == len({clip.label for clip in clips}) and len({clip.item for clip in clips}) > 1:
+    if lone and len(lone) == len(kept_labels(clips)) and len(kept_items(clips)) > 1:
         shown = ", ".join(f"{label}: {item}" for label, item in list(lone.items())[:4]) + (", ..." if len(lone) > 4
                                                                                         else "")
         raise XvalError(f"every class lies in one foldable item ({shown}): no test class would ever be seen in "
@@ -810,64 +884,52 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     raw = temp_path_for(features_folder / f"{dataset}_features.raw")  # every clip's features, until written
     try:
         with writing(raw), open(raw, "wb") as sink:
-            shape, outcomes = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset,
-                                               sink)
-        read, first_piece = [], 0
-        for clip, (pieces, reason, native_rate, duration, digest) in zip(clips, outcomes):
-            if reason is None:
-                clip.pieces, clip.native_rate, clip.duration = pieces, native_rate, duration
-                clip.digest, clip.first_piece = digest, first_piece
-                read.append(clip)
-                first_piece += pieces
-            else:
-                skipped.append(skip_entry(clip, "unreadable", reason))
-        del outcomes  # in the clips now: a tuple a clip less through the rest of the run
+            shape, tried = compute_features(clips, length, feature_settings, jobs or os.cpu_count() or 1, dataset,
+                                            sink)
         if table["fold_by"] != FOLD_BY_FILE:
-            read, single = single_clip_items(read)
-            skipped += single
-        if not read:
-            raise XvalError(nothing_usable(table, clips, skipped))
-        present = sorted({clip.label for clip in read})
+            single_clip_items(clips)
+        skipped = table["skipped"] + skipped_clips(clips)
+        if not clips.kept():
+            raise XvalError(nothing_usable(table, tried, skipped))
+        present, counts = kept_labels(clips), kept_items(clips)
         if target_kind == "classification" and len(present) < 2:
             raise XvalError(f"only one class ({present[0]}) has usable clips in {table['source']}: classification "
                             "needs two or more; check the labels (and --classes), or use --target regression for "
                             "numbers")
-        if len({clip.item for clip in read}) < 2:
-            raise XvalError(f"only one foldable item ({read[0].item}, by '{table['fold_by']}') has usable clips in "
-                            f"{table['source']}: cross-validation by foldable item needs two or more; "
+        if len(counts) < 2:
+            raise XvalError(f"only one foldable item ({next(iter(counts))}, by '{table['fold_by']}') has usable clips "
+                            f"in {table['source']}: cross-validation by foldable item needs two or more; "
                             f"{table['regroup']}")
         skipped.sort(key=lambda entry: (entry["row"] if entry["row"] is not None else -1, entry["file"] or ""))
         frames, bins = shape
-        clips_of = Counter(clip.item for clip in read)  # one pass (a pass per item: minutes at 4,800 items)
-        items = sorted(clips_of)
+        items = list(counts)
         windows = length["mode"] == "windows"
         metadata = {
             "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
             "source": table["source"],
             "foldable_item": table["fold_by"], "speaker_independent": table["fold_by"] != FOLD_BY_FILE,
-            "items": items, "clips_per_item": {item: clips_of[item] for item in items},
+            "items": items, "clips_per_item": {item: count for item, (count, _) in counts.items()},
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
             "length": length, "frames": frames, "bins": bins, "skipped": skipped,
-            "audio_found": audio_found(read), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
+            "audio_found": audio_found(clips), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
             **(metadata_extra or {}),
         }
         if "clip_samples" in length:
             metadata["clip_samples"] = length["clip_samples"]
-        records = (dict(clip.record, **({"windows": clip.pieces} if windows else {}),
-                        sample_rate_found=clip.native_rate, seconds=round(clip.duration, 4)) for clip in read)
-        identical = identical_audio(read)
-        write_dataset(paths, read, raw, shape, target_kind, class_names, metadata, windows,
-                      {"clips": records, "input_files": table["stats"],
-                       "identical_audio": (identical_names(group) for group in identical)})
-        summary = {"dataset": dataset, "reused": False, "clips": len(read), "items": items, "frames": frames,
+        write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows,
+                      {"clips": clip_records(clips, windows), "input_files": table["stats"],
+                       "identical_audio": identical_audio(clips)})
+        labels = Counter({as_text(label): count for label, count in clips.query(
+            "SELECT label, COUNT(*) FROM clips WHERE status IS NULL GROUP BY label")})
+        summary = {"dataset": dataset, "reused": False, "clips": clips.kept(), "items": items, "frames": frames,
                    "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                    "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
-                   "windows": sum(clip.pieces for clip in read) if windows else None,
-                   "identical_audio": identical,
+                   "windows": sum(pieces for _, pieces in counts.values()) if windows else None,
+                   "identical_audio": [(group[:3], len(group)) for group in identical_audio(clips)],
                    "classes_without_clips": [name for name in class_names or () if name not in present],
-                   "class_counts": {name: sum(clip.label == name for clip in read) for name in class_names or ()},
-                   "cut": cut_clips(read, length),
-                   "one_item_classes": one_item_classes(read) if lone else {},
+                   "class_counts": {name: labels[name] for name in class_names or ()},
+                   "cut": cut_clips(kept_durations(clips), length),
+                   "one_item_classes": one_item_classes(clips) if lone else {},
                    "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
                                      "items": case_variants(items)}}
         if not quiet:
@@ -878,21 +940,21 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         with contextlib.suppress(OSError):  # never made (a read-only folder)
             raw.unlink()
 
-def cut_clips(read, length):
+
+def cut_clips(durations, length):
     """(how many clips are longer than a fixed-length dataset's clips, that length in s, where they are cut: the
-    cut_mode), or None in windows mode or when none is longer. read: the clips with their duration in s; length:
+    cut_mode), or None in windows mode or when none is longer. durations: the clips' durations in s; length:
     feat_analysis.length_settings'."""
-    longer = sum(feat_analysis.cut_to_clip(clip.duration, length) for clip in read)
+    longer = sum(feat_analysis.cut_to_clip(duration, length) for duration in durations)
     return (longer, length["clip_samples"] / length["sample_rate"], length["cut_mode"]) if longer else None
 
 
 def one_item_classes(clips):
-    """{label: foldable item} of the labels whose clips all lie in one foldable item (in its test fold, training has
-    none of that class), in label order."""
-    items = {}
-    for clip in clips:
-        items.setdefault(clip.label, set()).add(clip.item)
-    return {label: next(iter(found)) for label, found in sorted(items.items()) if len(found) == 1}
+    """{label: foldable item} of the labels whose kept clips (of the ClipTable clips) all lie in one foldable item
+    (in its test fold, training has none of that class), in label order."""
+    return {as_text(label): as_text(item) for label, items, item in clips.query(
+        "SELECT label, COUNT(DISTINCT item), MIN(item) FROM clips WHERE status IS NULL GROUP BY label "
+        "ORDER BY label") if items == 1}
 
 
 def case_variants(names):
@@ -923,9 +985,8 @@ def summary_text(summary, feature_type, source, kinds):
     lines.append(f"  sample rates found: {rates}; durations min {audio['seconds']['min']:.2f} s, median "
                  f"{audio['seconds']['median']:.2f} s, max {audio['seconds']['max']:.2f} s")
     identical = summary.get("identical_audio") or []
-    for group in identical[:LISTED_PER_KIND]:  # a group can be large (a corpus copied 200 times): three rows of it
-        shown = "; ".join(identical_names(group[:3])) + (f"; and {len(group) - 3} more rows" if len(group) > 3
-                                                         else "")
+    for names, size in identical[:LISTED_PER_KIND]:  # a group can be large (a corpus copied 200 times): three rows
+        shown = "; ".join(names) + (f"; and {size - 3} more rows" if size > 3 else "")
         lines.append(f"  WARNING: identical audio in {shown}: if they are one recording under two "
                      "names, it can sit in training and test (check the table)")
     if len(identical) > LISTED_PER_KIND:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import feat_analysis
 import preprocessing_dataset as pipeline
+from clip_table import ClipTable
 from utility_functions import (RAVDESS_EMOTIONS, TEMP_MARKER, XvalError, config_path_in_use, exit_on_user_error,
                                files_under, load_config, whole_number)
 
@@ -153,10 +154,11 @@ def clip_record(clip):
 def ravdess_table(folder, clips, skipped, stats, target):
     """The pipeline's table of the scanned RAVDESS clips: label = emotion name or intensity (0 normal, 1 strong),
     foldable item = actor, record = clip_record."""
-    entries = [pipeline.clip_entry(None, clip["file"], clip["path"],
-                                   EMOTION_NAMES[clip["emotion"] - 1] if target == "emotion"
-                                   else str(clip["intensity"] - 1), clip["actor"], clip_record(clip))
-               for clip in clips]
+    entries = ClipTable()
+    for clip in clips:
+        entries.add(pipeline.clip_entry(None, clip["file"], clip["path"],
+                                        EMOTION_NAMES[clip["emotion"] - 1] if target == "emotion"
+                                        else str(clip["intensity"] - 1), clip["actor"], clip_record(clip)))
     return {"clips": entries, "skipped": [dict(entry, row=None) for entry in skipped], "stats": stats,
             "source": str(folder), "fold_by": "actor", "noun": "RAVDESS files",
             "regroup": "the actors are the foldable items: give an input holding two or more Actor_NN folders"}
