@@ -754,9 +754,10 @@ def identical_audio(clips):
     same bytes (copies of one recording under two names), each group in table order, the groups in the order of
     their first clip: under two foldable items one recording can sit in training and test at once. A generator:
     a corpus copied 200 times is one group a file, 288,000 names."""
-    found = clips.query("WITH groups AS (SELECT digest, MIN(seq) AS first FROM clips WHERE status IS NULL "
-                        "GROUP BY digest HAVING COUNT(*) > 1) SELECT groups.first, row, file, item FROM groups "
-                        "JOIN clips ON clips.digest = groups.digest WHERE status IS NULL ORDER BY groups.first, seq")
+    found = clips.query(  # window functions: two sorts (a join of the groups scanned the table once a group)
+        "SELECT first, row, file, item FROM (SELECT MIN(seq) OVER same AS first, COUNT(*) OVER same AS copies, seq, "
+        "row, file, item FROM clips WHERE status IS NULL WINDOW same AS (PARTITION BY digest)) WHERE copies > 1 "
+        "ORDER BY first, seq")
     for _, group in itertools.groupby(found, key=lambda entry: entry[0]):
         yield identical_names((row, as_text(file), as_text(item)) for _, row, file, item in group)
 

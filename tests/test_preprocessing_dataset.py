@@ -566,3 +566,18 @@ def test_input_files_are_listed_in_the_order_earlier_versions_fingerprinted(tmp_
     assert [name for name, _, _ in stats] == ["a/b/c.wav", "a/b.wav", "a b/c.wav", "a-b.wav", "a.wav", "a0/z.wav",
                                               "ab.wav"]
     assert [size for _, size, _ in stats] == [len(name) for name, _, _ in stats]
+
+
+def test_the_table_on_disk_orders_and_groups_names_as_python_does():
+    """The clip table lives in SQLite, which sorts and groups its names: the default classes must still be
+    Python's sorted() of the labels (their order is the model's outputs), for accents, other scripts, case and
+    the surrogates an undecodable file name becomes, and each foldable item must be grouped as one name."""
+    from clip_table import Clip, ClipTable
+    labels = ["é", "z", "Z", "ä", "日本", "a\udcff", "a", "ab", "a b", "\U0001f600", "\ue000"]
+    table = ClipTable()
+    for number, label in enumerate(labels * 2):
+        table.add(Clip(number + 2, f"f{number}.wav", f"/nowhere/f{number}.wav", label, labels[number % 3], {}))
+    assert pipeline.label_targets(table, "classification") == sorted(labels)
+    items = pipeline.kept_items(table)
+    assert list(items) == ["Z", "z", "é"] and items == {"é": (8, 0), "z": (7, 0), "Z": (7, 0)}
+    assert [file for file, _, _ in table.entries()] == [f"f{number}.wav" for number in range(len(labels) * 2)]
