@@ -10,11 +10,14 @@ Names, labels and foldable items are kept as UTF-8 BLOBs (surrogates passed thro
 survive), so that SQLite's ORDER BY and GROUP BY see them as Python's sorted() does: UTF-8 byte order is code point
 order. A clip's record (its row's columns) is kept as JSON text.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
 from pathlib import Path
+
+from utility_functions import XvalError
 
 CACHE_KIB = 16 * 1024  # SQLite's page cache a table (KiB): what it holds in memory at most, beyond its sorts
 PAGE_CLIPS = 1024  # clips read per query where the pipeline updates rows as it goes
@@ -50,6 +53,17 @@ class Clip:
     duration: float | None = None
     digest: bytes | None = None
     first_piece: int = 0
+
+
+@contextlib.contextmanager
+def table_errors():
+    """SQLite's errors (a full or unwritable temporary folder) as the one line that says where and what to do."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        raise XvalError(f"the table of clips cannot be kept in its temporary file ({error}; SQLite puts it in "
+                        "$SQLITE_TMPDIR, else $TMPDIR, else /var/tmp, else /tmp): point SQLITE_TMPDIR at a folder "
+                        "with room (about 0.5 KB a clip)") from None
 
 
 def private_database():
@@ -91,19 +105,22 @@ class ClipTable:
     def flush(self):
         """Insert the clips added since the last flush."""
         if self.pending:
-            self.database.executemany("INSERT INTO clips (seq, row, file, path, real, label, item, record) "
-                                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.pending)
+            with table_errors():
+                self.database.executemany("INSERT INTO clips (seq, row, file, path, real, label, item, record) "
+                                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.pending)
             self.pending = []
 
     def query(self, sql, parameters=()):
         """A cursor over sql's rows (the clips added so far are in the table)."""
         self.flush()
-        return self.database.execute(sql, parameters)
+        with table_errors():
+            return self.database.execute(sql, parameters)
 
     def update(self, sql, rows):
         """executemany(sql, rows): rows, an iterable of parameter tuples."""
         self.flush()
-        self.database.executemany(sql, rows)
+        with table_errors():
+            self.database.executemany(sql, rows)
 
     def value(self, sql, parameters=()):
         """The first column of sql's first row."""
@@ -166,12 +183,15 @@ class FileStats:
     def flush(self):
         """Insert the files added since the last flush."""
         if self.pending:
-            self.database.executemany("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?)", self.pending.values())
+            with table_errors():
+                self.database.executemany("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?)", self.pending.values())
             self.pending = {}
 
     def __iter__(self):
         self.flush()
-        for name, size, mtime in self.database.execute("SELECT name, size, mtime FROM files ORDER BY key"):
+        with table_errors():
+            rows = self.database.execute("SELECT name, size, mtime FROM files ORDER BY key")
+        for name, size, mtime in rows:
             yield [as_text(name), size, mtime]
 
     def __len__(self):

@@ -22,7 +22,8 @@ pipeline does the rest (build_dataset):
      pickle; memory-mapped by every process), {NAME}_clips.npy in windows mode (each window's clip, numbered within
      its item), {NAME}_index.json (each item's examples) and {NAME}_metadata.json (one record per clip with every
      column, class names, settings, sample rates and durations found, what was skipped and why). The features are
-     written to disk as they are computed, so memory does not grow with the corpus.
+     written to disk as they are computed, and the table of clips is kept on disk (clip_table.py), so memory does
+     not grow with the corpus.
 A row that cannot be used (missing or undecodable file, empty or unusable label, no foldable item, a foldable item
 with a single clip) is skipped and named in the summary with its row number; the run succeeds for the rest unless
 nothing usable is left. Folding by file (--fold-by file: speaker-dependent, clips of one speaker in training and

@@ -581,3 +581,16 @@ def test_the_table_on_disk_orders_and_groups_names_as_python_does():
     items = pipeline.kept_items(table)
     assert list(items) == ["Z", "z", "é"] and items == {"é": (8, 0), "z": (7, 0), "Z": (7, 0)}
     assert [file for file, _, _ in table.entries()] == [f"f{number}.wav" for number in range(len(labels) * 2)]
+
+
+def test_a_full_temporary_folder_is_one_line_naming_where_the_table_goes():
+    """The table of clips is a temporary SQLite file: when it cannot grow (a full /var/tmp), the user gets one line
+    that says so and which variable moves it, not SQLite's traceback."""
+    from clip_table import Clip, ClipTable
+    table = ClipTable()
+    table.database.execute("PRAGMA max_page_count = 3")  # what a full disk looks like to SQLite
+    with pytest.raises(XvalError, match=r"table of clips cannot be kept in its temporary file \(database or disk is "
+                                        r"full; .*point SQLITE_TMPDIR at a folder with room"):
+        for number in range(5000):
+            table.add(Clip(number + 2, f"f{number}.wav", f"/nowhere/f{number}.wav", "a", "spk", {"file": "x" * 99}))
+        table.kept()
