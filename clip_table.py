@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utility_functions import XvalError
 
-CACHE_KIB = 16 * 1024  # SQLite's page cache a table (KiB): what it holds in memory at most, beyond its sorts
+CACHE_KIB = 4 * 1024  # SQLite page cache of a table (KiB), which also bounds its sorts in memory
 PAGE_CLIPS = 1024  # clips read per query where the pipeline updates rows as it goes
 INSERTED_PER_CALL = 4096  # rows buffered before one executemany
 
