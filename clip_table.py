@@ -36,23 +36,15 @@ def as_text(blob):
 
 @dataclasses.dataclass(slots=True)
 class Clip:
-    """One clip of the table: its row number (None where there are no rows), file as shown, absolute path, raw
-    label, foldable item, the record the metadata keeps for it (every column of its row); then what the pipeline
-    finds: its target (class index or number), pieces (1, or its windows), the audio's native sample rate (Hz)
-    and duration (s), the SHA-256 of its bytes (32 bytes) and its first row in the raw features. A front end makes
-    one to add it to a ClipTable; the table holds rows, not Clips."""
+    """One clip as a front end finds it, to add to a ClipTable: its row number (None where there are no rows), file
+    as shown, absolute path, raw label, foldable item, and the record the metadata keeps for it (every column of
+    its row)."""
     row: int | None
     file: str
     path: str
     label: str
     item: str
     record: dict
-    target: int | float | None = None
-    pieces: int = 0
-    native_rate: int | None = None
-    duration: float | None = None
-    digest: bytes | None = None
-    first_piece: int = 0
 
 
 @contextlib.contextmanager
@@ -80,8 +72,10 @@ class ClipTable:
     else the kind of skip (preprocessing_dataset.SKIP_KINDS) and its reason.
 
     Columns: seq, row, file, path, real (the path with links resolved: one audio file, however named), label, item,
-    record (JSON), status, reason, target, pieces, native_rate, duration, digest, first_piece (see Clip). SQL may
-    call quoted(blob): the repr() of its text, as messages show names."""
+    record (JSON) (see Clip); then what the pipeline finds: status, reason, target (class index or number), pieces
+    (1, or its windows), native_rate (Hz) and duration (s) of the audio, digest (the SHA-256 of its bytes) and
+    first_piece (its first row in the raw features). SQL may call quoted(blob): the repr() of its text, as
+    messages show names."""
 
     def __init__(self):
         self.database = private_database()
@@ -126,10 +120,6 @@ class ClipTable:
         """The first column of sql's first row."""
         return self.query(sql, parameters).fetchone()[0]
 
-    def __len__(self):
-        """The clips added (kept or skipped)."""
-        return self.added
-
     def kept(self):
         """How many clips the pipeline keeps so far."""
         return self.value("SELECT COUNT(*) FROM clips WHERE status IS NULL")
@@ -150,10 +140,6 @@ class ClipTable:
                 return
             yield page
             last = page[-1][0]
-
-    def close(self):
-        """Close the database (SQLite deletes its file)."""
-        self.database.close()
 
 
 class FileStats:
@@ -193,7 +179,3 @@ class FileStats:
             rows = self.database.execute("SELECT name, size, mtime FROM files ORDER BY key")
         for name, size, mtime in rows:
             yield [as_text(name), size, mtime]
-
-    def __len__(self):
-        self.flush()
-        return self.database.execute("SELECT COUNT(*) FROM files").fetchone()[0]
