@@ -69,6 +69,7 @@ CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend 
 IN_FLIGHT_PER_JOB = 4  # tasks submitted ahead per worker: none waits for the next while results are stored
 HASHED_PER_UPDATE = 4096  # list elements joined into one update of input_fingerprint's hash
 COPY_BYTES = 16 * 2 ** 20  # features copied per read when the dataset is written: memory flat in corpus size
+GROWING_LISTS = ("clips", "input_files", "identical_audio")  # the metadata's lists as long as the corpus
 LISTED_PER_KIND = 20  # skipped rows printed per kind (all of them are in the metadata)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DATASET_NAME_LENGTH = 100  # characters: its file names (name + '_predictors.npy' and more) stay under 255 bytes
@@ -654,15 +655,60 @@ def readable_problem(features_folder, dataset):
 
 def existing_metadata(paths):
     """The metadata of the dataset at paths when all its files are there (a complete dataset, format 1 or 2), else
-    None. Its clip records are read as None (their count is what a rerun uses): at 200x they were 0.19 GiB of
-    dicts, held through a --force run."""
+    None. Its lists that grow with the corpus (GROWING_LISTS) are read as their lengths (see
+    metadata_without_lists): a rerun uses the clips' count, and the input files only to explain a refusal
+    (recorded_input_files)."""
     if stored_format(paths) is None or not paths["metadata"].is_file():
         return None
     try:
-        metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
-    except (XvalError, OSError):
+        metadata = metadata_without_lists(paths["metadata"])
+        if metadata is None:  # laid out otherwise (not written by atomic_write_json): read whole
+            metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
+            if isinstance(metadata, dict):
+                metadata.update({key: len(metadata[key]) for key in GROWING_LISTS
+                                 if isinstance(metadata.get(key), list)})
+    except (XvalError, OSError, ValueError):
         return None
     return metadata if isinstance(metadata, dict) else None
+
+
+def metadata_without_lists(path):
+    """The metadata at path with each top-level list of GROWING_LISTS read as its length, a line at a time (at 200x
+    the file is 100 MB: reading it whole took 227 MB at the start of a rerun). Reads what atomic_write_json writes
+    (indent 1: a top-level key begins a line after one space, an element of a top-level list after two, its other
+    lines after three or more, or it is one line); None for a file laid out otherwise. ValueError for bad JSON."""
+    decoder, kept, lengths, listed = json.JSONDecoder(), [], {}, None
+    with open(path, encoding="utf-8") as handle:
+        if handle.readline() != "{\n":
+            return None
+        for line in handle:
+            if line.rstrip("\n") == "}":  # the end of the file's object
+                kept.append(line)
+            elif line.startswith(' "'):
+                key, end = decoder.raw_decode(line, 1)
+                listed = key if key in GROWING_LISTS and line[end:].startswith(": [") else None
+                if listed is None:
+                    kept.append(line)
+                else:
+                    lengths[key] = 0
+            elif listed is None:
+                kept.append(line)
+            elif line.startswith("  ") and line[2] not in " ]}":
+                lengths[listed] += 1
+    text = "".join(kept).rstrip()
+    if not text.endswith("}"):
+        return None
+    text = text[:-1].rstrip().rstrip(",")
+    metadata = json.loads("{\n" + text + "\n}")
+    return dict(metadata, **lengths) if isinstance(metadata, dict) else None
+
+
+def recorded_input_files(paths):
+    """The input files' [name, size, mtime] recorded in the metadata at paths (None if it has none): read whole, so
+    only to explain why a dataset is not reused."""
+    metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
+    files = metadata.get("input_files") if isinstance(metadata, dict) else None
+    return files if isinstance(files, list) else None
 
 
 def changed_files(was, now):
@@ -699,9 +745,12 @@ def as_made_despite_idle_settings(metadata, table, pre, feature_settings, target
     return (fingerprint, changes) if fingerprint == metadata.get("fingerprint") else (None, [])
 
 
-def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source, stats):
+def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind, source, stats,
+                   recorded_files=None):
     """What differs between an existing dataset (its metadata) and this run ([] when it can be reused): the
-    fingerprint covers settings, table and input files; the class order asked for by --classes is compared too."""
+    fingerprint covers settings, table and input files; the class order asked for by --classes is compared too.
+    recorded_files: a function giving the input files the dataset was made from (recorded_input_files), called
+    to name a changed file; None: not named (--force replaces the dataset without saying why)."""
     if metadata.get("fingerprint") == fingerprint and class_names in (None, metadata.get("class_names")):
         return []
     differences = []
@@ -716,8 +765,9 @@ def made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, ta
         differences.append(f"target {metadata['target_kind']} -> {target_kind}")
     if class_names not in (None, metadata.get("class_names")):
         differences.append(f"classes {metadata.get('class_names')} -> {class_names}")
-    if isinstance(metadata.get("input_files"), list) and metadata.get("source") == source:  # else other roots
-        differences += changed_files(metadata["input_files"], stats)
+    was = recorded_files() if recorded_files and metadata.get("source") == source else None  # else other roots
+    if was is not None:
+        differences += changed_files(was, stats)
     return differences or ["the table (files, labels, foldable items) or the input files (names, sizes, "
                            "modification times)"]
 
@@ -842,7 +892,8 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
                   f"{pre['clip_mode']} clips do not read: the dataset as made is reused")
         fingerprint = as_made
     differences = made_otherwise(metadata, fingerprint, class_names, feature_settings, pre, target_kind,
-                                 table["source"], table["stats"]) if metadata else None
+                                 table["source"], table["stats"],
+                                 None if force else lambda: recorded_input_files(paths)) if metadata else None
     if differences and not force:
         raise XvalError(f"dataset '{dataset}' in {features_folder} was made from other inputs or settings "
                         f"({'; '.join(differences)}): replacing it may change the features experiments built on it "
@@ -857,7 +908,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
     if damage and not quiet:
         print(f"{dataset}: inputs and settings unchanged, but {damage}: computing it again")
     if reusable and not damage:
-        summary = {"dataset": dataset, "reused": True, "clips": len(metadata["clips"]), "items": metadata["items"],
+        summary = {"dataset": dataset, "reused": True, "clips": metadata["clips"], "items": metadata["items"],
                    "frames": metadata["frames"], "bins": metadata["bins"], "skipped": metadata["skipped"],
                    "paths": paths, "seconds": time.perf_counter() - started, "fingerprint": fingerprint,
                    "audio": metadata.get("audio_found"), "fold_by": metadata.get("foldable_item")}

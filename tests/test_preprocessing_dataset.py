@@ -594,3 +594,25 @@ def test_a_full_temporary_folder_is_one_line_naming_where_the_table_goes():
         for number in range(5000):
             table.add(Clip(number + 2, f"f{number}.wav", f"/nowhere/f{number}.wav", "a", "spk", {"file": "x" * 99}))
         table.kept()
+
+
+@pytest.mark.parametrize("written_by", ["this version", "v167406f"])
+def test_a_rerun_reads_the_earlier_metadata_without_its_long_lists(tmp_path, written_by):
+    """A rerun reads the earlier metadata a line at a time, its clip records, input files and identical audio as
+    their counts (a 200x corpus's metadata is 100 MB): everything else must be what reading it whole gives, for a
+    file this version writes (lists written a record at a time, an empty one, nested values, text with quotes,
+    brackets and line breaks) and one an earlier version wrote (one indented document)."""
+    from utility_functions import atomic_write_json
+    if written_by == "this version":
+        path = tmp_path / "x_metadata.json"
+        head = {"dataset": "x", "skipped": [{"row": 3, "file": 'a "b" [c].wav', "reason": "line\nbreak }"}],
+                "class_names": ["a", "b"], "clips_per_item": {"s1": 2}, "audio_found": {"seconds": {"min": 0.5}}}
+        atomic_write_json(path, head, rows={"clips": ({"file": f"{n}.wav", "l": [1, {"x": "]"}]} for n in range(5)),
+                                            "input_files": iter([]),
+                                            "identical_audio": [["row 2 (a.wav)", "row 3 (b.wav)"]] * 3})
+    else:
+        path = REPO / "tests" / "fixtures" / "v167406f" / "features" / "fixture_metadata.json"
+    whole = json.loads(path.read_text(encoding="utf-8"))
+    counted = {key: len(whole[key]) for key in pipeline.GROWING_LISTS if key in whole}
+    assert counted["clips"] == (5 if written_by == "this version" else 24)
+    assert pipeline.metadata_without_lists(path) == dict(whole, **counted)
