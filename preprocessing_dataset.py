@@ -603,9 +603,9 @@ def write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, 
         with writing(paths["target"]):
             save_npy(temps["target"], np.repeat(targets, pieces, axis=0))
         if windows:
-            numbers = np.concatenate([np.arange(counts[item][0]) for item in items])
+            clip_numbers = np.concatenate([np.arange(counts[item][0]) for item in items])
             with writing(paths["clips"]):
-                save_npy(temps["clips"], np.repeat(numbers.astype(np.int32), pieces))
+                save_npy(temps["clips"], np.repeat(clip_numbers.astype(np.int32), pieces))
         # two preprocessings of one name (--force, or two terminals) commit one after the other, each whole: without
         # the mutex the files could end up half from one and half from the other
         with file_mutex(paths["index"].with_name(f".{paths['index'].name}.mutex")):
@@ -663,7 +663,7 @@ def existing_metadata(paths):
     try:
         metadata = metadata_without_lists(paths["metadata"])
         if metadata is None:  # laid out otherwise (not written by atomic_write_json): read whole
-            metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
+            metadata = metadata_read_whole(paths["metadata"])
             if isinstance(metadata, dict):
                 metadata.update({key: len(metadata[key]) for key in GROWING_LISTS
                                  if isinstance(metadata.get(key), list)})
@@ -703,10 +703,15 @@ def metadata_without_lists(path):
     return dict(metadata, **lengths) if isinstance(metadata, dict) else None
 
 
+def metadata_read_whole(path):
+    """The metadata at path read in one piece, its clip records as None (they are not used on a rerun)."""
+    return read_json(path, lambda record: None if "sample_rate_found" in record else record)
+
+
 def recorded_input_files(paths):
     """The input files' [name, size, mtime] recorded in the metadata at paths (None if it has none): read whole, so
     only to explain why a dataset is not reused."""
-    metadata = read_json(paths["metadata"], lambda record: None if "sample_rate_found" in record else record)
+    metadata = metadata_read_whole(paths["metadata"])
     files = metadata.get("input_files") if isinstance(metadata, dict) else None
     return files if isinstance(files, list) else None
 
@@ -813,17 +818,23 @@ def identical_audio(clips):
         yield identical_names((row, as_text(file), as_text(item)) for _, row, file, item in group)
 
 
+def noted(values, notes, note):
+    """values, one at a time, appending note(value) of each to the list notes as it passes."""
+    for value in values:
+        notes.append(note(value))
+        yield value
+
+
 def identical_names(group):
     """['row 3 (a.wav), foldable item spk0', ...] of (row, file, foldable item) triples."""
     return [f"{clip_name(row, file)}, foldable item {item!r}" for row, file, item in group]
 
 
-def audio_found(clips):
+def audio_found(clips, durations):
     """{"sample_rates": {rate in Hz: clips}, "seconds": {"min", "median", "max"}} of the kept clips of the
-    ClipTable clips."""
+    ClipTable clips; durations: theirs in s (kept_durations)."""
     rates = {str(rate): count for rate, count in clips.query(
         "SELECT native_rate, COUNT(*) FROM clips WHERE status IS NULL GROUP BY native_rate ORDER BY native_rate")}
-    durations = kept_durations(clips)
     return {"sample_rates": rates,
             "seconds": {"min": float(np.min(durations)), "median": float(np.median(durations)),
                         "max": float(np.max(durations))}}
@@ -957,6 +968,7 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
         frames, bins = shape
         items = list(counts)
         windows = length["mode"] == "windows"
+        durations = kept_durations(clips)
         metadata = {
             "dataset": dataset, "target": target_kind, "target_kind": target_kind, "class_names": class_names,
             "source": table["source"],
@@ -964,24 +976,26 @@ def build_dataset(table, dataset, config, target_kind, class_names=None, feature
             "items": items, "clips_per_item": {item: count for item, (count, _) in counts.items()},
             "feature_settings": feature_settings, "preprocessing_settings": pre, "sample_rate": pre["sample_rate"],
             "length": length, "frames": frames, "bins": bins, "skipped": skipped,
-            "audio_found": audio_found(clips), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
+            "audio_found": audio_found(clips, durations), "fingerprint": fingerprint, "format_version": FORMAT_VERSION,
             **(metadata_extra or {}),
         }
         if "clip_samples" in length:
             metadata["clip_samples"] = length["clip_samples"]
+        identical = []  # (a group's first three names, its clips), noted as the metadata gets the whole groups
         write_dataset(paths, clips, raw, shape, target_kind, class_names, metadata, windows,
                       {"clips": clip_records(clips, windows), "input_files": table["stats"],
-                       "identical_audio": identical_audio(clips)})
+                       "identical_audio": noted(identical_audio(clips), identical,
+                                                lambda group: (group[:3], len(group)))})
         labels = Counter({as_text(label): count for label, count in clips.query(
             "SELECT label, COUNT(*) FROM clips WHERE status IS NULL GROUP BY label")})
         summary = {"dataset": dataset, "reused": False, "clips": clips.kept(), "items": items, "frames": frames,
                    "bins": bins, "skipped": skipped, "paths": paths, "seconds": time.perf_counter() - started,
                    "fingerprint": fingerprint, "audio": metadata["audio_found"], "fold_by": table["fold_by"],
                    "windows": sum(pieces for _, pieces in counts.values()) if windows else None,
-                   "identical_audio": [(group[:3], len(group)) for group in identical_audio(clips)],
+                   "identical_audio": identical,
                    "classes_without_clips": [name for name in class_names or () if name not in present],
                    "class_counts": {name: labels[name] for name in class_names or ()},
-                   "cut": cut_clips(kept_durations(clips), length),
+                   "cut": cut_clips(durations, length),
                    "one_item_classes": one_item_classes(clips) if lone else {},
                    "case_variants": {"labels": case_variants(present) if target_kind == "classification" else [],
                                      "items": case_variants(items)}}
