@@ -275,6 +275,25 @@ def architecture_parameters(architecture, training_defaults, signatures):
                                                              if uses(signature, name))}
 
 
+def declared_backends(experiment_dict, selected, default):
+    """The Keras backends the selected instances name (`backend = "jax"`), else default, in order: a guess made
+    before the plan, so that a routine starts the fold servers it will use (and no other) while the plan is made.
+    Checks nothing: an entry that does not parse, or is a search, counts as default; the plan refuses what is wrong
+    and starts any server this missed."""
+    found = []
+    for instance in selected:
+        backend = default
+        for text in experiment_dict.get(instance, ()) if isinstance(experiment_dict, dict) else ():
+            try:
+                name, value = parse_parameter_string(text, "")
+            except XvalError:
+                continue
+            if name == "backend" and value in BACKENDS:
+                backend = value
+        found.append(backend)
+    return list(dict.fromkeys(found or [default]))
+
+
 def resolve_instance(parameter_strings, training_defaults, signatures, where):
     """One instance's resolved parameters: defaults, then its strings in order. Refuses any doubt with XvalError.
 

@@ -36,6 +36,7 @@ from executors import (DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sec
                        run_search_task)
 from foldjob import fold_state, read_if_readable  # noqa: E402
 from layout import Layout  # noqa: E402
+from parameters import declared_backends  # noqa: E402
 from plan import accept, check_live_claims, make_plan  # noqa: E402
 from search import changed_search_problem, is_search, lost_trials, parse_search, search_status_line  # noqa: E402
 from utility_functions import (EXIT_DONE, EXIT_REFUSED, XvalError, exit_on_user_error, expand_path,  # noqa: E402
@@ -343,7 +344,9 @@ def prepare(settings, command, config, routine_file):
     executor.check()
     try:
         if command["mode"] == "run":  # -0.88 s a run (median of 7, benchmarks/tweaks.py: e_early_server)
-            executor.warm_up(config["training"]["backend"])
+            for backend in declared_backends(settings["experiment_dict"], command["selected"],
+                                             config["training"]["backend"]):
+                executor.warm_up(backend)  # not config.ini's when the instances name another: JAX fold wait ...
         import results_to_excel  # noqa: F401  (needed after the first instance; imported now, beside TensorFlow)
         plan = make_plan(settings, config, command["selected"], experiment_path(settings, config, routine_file),
                          reuse=command["mode"] != "smoke")

@@ -1,7 +1,8 @@
 """Parameter strings over defaults, the command line and the folds: the engine's refusals, without training."""
 import pytest
 
-from parameters import MANDATORY_PARAMETERS, architecture_signatures, parameter_hash, resolve_instance
+from parameters import (MANDATORY_PARAMETERS, architecture_signatures, declared_backends, parameter_hash,
+                        resolve_instance)
 from plan import make_folds
 from utility_functions import PROJECT_DIR
 from xval_instance import parse_command_line
@@ -192,6 +193,21 @@ def test_the_hash_is_stable_and_ignores_comments():
     assert parameter_hash(first, "d", 4) != parameter_hash(resolve("seed = 2"), "d", 4)
     assert parameter_hash(first, "d", 4) != parameter_hash(first, "d", 5)
     assert len(parameter_hash(first, "d", 4)) == 64
+
+
+def test_the_fold_servers_started_before_the_plan_are_those_the_selected_instances_name():
+    """A routine starts its fold servers while it makes the plan: those of the backends the selected instances name,
+    and config.ini's only where an instance names none (a JAX routine's TensorFlow server competed with its JAX
+    server's import for the cores). A string that does not parse counts as naming none: the plan refuses it."""
+    experiment_dict = {1: ['backend = "jax"', 'learning_rate = 0.1'], 2: ["num_epochs = 2"],
+                       3: ['backend = "torch"'], 4: ['backend = "jax"', 'learning_rate = loguniform(1e-4, 1e-2)'],
+                       5: ["backend = jax"], 6: ['backend = "theano"']}
+    assert declared_backends(experiment_dict, [1], "tensorflow") == ["jax"]
+    assert declared_backends(experiment_dict, [1, 4], "tensorflow") == ["jax"]
+    assert declared_backends(experiment_dict, [3, 1, 2], "tensorflow") == ["torch", "jax", "tensorflow"]
+    assert declared_backends(experiment_dict, [5, 6], "tensorflow") == ["tensorflow"]
+    assert declared_backends(experiment_dict, [2], "jax") == ["jax"]
+    assert declared_backends(experiment_dict, [], "tensorflow") == ["tensorflow"]
 
 
 @pytest.mark.parametrize("argv, expected", [
