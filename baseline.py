@@ -91,7 +91,10 @@ def make_model(task_type, value):
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    model = LogisticRegression(C=value, max_iter=2000) if task_type == "classification" else Ridge(alpha=value)
+    # newton-cg, not lbfgs: the demo's 24 fits 3.7 -> 1.7 s, and nearer the optimum at the weakest regularisation
+    # (lbfgs stopped at its tolerance there: its validation scores differed from the Newton solvers' by a clip or two)
+    model = LogisticRegression(C=value, max_iter=2000, solver="newton-cg") if task_type == "classification" \
+        else Ridge(alpha=value)
     return make_pipeline(StandardScaler(), model)
 
 
