@@ -276,22 +276,24 @@ def architecture_parameters(architecture, training_defaults, signatures):
 
 
 def declared_backends(experiment_dict, selected, default):
-    """The Keras backends the selected instances name (`backend = "jax"`), else default, in order: a guess made
-    before the plan, so that a routine starts the fold servers it will use (and no other) while the plan is made.
-    Checks nothing: an entry that does not parse, or is a search, counts as default; the plan refuses what is wrong
+    """The Keras backends the selected instances name (`backend = "jax"`), else default, in order, those installed:
+    a guess made before the plan, so that a routine starts the fold servers it will use (and no other) while the plan
+    is made. Checks nothing: a string that does not parse counts as naming none; the plan refuses what is wrong
     and starts any server this missed."""
     found = []
     for instance in selected:
+        strings = experiment_dict.get(instance) if isinstance(experiment_dict, dict) else None
         backend = default
-        for text in experiment_dict.get(instance, ()) if isinstance(experiment_dict, dict) else ():
+        for text in strings if isinstance(strings, (list, tuple)) else ():
             try:
                 name, value = parse_parameter_string(text, "")
             except XvalError:
                 continue
-            if name == "backend" and value in BACKENDS:
+            if name == "backend" and isinstance(value, str):
                 backend = value
         found.append(backend)
-    return list(dict.fromkeys(found or [default]))
+    return [backend for backend in dict.fromkeys(found or [default])
+            if backend in BACKENDS and importlib.util.find_spec(BACKENDS[backend].package) is not None]
 
 
 def resolve_instance(parameter_strings, training_defaults, signatures, where):

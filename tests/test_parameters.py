@@ -1,4 +1,6 @@
 """Parameter strings over defaults, the command line and the folds: the engine's refusals, without training."""
+import importlib.util
+
 import pytest
 
 from parameters import (MANDATORY_PARAMETERS, architecture_signatures, declared_backends, parameter_hash,
@@ -201,12 +203,16 @@ def test_the_fold_servers_started_before_the_plan_are_those_the_selected_instanc
     server's import for the cores). A string that does not parse counts as naming none: the plan refuses it."""
     experiment_dict = {1: ['backend = "jax"', 'learning_rate = 0.1'], 2: ["num_epochs = 2"],
                        3: ['backend = "torch"'], 4: ['backend = "jax"', 'learning_rate = loguniform(1e-4, 1e-2)'],
-                       5: ["backend = jax"], 6: ['backend = "theano"']}
-    assert declared_backends(experiment_dict, [1], "tensorflow") == ["jax"]
-    assert declared_backends(experiment_dict, [1, 4], "tensorflow") == ["jax"]
-    assert declared_backends(experiment_dict, [3, 1, 2], "tensorflow") == ["torch", "jax", "tensorflow"]
-    assert declared_backends(experiment_dict, [5, 6], "tensorflow") == ["tensorflow"]
-    assert declared_backends(experiment_dict, [2], "jax") == ["jax"]
+                       5: ["backend = jax"], 6: ['backend = "theano"'], 7: None, 8: ['backend = ["jax"]'], 9: "x"}
+    def installed(*names):  # a backend that is not installed gets no server (the plan refuses it with the fix)
+        return [name for name in names if importlib.util.find_spec(name) is not None]
+
+    assert declared_backends(experiment_dict, [1], "tensorflow") == installed("jax")
+    assert declared_backends(experiment_dict, [1, 4], "tensorflow") == installed("jax")
+    assert declared_backends(experiment_dict, [3, 1, 2], "tensorflow") == installed("torch", "jax", "tensorflow")
+    assert declared_backends(experiment_dict, [5, 7, 8, 9], "tensorflow") == ["tensorflow"]
+    assert declared_backends(experiment_dict, [6], "tensorflow") == []  # unknown: the plan refuses it
+    assert declared_backends(experiment_dict, [2], "jax") == installed("jax")
     assert declared_backends(experiment_dict, [], "tensorflow") == ["tensorflow"]
 
 
