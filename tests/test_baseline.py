@@ -61,7 +61,7 @@ def recompute(features_folder, dataset, folds, task_type):
                                                                  for split in ("train", "val", "test"))
         best = None
         for value in GRIDS[task_type]:
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000, solver="newton-cg")
                                   if task_type == "classification" else Ridge(alpha=value)).fit(x_train, y_train)
             got = score(y_val, model.predict(x_val))
             if best is None or got > best[1]:
