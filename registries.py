@@ -6,8 +6,10 @@ and never switches on a name itself, so a new backend, metric or splitter is one
 Nothing here imports a framework, scikit-learn or scipy at import time (the routine reads these tables without
 them); an entry's functions import what they need when they are called, in the fold process.
 """
+import ctypes
 import math
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +64,26 @@ def _jax_thread_environment(threads):
     return {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 
 
+# glibc's mallopt parameters (malloc.h) and the values its dynamic thresholds rise to on their own: the mmap threshold
+# up to DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit), the trim threshold to twice it
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 * 2 ** 20
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
+
+
+def _tensorflow_malloc_thresholds():
+    """Undo TensorFlow's setting of glibc's mmap threshold to 128 KiB, which its Dataset.from_generator (the way
+    Keras feeds a PyDataset to TensorFlow) makes once per process, the first time one is iterated (a mitigation of a
+    Python 3.11 leak, tensorflow/tensorflow#65675). With it, every tensor over 128 KiB (a conv layer's activations of
+    a batch: 0.8-26 MB) is mapped and unmapped at every step and its pages faulted in again: a demo fold's training
+    step took 130 ms against 78 ms fed from arrays (one thread; 3.67 million page faults against 0.19 million).
+    Sets the thresholds glibc's own would reach; nothing on another C library."""
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+
+
 def _wraps_a_torch_module(keras, layers):
     """Whether a model of these leaf layers wraps a PyTorch module (its whole-model file would need pickle)."""
     return any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in layers)
@@ -82,7 +104,8 @@ class Backend:
     devices(): the GPUs it sees, as text, or "cpu"; prepare(): once per fold process before its first operation;
     server_imports: modules the fold server imports besides keras, those installed (paid once, before forking);
     weights_only(keras, leaf layers): whether a model must be saved as weights (a model file of it would need
-    pickle)."""
+    pickle); epoch_input_ready(): at the first batch of every training epoch, once fit has made that epoch's input
+    pipeline."""
     name: str
     package: str
     install: str
@@ -93,12 +116,13 @@ class Backend:
     prepare: Callable = lambda: None
     server_imports: tuple = IMPORTED_BY_KERAS_WHEN_INSTALLED
     weights_only: Callable = lambda keras, layers: False
+    epoch_input_ready: Callable = lambda: None
 
 
 BACKENDS = {backend.name: backend for backend in (
     Backend("tensorflow", "tensorflow", "python3 -m pip install -r requirements.txt",
             {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}, limit_threads=_tensorflow_threads, devices=_tensorflow_devices,
-            prepare=_tensorflow_memory_growth),
+            prepare=_tensorflow_memory_growth, epoch_input_ready=_tensorflow_malloc_thresholds),
     Backend("torch", "torch", "python3 -m pip install -r requirements-backends.txt", {},
             limit_threads=_torch_threads, devices=_torch_devices, weights_only=_wraps_a_torch_module),
     # JAX compiles every function again in each fold process; its persistent cache (one folder per user, shared by

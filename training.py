@@ -239,8 +239,8 @@ def validation_logs(model, task_type, y, output):
 
 
 def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir=None):
-    """Callbacks: validation scores (first, so the others see them), NaN stop, best weights in memory, one progress
-    line per epoch with an orphan stop, early stopping, learning rate reduction on plateau, TensorBoard logs.
+    """Callbacks: validation scores (first, so the others see them), the backend's epoch_input_ready (registries),
+    NaN stop, best weights in memory, one progress line per epoch with an orphan stop, early stopping, learning rate reduction on plateau, TensorBoard logs.
 
     validation: (x, y, owner, clip) of the validation items, or None (a final model). After each epoch one forward
     pass over them gives what fit's validation would log (validation_logs; fit gets no validation_data: its own
@@ -265,6 +265,13 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
                 truth = scored(y[first].argmax(axis=1), output.argmax(axis=1), classes=y.shape[1])
             for name in scored_here:
                 logs[name] = float(METRICS[name.removeprefix("val_")].score[parameters["task_type"]](truth))
+
+    class EpochInputReady(keras.callbacks.Callback):
+        """The backend's epoch_input_ready() at the first batch of every epoch (the epoch's input pipeline made)."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                BACKENDS[parameters["backend"]].epoch_input_ready()
 
     class BestWeights(keras.callbacks.Callback):
         """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths)."""
@@ -304,7 +311,7 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
 
     best = BestWeights()
     callbacks = [] if validation is None else [ValidationScores()]
-    callbacks += [StopOnNaN(), best, ProgressAndOrphanCheck()]
+    callbacks += [EpochInputReady(), StopOnNaN(), best, ProgressAndOrphanCheck()]
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
     if parameters["lr_patience"]:
