@@ -240,7 +240,8 @@ def validation_logs(model, task_type, y, output):
 
 def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir=None):
     """Callbacks: validation scores (first, so the others see them), the backend's epoch_input_ready (registries),
-    NaN stop, best weights in memory, one progress line per epoch with an orphan stop, early stopping, learning rate reduction on plateau, TensorBoard logs.
+    NaN stop, best weights in memory, one progress line per epoch with an orphan stop, early stopping, learning rate
+    reduction on plateau, TensorBoard logs.
 
     validation: (x, y, owner, clip) of the validation items, or None (a final model). After each epoch one forward
     pass over them gives what fit's validation would log (validation_logs; fit gets no validation_data: its own
