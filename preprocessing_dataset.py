@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextlib
 import csv
-import ctypes
 import hashlib
 import itertools
 import json
@@ -57,13 +56,12 @@ from utility_functions import (STORAGE_FORMAT, TEMP_MARKER, XvalError, atomic_wr
                                check_item_sums, config_path_in_use, dataset_fingerprint, dataset_paths,
                                exit_on_user_error, feature_sums, file_mutex, files_under, load_clip_ids, load_config,
                                load_dataset, map_array, read_json, read_rows, recorded_fingerprint,
-                               remove_stale_temp_files, stored_format, temp_path_for, unwritable, whole_number,
-                               writing)
+                               remove_stale_temp_files, set_malloc_thresholds, stored_format, temp_path_for,
+                               unwritable, whole_number, writing)
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 TARGET_KINDS = ("classification", "regression")
 FOLD_BY_FILE = "file"  # the foldable item of a speaker-dependent split, only when asked by name
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 KEEP_FREED_BYTES = 64 * 2**20  # workers allocate blocks below this from (and free them to) their own heap
 CHUNK_FILES = 16  # files per worker task; fixed, so the output does not depend on --jobs
 IN_FLIGHT_PER_JOB = 4  # tasks submitted ahead per worker: none waits for the next while results are stored
@@ -415,12 +413,8 @@ def _prepare_worker():
     and glibc's malloc told to keep freed memory (each file's temporary arrays would otherwise come fresh from
     the kernel)."""
     threadpoolctl.threadpool_limits(limits=1)
-    try:  # -0.51 s of a 2.75 s demo preprocessing, median of 7 (benchmarks/tweaks.py: a_mallopt)
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_FREED_BYTES)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
+    # -0.51 s of a 2.75 s demo preprocessing, median of 7 (benchmarks/tweaks.py: a_mallopt)
+    set_malloc_thresholds(KEEP_FREED_BYTES, 4 * KEEP_FREED_BYTES)
 
 
 def _pool_context():

@@ -6,10 +6,8 @@ and never switches on a name itself, so a new backend, metric or splitter is one
 Nothing here imports a framework, scikit-learn or scipy at import time (the routine reads these tables without
 them); an entry's functions import what they need when they are called, in the fold process.
 """
-import ctypes
 import math
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,9 +62,8 @@ def _jax_thread_environment(threads):
     return {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 
 
-# glibc's mallopt parameters (malloc.h) and the values its dynamic thresholds rise to on their own: the mmap threshold
-# up to DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit), the trim threshold to twice it
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# what glibc's dynamic thresholds rise to on their own: the mmap threshold up to DEFAULT_MMAP_THRESHOLD_MAX (32 MiB
+# on 64-bit), the trim threshold to twice it
 MMAP_THRESHOLD_BYTES = 32 * 2 ** 20
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
 
@@ -77,11 +74,9 @@ def _tensorflow_malloc_thresholds():
     Python 3.11 leak, tensorflow/tensorflow#65675). With it, every tensor over 128 KiB (a conv layer's activations of
     a batch: 0.8-26 MB) is mapped and unmapped at every step and its pages faulted in again: a demo fold's training
     step took 130 ms against 78 ms fed from arrays (one thread; 3.67 million page faults against 0.19 million).
-    Sets the thresholds glibc's own would reach; nothing on another C library."""
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        libc = ctypes.CDLL(None)  # the C library this process already runs on
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    Sets the thresholds glibc's own would reach."""
+    from utility_functions import set_malloc_thresholds
+    set_malloc_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
 
 
 def _wraps_a_torch_module(keras, layers):

@@ -5,6 +5,7 @@ preprocessing_ravdess.py, xval_instance.py, training.py and results_to_excel.py.
 """
 import configparser
 import contextlib
+import ctypes
 import difflib
 import errno
 import fcntl
@@ -32,6 +33,21 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = PROJECT_DIR / "config.ini"
 CONFIG_ENV_VAR = "XVAL_CONFIG"  # path of another config.ini (tests and multi-dataset setups use it)
 TEMP_MARKER = ".xvaltmp-"  # every temporary file xval writes has this in its name
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
+
+
+def set_malloc_thresholds(mmap_bytes, trim_bytes):
+    """Tell glibc's malloc, for this whole process, to serve blocks under mmap_bytes from its heap (not a mapping of
+    their own, unmapped when freed) and to keep up to trim_bytes free at a heap's top (both in bytes); nothing on
+    another C library."""
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes)
+        libc.mallopt(M_TRIM_THRESHOLD, trim_bytes)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Constants shared by training, the engine and the spreadsheet
