@@ -588,6 +588,9 @@ def run_fold(job, loaded=None):
     """
     started, started_at = time.monotonic(), time.time()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
+    # a fold rerun by hand gets its backend's variables, as a launched one does (read when the framework is imported)
+    for name, value in BACKENDS[parameters["backend"]].environment.items():
+        os.environ.setdefault(name, value)
     import keras  # here, not at the top: the process is set up first (environment, death signal)
     import define_models
     if keras.backend.backend() != parameters["backend"]:

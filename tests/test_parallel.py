@@ -1,7 +1,9 @@
 """Fold jobs in parallel on this machine's devices: two CPU workers (-1,-1) train every fold once with its seed and
 half the cores each, a fold rerun alone with the same thread count reproduces its saved result, --status
-reads the experiment folder back, and a GPU the backend cannot see is said once (its folds run on the CPU)."""
+reads the experiment folder back, a GPU the backend cannot see is said once (its folds run on the CPU), and a
+TensorFlow fold computes with oneDNN unless the user turned it off."""
 import json
+import os
 import subprocess
 import sys
 
@@ -33,9 +35,13 @@ def test_two_cpu_workers_train_every_fold_once_and_a_rerun_alone_reproduces_it(t
     saved = json.loads((experiment_dir / "results" / "folds" / "results_tiny_exp1_run2_fold2.json").read_text())
     job.update(result_path=str(tmp_path / "rerun.json"), model_path=str(tmp_path / "rerun.hdf5"))
     (tmp_path / "rerun.job.json").write_text(json.dumps(job))
-    from launchers import fold_environment
-    environment = fold_environment("tensorflow", job["threads"], -1)
-    environment["PYTHONPATH"] = str(REPO)
+    # as a user reruns it by hand: KERAS_BACKEND set, none of the launcher's variables (the fold sets its backend's
+    # own and its threads itself)
+    from launchers import THREAD_VARIABLES
+    from registries import BACKENDS
+    launcher_only = {*THREAD_VARIABLES, *BACKENDS["tensorflow"].environment}
+    environment = {name: value for name, value in os.environ.items() if name not in launcher_only}
+    environment.update(KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     rerun = subprocess.run([sys.executable, str(REPO / "training.py"), str(tmp_path / "rerun.job.json")],
                            capture_output=True, text=True, env=environment, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -72,3 +78,22 @@ def test_a_gpu_the_backend_cannot_see_is_one_warning_and_the_folds_still_run(tin
     assert document["status"] == "complete" and len(document["folds"]) == 2
     log = (tmp_path / "experiments" / "experiment_1" / "logs" / "tiny_exp1_run1_fold1.log").read_text()
     assert "xval-device: tensorflow cpu" in log
+
+
+ONEDNN_PROBE = "from tensorflow.python.util import _pywrap_util_port; print(_pywrap_util_port.IsMklEnabled())"
+
+
+def test_tensorflow_folds_compute_with_onednn_unless_the_user_turned_it_off():
+    """TensorFlow turns its oneDNN kernels on by itself only on recent Intel CPUs; a fold process has them on
+    everywhere (a demo fold's fit twice as fast on an AMD EPYC), and a user's TF_ENABLE_ONEDNN_OPTS=0 wins."""
+    from launchers import fold_environment
+    user = {name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
+
+    def enabled(base):
+        completed = subprocess.run([sys.executable, "-c", ONEDNN_PROBE], capture_output=True, text=True,
+                                   env=fold_environment("tensorflow", 1, -1, base), timeout=300)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return completed.stdout.split()[-1]
+
+    assert enabled(user) == "True"
+    assert enabled(dict(user, TF_ENABLE_ONEDNN_OPTS="0")) == "False"
