@@ -133,6 +133,14 @@ BACKENDS = {backend.name: backend for backend in (
 )}
 
 
+def use_backend_environment(name):
+    """Set in os.environ each variable of backend `name` that the user's environment leaves unset, as
+    launchers.fold_environment does for a launched fold process: for a process that imports the framework itself
+    (a fold rerun by hand, use_model.py predict), before that import, which reads them once."""
+    for variable, value in BACKENDS[name].environment.items():
+        os.environ.setdefault(variable, value)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics: computed per clip from predictions with scikit-learn, never from the Keras loss
 

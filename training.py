@@ -53,7 +53,8 @@ from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
                        SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
-from registries import BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored  # noqa: E402
+from registries import (BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored,  # noqa: E402
+                        use_backend_environment)
 from utility_functions import (CONFIG_SCHEMA, DATA_ARGUMENTS, EXIT_DONE, EXIT_REFUSED,  # noqa: E402
                                MODEL_ONLY_TRAINING_PARAMETERS, SPLITS, XvalError, atomic_write_json, commit_temp_file,
                                dataset_file_stats, feature_sums, file_sha256, load_clip_ids, load_dataset,
@@ -588,9 +589,7 @@ def run_fold(job, loaded=None):
     """
     started, started_at = time.monotonic(), time.time()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
-    # a fold rerun by hand gets its backend's variables, as a launched one does (read when the framework is imported)
-    for name, value in BACKENDS[parameters["backend"]].environment.items():
-        os.environ.setdefault(name, value)
+    use_backend_environment(parameters["backend"])  # a fold rerun by hand computes as a launched one
     import keras  # here, not at the top: the process is set up first (environment, death signal)
     import define_models
     if keras.backend.backend() != parameters["backend"]:
