@@ -8,6 +8,7 @@ them); an entry's functions import what they need when they are called, in the f
 """
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,11 +85,17 @@ def _wraps_a_torch_module(keras, layers):
     return any(isinstance(layer, keras.layers.TorchModuleWrapper) for layer in layers)
 
 
-# Keras imports TensorFlow in every fold on any backend where it is installed (keras.utils.set_random_seed seeds it;
-# the .hdf5 save checks its config against TensorFlow's types), so every backend's fold server imports it once,
-# before forking (no operation runs): a JAX fold's own import and seeding 3.9-8.4 s -> 0.05 s, its fixed cost
-# 13.5 -> 11.4 s (median of 3, busy machine; /tmp/fixedab.py in the 2026-12-04 note)
-IMPORTED_BY_KERAS_WHEN_INSTALLED = ("tensorflow",)
+def _keras_without_tensorflow():
+    """Keras on JAX or PyTorch imports TensorFlow where it is installed only to seed it too
+    (keras.utils.set_random_seed) and to recognise its types in a .hdf5 model's config, neither of which a fold on
+    these backends uses (a JAX fold's history, metrics and model file are byte for byte the same without it). Unless
+    something imported TensorFlow already, Keras is told it is absent (its lazy module's cached answer, in Keras 3),
+    so the fold server no longer imports it: 2.4 s before a JAX routine's first fold. A TensorBoard callback still
+    imports tensorflow.summary itself."""
+    from keras.src.utils import module_utils
+    lazy = getattr(module_utils, "tensorflow", None)
+    if "tensorflow" not in sys.modules and getattr(lazy, "_available", False) is None:
+        lazy._available = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,6 @@ class Backend:
     environment: variables of every fold process on it; thread_environment(threads): variables that limit its
     threads, read at process start; limit_threads(threads): the same, called before the fold's first operation;
     devices(): the GPUs it sees, as text, or "cpu"; prepare(): once per fold process before its first operation;
-    server_imports: modules the fold server imports besides keras, those installed (paid once, before forking);
     weights_only(keras, leaf layers): whether a model must be saved as weights (a model file of it would need
     pickle); epoch_input_ready(): at the first batch of every training epoch, once fit has made that epoch's input
     pipeline."""
@@ -109,7 +115,6 @@ class Backend:
     limit_threads: Callable = lambda threads: None
     devices: Callable = lambda: "cpu"
     prepare: Callable = lambda: None
-    server_imports: tuple = IMPORTED_BY_KERAS_WHEN_INSTALLED
     weights_only: Callable = lambda keras, layers: False
     epoch_input_ready: Callable = lambda: None
 
@@ -122,14 +127,15 @@ BACKENDS = {backend.name: backend for backend in (
             devices=_tensorflow_devices,
             prepare=_tensorflow_memory_growth, epoch_input_ready=_tensorflow_malloc_thresholds),
     Backend("torch", "torch", "python3 -m pip install -r requirements-backends.txt", {},
-            limit_threads=_torch_threads, devices=_torch_devices, weights_only=_wraps_a_torch_module),
+            limit_threads=_torch_threads, devices=_torch_devices, prepare=_keras_without_tensorflow,
+            weights_only=_wraps_a_torch_module),
     # JAX compiles every function again in each fold process; its persistent cache (one folder per user, shared by
     # folds, instances and runs of the same shapes) cut a demo fold's build from 2.7-5.4 s to 0.6-2.0 s
     Backend("jax", "jax", "python3 -m pip install -r requirements-backends.txt",
             {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_COMPILATION_CACHE_DIR": str(
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xval" / "jax"),
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
-            thread_environment=_jax_thread_environment, devices=_jax_devices),
+            thread_environment=_jax_thread_environment, devices=_jax_devices, prepare=_keras_without_tensorflow),
 )}
 
 

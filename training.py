@@ -25,6 +25,8 @@ Exit code 0 on success; otherwise the last line on stderr is `xval-error: <one l
 import contextlib
 import ctypes
 import gc
+import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -738,6 +740,16 @@ def load_for_children(job_path, held):
         return None
 
 
+def import_tensorboard_for(job_path):
+    """TensorFlow imported by the server, once for every later fork, when a job writes TensorBoard logs: Keras's
+    callback imports tensorflow.summary on any backend (2.4 s a fold on JAX or PyTorch otherwise). Importing it runs
+    no operation, so forking stays safe; a job that cannot be read is left to the child, which reports it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, XvalError):
+        if read_json(job_path).get("tensorboard_dir") and "tensorflow" not in sys.modules:
+            if importlib.util.find_spec("tensorflow") is not None:
+                importlib.import_module("tensorflow")
+
+
 def serve(job_paths, report):
     """Import Keras on its backend once, then fork one child per job path read from job_paths; report each exit code.
 
@@ -745,14 +757,8 @@ def serve(job_paths, report):
     backend: it has no threads of TensorFlow, PyTorch or JAX yet), and every child initialises the GPU afresh.
     It holds the dataset in memory, so a fold reads no feature file.
     """
-    import importlib
-    import importlib.util
-
-    import keras  # the imports every fold needs, paid once (KERAS_BACKEND chose the backend)
-    import define_models  # noqa: F401
-    for module in BACKENDS[keras.backend.backend()].server_imports:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+    for module in ("keras", "define_models"):  # what every fold imports, paid once (KERAS_BACKEND chose the backend)
+        importlib.import_module(module)
     print("xval-ready", file=report, flush=True)
     held = {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the fold (the child), which reports it; the routine
@@ -761,6 +767,7 @@ def serve(job_paths, report):
             continue
         job_path = json.loads(line)  # a JSON string: any path the OS allows, newlines included
         loaded = load_for_children(job_path, held)
+        import_tensorboard_for(job_path)
         sys.stdout.flush()
         sys.stderr.flush()
         child = os.fork()
