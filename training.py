@@ -258,11 +258,14 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
     scored_here = scored_here if monitor in scored_here or tensorboard_dir else ()
 
     class ValidationScores(keras.callbacks.Callback):
-        """Add the validation scores to the epoch's logs (and history): Keras's per example, ours per clip."""
+        """Add the validation scores to the epoch's logs (and history): Keras's per example, ours per clip. The
+        epoch's outputs stay in self.output, for BestWeights."""
+
+        output = None
 
         def on_epoch_end(self, epoch, logs=None):
             x, y, owner, clip = validation
-            output = predict_in_batches(self.model, x, parameters["batch_size"])
+            output = self.output = predict_in_batches(self.model, x, parameters["batch_size"])
             logs.update(validation_logs(self.model, parameters["task_type"], y, output))
             if scored_here:
                 output, first = clip_means(output, owner, clip)
@@ -278,11 +281,13 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
                 BACKENDS[parameters["backend"]].epoch_input_ready()
 
     class BestWeights(keras.callbacks.Callback):
-        """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths)."""
+        """Keep the weights of the best epoch on monitor (Keras 3's ModelCheckpoint refuses .hdf5 paths), and the
+        outputs on the validation examples those weights gave (None without validation): the fold scores its
+        validation split from them instead of a forward pass that would give the same numbers again."""
 
         def __init__(self):
             super().__init__()
-            self.best_value, self.best_epoch, self.best_weights = None, None, None
+            self.best_value, self.best_epoch, self.best_weights, self.validation_output = None, None, None, None
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(monitor)
@@ -290,6 +295,7 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
                 return
             if self.best_value is None or (value < self.best_value if mode == "min" else value > self.best_value):
                 self.best_value, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+                self.validation_output = validation_scores.output
 
     class StopOnNaN(keras.callbacks.Callback):
         """Stop at the first non-finite loss with an error, instead of training on for nothing."""
@@ -313,8 +319,8 @@ def make_callbacks(keras, monitor, mode, parameters, validation, tensorboard_dir
                 print(f"{ERROR_PREFIX}the routine that started this fold is gone; stopping", file=sys.stderr)
                 os._exit(3)
 
-    best = BestWeights()
-    callbacks = [] if validation is None else [ValidationScores()]
+    validation_scores, best = ValidationScores(), BestWeights()
+    callbacks = [] if validation is None else [validation_scores]
     callbacks += [EpochInputReady(), StopOnNaN(), best, ProgressAndOrphanCheck()]
     if parameters["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=parameters["patience"]))
@@ -440,11 +446,12 @@ def predict_in_batches(model, x, batch_size):
                            for start in range(0, len(x), batch_size)])
 
 
-def predict_and_score(model, task_type, x, y, owner, clip, batch_size):
-    """Predictions of the model on one split and its metrics, per clip: (metrics, predictions, confusion matrix or
-    None). A clip's output is the mean of its examples' outputs (class probabilities, or values), so in a windows
-    dataset every metric, prediction and confusion matrix counts clips, never windows."""
-    output, first = clip_means(predict_in_batches(model, x, batch_size), owner, clip)
+def score_split(task_type, output, y, owner, clip):
+    """The metrics of one split from the model's outputs on its examples (examples, outputs), per clip: (metrics,
+    predictions, confusion matrix or None). A clip's output is the mean of its examples' outputs (class
+    probabilities, or values), so in a windows dataset every metric, prediction and confusion matrix counts clips,
+    never windows."""
+    output, first = clip_means(output, owner, clip)
     if task_type == "classification":
         y_true = y[first].argmax(axis=1)
         scores, confusion = classification_metrics(y_true, output)
@@ -677,8 +684,10 @@ def run_fold(job, loaded=None):
     del batches, x_train, y_train
     for split in splits:
         x, y, owner, clip = data[split]
-        scores, predictions, confusion = predict_and_score(model, task_type, x, y, owner, clip,
-                                                           parameters["batch_size"])
+        output = best.validation_output if split == "val" else None  # the best epoch's pass: the same weights
+        if output is None:
+            output = predict_in_batches(model, x, parameters["batch_size"])
+        scores, predictions, confusion = score_split(task_type, output, y, owner, clip)
         result["metrics"][split] = scores
         if split == "test":
             result["predictions"]["test"] = predictions

@@ -152,6 +152,22 @@ def test_models_reload_with_the_overrides_and_reproduce_the_predictions(experime
     assert model.predict(x_test, verbose=0).argmax(axis=1).tolist() == fold["predictions"]["test"]["y_pred"]
 
 
+def test_validation_metrics_are_those_of_the_saved_model_and_of_its_best_epoch(experiment):
+    """A fold scores its validation split with the outputs its best epoch's validation pass gave (no second pass over
+    the same weights): the saved model, reloaded, scores the same, and its accuracy is the history's at that epoch."""
+    import keras
+    from training import classification_metrics
+    predictors, targets = load_dataset(experiment["features"]["features_folder"], "tiny")
+    for fold in instance_json(experiment["dir"], 1)["folds"]:
+        model = keras.models.load_model(experiment["dir"] / fold["model_file"])
+        x_val = np.concatenate([predictors[item] for item in fold["val_items"]])
+        y_val = np.concatenate([targets[item] for item in fold["val_items"]]).argmax(axis=1)
+        scores, _ = classification_metrics(y_val, model.predict(x_val, verbose=0))
+        assert scores == pytest.approx(fold["metrics"]["val"], rel=1e-5)
+        assert fold["metrics"]["val"]["accuracy"] == pytest.approx(fold["history"]["val_accuracy"][fold["best_epoch"]
+                                                                                                  - 1])
+
+
 def test_rerun_skips_finished_instances_and_overwrite_replaces_only_the_named_one(experiment):
     experiment_dir, config = experiment["dir"], experiment["features"]["config_path"]
     before = experiment_files(experiment_dir)
@@ -197,6 +213,18 @@ def test_regression_instance(tiny_features, tmp_path):
                                                              (y_true.mean() - y_pred.mean()) ** 2)
         assert test["ccc"] == pytest.approx(ccc)
         assert set(fold["history"]) >= {"loss", "val_loss", "mae", "rmse"}
+    # the validation metrics are those of the saved (best epoch's) model, also where a later epoch ran after it
+    import keras
+    from training import regression_metrics
+    predictors, targets = load_dataset(tiny_features["features_folder"], dataset)
+    for fold in document["folds"]:
+        model = keras.models.load_model(tmp_path / "experiments" / "experiment_1" / fold["model_file"])
+        x_val = np.concatenate([predictors[item] for item in fold["val_items"]])
+        y_val = np.concatenate([targets[item] for item in fold["val_items"]]).astype(np.float64)
+        assert regression_metrics(y_val, model.predict(x_val, verbose=0).reshape(-1)) == pytest.approx(
+            fold["metrics"]["val"], rel=1e-5)
+        assert fold["metrics"]["val"]["rmse"] == pytest.approx(fold["history"]["val_rmse"][fold["best_epoch"] - 1],
+                                                               rel=1e-5)
 
 
 def test_bad_parameters_are_refused_before_anything_is_written(tiny_features, tmp_path):
