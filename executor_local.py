@@ -112,6 +112,7 @@ class LocalExecutor(Executor):
         self.interrupted = False  # set on Ctrl-C: a fold ending now was stopped, not failed
         self.fold_runs = []  # [{"instance", "fold", "device", "seconds", "exit_code"}]: this launch's fold processes
         self.background = None  # beside()'s thread and its outcome ({"seconds", "error"}), or None
+        self.rebuilds = {"wanted": False, "thread": None, "error": None}  # request_rebuild()'s, under self.lock
 
     def warm_up(self, backend):
         """Start every worker's fold server of backend (if not yet): its import runs while the plan is made."""
@@ -165,13 +166,60 @@ class LocalExecutor(Executor):
             return None
         return float(np.mean(seconds)) * math.ceil(left / len(self.workers))
 
-    def timed_rebuild(self, plan):
-        """rebuild_spreadsheet (after beside()'s work), its time added to the launch's "spreadsheet" phase."""
+    def add_phase(self, phase, started):
+        """Add the seconds since time.monotonic() gave started to the launch's phase."""
+        with self.lock:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - started
+
+    def timed_rebuild(self, plan, phase="spreadsheet"):
+        """rebuild_spreadsheet (after beside()'s work), its time added to the launch's phase: "spreadsheet" where
+        the routine waits for it, "spreadsheet_beside" where it runs while folds do (request_rebuild)."""
         self.wait_beside()
         started = time.monotonic()
         rebuild_spreadsheet(plan.layout, plan.debug)
+        self.add_phase(phase, started)
+
+    def request_rebuild(self, plan):
+        """timed_rebuild in a thread of its own, so that the worker whose fold completed an instance (or a trial)
+        goes on to its next fold meanwhile (a demo instance's rebuild took the worker 1.0-1.3 s, its two plots most
+        of it). A request made while a rebuild runs is served by one more after it; debug_mode rebuilds at once, in
+        the caller's thread, so that a failure stops the routine there. finish_rebuilds() waits for the last."""
+        if plan.debug:
+            self.timed_rebuild(plan)
+            return
         with self.lock:
-            self.phases["spreadsheet"] = self.phases.get("spreadsheet", 0.0) + time.monotonic() - started
+            self.rebuilds["wanted"] = True
+            if self.rebuilds["thread"] is None:
+                self.rebuilds["thread"] = threading.Thread(target=self.rebuild_while_wanted, args=(plan,), daemon=True)
+                self.rebuilds["thread"].start()
+
+    def rebuild_while_wanted(self, plan):
+        """request_rebuild()'s thread: rebuild until no request is left; an error is kept for finish_rebuilds()."""
+        while True:
+            with self.lock:
+                if not self.rebuilds["wanted"] or self.rebuilds["error"] is not None:
+                    self.rebuilds["thread"] = None
+                    return
+                self.rebuilds["wanted"] = False
+            try:
+                self.timed_rebuild(plan, "spreadsheet_beside")
+            except BaseException as error:
+                with self.lock:
+                    self.rebuilds["error"] = error
+
+    def finish_rebuilds(self):
+        """Wait for request_rebuild()'s rebuilds (the wait added to the "spreadsheet" phase), and raise what one
+        raised."""
+        started = time.monotonic()
+        while True:
+            with self.lock:
+                thread, error = self.rebuilds["thread"], self.rebuilds["error"]
+            if thread is None:
+                break
+            thread.join(WAIT_SLICE)  # in slices: a Ctrl-C is acted on at once (see run_pool)
+        self.add_phase("spreadsheet", started)
+        if error is not None:
+            raise error
 
     # ---- one fold job on one worker, and the pool of workers
 
@@ -204,7 +252,7 @@ class LocalExecutor(Executor):
             log = plan.layout.fold(planned.instance, fold["fold"]).log
             self.say(log.read_text(encoding="utf-8", errors="replace")[-6000:], sys.stderr)
         if changed:
-            self.timed_rebuild(plan)
+            self.request_rebuild(plan)
         return result
 
     def run_pool(self, take, do):
@@ -299,10 +347,11 @@ class LocalExecutor(Executor):
             outcome = run_one_trial(plan, planned_search, runner, task, lambda planned, fold: self.run_on_worker(
                 plan, worker, planned, fold, lambda: None), self.say)
             if outcome in FINISHED:
-                self.timed_rebuild(plan)
+                self.request_rebuild(plan)
             return outcome == "failed" and plan.debug
 
         self.run_pool(take, do)
+        self.finish_rebuilds()
         counts = runner.counts()
         self.say(f"search {search.key}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n) +
                  f" of {search.trials} trials")
@@ -370,6 +419,7 @@ class LocalExecutor(Executor):
         outcomes = {}
         try:
             by_instance = self.run_fold_jobs(plan, plan.missing_jobs())
+            self.finish_rebuilds()
             for planned in plan.instances:
                 outcomes[planned.instance] = self.instance_outcome(plan, planned, by_instance.get(planned.instance,
                                                                                                  {}))

@@ -67,6 +67,7 @@ def test_folds_and_the_launch_record_where_their_time_went(experiment):
     assert len(records) == 1  # this module's first launch (later tests rerun it)
     record = records[0]
     assert set(record["phases"]) >= {"validate", "setup", "spreadsheet", "close_server", "total"}
+    assert record["phases"]["spreadsheet_beside"] > 0  # each completed instance's rebuild ran beside the folds
     assert record["outcomes"] == {"1": "complete", "2": "complete"}
     assert sorted((run["instance"], run["fold"]) for run in record["fold_runs"]) == [
         (run, fold) for run in (1, 2) for fold in (1, 2, 3)]
