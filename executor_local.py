@@ -207,9 +207,9 @@ class LocalExecutor(Executor):
                 with self.lock:
                     self.rebuilds["error"] = error
 
-    def finish_rebuilds(self):
+    def finish_rebuilds(self, raise_error=True):
         """Wait for request_rebuild()'s rebuilds (the wait added to the "spreadsheet" phase), and raise what one
-        raised."""
+        raised (raise_error False: on the way out of an error, which that would hide)."""
         started = time.monotonic()
         while True:
             with self.lock:
@@ -218,7 +218,7 @@ class LocalExecutor(Executor):
                 break
             thread.join(WAIT_SLICE)  # in slices: a Ctrl-C is acted on at once (see run_pool)
         self.add_phase("spreadsheet", started)
-        if error is not None:
+        if error is not None and raise_error:
             raise error
 
     # ---- one fold job on one worker, and the pool of workers
@@ -430,6 +430,7 @@ class LocalExecutor(Executor):
             for worker in self.workers:
                 worker.close()
             self.phases["close_server"] = time.monotonic() - close_started
+            self.finish_rebuilds(raise_error=False)  # a rebuild under way ends (its temporary file with it)
         self.wait_beside()
         if not {"complete", "failed"} & set(outcomes.values()):
             self.timed_rebuild(plan)  # nothing changed: one rebuild makes sure the spreadsheet is there
