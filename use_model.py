@@ -34,7 +34,7 @@ from foldjob import read_job
 from launchers import ProcessLauncher, fold_environment, no_gpu_warning
 from layout import FOLD_MODEL_PATTERN, Layout
 from plan import initial_model_paths
-from registries import use_backend_environment
+from registries import BACKENDS, use_backend_environment
 from utility_functions import (PROJECT_DIR, XvalError, atomic_write_json, atomic_write_text, dataset_file_stats,
                                dataset_fingerprint, dataset_paths, exit_on_user_error, files_under, load_clip_ids,
                                load_config, load_dataset, read_json, stored_format, unwritable, whole_number)
@@ -332,6 +332,7 @@ def predict(target, audio, instance_text, out):
     os.environ["KERAS_BACKEND"] = card["parameters"]["backend"]  # read once, when Keras is first imported
     use_backend_environment(card["parameters"]["backend"])  # it predicts as the fold computed (oneDNN on TensorFlow)
     from training import load_model_file
+    BACKENDS[card["parameters"]["backend"]].prepare()  # as a fold: no TensorFlow import on JAX or PyTorch
     classes = card["class_names"] if card["task_type"] == "classification" else None
     shape = next(iter(pieces.values())).shape[1:]
     outputs = {path: 0.0 for path in pieces}

@@ -1,4 +1,5 @@
 """Write routine scripts the way a user does, and run them as real processes."""
+import csv
 import os
 import shutil
 import subprocess
@@ -74,3 +75,21 @@ def experiment_files(experiment_dir):
     return {path.relative_to(experiment_dir).as_posix(): path.read_bytes()
             for path in sorted(experiment_dir.rglob("*")) if path.is_file() and
             path.relative_to(experiment_dir).parts[0] not in ("logs", "code", "locks")}
+
+
+def use_model(*arguments, config_path):
+    """Run use_model.py as a user does; returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, str(REPO / "use_model.py"), *map(str, arguments)], capture_output=True,
+                          text=True, timeout=600, env=routine_environment(config_path))
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def clip_files_of(metadata, items):
+    """The audio files of the clips of items, in the order a fold's saved predictions list them."""
+    root = Path(metadata["input_folder"] if "input_folder" in metadata else Path(metadata["source"]).parent)
+    return [root / record["file"] for item in items for record in metadata["clips"]
+            if record[metadata["foldable_item"]] == item]

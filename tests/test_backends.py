@@ -14,7 +14,8 @@ from sklearn import metrics as skm
 
 from parameters import architecture_signatures, check_backend_installed, resolve_instance
 from utility_functions import PROJECT_DIR
-from routine_helpers import REPO, instance, routine_environment, run_routine, start_routine, write_routine
+from routine_helpers import (REPO, clip_files_of, instance, read_csv, routine_environment, run_routine,
+                             start_routine, use_model, write_routine)
 from utility_functions import XvalError, load_config
 
 MISSING = [name for name in ("torch", "jax") if importlib.util.find_spec(name) is None]
@@ -86,6 +87,21 @@ def test_models_reload_on_their_backend_and_reproduce_the_saved_predictions(back
     assert completed.returncode == 0, completed.stderr
     outcome = json.loads(completed.stdout.strip().splitlines()[-1])
     assert outcome == {"backend": backend, "same": [True, True]}
+
+
+@pytest.mark.parametrize("run, backend", [(3, "jax"), (4, "torch")])
+def test_use_model_predicts_new_audio_with_a_jax_or_torch_fold_model_as_the_fold_did(backends, tmp_path, run,
+                                                                                    backend):
+    """use_model.py predict on a fold model of another backend (JAX's .hdf5; a wrapped PyTorch module's weights):
+    the audio files of the fold's test clips get the predictions the fold saved, Keras on the model's backend."""
+    metadata = json.loads((backends["features"]["features_folder"] / "tiny_metadata.json").read_text())
+    fold = results(backends["dir"], run)["folds"][0]
+    files, out = clip_files_of(metadata, fold["test_items"]), tmp_path / "predicted.csv"
+    completed = use_model("predict", backends["dir"] / fold["model_file"], *files, "--out", out,
+                          config_path=backends["features"]["config_path"])
+    assert completed.returncode == 0, completed.stderr
+    names = results(backends["dir"], run)["class_names"]
+    assert [row["prediction"] for row in read_csv(out)] == [names[i] for i in fold["predictions"]["test"]["y_pred"]]
 
 
 def test_the_torch_module_receives_its_parameters(backends):

@@ -1,34 +1,13 @@
 """use_model.py: the final model of the instance chosen on validation, and predictions of new audio files that
 equal the predictions the folds saved (so the features at prediction time are the features at training time)."""
-import csv
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from routine_helpers import REPO, instance, routine_environment, run_routine, write_routine
+from routine_helpers import REPO, clip_files_of, instance, read_csv, run_routine, use_model, write_routine
 from utility_functions import load_config
-
-
-def use_model(*arguments, config_path):
-    return subprocess.run([sys.executable, str(REPO / "use_model.py"), *map(str, arguments)], capture_output=True,
-                          text=True, timeout=600, env=routine_environment(config_path))
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def clip_files_of(metadata, items):
-    """The audio files of the clips of items, in the order a fold's saved predictions list them."""
-    root = Path(metadata["input_folder"] if "input_folder" in metadata else Path(metadata["source"]).parent)
-    return [root / record["file"] for item in items for record in metadata["clips"]
-            if record[metadata["foldable_item"]] == item]
 
 
 @pytest.fixture(scope="module")
