@@ -94,7 +94,8 @@ def _keras_without_tensorflow():
     imports tensorflow.summary itself."""
     from keras.src.utils import module_utils
     lazy = getattr(module_utils, "tensorflow", None)
-    if "tensorflow" not in sys.modules and getattr(lazy, "_available", False) is None:
+    # its __dict__, not getattr(): a lazy module answers an attribute it lacks by importing TensorFlow
+    if "tensorflow" not in sys.modules and getattr(lazy, "__dict__", {}).get("_available", False) is None:
         lazy._available = False
 
 
