@@ -49,8 +49,6 @@ if __name__ == "__main__":
     die_with_parent()  # before the imports below (~1 s): a routine killed meanwhile takes this process with it
 
 import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
 from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
                        SERVE_FLAG)
@@ -82,7 +80,8 @@ def classification_metrics(y_true, probabilities):
     y_pred = probabilities.argmax(axis=1)
     classes = probabilities.shape[1]
     scores = score_all("classification", scored(y_true, y_pred, probabilities, classes))
-    return scores, skm.confusion_matrix(y_true, y_pred, labels=np.arange(classes))
+    from sklearn.metrics import confusion_matrix  # imported by import_fold_libraries in a fold process
+    return scores, confusion_matrix(y_true, y_pred, labels=np.arange(classes))
 
 
 def regression_metrics(y_true, y_pred):
@@ -341,6 +340,7 @@ def balanced_sample_weights(y_train):
     targets (n, classes), as one weight per example (n,) float32; classes absent from training get none."""
     labels = y_train.argmax(axis=1)
     present = np.unique(labels)
+    from sklearn.utils.class_weight import compute_class_weight  # imported by import_fold_libraries
     weights = compute_class_weight("balanced", classes=present, y=labels)
     lookup = np.zeros(y_train.shape[1], dtype=np.float32)
     lookup[present] = weights
@@ -588,6 +588,31 @@ class Stopwatch:
         self._last = now
 
 
+# What Keras 3 and scikit-learn import whenever installed, for what no fold uses: DataFrames as inputs (pandas),
+# Keras's image gallery (matplotlib), its notebook display (IPython); hidden from them in a fold process: a JAX fold
+# server ready 4.7 -> 3.1 s (benchmarks/server_start.py, median of 5 alternating runs)
+UNUSED_BY_FOLDS = ("pandas", "matplotlib", "IPython")
+
+
+def import_fold_libraries():
+    """Import Keras (on the backend KERAS_BACKEND names) and scikit-learn's metrics as a fold process needs them;
+    returns keras. While they import, the packages of UNUSED_BY_FOLDS not yet imported are hidden (None in
+    sys.modules: their import raises ImportError, which both take for a package not installed, and
+    importlib.util.find_spec answers None); afterwards they import as usual, for define_models and anything else.
+    Only Keras's and scikit-learn's own optional references to them stay None."""
+    hidden = [name for name in UNUSED_BY_FOLDS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        import keras
+        for module in ("sklearn.metrics", "sklearn.utils.class_weight"):  # what the fold's scores use
+            importlib.import_module(module)
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return keras
+
+
 def run_fold(job, loaded=None):
     """Train, save and evaluate one fold described by job (see the module docstring); returns the fold result.
 
@@ -599,7 +624,7 @@ def run_fold(job, loaded=None):
     started, started_at = time.monotonic(), time.time()
     parameters, task_type = job["parameters"], job["parameters"]["task_type"]
     use_backend_environment(parameters["backend"])  # a fold rerun by hand computes as a launched one
-    import keras  # here, not at the top: the process is set up first (environment, death signal)
+    keras = import_fold_libraries()  # here, not at the top: the process is set up first (environment, death signal)
     import define_models
     if keras.backend.backend() != parameters["backend"]:
         raise XvalError(f"this fold process runs Keras on {keras.backend.backend()!r}, the instance asks for "
@@ -766,8 +791,8 @@ def serve(job_paths, report):
     backend: it has no threads of TensorFlow, PyTorch or JAX yet), and every child initialises the GPU afresh.
     It holds the dataset in memory, so a fold reads no feature file.
     """
-    for module in ("keras", "define_models"):  # what every fold imports, paid once (KERAS_BACKEND chose the backend)
-        importlib.import_module(module)
+    import_fold_libraries()  # what every fold imports, paid once (KERAS_BACKEND chose the backend)
+    importlib.import_module("define_models")
     print("xval-ready", file=report, flush=True)
     held = {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the fold (the child), which reports it; the routine

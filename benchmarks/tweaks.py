@@ -1,4 +1,4 @@
-"""Tweaks: five performance tweaks of the product, each measured on against off.
+"""Tweaks: the performance tweaks of the product, each measured on against off.
 
     python3 benchmarks/tweaks.py WORKDIR OUT.json [--smoke]
 
@@ -8,14 +8,18 @@ runs the measurement where its tweak matters:
   preprocessing  the whole `preprocessing_ravdess.py --demo --force --jobs 2` process (tweaks a, b, c, d);
   features       the feature time of the same clips in one process, one BLAS thread as in a worker, and whether
                  the features change with two BLAS threads (d);
-  routine        a small routine's wall time, 1 instance x 4 folds x 1 epoch (c, e).
+  routine        a small routine's wall time, 1 instance x 4 folds x 1 epoch (c, e);
+  server         a fold server's start, `training.py --serve` until it reads jobs, on JAX where it is installed,
+                 else TensorFlow (f).
 Each group starts with one round that is not counted (the first runs find colder caches). Saved = off - on
-within each repetition: median, range and count. About 7.5 minutes on 2 cores.
+within each repetition: median, range and count. About 8.5 minutes on 2 cores.
 """
 import importlib.util
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +38,12 @@ PATCHES = {  # tweak: [(regular expression in the product's .py files, replaceme
                      (r"\.T\.astype\(np\.float64\)", ".T")],
     "e_early_server": [(r"executor\.warm_up\(config\[\"training\"\]\[\"backend\"\]\)", "pass"),  # servers early
                        (r"import results_to_excel  # noqa: F401", "pass  # noqa: F401")],
+    "f_fold_imports": [(r"sys\.modules\.update\(dict\.fromkeys\(hidden\)\)", "pass")],  # training.UNUSED_BY_FOLDS
 }
 GROUPS = {"preprocessing": ("on", "a_mallopt", "c_os_exit", "d_sparse_mel"),
-          "routine": ("on", "c_os_exit", "e_early_server")}
-FIGURE = {"preprocessing": ("seconds", "s"), "routine": ("seconds", "s"), "features": ("ms_per_clip", "ms a clip")}
+          "routine": ("on", "c_os_exit", "e_early_server"), "server": ("on", "f_fold_imports")}
+FIGURE = {"preprocessing": ("seconds", "s"), "routine": ("seconds", "s"), "server": ("seconds", "s"),
+          "features": ("ms_per_clip", "ms a clip")}
 REPS, FEATURE_CLIPS = {False: 7, True: 1}, {False: 480, True: 16}  # by --smoke
 
 
@@ -62,8 +68,26 @@ def make_copies(root):
     return copies
 
 
+def server_start(copy, ws):
+    """Seconds from starting the copy's fold server (training.py --serve) to its ready line: {'seconds', 'backend'}
+    (JAX where it is installed, else TensorFlow)."""
+    backend = "jax" if importlib.util.find_spec("jax") else "tensorflow"
+    started = time.perf_counter()
+    with subprocess.Popen([sys.executable, str(copy / "training.py"), "--serve"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=copy,
+                          env=dict(common.environment(ws, copy), KERAS_BACKEND=backend)) as server:
+        ready = server.stdout.readline()
+        seconds = time.perf_counter() - started
+        server.stdin.close()
+    if not ready.startswith(b"xval-ready"):
+        raise RuntimeError(f"the fold server of {copy} did not start: {ready!r}")
+    return {"seconds": seconds, "backend": backend}
+
+
 def measure(group, copy, ws, folder, number, smoke):
     """One measurement of a group on a copy (number: of the routine's experiment): {'seconds', ...}."""
+    if group == "server":
+        return server_start(copy, ws)
     if group == "preprocessing":
         command = preprocessing.pipeline_command(ws, smoke, f"tweak_{copy.name}", repo=copy)
         return common.run(command, common.environment(ws, copy), folder / f"{copy.name}.log")
@@ -153,7 +177,8 @@ def main():
     """Copies, interleaved measurements, table rows."""
     args, ws, folder = common.start("tweaks", __doc__.splitlines()[0])
     copies = make_copies(Path(tempfile.gettempdir()) / "xval_tweaks")
-    results = {group: interleaved(group, copies, ws, folder, args.smoke) for group in ("preprocessing", "routine")}
+    results = {group: interleaved(group, copies, ws, folder, args.smoke)
+               for group in ("preprocessing", "routine", "server")}
     rows = table_rows(results)
     if "d_sparse_mel" in copies:
         results["features"], features, same = feature_times(copies, ws, args.smoke)

@@ -175,7 +175,8 @@ if sys.argv[2] == "tensorflow first":
     import tensorflow
 import training
 training.run_fold(json.load(open(sys.argv[1])))
-print(json.dumps({"tensorflow imported": "tensorflow" in sys.modules}))
+print(json.dumps({"tensorflow imported": "tensorflow" in sys.modules,
+                  "unused imported": sorted(set(training.UNUSED_BY_FOLDS) & set(sys.modules))}))
 """
 
 
@@ -184,7 +185,9 @@ def test_torch_and_jax_folds_leave_tensorflow_unimported_and_compute_the_same_wi
                                                                                       backend):
     """Keras imports TensorFlow on any backend where it is installed, only to seed it and to read a .hdf5 model's
     config: a PyTorch or JAX fold is spared that import (2.4 s of each fold server's start), and trains, scores and
-    saves exactly what it does with TensorFlow imported (and what the routine's fold did)."""
+    saves exactly what it does with TensorFlow imported (and what the routine's fold did). Neither does it import
+    what Keras and scikit-learn import for what no fold uses (training.UNUSED_BY_FOLDS: pandas, matplotlib,
+    IPython)."""
     job = json.loads((backends["dir"] / "logs" / f"tiny_exp1_run{run}_fold1.job.json").read_text())
     routine_fold = json.loads(Path(job["result_path"]).read_text())
     outcomes = {}
@@ -196,8 +199,9 @@ def test_torch_and_jax_folds_leave_tensorflow_unimported_and_compute_the_same_wi
                                    env=dict(routine_environment(backends["features"]["config_path"]),
                                             KERAS_BACKEND=backend))
         assert completed.returncode == 0, completed.stderr
-        imported = json.loads(completed.stdout.strip().splitlines()[-1])["tensorflow imported"]
-        assert imported == (first == "tensorflow first")
+        imported = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert imported["tensorflow imported"] == (first == "tensorflow first")
+        assert imported["unused imported"] == [] or first == "tensorflow first"  # pandas, matplotlib, IPython
         outcomes[first] = json.loads((tmp_path / f"{first}.json").read_text())
     for key in ("history", "metrics", "predictions", "best_epoch"):
         assert outcomes["fold alone"][key] == outcomes["tensorflow first"][key] == routine_fold[key], key

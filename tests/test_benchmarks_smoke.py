@@ -27,7 +27,7 @@ if PEER_MISSING and os.environ.get("CI") == "true":
 GROUPS = {"timing": ("preprocessing", "overhead") + (() if PEER_MISSING else ("parallel",)),
           "memory": ("memory", "tweaks")}
 TIMEOUT_SECONDS = 600
-TWEAKS = ("a_mallopt", "c_os_exit", "d_sparse_mel", "e_early_server")
+TWEAKS = ("a_mallopt", "c_os_exit", "d_sparse_mel", "e_early_server", "f_fold_imports")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,8 @@ def test_parallel(reports):
 def test_tweaks(reports):
     results, _ = reports
     figures = figures_of(results, "tweaks")
-    assert set(figures) == {"preprocessing", "features", "routine"} and all("on" in group for group in figures.values())
+    assert set(figures) == {"preprocessing", "features", "routine", "server"}
+    assert all("on" in group for group in figures.values())
     for tweak in TWEAKS:  # measured on against off, or reported as gone from the product
         assert any(tweak in label for label in labels(results, "tweaks"))
 
