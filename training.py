@@ -590,7 +590,7 @@ class Stopwatch:
 
 # What Keras 3 and scikit-learn import whenever installed, for what no fold uses: DataFrames as inputs (pandas),
 # Keras's image gallery (matplotlib), its notebook display (IPython); hidden from them in a fold process: a JAX fold
-# server ready 4.7 -> 3.1 s (benchmarks/server_start.py, median of 5 alternating runs)
+# server ready 3.54 -> 2.33 s (benchmarks/tweaks.py, f_fold_imports: median of 7 interleaved runs)
 UNUSED_BY_FOLDS = ("pandas", "matplotlib", "IPython")
 
 

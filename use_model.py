@@ -331,7 +331,8 @@ def predict(target, audio, instance_text, out):
                         f"{unreadable[0][1]})")
     os.environ["KERAS_BACKEND"] = card["parameters"]["backend"]  # read once, when Keras is first imported
     use_backend_environment(card["parameters"]["backend"])  # it predicts as the fold computed (oneDNN on TensorFlow)
-    from training import load_model_file
+    from training import import_fold_libraries, load_model_file
+    import_fold_libraries()  # as a fold imports Keras: without what no prediction uses either (UNUSED_BY_FOLDS)
     BACKENDS[card["parameters"]["backend"]].prepare()  # as a fold: no TensorFlow import on JAX or PyTorch
     classes = card["class_names"] if card["task_type"] == "classification" else None
     shape = next(iter(pieces.values())).shape[1:]
