@@ -296,13 +296,14 @@ def test_an_architecture_that_returns_no_model_is_reported(tiny_features, tmp_pa
 
 
 EVERY_KIND_OF_ARGUMENT = '''
-import matplotlib  # what a fold process hides from Keras's import (training.UNUSED_BY_FOLDS) a model module may use
+import matplotlib  # hidden from Keras's import in a fold process (training.UNUSED_BY_FOLDS), not from a model
 import pandas
 
 
 def EVERY_KIND_model(input_shape, output_size, task_type, regularization_lambda, hidden=4, *, units=32):
     """A positional argument with a default (hidden), a keyword-only one (units), a [training] one."""
-    hidden = int(pandas.Series([hidden]).iloc[0]) if matplotlib.__version__ else 0
+    hidden = int(pandas.Series([hidden]).iloc[0])  # both work here, though hidden from Keras's import in a fold
+    assert matplotlib.__version__
     l2 = regularizers.L2(regularization_lambda)
     inputs = keras.Input(shape=tuple(input_shape))
     x = layers.GlobalAveragePooling1D()(inputs)
