@@ -12,7 +12,8 @@ tails the log sees each epoch as it ends), and read it with one parser (FoldOutp
 
 The line protocol, printed by training.py: `xval-device: <backend> <the GPUs it sees, or cpu>`, one
 `xval-epoch: <epoch>/<epochs> <metrics>` per epoch, and on failure a last `xval-error: <one line>`; after each fold
-the fork server prints `xval-exit: <the child's exit code>` (INTERRUPTED_EXIT for a fold stopped by Ctrl-C).
+the fork server prints `xval-exit: <the child's exit code>` (INTERRUPTED_EXIT for a fold stopped by Ctrl-C), and
+once, when its imports are done, `xval-ready` (logged with the first fold; benchmarks/tweaks.py times it).
 """
 import json
 import os
@@ -29,6 +30,7 @@ ERROR_PREFIX = "xval-error: "
 EPOCH_PREFIX = "xval-epoch: "
 EXIT_PREFIX = "xval-exit: "
 DEVICE_PREFIX = "xval-device: "
+READY_LINE = "xval-ready"
 INTERRUPTED_EXIT = 130  # a fold stopped by Ctrl-C (SIGINT) exits with this: stopped, not failed
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # OpenMP and the BLAS libraries
 PROGRESS_WIDTH = 150  # characters of the running epoch line shown in a terminal

@@ -51,7 +51,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 from launchers import (DEVICE_PREFIX, EPOCH_PREFIX, ERROR_PREFIX, EXIT_PREFIX, INTERRUPTED_EXIT,  # noqa: E402
-                       SERVE_FLAG)
+                       READY_LINE, SERVE_FLAG)
 from layout import WEIGHTS_SUFFIX, weights_path  # noqa: E402
 from registries import (BACKENDS, METRICS, monitor_direction, monitorable, score_all, scored,  # noqa: E402
                         use_backend_environment)
@@ -793,7 +793,7 @@ def serve(job_paths, report):
     """
     import_fold_libraries()  # what every fold imports, paid once (KERAS_BACKEND chose the backend)
     importlib.import_module("define_models")
-    print("xval-ready", file=report, flush=True)
+    print(READY_LINE, file=report, flush=True)
     held = {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the fold (the child), which reports it; the routine
     for line in job_paths:                       # then stops this server, or it lives on to report

@@ -71,15 +71,16 @@ def make_copies(root):
 def server_start(copy, ws):
     """Seconds from starting the copy's fold server (training.py --serve) to its ready line: {'seconds', 'backend'}
     (JAX where it is installed, else TensorFlow)."""
+    from launchers import READY_LINE, SERVE_FLAG  # the project, importable once common.start has run
     backend = "jax" if importlib.util.find_spec("jax") else "tensorflow"
     started = time.perf_counter()
-    with subprocess.Popen([sys.executable, str(copy / "training.py"), "--serve"], stdin=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, str(copy / "training.py"), SERVE_FLAG], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=copy,
                           env=dict(common.environment(ws, copy), KERAS_BACKEND=backend)) as server:
         ready = server.stdout.readline()
         seconds = time.perf_counter() - started
         server.stdin.close()
-    if not ready.startswith(b"xval-ready"):
+    if not ready.decode(errors="replace").startswith(READY_LINE):
         raise RuntimeError(f"the fold server of {copy} did not start: {ready!r}")
     return {"seconds": seconds, "backend": backend}
 
