@@ -12,7 +12,8 @@ fits and where the rest of the routine's time goes come from xval's own records:
 "timings"). --backend jax (or torch): the instances get `backend = "jax"` and plain Keras runs with
 KERAS_BACKEND=jax, so the fixed cost per fold is that of a fold on that backend (issue 24: JAX's, whose target is
 its own). --epochs and --reps change the sizes: the fixed cost per fold hardly depends on the epochs, so
-`--backend jax --epochs 2 --reps 3` measures JAX's in about 10 minutes.
+`--backend jax --epochs 2 --reps 3` measures JAX's in about 14 minutes on 2 cores (plain Keras on JAX takes longer
+than the routine).
 """
 import ast
 import json
