@@ -85,6 +85,25 @@ def reusable_folds(layout, instance, fingerprints):
     return done, None
 
 
+def recorded_parameters(layout, instance, num_folds, current_hash):
+    """(parameter hash, resolved parameters) that an instance's finished results were computed with, where they
+    differ from current_hash: its results JSON's; else (a SLURM array whose last fold has not landed, so no results
+    JSON yet) those of the job file of its first fold result made otherwise, written before that fold trained and
+    read only where its hash is the result's ({} where it is not). (None, {}) where every record agrees or none
+    exists; with current_hash None, the first record whatever its hash."""
+    recorded = read_if_readable(layout.instance(instance).result)
+    if isinstance(recorded, dict) and recorded.get("parameter_hash") not in (None, current_hash):
+        return recorded["parameter_hash"], recorded.get("parameters") or {}
+    for fold in range(1, num_folds + 1):
+        paths = layout.fold(instance, fold)
+        result = read_if_readable(paths.result)
+        if isinstance(result, dict) and result.get("parameter_hash") not in (None, current_hash):
+            job = read_if_readable(paths.job)
+            same = isinstance(job, dict) and job.get("parameter_hash") == result["parameter_hash"]
+            return result["parameter_hash"], (job.get("parameters") or {}) if same else {}
+    return None, {}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The job document
 

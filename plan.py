@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foldjob import claim_owner_text, fold_fingerprint, read_if_readable, reusable_folds
+from foldjob import claim_owner_text, fold_fingerprint, read_if_readable, recorded_parameters, reusable_folds
 from layout import FOLD_MODEL_PATTERN, Layout
 from parameters import (architecture_parameters, architecture_signatures, as_recorded, changed_parameters,
                         check_backend_installed, parameter_hash, parameters_text, resolve_instance)
@@ -377,8 +377,8 @@ def reuse_problem(layout, instance, parameters, fingerprints, strings=()):
     naming the parameters that changed where its results JSON records them, and for one that no string of the
     instance sets, a default that changed since, the string that gives the value they were made with), or None."""
     done, problem = reusable_folds(layout, instance, fingerprints)
-    if problem and "other parameters" in problem and layout.instance(instance).result.exists():
-        recorded = read_json(layout.instance(instance).result).get("parameters") or {}
+    if problem and "other parameters" in problem:
+        _, recorded = recorded_parameters(layout, instance, len(fingerprints), fingerprints[0]["parameter_hash"])
         changed = changed_parameters(recorded, parameters) if recorded else []
         problem += f" ({', '.join(changed)} changed)" if changed else ""
         given = {text.split("=")[0].strip() for text in strings}

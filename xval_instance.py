@@ -34,7 +34,7 @@ if _QUIET_IMPORTS:
 
 from executors import (DEFAULT_EXECUTOR, EXECUTORS, executor_class, executor_sections, run_fold_task,  # noqa: E402
                        run_search_task)
-from foldjob import fold_state, read_if_readable  # noqa: E402
+from foldjob import fold_state, read_if_readable, recorded_parameters  # noqa: E402
 from layout import Layout  # noqa: E402
 from parameters import declared_backends  # noqa: E402
 from plan import accept, check_live_claims, make_plan  # noqa: E402
@@ -251,22 +251,23 @@ def print_instance_status(layout, instance, num_folds, grace, changed=None, prun
 
 
 def changed_since(layout, instance, strings, config, settings):
-    """The parameters of a hand-written instance that its strings now resolve otherwise than its results JSON
-    records (names), or None when they agree, it has no results yet, or its strings do not resolve (a run says
-    why)."""
+    """The parameters of a hand-written instance that its strings now resolve otherwise than its results record
+    (names; foldjob.recorded_parameters), or None when they agree, it has no results yet, or its strings do not
+    resolve (a run says why)."""
     from parameters import architecture_signatures, changed_parameters, parameter_hash, resolve_instance
-    recorded = read_if_readable(layout.instance(instance).result)
-    if not isinstance(recorded, dict) or not recorded.get("parameter_hash"):
+    if recorded_parameters(layout, instance, settings["num_folds"], None)[0] is None:  # no results yet
         return None
     try:
         parameters = resolve_instance(strings, config["training"], architecture_signatures(),
                                       f"experiment_dict[{instance}]")
     except XvalError:
         return None
-    if parameter_hash(parameters, layout.dataset, settings["num_folds"]) == recorded["parameter_hash"]:
+    current = parameter_hash(parameters, layout.dataset, settings["num_folds"])
+    recorded_hash, recorded = recorded_parameters(layout, instance, settings["num_folds"], current)
+    if recorded_hash is None:
         return None
-    return changed_parameters(recorded.get("parameters") or {}, parameters) or [
-        "the dataset, num_folds or the parameter_hash its results JSON records"]
+    return changed_parameters(recorded, parameters) or [
+        "the dataset, num_folds or the parameter_hash its results record"]
 
 
 def status_plan(settings, config, selected, experiment_dir):

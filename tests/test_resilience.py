@@ -228,6 +228,21 @@ def test_changed_parameters_of_a_started_instance_are_refused(tiny_features, tmp
     assert refused.returncode == 2 and "computed with other parameters" in refused.stderr
     assert "overwrite_results = True" in refused.stderr and refused.stderr.strip().count("\n") == 0
     assert experiment_files(experiment_dir) == before
+    # as a SLURM array is while its last fold has not landed: fold results, no results JSON yet. What changed is
+    # still named, from the job file each fold was trained from
+    results_json = experiment_dir / "results" / "results_tiny_exp1_run1.json"
+    kept = results_json.read_bytes()
+    results_json.unlink()
+    try:
+        status = run_routine(changed, tiny_features["config_path"], "--status")
+        assert "(learning_rate changed): a run refuses to reuse them" in status.stdout, status.stdout
+        refused = run_routine(changed, tiny_features["config_path"])
+        assert refused.returncode == 2, refused.stdout
+        assert "run1_fold1.json was computed with other parameters (learning_rate changed)" in refused.stderr, \
+            refused.stderr
+    finally:
+        results_json.write_bytes(kept)
+    assert experiment_files(experiment_dir) == before
     edited_comment = write_routine(tmp_path, {1: instance("renamed", "num_epochs = 1")}, num_folds=2)
     edited = run_routine(edited_comment, tiny_features["config_path"]).stdout
     assert "complete already" in edited and "its results JSON now records its strings as the routine writes them" \
