@@ -374,8 +374,9 @@ def items_seen(model_path, dataset):
 
 def reuse_problem(layout, instance, parameters, fingerprints, strings=()):
     """The fold indices still to train of an instance, and why its finished results cannot be reused (one line,
-    naming the parameters that changed where its results JSON records them, and for one that no string of the
-    instance sets, a default that changed since, the string that gives the value they were made with), or None."""
+    naming the parameters that changed where its results record them (foldjob.recorded_parameters), and for one that
+    no string of the instance sets, a default that changed since, the string that gives the value they were made
+    with), or None."""
     done, problem = reusable_folds(layout, instance, fingerprints)
     if problem and "other parameters" in problem:
         _, recorded = recorded_parameters(layout, instance, len(fingerprints), fingerprints[0]["parameter_hash"])
